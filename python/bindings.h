@@ -1,0 +1,21 @@
+// Shared declarations of the Python module's translation units (one per area).
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "eformer/eformer.h"
+
+namespace eformer::python {
+namespace py = pybind11;
+
+void bind_tensor(py::module_& m);       // tensor.cpp: Tensor, numpy, autograd, allocator, rng
+void bind_ops_core(py::module_& m);     // ops_core.cpp: elementwise, reduce, shape, matmul
+void bind_ops_math(py::module_& m);     // ops_math.cpp: activations, softmax, layer norm, dropout, loss
+void bind_ops_index(py::module_& m);    // ops_index.cpp: select, cumsum, gather/scatter/sort, conv1d, embedding
+void bind_io_optim(py::module_& m);     // io_optim.cpp: safetensors, optimizers, schedules
+
+// A dims argument: an int or a sequence of ints (like torch's dim=).
+std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim);
+
+}  // namespace eformer::python

@@ -1,0 +1,36 @@
+// The Python module eformer._C; python/eformer/__init__.py re-exports it.
+#include "bindings.h"
+
+namespace eformer::python {
+
+std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim) {
+  std::vector<int64_t> dims;
+  if (dim.is_none()) {
+    for (int64_t i = 0; i < ndim; ++i) dims.push_back(i);
+  } else if (py::isinstance<py::int_>(dim)) {
+    dims.push_back(dim.cast<int64_t>());
+  } else {
+    dims = dim.cast<std::vector<int64_t>>();
+  }
+  return dims;
+}
+
+}  // namespace eformer::python
+
+PYBIND11_MODULE(_C, m) {
+  namespace py = pybind11;
+  using namespace eformer::python;
+  m.doc() = "eformer: efficient Transformers on the CPU";
+  m.attr("__version__") = eformer::kVersion;
+  // Base first: pybind11 tries the most recently registered translator first.
+  static py::exception<eformer::Error> error(m, "Error", PyExc_RuntimeError);
+  py::register_exception<eformer::ShapeError>(m, "ShapeError", PyExc_ValueError);
+  py::register_exception<eformer::ValueError>(m, "ValueError", PyExc_ValueError);
+  py::register_exception<eformer::IndexError>(m, "IndexError", PyExc_IndexError);
+  py::register_exception<eformer::IOError>(m, "IOError", PyExc_OSError);
+  bind_tensor(m);
+  bind_ops_core(m);
+  bind_ops_math(m);
+  bind_ops_index(m);
+  bind_io_optim(m);
+}

@@ -1,0 +1,13 @@
+// The public umbrella header: #include "eformer/eformer.h".
+#pragma once
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/allocator.h"
+#include "eformer/core/error.h"
+#include "eformer/core/parallel.h"
+#include "eformer/core/rng.h"
+#include "eformer/core/tensor.h"
+#include "eformer/ops/ops.h"
+
+namespace eformer {
+inline constexpr const char* kVersion = "0.1.0";
+}

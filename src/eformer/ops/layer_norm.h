@@ -1,0 +1,1 @@
+#pragma once  // placeholder: filled by the op family's implementation

@@ -1,0 +1,16 @@
+// Every differentiable op, one header per family.
+#pragma once
+#include "eformer/ops/activation.h"
+#include "eformer/ops/conv1d.h"
+#include "eformer/ops/cumsum.h"
+#include "eformer/ops/dropout.h"
+#include "eformer/ops/elementwise.h"
+#include "eformer/ops/embedding.h"
+#include "eformer/ops/index.h"
+#include "eformer/ops/layer_norm.h"
+#include "eformer/ops/loss.h"
+#include "eformer/ops/matmul.h"
+#include "eformer/ops/reduce.h"
+#include "eformer/ops/select.h"
+#include "eformer/ops/shape.h"
+#include "eformer/ops/softmax.h"
