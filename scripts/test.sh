@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test suite: install dependencies, build, run the C++ tests, the PyTorch parity suite,
+# the out-of-tree find_package(eformer) consumer, and the C++ tests again under ASan+UBSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+echo "== build"
+scripts/build.sh
+echo "== C++ tests"
+build/eformer_tests --gtest_brief=1
+echo "== Python parity tests (PyTorch float64 references)"
+(cd tests/python && PYTHONPATH="$PWD/../../build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider .)
+echo "== CMake package: install, then build an out-of-tree consumer with find_package(eformer)"
+rm -rf build/install build/consumer
+cmake --install build --prefix build/install > /dev/null
+cmake -S tests/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" > /dev/null
+cmake --build build/consumer > /dev/null
+build/consumer/consumer
+echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEFORMER_SANITIZE=ON -DEFORMER_PYTHON=OFF \
+  -DEFORMER_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" > /dev/null
+cmake --build build-asan -j "$(nproc)" --target eformer_tests > build-asan.log 2>&1 || { tail -50 build-asan.log; exit 1; }
+rm -f build-asan.log
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-asan/eformer_tests --gtest_brief=1
+echo "== all tests passed"
