@@ -4,12 +4,15 @@
 #include <iostream>
 #include <string>
 
+#include "demo.h"
 #include "eformer/eformer.h"
 
 namespace {
 constexpr const char* kUsage = R"(usage: eformer <command> [options]
 
-commands (arriving with the model layer): train, eval, generate, info
+commands:
+  demo        train a small MLP from C++ (the engine end to end); eformer demo --help
+  (arriving with the model layer: train, eval, generate, info)
 options:
   --help      show this message
   --version   print the version
@@ -26,9 +29,13 @@ int main(int argc, char** argv) {
       std::cout << "eformer " << eformer::kVersion << "\n";
       return 0;
     }
+    if (std::strcmp(argv[1], "demo") == 0) return eformer::cli::run_demo(argc - 1, argv + 1);
     throw eformer::ValueError(std::string("unknown command or option '") + argv[1] + "'; see eformer --help");
   } catch (const eformer::Error& e) {
     std::cerr << "eformer: error: " << e.what() << "\n";
     return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "eformer: internal error: " << e.what() << "\n";
+    return 1;
   }
 }
