@@ -10,7 +10,6 @@
 #include <string>
 
 #include "eformer/eformer.h"
-#include "eformer/optim/adamw.h"
 
 namespace eformer::cli {
 namespace {

@@ -8,6 +8,9 @@ from . import _C
 import builtins as _builtins
 
 __version__ = _C.__version__
+# `import eformer.optim` and `from eformer.optim import AdamW` work like torch's.
+import sys as _sys
+_sys.modules[__name__ + ".optim"] = _C.optim
 
 
 class Function:

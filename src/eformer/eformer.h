@@ -6,7 +6,9 @@
 #include "eformer/core/parallel.h"
 #include "eformer/core/rng.h"
 #include "eformer/core/tensor.h"
+#include "eformer/io/io.h"
 #include "eformer/ops/ops.h"
+#include "eformer/optim/optim.h"
 
 namespace eformer {
 inline constexpr const char* kVersion = "0.1.0";

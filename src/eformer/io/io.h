@@ -1,0 +1,4 @@
+// File formats and atomic writes: #include "eformer/io/io.h".
+#pragma once
+#include "eformer/io/atomic_file.h"
+#include "eformer/io/safetensors.h"
