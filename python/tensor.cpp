@@ -184,9 +184,11 @@ void bind_tensor(py::module_& m) {
     d["live_bytes"] = s.live_bytes;
     d["peak_bytes"] = s.peak_bytes;
     d["allocations"] = s.allocations;
+    d["cached_bytes"] = s.cached_bytes;
     return d;
   });
   m.def("reset_peak_memory_stats", &allocator::reset_peak);
+  m.def("empty_cache", &allocator::empty_cache, "Return cached large blocks to the system.");
   m.def("manual_seed", [](uint64_t seed) { rng::manual_seed(seed); });
   m.def("get_rng_state", [] {
     auto s = rng::default_generator().state();

@@ -17,9 +17,10 @@ Tensor add_plain(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-void accumulate_into_leaf(AutogradMeta& meta, const Tensor& g) {
+void accumulate_into_leaf(AutogradMeta& meta, Tensor g) {
   if (!meta.grad.defined()) {
-    meta.grad = g.clone_data();  // own it: backward closures may return shared tensors
+    // Own it: backward closures may return tensors shared with others (add returns g twice).
+    meta.grad = g.is_uniquely_owned() ? std::move(g) : g.clone_data();
   } else {
     float* p = meta.grad.data<float>();
     Tensor gc = g.contiguous_data();
@@ -135,7 +136,7 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
       if (--deps[next] == 0) ready.push_back(in->grad_fn);
     }
   }
-  for (auto& [meta, g] : leaf_grads) accumulate_into_leaf(*meta, g);
+  for (auto& [meta, g] : leaf_grads) accumulate_into_leaf(*meta, std::move(g));
 }
 
 Tensor Function::apply(const std::shared_ptr<Function>& fn, const std::vector<Tensor>& inputs) {

@@ -93,6 +93,11 @@ class Tensor {
 
   const std::shared_ptr<Storage>& storage() const { return impl().storage; }
   bool is_same(const Tensor& other) const { return impl_ == other.impl_; }
+  // True when no other handle or view can see this tensor's memory (it may be reused in place).
+  bool is_uniquely_owned() const {
+    return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1 && impl_->offset == 0 &&
+           is_contiguous() && size_t(numel()) * dtype_size(dtype()) == impl_->storage->bytes();
+  }
   std::string describe() const;  // "Tensor[2, 3] float32"
 
   // Autograd's slot; only the autograd layer looks inside.
