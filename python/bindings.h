@@ -14,6 +14,9 @@ void bind_ops_core(py::module_& m);     // ops_core.cpp: elementwise, reduce, sh
 void bind_ops_math(py::module_& m);     // ops_math.cpp: activations, softmax, layer norm, dropout, loss
 void bind_ops_index(py::module_& m);    // ops_index.cpp: select, cumsum, gather/scatter/sort, conv1d, embedding
 void bind_io_optim(py::module_& m);     // io_optim.cpp: safetensors, optimizers, schedules
+void bind_attention(py::module_& m);    // attention.cpp: eformer.attention(q, k, v, kind=...)
+void bind_nn(py::module_& m);           // nn.cpp: eformer.nn modules
+void bind_data(py::module_& m);         // data.cpp: tokenizer, corpora, batches
 
 // A dims argument: an int or a sequence of ints (like torch's dim=).
 std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim);

@@ -33,4 +33,7 @@ PYBIND11_MODULE(_C, m) {
   bind_ops_math(m);
   bind_ops_index(m);
   bind_io_optim(m);
+  bind_attention(m);
+  bind_nn(m);
+  bind_data(m);
 }

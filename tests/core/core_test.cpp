@@ -88,3 +88,27 @@ TEST(Rng, UniformMomentsAreSane) {
 }
 
 }  // namespace eformer
+
+namespace eformer {
+
+TEST(Allocator, LargeBlocksAreReusedFromTheCache) {
+  allocator::empty_cache();
+  const int64_t before = allocator::stats().live_bytes;
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({(3 << 20) / 4});  // 3 MiB
+    first = a.raw_data();
+  }
+  EXPECT_EQ(allocator::stats().live_bytes, before);
+#if defined(__SANITIZE_ADDRESS__)
+  EXPECT_EQ(allocator::stats().cached_bytes, 0);  // ASan must see every free
+#else
+  EXPECT_GE(allocator::stats().cached_bytes, 3 << 20);
+  Tensor b = Tensor::empty({(3 << 20) / 4 - 1000});  // same size class
+  EXPECT_EQ(b.raw_data(), first);
+  EXPECT_EQ(allocator::stats().cached_bytes, 0);
+#endif
+  allocator::empty_cache();
+}
+
+}  // namespace eformer
