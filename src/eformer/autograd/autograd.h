@@ -28,6 +28,7 @@ namespace autograd {
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
 
 struct Node {
+  ~Node();  // iterative: a long chain must not recurse once per node
   std::string name;
   std::vector<std::shared_ptr<AutogradMeta>> inputs;  // null where the input needs no gradient
   std::vector<Shape> input_shapes;

@@ -14,11 +14,18 @@ Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn, c
     out = fn(inputs);
   }
   if (!is_grad_enabled()) return out;
-  auto backward_fn = [fn, inputs, rng_at_forward](const Tensor& grad_output) {
+  // Capture detached inputs (not the graph behind them) and which of them need a gradient.
+  std::vector<Tensor> saved;
+  std::vector<bool> needs_grad;
+  for (const Tensor& t : inputs) {
+    saved.push_back(t.defined() ? t.detach() : Tensor());
+    needs_grad.push_back(t.defined() && requires_grad(t));
+  }
+  auto backward_fn = [fn, saved, needs_grad, rng_at_forward](const Tensor& grad_output) {
     std::vector<Tensor> detached;
-    for (const Tensor& t : inputs) {
-      Tensor d = t.defined() ? t.detach() : Tensor();
-      if (d.defined() && requires_grad(t)) set_requires_grad(d, true);
+    for (size_t i = 0; i < saved.size(); ++i) {
+      Tensor d = saved[i].defined() ? saved[i].detach() : Tensor();
+      if (needs_grad[i]) set_requires_grad(d, true);
       detached.push_back(d);
     }
     rng::Generator& gen = rng::default_generator();

@@ -31,6 +31,25 @@ void accumulate_into_leaf(AutogradMeta& meta, Tensor g) {
 
 }  // namespace
 
+Node::~Node() {
+  // Destroying a node drops its inputs' metas, whose grad_fns drop theirs, and so on: one stack
+  // frame per node. Instead, take over every input node that nobody else holds and free the
+  // chain in a loop (each stolen node has its inputs cleared before it dies, so it recurses no further).
+  std::vector<std::shared_ptr<Node>> stack;
+  auto steal_inputs = [&stack](Node& n) {
+    for (auto& meta : n.inputs)
+      if (meta && meta.use_count() == 1 && meta->grad_fn && meta->grad_fn.use_count() == 1)
+        stack.push_back(std::move(meta->grad_fn));
+    n.inputs.clear();
+  };
+  steal_inputs(*this);
+  while (!stack.empty()) {
+    std::shared_ptr<Node> n = std::move(stack.back());
+    stack.pop_back();
+    steal_inputs(*n);
+  }
+}
+
 Tensor record(const char* name, Tensor output, const std::vector<Tensor>& inputs, BackwardFn backward,
               bool force) {
   if (!is_grad_enabled()) return output;
