@@ -8,9 +8,10 @@ from . import _C
 import builtins as _builtins
 
 __version__ = _C.__version__
-# `import eformer.optim` and `from eformer.optim import AdamW` work like torch's.
+# `import eformer.optim`, `from eformer.nn import Linear` work like torch's.
 import sys as _sys
-_sys.modules[__name__ + ".optim"] = _C.optim
+for _sub in ("optim", "nn", "data"):
+    _sys.modules[__name__ + "." + _sub] = getattr(_C, _sub)
 
 
 class Function:
@@ -130,4 +131,4 @@ def _getitem(self, key):
 
 
 Tensor.__getitem__ = _getitem
-del _name
+del _name, _sub

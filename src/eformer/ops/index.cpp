@@ -94,15 +94,6 @@ void argsort_forward(const float* x, int64_t* indices, int64_t outer, int64_t n,
 
 namespace {
 
-struct Split3 {
-  int64_t outer, n, inner;
-};
-Split3 split_at(const Shape& s, int64_t d) {
-  Split3 r{1, s[size_t(d)], 1};
-  for (int64_t i = 0; i < d; ++i) r.outer *= s[size_t(i)];
-  for (size_t i = size_t(d) + 1; i < s.size(); ++i) r.inner *= s[i];
-  return r;
-}
 
 // The leading block of `t` of the given (no larger) shape, as a view without history.
 Tensor leading_view(const Tensor& t, const Shape& shape) {
@@ -152,7 +143,7 @@ Tensor gather(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   Shape read_shape = index.shape();  // the block of x that the gather can reach
   read_shape[size_t(d)] = n;
   Tensor x = leading_view(x_in, read_shape).contiguous_data();
-  const Split3 s = split_at(index.shape(), d);
+  const AxisSplit s = split_around(index.shape(), d);
   Tensor out = Tensor::empty(index.shape());
   kernels::gather_forward(x.data<float>(), index.data<int64_t>(), out.data<float>(), s.outer, n, s.n,
                           s.inner);
@@ -178,7 +169,7 @@ Tensor scatter_add(const Tensor& x_in, int64_t dim, const Tensor& index_in, cons
   Shape write_shape = index.shape();  // the block of out that the scatter can reach
   write_shape[size_t(d)] = n;
   Tensor src = leading_view(src_in, index.shape()).contiguous_data();
-  const Split3 s = split_at(index.shape(), d);
+  const AxisSplit s = split_around(index.shape(), d);
   Tensor out = x_in.clone_data();
   if (write_shape == out.shape()) {
     kernels::scatter_add_forward(src.data<float>(), index.data<int64_t>(), out.data<float>(), s.outer, n, s.n,
@@ -209,7 +200,7 @@ Tensor argsort(const Tensor& x_in, int64_t dim, bool descending) {
   const int64_t ndim = std::max<int64_t>(x_in.dim(), 1);  // a 0-d tensor sorts as one element
   const int64_t d = normalize_dim(dim, ndim, "argsort");
   Tensor x = x_in.contiguous_data();
-  const Split3 s = x.dim() ? split_at(x.shape(), d) : Split3{1, 1, 1};
+  const AxisSplit s = x.dim() ? split_around(x.shape(), d) : AxisSplit{1, 1, 1};
   Tensor out = Tensor::empty(x.shape(), DType::Int64);
   if (out.numel() > 0)
     kernels::argsort_forward(x.data<float>(), out.data<int64_t>(), s.outer, s.n, s.inner, descending);

@@ -70,15 +70,6 @@ void max_backward(const float* g, const int64_t* indices, float* dx, int64_t out
 
 namespace {
 
-struct Split3 {
-  int64_t outer, n, inner;
-};
-Split3 split_at(const Shape& s, int64_t d) {
-  Split3 r{1, s[size_t(d)], 1};
-  for (int64_t i = 0; i < d; ++i) r.outer *= s[size_t(i)];
-  for (size_t i = size_t(d) + 1; i < s.size(); ++i) r.inner *= s[i];
-  return r;
-}
 
 std::vector<int64_t> normalized_dims(const std::vector<int64_t>& dims, int64_t ndim, const char* op) {
   std::vector<int64_t> out;
@@ -92,7 +83,7 @@ std::vector<int64_t> normalized_dims(const std::vector<int64_t>& dims, int64_t n
 Tensor sum_keep(const Tensor& x_in, const std::vector<int64_t>& dims) {
   Tensor x = x_in.contiguous_data();
   for (auto it = dims.rbegin(); it != dims.rend(); ++it) {
-    Split3 s = split_at(x.shape(), *it);
+    AxisSplit s = split_around(x.shape(), *it);
     Shape out_shape = x.shape();
     out_shape[size_t(*it)] = 1;
     Tensor out = Tensor::empty(out_shape);
@@ -148,7 +139,7 @@ std::pair<Tensor, Tensor> max(const Tensor& x_in, int64_t dim, bool keepdim) {
   const int64_t d = normalize_dim(dim, x_in.dim(), "max");
   EF_CHECK(x_in.shape()[size_t(d)] > 0, ShapeError, "max: dim ", dim, " of ", x_in.describe(), " is empty");
   Tensor x = x_in.contiguous_data();
-  Split3 s = split_at(x.shape(), d);
+  AxisSplit s = split_around(x.shape(), d);
   Shape keep_shape = x.shape();
   keep_shape[size_t(d)] = 1;
   Shape out_shape = keepdim ? keep_shape : drop_dims(x.shape(), {d});

@@ -29,6 +29,13 @@ void for_each_offset(const Shape& shape, const Shape& dst_strides, const Shape& 
 }
 }  // namespace
 
+AxisSplit split_around(const Shape& shape, int64_t dim) {
+  AxisSplit r{1, shape[size_t(dim)], 1};
+  for (int64_t i = 0; i < dim; ++i) r.outer *= shape[size_t(i)];
+  for (size_t i = size_t(dim) + 1; i < shape.size(); ++i) r.inner *= shape[i];
+  return r;
+}
+
 void copy_into(const Tensor& dst, const Tensor& src) {
   EF_CHECK(dst.shape() == src.shape(), ShapeError, "copy_into: destination ", dst.describe(), " and source ",
            src.describe(), " differ");

@@ -26,6 +26,13 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 // Pieces of `size` along dim, the last one possibly smaller (torch.split with an int).
 std::vector<Tensor> split(const Tensor& x, int64_t size, int64_t dim);
 
+// A shape viewed as [outer, n, inner] around `dim` (already normalized): the layout every
+// kernel that works along one axis takes.
+struct AxisSplit {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+AxisSplit split_around(const Shape& shape, int64_t dim);
+
 // Copies src into the (possibly strided) view dst of the same shape; no autograd.
 void copy_into(const Tensor& dst, const Tensor& src);
 

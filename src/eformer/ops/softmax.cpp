@@ -7,6 +7,7 @@
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/parallel.h"
 #include "eformer/ops/activation.h"
+#include "eformer/ops/shape.h"
 
 namespace eformer {
 namespace kernels {
@@ -181,22 +182,13 @@ void log_softmax_backward(const float* y, const float* dy, float* dx, int64_t ou
 
 namespace {
 
-struct Split3 {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
 // [outer, n, inner] around `dim` (a 0-d tensor is one row of one element).
-Split3 split_at(const Tensor& x, int64_t dim, const char* op) {
-  Split3 s;
+AxisSplit split_at(const Tensor& x, int64_t dim, const char* op) {
   if (x.dim() == 0) {
     normalize_dim(dim, 1, op);
-    return s;
+    return {};
   }
-  const int64_t d = normalize_dim(dim, x.dim(), op);
-  s.n = x.shape()[size_t(d)];
-  for (int64_t i = 0; i < d; ++i) s.outer *= x.shape()[size_t(i)];
-  for (int64_t i = d + 1; i < x.dim(); ++i) s.inner *= x.shape()[size_t(i)];
-  return s;
+  return split_around(x.shape(), normalize_dim(dim, x.dim(), op));
 }
 
 using KernelFwd = void (*)(const float*, float*, int64_t, int64_t, int64_t);
@@ -205,7 +197,7 @@ using KernelBwd = void (*)(const float*, const float*, float*, int64_t, int64_t,
 Tensor softmax_like(const char* name, const Tensor& x_in, int64_t dim, KernelFwd forward,
                     KernelBwd backward) {
   x_in.check_dtype(DType::Float32, name);
-  const Split3 s = split_at(x_in, dim, name);
+  const AxisSplit s = split_at(x_in, dim, name);
   Tensor x = x_in.contiguous_data();
   Tensor out = Tensor::empty(x.shape());
   if (x.numel() > 0) forward(x.data<float>(), out.data<float>(), s.outer, s.n, s.inner);

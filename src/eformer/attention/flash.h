@@ -1,0 +1,40 @@
+// Exact attention by a fused, tiled, online-softmax kernel (FlashAttention, Dao et al. 2022;
+// the backward as in FlashAttention-2): never materializes the N x M scores. The forward saves
+// only the output O and the per-row log-sum-exp L [B, H, N]; the backward recomputes score
+// tiles from q, k and L. Extra memory is O(N) (plus a few tiles per thread).
+#pragma once
+#include <cstdint>
+
+#include "eformer/attention/options.h"
+#include "eformer/core/tensor.h"
+
+namespace eformer::attention {
+
+// q [B, H, N, d], k and v [B, H, M, d] float32 -> [B, H, N, d] = softmax(scale q k^T + mask) v.
+// A query row with no attendable key (every key masked) gives 0 and receives zero gradients.
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts = {});
+
+}  // namespace eformer::attention
+
+namespace eformer::kernels {
+
+// Tile sizes: queries x keys of one score tile (scratch per thread: 2 tiles of floats).
+inline constexpr int64_t kFlashBlockQ = 128;
+inline constexpr int64_t kFlashBlockK = 128;
+
+// q [B*H, N, d], k, v [B*H, M, d], key_mask [B, M] or null, out [B*H, N, d], lse [B*H, N].
+// Parallel over (b, h, query block); each output row is computed by one thread in a fixed order.
+void flash_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask, float* out,
+                             float* lse, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
+                             bool causal);
+
+// Inputs as above plus dout [B*H, N, d]; writes dq [B*H, N, d], dk, dv [B*H, M, d]. With
+// D_i = rowsum(dO o O) and, per tile, P = exp(S - L), dS = P o (dO V^T - D):
+// dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K. Parallel over (b, h): each head's dQ, dK, dV
+// are accumulated by one thread, key block by key block, in a fixed order (no atomics).
+void flash_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
+                              const float* out, const float* lse, const float* dout, float* dq, float* dk,
+                              float* dv, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
+                              bool causal);
+
+}  // namespace eformer::kernels

@@ -1,0 +1,74 @@
+// The online softmax (log-sum-exp with a running max; Milakov & Gimelshein 2018, FlashAttention
+// alg. 1): a row's softmax-weighted sum over keys is built block by block without ever holding
+// the whole row of scores. One helper serves exact (flash), chunked, LSH and sparse attention.
+//
+// Per query row the state is (m, l): the max score seen and sum_j exp(s_j - m). For each new
+// block of scores s[n]:
+//   m' = max(m, max_j s_j);  p_j = exp(s_j - m');  l' = l exp(m - m') + sum_j p_j;
+// and the caller rescales its accumulator acc' = acc exp(m - m') + sum_j p_j v_j. At the end
+// out = acc / l and the row's log-sum-exp is L = m + log l.
+//
+// Masked scores are -inf. A row that has seen only -inf keeps m = -inf and l = 0: its
+// probabilities are 0 (never exp(-inf - -inf) = NaN) and finalize gives out = 0 and L = +inf,
+// so that exp(s - L) = 0 when the backward recomputes probabilities.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "eformer/ops/activation.h"
+
+namespace eformer::attention {
+
+struct OnlineSoftmax {
+  float max = -std::numeric_limits<float>::infinity();  // m: the largest score seen
+  float sum = 0.0f;                                     // l: sum exp(s - m) over scores seen
+
+  // Replaces s[n] by p = exp(s - m') in place and folds the block into the state. Returns the
+  // factor exp(m - m') by which the caller must rescale what it accumulated so far (0 before the
+  // first finite score, so an accumulator that started at 0 stays exact).
+  float update(float* s, int64_t n) {
+    float block_max = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : block_max)
+    for (int64_t j = 0; j < n; ++j) block_max = std::max(block_max, s[j]);
+    const float new_max = std::max(max, block_max);
+    if (new_max == -std::numeric_limits<float>::infinity()) {  // nothing attendable yet
+      for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+      return 1.0f;
+    }
+    const float rescale = kernels::fast_exp(max - new_max);  // exp(-inf) = 0 exactly
+    float block_sum = 0.0f;
+#pragma omp simd reduction(+ : block_sum)
+    for (int64_t j = 0; j < n; ++j) {
+      const float p = kernels::fast_exp(s[j] - new_max);
+      s[j] = p;
+      block_sum += p;
+    }
+    max = new_max;
+    sum = sum * rescale + block_sum;
+    return rescale;
+  }
+
+  // Folds another partial state (over a disjoint set of keys) into this one; returns the factors
+  // {for this accumulator, for the other's} so that acc = acc * first + other_acc * second.
+  struct Factors {
+    float self, other;
+  };
+  Factors merge(const OnlineSoftmax& o) {
+    const float new_max = std::max(max, o.max);
+    if (new_max == -std::numeric_limits<float>::infinity()) return {1.0f, 0.0f};
+    const float a = kernels::fast_exp(max - new_max), b = kernels::fast_exp(o.max - new_max);
+    sum = sum * a + o.sum * b;
+    max = new_max;
+    return {a, b};
+  }
+
+  // 1 / l: multiply the accumulator by it for the softmax-weighted mean; 0 for an empty row.
+  float inverse_sum() const { return sum > 0.0f ? 1.0f / sum : 0.0f; }
+  // L = m + log l, so that softmax_j = exp(s_j - L); +inf for an empty row (every exp(s - L) = 0).
+  float log_sum_exp() const {
+    return sum > 0.0f ? max + std::log(sum) : std::numeric_limits<float>::infinity();
+  }
+};
+
+}  // namespace eformer::attention
