@@ -17,6 +17,8 @@ void bind_io_optim(py::module_& m);     // io_optim.cpp: safetensors, optimizers
 void bind_attention(py::module_& m);    // attention.cpp: eformer.attention(q, k, v, kind=...)
 void bind_nn(py::module_& m);           // nn.cpp: eformer.nn modules
 void bind_data(py::module_& m);         // data.cpp: tokenizer, corpora, batches
+void bind_models(py::module_& m);       // models.cpp: mechanisms, model configs, LanguageModel
+void bind_train(py::module_& m);        // train.cpp: training loop, checkpoints, generation
 
 // A dims argument: an int or a sequence of ints (like torch's dim=).
 std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim);

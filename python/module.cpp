@@ -36,4 +36,6 @@ PYBIND11_MODULE(_C, m) {
   bind_attention(m);
   bind_nn(m);
   bind_data(m);
+  bind_models(m);
+  bind_train(m);
 }

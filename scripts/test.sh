@@ -8,6 +8,7 @@ echo "== build"
 scripts/build.sh
 echo "== C++ tests"
 build/eformer_tests --gtest_brief=1
+scripts/prepare-data.sh
 echo "== Python parity tests (PyTorch float64 references)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider .)
 echo "== CMake package: install, then build an out-of-tree consumer with find_package(eformer)"

@@ -1,0 +1,40 @@
+// Model configuration: parsed from JSON (presets/*.json, checkpoints), strict: unknown keys,
+// wrong types and invalid values are ValueErrors naming the key, the value and what is valid.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace eformer::models {
+
+struct AttentionChoice {
+  std::string kind = "flash";
+  nlohmann::json options = nlohmann::json::object();
+};
+
+struct ModelConfig {
+  std::string arch = "decoder";  // "decoder" (causal LM) | "encoder" (classifier) | "encoder-decoder"
+  int64_t vocab_size = 256;
+  int64_t d_model = 256;
+  int64_t n_heads = 4;
+  int64_t n_layers = 4;          // decoder layers (and encoder layers for "encoder")
+  int64_t n_encoder_layers = 0;  // "encoder-decoder" only
+  int64_t d_ff = 1024;
+  int64_t max_len = 256;         // context length
+  float dropout = 0.1f;
+  bool pre_ln = true;            // false: post-LN (the original Transformer)
+  std::string positions = "learned";  // "learned" | "sinusoidal" | "rotary"
+  bool tie_weights = true;       // LM head shares the token embedding
+  int64_t num_classes = 0;       // "encoder" classifier head
+  int64_t ffn_chunks = 1;
+  AttentionChoice attention;                    // every layer's mechanism...
+  std::vector<AttentionChoice> layer_attention;  // ...unless overridden per layer (empty or n_layers long)
+};
+
+ModelConfig parse_model_config(const nlohmann::json& j);
+nlohmann::json to_json(const ModelConfig& c);
+// The mechanism of decoder layer i after overrides.
+const AttentionChoice& attention_for_layer(const ModelConfig& c, int64_t layer);
+
+}  // namespace eformer::models
