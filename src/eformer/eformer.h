@@ -9,6 +9,7 @@
 #include "eformer/core/tensor.h"
 #include "eformer/data/data.h"
 #include "eformer/io/io.h"
+#include "eformer/models/models.h"
 #include "eformer/nn/nn.h"
 #include "eformer/ops/ops.h"
 #include "eformer/optim/optim.h"

@@ -8,6 +8,7 @@
 
 namespace eformer::models {
 
+// In JSON either a name ("flash") or {"kind": "flash", "options": {...}}; to_json writes the object.
 struct AttentionChoice {
   std::string kind = "flash";
   nlohmann::json options = nlohmann::json::object();
@@ -21,20 +22,27 @@ struct ModelConfig {
   int64_t n_layers = 4;          // decoder layers (and encoder layers for "encoder")
   int64_t n_encoder_layers = 0;  // "encoder-decoder" only
   int64_t d_ff = 1024;
-  int64_t max_len = 256;         // context length
+  int64_t max_len = 256;  // context length
   float dropout = 0.1f;
-  bool pre_ln = true;            // false: post-LN (the original Transformer)
+  bool pre_ln = true;                 // false: post-LN (the original Transformer)
   std::string positions = "learned";  // "learned" | "sinusoidal" | "rotary"
-  bool tie_weights = true;       // LM head shares the token embedding
-  int64_t num_classes = 0;       // "encoder" classifier head
+  bool tie_weights = true;            // LM head shares the token embedding
+  int64_t num_classes = 0;            // "encoder" classifier head
   int64_t ffn_chunks = 1;
-  AttentionChoice attention;                    // every layer's mechanism...
+  std::string activation = "gelu";               // the feed-forward's: "gelu" | "gelu_tanh" | "relu"
+  AttentionChoice attention;                     // every layer's mechanism...
   std::vector<AttentionChoice> layer_attention;  // ...unless overridden per layer (empty or n_layers long)
 };
 
+// Keys missing from `j` keep the defaults above. Also validates the result (validate_model_config).
 ModelConfig parse_model_config(const nlohmann::json& j);
+// Every key, so parse_model_config(to_json(c)) == c.
 nlohmann::json to_json(const ModelConfig& c);
-// The mechanism of decoder layer i after overrides.
+// The cross-field checks (d_model % n_heads, layer_attention's length, arch-specific sizes, ...);
+// ValueError naming the key, the value and what is valid.
+void validate_model_config(const ModelConfig& c);
+// The mechanism of layer i (decoder layers; the encoder's layers for arch "encoder") after
+// overrides; i outside [0, n_layers) is an IndexError.
 const AttentionChoice& attention_for_layer(const ModelConfig& c, int64_t layer);
 
 }  // namespace eformer::models

@@ -4,7 +4,9 @@
 #include <memory>
 
 #include "eformer/attention/mechanism.h"
+#include "eformer/models/block.h"
 #include "eformer/models/config.h"
+#include "eformer/models/embedding.h"
 #include "eformer/nn/module.h"
 
 namespace eformer::models {
@@ -15,21 +17,41 @@ struct DecodeState {
   int64_t position = 0;
 };
 
+// Parameter names: embed.tokens.weight, embed.positions.weight (learned), blocks.<i>.{ln1, attn,
+// ln2, ffn}.*, ln_f.* (pre-LN only), head.weight (untied only; tied logits = h E^T).
 class LanguageModel : public nn::Module {
  public:
+  // config.arch must be "decoder" (ValueError otherwise); the config is validated.
   explicit LanguageModel(const ModelConfig& config);
+  std::string describe() const override;
   const ModelConfig& config() const { return config_; }
-  // ids Int64 [B, N] (N <= max_len) -> logits [B, N, vocab].
+  // ids Int64 [B, N] (N <= max_len, ValueError otherwise) -> logits [B, N, vocab].
   Tensor forward(const Tensor& ids);
-  // Mean cross-entropy of next-token prediction: logits of ids vs targets, both [B, N].
+  // Mean cross-entropy of next-token prediction: logits of ids vs targets, both [B, N]; targets
+  // equal to -100 are ignored.
   Tensor loss(const Tensor& ids, const Tensor& targets);
   // Incremental decoding: feed T new tokens [B, T], get their logits [B, T, vocab]; equals the
-  // corresponding rows of forward() on the whole sequence.
+  // corresponding rows of forward() on the whole sequence. Learned positions need
+  // state.position + T <= max_len (IndexError otherwise); sinusoidal and rotary do not.
   DecodeState start_decoding(int64_t batch);
   Tensor step(DecodeState& state, const Tensor& ids);
 
+  const std::shared_ptr<TokenEmbedding>& embedding() const { return embed_; }
+  const std::shared_ptr<nn::ModuleList>& blocks() const { return blocks_; }
+  TransformerBlock& block(int64_t i) const { return blocks_->get<TransformerBlock>(i); }
+
  private:
+  Tensor head(const Tensor& h) const;  // final LayerNorm (pre-LN) and LM head
+
   ModelConfig config_;
+  std::shared_ptr<TokenEmbedding> embed_;
+  std::shared_ptr<nn::ModuleList> blocks_;
+  std::shared_ptr<nn::LayerNorm> ln_f_;  // pre-LN only
+  std::shared_ptr<nn::Linear> head_;     // untied only
 };
+
+// The LM head shared by the decoder models: logits = h W^T with W the head's weight, or the
+// token embedding's when tied.
+Tensor lm_logits(const Tensor& h, const TokenEmbedding& embed, const nn::Linear* head);
 
 }  // namespace eformer::models

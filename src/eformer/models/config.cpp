@@ -1,0 +1,207 @@
+#include "eformer/models/config.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+
+#include "eformer/attention/mechanism.h"
+#include "eformer/core/error.h"
+
+namespace eformer::models {
+namespace {
+
+using nlohmann::json;
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+void check_one_of(const std::string& key, const std::string& value, const std::vector<std::string>& valid) {
+  EF_CHECK(std::find(valid.begin(), valid.end(), value) != valid.end(), ValueError, "model config: ", key,
+           " = '", value, "'; expected one of ", join(valid));
+}
+
+int64_t get_int(const std::string& key, const json& v) {
+  EF_CHECK(v.is_number_integer(), ValueError, "model config: ", key, " = ", v.dump(),
+           "; expected an integer");
+  return v.get<int64_t>();
+}
+bool get_bool(const std::string& key, const json& v) {
+  EF_CHECK(v.is_boolean(), ValueError, "model config: ", key, " = ", v.dump(), "; expected true or false");
+  return v.get<bool>();
+}
+std::string get_string(const std::string& key, const json& v) {
+  EF_CHECK(v.is_string(), ValueError, "model config: ", key, " = ", v.dump(), "; expected a string");
+  return v.get<std::string>();
+}
+float get_float(const std::string& key, const json& v) {
+  EF_CHECK(v.is_number(), ValueError, "model config: ", key, " = ", v.dump(), "; expected a number");
+  return v.get<float>();
+}
+
+AttentionChoice get_attention(const std::string& key, const json& v) {
+  AttentionChoice a;
+  if (v.is_string()) {
+    a.kind = v.get<std::string>();
+  } else if (v.is_object()) {
+    for (const auto& [k, value] : v.items()) {
+      if (k == "kind") {
+        a.kind = get_string(key + ".kind", value);
+      } else if (k == "options") {
+        EF_CHECK(value.is_object(), ValueError, "model config: ", key, ".options = ", value.dump(),
+                 "; expected a JSON object");
+        a.options = value;
+      } else {
+        throw ValueError(
+            detail::concat("model config: unknown key '", key, ".", k, "'; valid keys: kind, options"));
+      }
+    }
+  } else {
+    throw ValueError(detail::concat("model config: ", key, " = ", v.dump(),
+                                    "; expected a mechanism name or {\"kind\": ..., \"options\": {...}}"));
+  }
+  check_one_of(key + ".kind", a.kind, attention::mechanism_names());
+  return a;
+}
+
+json attention_json(const AttentionChoice& a) { return json{{"kind", a.kind}, {"options", a.options}}; }
+
+// A float as the shortest decimal that reads back to it (0.1f -> 0.1, not 0.10000000149).
+double tidy(float x) {
+  char buf[32];
+  for (int digits = 6; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, double(x));
+    if (std::strtof(buf, nullptr) == x) break;
+  }
+  return std::strtod(buf, nullptr);
+}
+
+using Setter = std::function<void(ModelConfig&, const json&)>;
+
+const std::vector<std::pair<std::string, Setter>>& setters() {
+  static const std::vector<std::pair<std::string, Setter>> s = {
+      {"arch", [](ModelConfig& c, const json& v) { c.arch = get_string("arch", v); }},
+      {"vocab_size", [](ModelConfig& c, const json& v) { c.vocab_size = get_int("vocab_size", v); }},
+      {"d_model", [](ModelConfig& c, const json& v) { c.d_model = get_int("d_model", v); }},
+      {"n_heads", [](ModelConfig& c, const json& v) { c.n_heads = get_int("n_heads", v); }},
+      {"n_layers", [](ModelConfig& c, const json& v) { c.n_layers = get_int("n_layers", v); }},
+      {"n_encoder_layers",
+       [](ModelConfig& c, const json& v) { c.n_encoder_layers = get_int("n_encoder_layers", v); }},
+      {"d_ff", [](ModelConfig& c, const json& v) { c.d_ff = get_int("d_ff", v); }},
+      {"max_len", [](ModelConfig& c, const json& v) { c.max_len = get_int("max_len", v); }},
+      {"dropout", [](ModelConfig& c, const json& v) { c.dropout = get_float("dropout", v); }},
+      {"pre_ln", [](ModelConfig& c, const json& v) { c.pre_ln = get_bool("pre_ln", v); }},
+      {"positions", [](ModelConfig& c, const json& v) { c.positions = get_string("positions", v); }},
+      {"tie_weights", [](ModelConfig& c, const json& v) { c.tie_weights = get_bool("tie_weights", v); }},
+      {"num_classes", [](ModelConfig& c, const json& v) { c.num_classes = get_int("num_classes", v); }},
+      {"ffn_chunks", [](ModelConfig& c, const json& v) { c.ffn_chunks = get_int("ffn_chunks", v); }},
+      {"activation", [](ModelConfig& c, const json& v) { c.activation = get_string("activation", v); }},
+      {"attention", [](ModelConfig& c, const json& v) { c.attention = get_attention("attention", v); }},
+      {"layer_attention",
+       [](ModelConfig& c, const json& v) {
+         EF_CHECK(v.is_array(), ValueError, "model config: layer_attention = ", v.dump(),
+                  "; expected a list of mechanisms, one per layer");
+         c.layer_attention.clear();
+         for (size_t i = 0; i < v.size(); ++i)
+           c.layer_attention.push_back(get_attention(detail::concat("layer_attention[", i, "]"), v[i]));
+       }},
+  };
+  return s;
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& j) {
+  EF_CHECK(j.is_object(), ValueError, "model config: expected a JSON object, got ", j.dump());
+  ModelConfig c;
+  for (const auto& [key, value] : j.items()) {
+    const auto& s = setters();
+    auto it = std::find_if(s.begin(), s.end(), [&](const auto& e) { return e.first == key; });
+    if (it == s.end()) {
+      std::vector<std::string> valid;
+      for (const auto& e : s) valid.push_back(e.first);
+      throw ValueError(detail::concat("model config: unknown key '", key, "'; valid keys: ", join(valid)));
+    }
+    it->second(c, value);
+  }
+  validate_model_config(c);
+  return c;
+}
+
+void validate_model_config(const ModelConfig& c) {
+  check_one_of("arch", c.arch, {"decoder", "encoder", "encoder-decoder"});
+  check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary"});
+  check_one_of("activation", c.activation, {"gelu", "gelu_tanh", "relu"});
+  auto positive = [](const char* key, int64_t v) {
+    EF_CHECK(v >= 1, ValueError, "model config: ", key, " = ", v, "; expected >= 1");
+  };
+  positive("vocab_size", c.vocab_size);
+  positive("d_model", c.d_model);
+  positive("n_heads", c.n_heads);
+  positive("n_layers", c.n_layers);
+  positive("d_ff", c.d_ff);
+  positive("max_len", c.max_len);
+  positive("ffn_chunks", c.ffn_chunks);
+  EF_CHECK(c.d_model % c.n_heads == 0, ValueError, "model config: d_model = ", c.d_model,
+           " is not divisible by n_heads = ", c.n_heads);
+  EF_CHECK(c.positions != "rotary" || (c.d_model / c.n_heads) % 2 == 0, ValueError,
+           "model config: positions = 'rotary' needs an even head dim; d_model / n_heads = ",
+           c.d_model / c.n_heads);
+  EF_CHECK(c.dropout >= 0.0f && c.dropout < 1.0f, ValueError, "model config: dropout = ", c.dropout,
+           "; expected a value in [0, 1)");
+  if (c.arch == "encoder-decoder") {
+    EF_CHECK(c.n_encoder_layers >= 1, ValueError, "model config: n_encoder_layers = ", c.n_encoder_layers,
+             "; expected >= 1 for arch 'encoder-decoder'");
+  } else {
+    EF_CHECK(c.n_encoder_layers == 0, ValueError, "model config: n_encoder_layers = ", c.n_encoder_layers,
+             "; expected 0 (it is for arch 'encoder-decoder' only; arch is '", c.arch, "')");
+  }
+  if (c.arch == "encoder") {
+    EF_CHECK(c.num_classes >= 1, ValueError, "model config: num_classes = ", c.num_classes,
+             "; expected >= 1 for arch 'encoder'");
+  } else {
+    EF_CHECK(c.num_classes == 0, ValueError, "model config: num_classes = ", c.num_classes,
+             "; expected 0 (it is for arch 'encoder' only; arch is '", c.arch, "')");
+  }
+  EF_CHECK(c.layer_attention.empty() || int64_t(c.layer_attention.size()) == c.n_layers, ValueError,
+           "model config: layer_attention has ", c.layer_attention.size(),
+           " entries; expected 0 or n_layers = ", c.n_layers);
+  check_one_of("attention.kind", c.attention.kind, attention::mechanism_names());
+  for (size_t i = 0; i < c.layer_attention.size(); ++i)
+    check_one_of(detail::concat("layer_attention[", i, "].kind"), c.layer_attention[i].kind,
+                 attention::mechanism_names());
+}
+
+json to_json(const ModelConfig& c) {
+  json layers = json::array();
+  for (const auto& a : c.layer_attention) layers.push_back(attention_json(a));
+  return json{{"arch", c.arch},
+              {"vocab_size", c.vocab_size},
+              {"d_model", c.d_model},
+              {"n_heads", c.n_heads},
+              {"n_layers", c.n_layers},
+              {"n_encoder_layers", c.n_encoder_layers},
+              {"d_ff", c.d_ff},
+              {"max_len", c.max_len},
+              {"dropout", tidy(c.dropout)},
+              {"pre_ln", c.pre_ln},
+              {"positions", c.positions},
+              {"tie_weights", c.tie_weights},
+              {"num_classes", c.num_classes},
+              {"ffn_chunks", c.ffn_chunks},
+              {"activation", c.activation},
+              {"attention", attention_json(c.attention)},
+              {"layer_attention", layers}};
+}
+
+const AttentionChoice& attention_for_layer(const ModelConfig& c, int64_t layer) {
+  EF_CHECK(layer >= 0 && layer < c.n_layers, IndexError, "attention_for_layer: layer ", layer,
+           " is outside [0, n_layers = ", c.n_layers, ")");
+  return c.layer_attention.empty() ? c.attention : c.layer_attention[size_t(layer)];
+}
+
+}  // namespace eformer::models

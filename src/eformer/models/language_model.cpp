@@ -1,0 +1,76 @@
+#include "eformer/models/language_model.h"
+
+#include "eformer/ops/loss.h"
+#include "eformer/ops/matmul.h"
+#include "eformer/ops/shape.h"
+
+namespace eformer::models {
+
+Tensor lm_logits(const Tensor& h, const TokenEmbedding& embed, const nn::Linear* head) {
+  if (head) return head->forward(h);
+  return matmul(h, embed.tokens()->weight(), false, true);  // [B, N, D] x [V, D]^T
+}
+
+LanguageModel::LanguageModel(const ModelConfig& config) : Module("LanguageModel"), config_(config) {
+  validate_model_config(config_);
+  EF_CHECK(config_.arch == "decoder", ValueError, "LanguageModel: arch = '", config_.arch,
+           "'; expected 'decoder' (use SequenceClassifier or EncoderDecoder)");
+  embed_ = register_module("embed", std::make_shared<TokenEmbedding>(config_));
+  blocks_ = register_module("blocks", std::make_shared<nn::ModuleList>());
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    const AttentionChoice& choice = attention_for_layer(config_, i);
+    auto attn = attention::make_mechanism(choice.kind, mechanism_config(config_, choice, true, false));
+    blocks_->push_back(std::make_shared<TransformerBlock>(config_, std::move(attn)));
+  }
+  if (config_.pre_ln) ln_f_ = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.d_model));
+  if (!config_.tie_weights)
+    head_ = register_module("head", std::make_shared<nn::Linear>(config_.d_model, config_.vocab_size, false));
+}
+
+std::string LanguageModel::describe() const {
+  return detail::concat("LanguageModel(vocab=", config_.vocab_size, ", d_model=", config_.d_model,
+                        ", n_heads=", config_.n_heads, ", n_layers=", config_.n_layers,
+                        ", max_len=", config_.max_len, ", positions=", config_.positions, ", ",
+                        config_.pre_ln ? "pre-LN" : "post-LN", config_.tie_weights ? ", tied" : ", untied",
+                        ")");
+}
+
+Tensor LanguageModel::head(const Tensor& h) const {
+  return lm_logits(ln_f_ ? ln_f_->forward(h) : h, *embed_, head_.get());
+}
+
+Tensor LanguageModel::forward(const Tensor& ids) {
+  EF_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::Int64, ShapeError, where(), "ids are ",
+           ids.defined() ? ids.describe() : std::string("undefined"), "; expected Int64 [batch, seq]");
+  EF_CHECK(ids.size(1) <= config_.max_len, ValueError, where(), "sequence length ", ids.size(1),
+           " exceeds max_len = ", config_.max_len);
+  Tensor h = embed_->forward(ids);
+  for (int64_t i = 0; i < blocks_->size(); ++i) h = block(i).forward(h);
+  return head(h);
+}
+
+Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets) {
+  EF_CHECK(targets.defined() && targets.dtype() == DType::Int64 && targets.shape() == ids.shape(), ShapeError,
+           where(), "loss: targets are ", targets.defined() ? targets.describe() : std::string("undefined"),
+           "; expected Int64 of the ids' shape ", shape_str(ids.shape()));
+  Tensor logits = forward(ids);
+  const int64_t rows = ids.numel();
+  return cross_entropy(reshape(logits, {rows, config_.vocab_size}), reshape(targets, {rows}));
+}
+
+DecodeState LanguageModel::start_decoding(int64_t batch) {
+  DecodeState state;
+  for (int64_t i = 0; i < blocks_->size(); ++i) state.layers.push_back(block(i).self_attn()->start(batch));
+  return state;
+}
+
+Tensor LanguageModel::step(DecodeState& state, const Tensor& ids) {
+  EF_CHECK(int64_t(state.layers.size()) == blocks_->size(), ValueError, where(), "step: the state has ",
+           state.layers.size(), " layers; expected ", blocks_->size(), " (use this model's start_decoding)");
+  Tensor h = embed_->forward(ids, state.position);
+  for (int64_t i = 0; i < blocks_->size(); ++i) h = block(i).step(h, *state.layers[size_t(i)]);
+  state.position += ids.size(1);
+  return head(h);
+}
+
+}  // namespace eformer::models
