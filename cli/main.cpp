@@ -1,9 +1,10 @@
-// The eformer command line. Subcommands (train, eval, generate, info, bench) arrive with the
-// model issues; for now: --help and --version.
+// The eformer command line: one subcommand per file (train.cpp, eval.cpp, generate.cpp, info.cpp,
+// demo.cpp). Any eformer::Error is one line on stderr, "eformer: error: ...", and exit code 2.
 #include <cstring>
 #include <iostream>
 #include <string>
 
+#include "common.h"
 #include "demo.h"
 #include "eformer/eformer.h"
 
@@ -11,8 +12,13 @@ namespace {
 constexpr const char* kUsage = R"(usage: eformer <command> [options]
 
 commands:
-  demo        train a small MLP from C++ (the engine end to end); eformer demo --help
-  (arriving with the model layer: train, eval, generate, info)
+  train       train a language model (presets: tiny, small), or resume a run exactly
+  eval        bits per character of a checkpoint on a split of a corpus
+  generate    stream text sampled from a checkpoint
+  info        what a checkpoint holds: config, parameter count, mechanism per layer
+  demo        train a small MLP from C++ (the engine end to end)
+
+Each command takes --help.
 options:
   --help      show this message
   --version   print the version
@@ -29,9 +35,18 @@ int main(int argc, char** argv) {
       std::cout << "eformer " << eformer::kVersion << "\n";
       return 0;
     }
-    if (std::strcmp(argv[1], "demo") == 0) return eformer::cli::run_demo(argc - 1, argv + 1);
+    using namespace eformer::cli;
+    std::string command = argv[1];
+    if (command == "train") return run_train(argc - 1, argv + 1);
+    if (command == "eval") return run_eval(argc - 1, argv + 1);
+    if (command == "generate") return run_generate(argc - 1, argv + 1);
+    if (command == "info") return run_info(argc - 1, argv + 1);
+    if (command == "demo") return run_demo(argc - 1, argv + 1);
     throw eformer::ValueError(std::string("unknown command or option '") + argv[1] + "'; see eformer --help");
   } catch (const eformer::Error& e) {
+    std::cerr << "eformer: error: " << e.what() << "\n";
+    return 2;
+  } catch (const nlohmann::json::exception& e) {  // a config of the wrong JSON shape
     std::cerr << "eformer: error: " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {

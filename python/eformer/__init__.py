@@ -10,7 +10,7 @@ import builtins as _builtins
 __version__ = _C.__version__
 # `import eformer.optim`, `from eformer.nn import Linear` work like torch's.
 import sys as _sys
-for _sub in ("optim", "nn", "data", "models"):
+for _sub in ("optim", "nn", "data", "models", "train"):
     _sys.modules[__name__ + "." + _sub] = getattr(_C, _sub)
 
 

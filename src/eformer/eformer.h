@@ -13,6 +13,7 @@
 #include "eformer/nn/nn.h"
 #include "eformer/ops/ops.h"
 #include "eformer/optim/optim.h"
+#include "eformer/train/train.h"
 
 namespace eformer {
 inline constexpr const char* kVersion = "0.1.0";

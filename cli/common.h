@@ -1,0 +1,66 @@
+// Shared helpers of the CLI's subcommands: flag values, numbers parsed strictly, the corpus and
+// thread options. Every problem is an eformer::Error, which main() prints as
+// "eformer: error: ..." with exit code 2.
+#pragma once
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "eformer/eformer.h"
+
+namespace eformer::cli {
+
+// The value after flag argv[i] (advancing i); ValueError naming the command and flag when missing.
+inline std::string flag_value(const char* command, int argc, char** argv, int& i) {
+  EF_CHECK(i + 1 < argc, ValueError, command, ": ", argv[i], " needs a value");
+  return argv[++i];
+}
+
+inline int64_t parse_int(const char* command, const std::string& flag, const std::string& value) {
+  errno = 0;
+  char* end = nullptr;
+  long long v = std::strtoll(value.c_str(), &end, 10);
+  EF_CHECK(!value.empty() && end && *end == '\0' && errno == 0, ValueError, command, ": ", flag,
+           " expects an integer, got '", value, "'");
+  return v;
+}
+
+inline uint64_t parse_uint(const char* command, const std::string& flag, const std::string& value) {
+  errno = 0;
+  char* end = nullptr;
+  EF_CHECK(!value.empty() && value[0] != '-', ValueError, command, ": ", flag,
+           " expects a non-negative integer, got '", value, "'");
+  unsigned long long v = std::strtoull(value.c_str(), &end, 10);
+  EF_CHECK(end && *end == '\0' && errno == 0, ValueError, command, ": ", flag,
+           " expects a non-negative integer, got '", value, "'");
+  return v;
+}
+
+inline double parse_double(const char* command, const std::string& flag, const std::string& value) {
+  errno = 0;
+  char* end = nullptr;
+  double v = std::strtod(value.c_str(), &end);
+  EF_CHECK(!value.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v), ValueError, command, ": ",
+           flag, " expects a number, got '", value, "'");
+  return v;
+}
+
+inline void set_threads(const char* command, const std::string& value) {
+  int64_t t = parse_int(command, "--threads", value);
+  EF_CHECK(t >= 1 && t <= 4096, ValueError, command, ": --threads must be at least 1, got ", t);
+  parallel::set_num_threads(int(t));
+}
+
+// The corpus at `path`, or the default corpus when empty.
+inline data::Corpus load_corpus(const std::string& path) {
+  return path.empty() ? data::Corpus::default_corpus() : data::Corpus::from_path(path);
+}
+
+int run_train(int argc, char** argv);     // train.cpp
+int run_eval(int argc, char** argv);      // eval.cpp
+int run_generate(int argc, char** argv);  // generate.cpp
+int run_info(int argc, char** argv);      // info.cpp
+
+}  // namespace eformer::cli

@@ -1,0 +1,93 @@
+// `eformer eval`: bits per character of a checkpoint's model on a split of a corpus.
+#include <cstdio>
+#include <string>
+
+#include "common.h"
+#include "eformer/train/checkpoint.h"
+#include "eformer/train/evaluate.h"
+
+namespace eformer::cli {
+namespace {
+
+constexpr const char* kHelp = R"(usage: eformer eval CKPT [options]
+
+Prints the model's bits per character (mean next-byte cross-entropy / ln 2) on a split of the
+corpus, scored in non-overlapping windows of the model's context: every character but the split's
+first is predicted exactly once.
+
+  --data PATH         corpus file or folder (default: the one the checkpoint was trained on, else
+                      data/kjv.txt)
+  --split NAME        valid (default), test or train
+  --max-batches N     score only N batches spread over the split (a quick estimate; default: all)
+  --batch-size B      windows per batch (default 16)
+  --context C         window length (default: the model's context)
+  --threads T         worker threads
+  --json              print one JSON object instead of a sentence
+)";
+
+}  // namespace
+
+int run_eval(int argc, char** argv) {
+  const char* cmd = "eval";
+  std::string ckpt, data_path, split = "valid";
+  int64_t max_batches = 0, batch_size = 16, context = 0;
+  bool json = false, data_given = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kHelp, stdout);
+      return 0;
+    }
+    if (a == "--json") {
+      json = true;
+      continue;
+    }
+    if (a.rfind("--", 0) != 0) {
+      EF_CHECK(ckpt.empty(), ValueError, "eval: unexpected argument '", a, "' (one checkpoint only)");
+      ckpt = a;
+      continue;
+    }
+    std::string v = flag_value(cmd, argc, argv, i);
+    if (a == "--data") data_path = v, data_given = true;
+    else if (a == "--split") split = v;
+    else if (a == "--max-batches") max_batches = parse_int(cmd, a, v);
+    else if (a == "--batch-size") batch_size = parse_int(cmd, a, v);
+    else if (a == "--context") context = parse_int(cmd, a, v);
+    else if (a == "--threads") set_threads(cmd, v);
+    else throw ValueError("eval: unknown option '" + a + "'; see eformer eval --help");
+  }
+  EF_CHECK(!ckpt.empty(), ValueError, "eval: missing the checkpoint; usage: eformer eval CKPT [options]");
+  EF_CHECK(max_batches >= 0, ValueError, "eval: --max-batches must be >= 0, got ", max_batches);
+  EF_CHECK(batch_size >= 1, ValueError, "eval: --batch-size must be >= 1, got ", batch_size);
+  EF_CHECK(context >= 0, ValueError, "eval: --context must be >= 1, got ", context);
+  data::Split s = data::parse_split(split);
+
+  train::Checkpoint checkpoint = train::read_checkpoint(ckpt);
+  if (!data_given) data_path = checkpoint.info.train_config.value("data", std::string());
+  auto model = train::load_model(checkpoint);
+  checkpoint = {};
+  data::Corpus corpus = load_corpus(data_path);
+  train::EvalResult r =
+      train::evaluate(*model, data::TokenSource(corpus, s), context, batch_size, max_batches);
+  if (json) {
+    nlohmann::json j{{"checkpoint", ckpt},
+                     {"data", corpus.source()},
+                     {"split", data::split_name(s)},
+                     {"bits_per_char", r.bits_per_char},
+                     {"loss", r.loss},
+                     {"targets", r.targets},
+                     {"batches", r.batches},
+                     {"total_batches", r.total_batches}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s bits/char %.4f (loss %.4f nats/char over %lld characters%s)\n", data::split_name(s),
+                r.bits_per_char, r.loss, (long long)r.targets,
+                r.batches < r.total_batches
+                    ? (", " + std::to_string(r.batches) + " of " + std::to_string(r.total_batches) + " batches")
+                          .c_str()
+                    : "");
+  }
+  return 0;
+}
+
+}  // namespace eformer::cli

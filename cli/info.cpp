@@ -1,0 +1,95 @@
+// `eformer info`: what a checkpoint holds: model config, parameter count, mechanism per layer,
+// training progress.
+#include <cstdio>
+#include <string>
+
+#include "common.h"
+#include "eformer/train/checkpoint.h"
+
+namespace eformer::cli {
+namespace {
+
+constexpr const char* kHelp = R"(usage: eformer info CKPT [--json]
+
+Prints a checkpoint's model (architecture, sizes, parameter count, attention mechanism of each
+layer) and training state (step, elapsed time, training config). The weights are loaded and checked
+against the config.
+
+  --json    print one JSON object
+)";
+
+std::string with_commas(int64_t n) {
+  std::string s = std::to_string(n), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+std::string mechanism_str(const models::AttentionChoice& a) {
+  return a.options.empty() ? a.kind : a.kind + " " + a.options.dump();
+}
+
+}  // namespace
+
+int run_info(int argc, char** argv) {
+  std::string ckpt;
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kHelp, stdout);
+      return 0;
+    }
+    if (a == "--json") json = true;
+    else if (a.rfind("--", 0) == 0) throw ValueError("info: unknown option '" + a + "'; see eformer info --help");
+    else {
+      EF_CHECK(ckpt.empty(), ValueError, "info: unexpected argument '", a, "' (one checkpoint only)");
+      ckpt = a;
+    }
+  }
+  EF_CHECK(!ckpt.empty(), ValueError, "info: missing the checkpoint; usage: eformer info CKPT [--json]");
+  train::Checkpoint c = train::read_checkpoint(ckpt);
+  auto model = train::load_model(c);
+  const models::ModelConfig& m = c.model_config;
+  nlohmann::json layers = nlohmann::json::array();
+  for (int64_t i = 0; i < m.n_layers; ++i) {
+    const auto& a = models::attention_for_layer(m, i);
+    layers.push_back({{"kind", a.kind}, {"options", a.options}});
+  }
+  const nlohmann::json& t = c.info.train_config;
+  if (json) {
+    nlohmann::json j{{"checkpoint", ckpt},
+                     {"format_version", train::kCheckpointVersion},
+                     {"model", models::to_json(m)},
+                     {"parameters", model->num_parameters()},
+                     {"layers", layers},
+                     {"step", c.info.step},
+                     {"elapsed_s", c.info.elapsed_s},
+                     {"rng", {{"seed", c.info.rng.seed}, {"stream", c.info.rng.stream}, {"counter", c.info.rng.counter}}},
+                     {"train", t}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf("checkpoint  %s (eformer checkpoint, format %d)\n", ckpt.c_str(), train::kCheckpointVersion);
+  std::printf("model       %s: %lld layers, d_model %lld, %lld heads, d_ff %lld, context %lld, vocab %lld\n",
+              m.arch.c_str(), (long long)m.n_layers, (long long)m.d_model, (long long)m.n_heads, (long long)m.d_ff,
+              (long long)m.max_len, (long long)m.vocab_size);
+  std::printf("            %s positions, %s, dropout %g, %s, %s, ffn_chunks %lld\n", m.positions.c_str(),
+              m.pre_ln ? "pre-LN" : "post-LN", double(m.dropout), m.activation.c_str(),
+              m.tie_weights ? "tied embedding" : "untied head", (long long)m.ffn_chunks);
+  std::printf("parameters  %s\n", with_commas(model->num_parameters()).c_str());
+  for (int64_t i = 0; i < m.n_layers; ++i)
+    std::printf("%s %lld: %s\n", i == 0 ? "attention   layer" : "            layer", (long long)i,
+                mechanism_str(models::attention_for_layer(m, i)).c_str());
+  int64_t steps = t.value("steps", int64_t(0));
+  std::printf("training    step %lld%s, %.1f min, seed %llu, batch %lld, lr %g\n", (long long)c.info.step,
+              steps > 0 ? (" of " + std::to_string(steps)).c_str() : "", c.info.elapsed_s / 60.0,
+              (unsigned long long)t.value("seed", uint64_t(0)), (long long)t.value("batch_size", int64_t(0)),
+              t.value("lr", 0.0));
+  std::printf("train       %s\n", t.dump().c_str());
+  return 0;
+}
+
+}  // namespace eformer::cli

@@ -1,0 +1,174 @@
+// `eformer train`: trains a causal language model from a preset or run file, or resumes a
+// checkpointed run exactly. Writes <out>/checkpoint.safetensors and <out>/log.jsonl.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "eformer/train/checkpoint.h"
+#include "eformer/train/config.h"
+#include "eformer/train/trainer.h"
+
+namespace eformer::cli {
+namespace {
+
+constexpr const char* kHelp = R"(usage: eformer train (--preset NAME | --config FILE | --resume CKPT) [options]
+
+Trains a byte-level causal language model and writes OUT/checkpoint.safetensors (weights, optimizer
+and RNG state: resumable exactly) and OUT/log.jsonl (one JSON object per line: training losses,
+validation bits per character). Progress goes to stderr; Ctrl-C stops after the current step and
+writes the checkpoint.
+
+  --preset NAME        a preset from presets/ (tiny, small) or a path to a run file
+  --config FILE        a run file: {"model": {...}, "train": {...}}
+  --resume CKPT        continue the run in CKPT exactly where it stopped (its model and train
+                       config; --steps/--minutes/--set train.KEY may change the run's length or
+                       settings, which changes the losses from there on)
+  --data PATH          corpus file or folder (default: the run's, else data/kjv.txt)
+  --steps N            train for N optimizer steps
+  --minutes M          train for M minutes: the step count is fitted to the time (the cosine
+                       schedule spans it); with --steps as well, whichever comes first
+  --out DIR            output folder (default: out/<preset or config name>; with --resume, the
+                       checkpoint's folder)
+  --seed S             seed of the initialisation, dropout and batch order (default: the config's)
+  --threads T          worker threads (default: all cores)
+  --set KEY=VALUE      override a config key (repeatable): lr=3e-3, model.dropout=0,
+                       train.batch_size=8, model.attention.kind=full
+  --log-every K        a training line in the log every K steps (train.log_every)
+  --eval-every K       a validation estimate every K steps (train.eval_every)
+  --checkpoint-every K a checkpoint every K steps (train.checkpoint_every)
+  --quiet              no progress line
+)";
+
+void on_sigint(int) {
+  train::Trainer::request_stop();
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+
+std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
+
+}  // namespace
+
+int run_train(int argc, char** argv) {
+  const char* cmd = "train";
+  std::string preset, config_file, resume, data_path, out, steps, minutes, seed;
+  std::vector<std::string> sets;
+  bool quiet = false, data_given = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kHelp, stdout);
+      return 0;
+    }
+    if (a == "--quiet") {
+      quiet = true;
+      continue;
+    }
+    if (a.size() < 3 || a.rfind("--", 0) != 0)
+      throw ValueError("train: unexpected argument '" + a + "'; see eformer train --help");
+    std::string v = flag_value(cmd, argc, argv, i);
+    if (a == "--preset") preset = v;
+    else if (a == "--config") config_file = v;
+    else if (a == "--resume") resume = v;
+    else if (a == "--data") data_path = v, data_given = true;
+    else if (a == "--steps") steps = v;
+    else if (a == "--minutes") minutes = v;
+    else if (a == "--out") out = v;
+    else if (a == "--seed") seed = v;
+    else if (a == "--threads") set_threads(cmd, v);
+    else if (a == "--set") sets.push_back(v);
+    else if (a == "--log-every") sets.push_back("train.log_every=" + std::to_string(parse_int(cmd, a, v)));
+    else if (a == "--eval-every") sets.push_back("train.eval_every=" + std::to_string(parse_int(cmd, a, v)));
+    else if (a == "--checkpoint-every")
+      sets.push_back("train.checkpoint_every=" + std::to_string(parse_int(cmd, a, v)));
+    else throw ValueError("train: unknown option '" + a + "'; see eformer train --help");
+  }
+  int sources = int(!preset.empty()) + int(!config_file.empty()) + int(!resume.empty());
+  EF_CHECK(sources == 1, ValueError, "train: give exactly one of --preset, --config or --resume",
+           sources ? " (got several)" : "");
+
+  nlohmann::json run;
+  std::string default_out;
+  train::Checkpoint checkpoint;
+  if (!resume.empty()) {
+    EF_CHECK(seed.empty(), ValueError, "train: --seed cannot be combined with --resume (the checkpoint's seed "
+                                       "fixes the batch order)");
+    checkpoint = train::read_checkpoint(resume);
+    run = {{"model", models::to_json(checkpoint.model_config)}, {"train", checkpoint.info.train_config}};
+    default_out = std::filesystem::path(resume).parent_path().string();
+    if (default_out.empty()) default_out = ".";
+  } else {
+    std::string path = preset.empty() ? config_file : train::preset_path(preset);
+    run = train::read_run_json(path);
+    EF_CHECK(run.is_object(), ValueError, "train: config '", path,
+             "' must be a JSON object {\"model\": {...}, \"train\": {...}}");
+    default_out = "out/" + stem_of(path);
+  }
+  const nlohmann::json model_before = run.value("model", nlohmann::json::object());
+  for (const auto& s : sets) train::apply_override(run, s);
+  if (!resume.empty())
+    EF_CHECK(run.value("model", nlohmann::json::object()) == model_before, ValueError,
+             "train: --set cannot change the model of a resumed run (only train.* keys)");
+  nlohmann::json& tj = run["train"];
+  if (tj.is_null()) tj = nlohmann::json::object();
+  EF_CHECK(tj.is_object(), ValueError, "train: \"train\" must be a JSON object, got ", tj.dump());
+  if (!steps.empty()) {
+    int64_t n = parse_int(cmd, "--steps", steps);
+    EF_CHECK(n >= 1, ValueError, "train: --steps must be at least 1, got ", n);
+    tj["steps"] = n;
+    if (minutes.empty()) tj["time_budget_s"] = 0.0;
+  }
+  if (!minutes.empty()) {
+    double m = parse_double(cmd, "--minutes", minutes);
+    EF_CHECK(m > 0, ValueError, "train: --minutes must be positive, got ", minutes);
+    tj["time_budget_s"] = m * 60.0;
+    if (steps.empty()) tj["steps"] = 0;
+  }
+  if (!seed.empty()) tj["seed"] = parse_uint(cmd, "--seed", seed);
+  if (data_given) tj["data"] = data_path;
+  if (out.empty()) out = default_out;
+  tj["checkpoint_path"] = (std::filesystem::path(out) / "checkpoint.safetensors").string();
+  tj["log_path"] = (std::filesystem::path(out) / "log.jsonl").string();
+
+  train::RunConfig rc = train::parse_run_config(run);
+  EF_CHECK(rc.train.steps > 0 || rc.train.time_budget_s > 0, ValueError,
+           "train: no run length: give --steps N or --minutes M (or set train.steps in the config)");
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  EF_CHECK(!ec, IOError, "train: cannot create the output folder '", out, "': ", ec.message());
+  data::Corpus corpus = load_corpus(rc.train.data);
+
+  std::unique_ptr<train::Trainer> trainer;
+  if (!resume.empty()) trainer = std::make_unique<train::Trainer>(checkpoint, rc.train, corpus);
+  else trainer = std::make_unique<train::Trainer>(rc.model, rc.train, corpus);
+  checkpoint = {};  // the weights are in the model now
+  if (!quiet) trainer->set_progress(stderr);
+
+  const auto& mc = trainer->model().config();
+  std::fprintf(stderr,
+               "eformer train: %s%lld layers, d_model %lld, %lld heads, context %lld, %lld parameters; "
+               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; out %s\n",
+               resume.empty() ? "" : ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ")
+                                         .c_str(),
+               (long long)mc.n_layers, (long long)mc.d_model, (long long)mc.n_heads, (long long)mc.max_len,
+               (long long)trainer->model().num_parameters(), (long long)rc.train.batch_size, rc.train.lr,
+               rc.train.steps > 0
+                   ? (std::to_string(rc.train.steps) + " steps" +
+                      (rc.train.time_budget_s > 0 ? " or " + std::to_string(rc.train.time_budget_s / 60) + " min" : ""))
+                         .c_str()
+                   : (std::to_string(rc.train.time_budget_s / 60.0).substr(0, 5) + " minutes").c_str(),
+               corpus.source().c_str(), (long long)corpus.split_size(data::Split::Train), parallel::num_threads(),
+               out.c_str());
+  auto previous = std::signal(SIGINT, on_sigint);
+  train::TrainResult r = trainer->run();
+  std::signal(SIGINT, previous);
+
+  std::printf("trained %lld steps (%s) in %.1f min at %.0f tokens/s; valid bits/char %.4f (estimate)\n",
+              (long long)r.steps, r.reason.c_str(), r.elapsed_s / 60.0, r.tokens_per_s, r.valid_bits_per_char);
+  std::printf("checkpoint: %s\nlog: %s\n", rc.train.checkpoint_path.c_str(), rc.train.log_path.c_str());
+  return r.reason == "interrupted" ? 130 : 0;
+}
+
+}  // namespace eformer::cli

@@ -1,0 +1,145 @@
+#include "eformer/train/checkpoint.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
+#include "eformer/core/error.h"
+#include "eformer/eformer.h"
+#include "eformer/io/safetensors.h"
+
+namespace eformer::train {
+
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void corrupt(const std::string& path, const std::string& what) {
+  throw IOError("checkpoint '" + path + "': " + what);
+}
+
+const std::string& meta(const io::SafetensorsFile& f, const std::string& key) {
+  auto it = f.metadata.find(key);
+  if (it == f.metadata.end()) corrupt(f.source, "metadata has no '" + key + "'");
+  return it->second;
+}
+
+json meta_json(const io::SafetensorsFile& f, const std::string& key) {
+  try {
+    return json::parse(meta(f, key));
+  } catch (const json::parse_error& e) {
+    corrupt(f.source, "metadata '" + key + "' is not valid JSON (" + e.what() + ")");
+  }
+}
+
+int64_t parse_int64(const io::SafetensorsFile& f, const std::string& key) {
+  const std::string& s = meta(f, key);
+  char* end = nullptr;
+  long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || v < 0) corrupt(f.source, "metadata '" + key + "' = '" + s + "' is not a count");
+  return v;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const models::LanguageModel& model, const optim::Optimizer* optimizer,
+                     const CheckpointInfo& info) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, t] : model.state_dict()) tensors.emplace_back("model." + name, t);
+  if (optimizer)
+    for (auto& [name, t] : optimizer->state_tensors()) tensors.emplace_back("optim." + name, t);
+  json rng{{"seed", info.rng.seed}, {"stream", info.rng.stream}, {"counter", info.rng.counter}};
+  char elapsed[64];
+  std::snprintf(elapsed, sizeof elapsed, "%.17g", info.elapsed_s);
+  std::map<std::string, std::string> metadata{
+      {"format", kCheckpointFormat},
+      {"format_version", std::to_string(kCheckpointVersion)},
+      {"eformer_version", kVersion},
+      {"model_config", models::to_json(model.config()).dump()},
+      {"train_config", info.train_config.dump()},
+      {"step", std::to_string(info.step)},
+      {"rng", rng.dump()},
+      {"elapsed_s", elapsed},
+  };
+  io::save_safetensors(path, tensors, metadata);
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  io::SafetensorsFile f;
+  try {
+    f = io::load_safetensors(path);
+  } catch (const IOError& e) {
+    throw IOError(std::string("cannot read checkpoint: ") + e.what());
+  }
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != kCheckpointFormat)
+    corrupt(path, "not an eformer checkpoint (a safetensors file without eformer's \"format\": \"" +
+                      std::string(kCheckpointFormat) + "\" metadata)");
+  const std::string& version = meta(f, "format_version");
+  if (version != std::to_string(kCheckpointVersion))
+    corrupt(path, "format version " + version + "; this eformer reads version " +
+                      std::to_string(kCheckpointVersion));
+
+  Checkpoint c;
+  c.source = path;
+  try {
+    c.model_config = models::parse_model_config(meta_json(f, "model_config"));
+  } catch (const ValueError& e) {
+    throw ValueError("checkpoint '" + path + "': invalid model config: " + e.what());
+  }
+  c.info.train_config = meta_json(f, "train_config");
+  if (!c.info.train_config.is_object()) corrupt(path, "metadata 'train_config' is not a JSON object");
+  c.info.step = parse_int64(f, "step");
+  json rng = meta_json(f, "rng");
+  for (const char* k : {"seed", "stream", "counter"})
+    if (!rng.is_object() || !rng.contains(k) || !rng[k].is_number_unsigned())
+      corrupt(path, "metadata 'rng' must be {\"seed\", \"stream\", \"counter\"} of unsigned integers, got " +
+                        rng.dump());
+  c.info.rng = {rng["seed"].get<uint64_t>(), rng["stream"].get<uint64_t>(), rng["counter"].get<uint64_t>()};
+  const std::string& elapsed = meta(f, "elapsed_s");
+  char* end = nullptr;
+  c.info.elapsed_s = std::strtod(elapsed.c_str(), &end);
+  if (elapsed.empty() || *end != '\0' || !std::isfinite(c.info.elapsed_s) || c.info.elapsed_s < 0)
+    corrupt(path, "metadata 'elapsed_s' = '" + elapsed + "' is not a duration");
+
+  for (auto& [name, t] : f.tensors) {
+    if (name.starts_with("model.")) c.model_state.emplace(name.substr(6), t);
+    else if (name.starts_with("optim.")) c.optimizer_state.emplace(name.substr(6), t);
+    else corrupt(path, "unexpected tensor '" + name + "' (names start with \"model.\" or \"optim.\")");
+  }
+  if (c.model_state.empty()) corrupt(path, "holds no model tensors");
+  return c;
+}
+
+void restore_model(const Checkpoint& checkpoint, models::LanguageModel& model) {
+  try {
+    model.load_state_dict(checkpoint.model_state, /*strict=*/true);
+  } catch (const ShapeError& e) {
+    throw ShapeError("checkpoint '" + checkpoint.source + "' does not fit its model: " + e.what());
+  } catch (const ValueError& e) {
+    throw ValueError("checkpoint '" + checkpoint.source + "' does not fit its model: " + e.what());
+  }
+}
+
+std::shared_ptr<models::LanguageModel> load_model(const Checkpoint& checkpoint) {
+  auto model = std::make_shared<models::LanguageModel>(checkpoint.model_config);
+  restore_model(checkpoint, *model);
+  model->eval();
+  return model;
+}
+
+void restore_optimizer(const Checkpoint& checkpoint, optim::Optimizer& optimizer) {
+  if (checkpoint.optimizer_state.empty())
+    corrupt(checkpoint.source, "holds no optimizer state (a weights-only checkpoint cannot be resumed)");
+  try {
+    optimizer.load_state_tensors(checkpoint.optimizer_state);
+  } catch (const ShapeError& e) {
+    throw ShapeError("checkpoint '" + checkpoint.source + "': optimizer state does not fit the model: " + e.what());
+  } catch (const ValueError& e) {
+    throw ValueError("checkpoint '" + checkpoint.source + "': optimizer state does not fit the model: " + e.what());
+  }
+}
+
+}  // namespace eformer::train

@@ -1,0 +1,277 @@
+"""The CLI's train / eval / generate / info end to end, on the tiny preset and a small temporary corpus:
+the loss falls, a run killed with SIGKILL resumes with bit-identical losses, outputs are as documented,
+generation is reproducible, and every bad flag, config or file is a one-line error with exit code 2.
+Also the Python side (eformer.train)."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import eformer as ef
+
+CLI = os.path.normpath(os.path.join(os.path.dirname(ef.__file__), "..", "..", "eformer"))
+
+
+def run(*args, check=True, timeout=120):
+    p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"eformer {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
+    return p
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(path):
+    """{step: loss} of every "train" line, the loss exact (from the hex float)."""
+    return {j["step"]: float.fromhex(j["loss_hex"]) for j in read_log(path) if j["event"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """About 60 KB of varied, learnable text."""
+    rng = np.random.default_rng(0)
+    words = "and the of to in that he shall unto for his a they be is him lord not them it with all".split()
+    lines = []
+    for i in range(1500):
+        n = int(rng.integers(4, 12))
+        lines.append(f"{i % 50 + 1} " + " ".join(words[int(k)] for k in rng.integers(0, len(words), n)) + ".")
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A tiny model trained 60 steps (logging every step); its output folder."""
+    out = tmp_path_factory.mktemp("tiny")
+    p = run("train", "--preset", "tiny", "--data", corpus, "--steps", 60, "--log-every", 1, "--eval-every", 20,
+            "--out", out, "--quiet")
+    assert "trained 60 steps" in p.stdout
+    return out
+
+
+def test_tiny_preset_trains_and_the_loss_falls(trained):
+    log = read_log(trained / "log.jsonl")
+    assert log[0]["event"] == "start" and log[0]["model"]["n_layers"] == 2 and log[0]["parameters"] > 0
+    losses = train_losses(trained / "log.jsonl")
+    assert sorted(losses) == list(range(1, 61))
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(56, 61)])
+    assert first > 5.0 and last < first - 1.5, (first, last)
+    valid = [j for j in log if j["event"] == "valid"]
+    assert [j["step"] for j in valid] == [20, 40, 60]
+    assert valid[-1]["bits_per_char"] < valid[0]["bits_per_char"]
+    assert valid[-1]["bits_per_char"] == pytest.approx(valid[-1]["loss"] / np.log(2))
+    assert log[-1]["event"] == "end" and log[-1]["reason"] == "steps" and log[-1]["step"] == 60
+    assert (trained / "checkpoint.safetensors").is_file()
+
+
+def test_a_run_killed_with_sigkill_resumes_bit_identically(corpus, tmp_path):
+    steps = 120
+    common = ["--preset", "tiny", "--data", corpus, "--steps", steps, "--log-every", 1, "--eval-every", 25,
+              "--set", "train.eval_batches=2", "--quiet", "--threads", 1]
+    run("train", *common, "--out", tmp_path / "a")
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen([CLI, "train", *map(str, common), "--out", str(b), "--checkpoint-every", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = b / "log.jsonl", time.time() + 60
+    while time.time() < deadline:  # kill between checkpoints, somewhere past step 37
+        if log.exists() and any(j.get("step", 0) >= 37 and j["event"] == "train"
+                                for j in read_log_partial(log)):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    info = json.loads(run("info", b / "checkpoint.safetensors", "--json").stdout)
+    assert 0 < info["step"] < steps, "the run ended before it was killed"
+
+    p = run("train", "--resume", b / "checkpoint.safetensors", "--quiet", "--threads", 2)
+    assert f"trained {steps} steps" in p.stdout
+    a_losses, b_losses = train_losses(tmp_path / "a" / "log.jsonl"), train_losses(log)
+    assert sorted(b_losses) == list(range(1, steps + 1))
+    assert a_losses == b_losses  # exact: the hex floats
+    # The resumed log reads like the uninterrupted one (lines past the checkpoint were dropped).
+    events = [(j["event"], j["step"]) for j in read_log(log) if j["event"] in ("valid", "end")]
+    assert events == [(j["event"], j["step"]) for j in read_log(tmp_path / "a" / "log.jsonl")
+                      if j["event"] in ("valid", "end")]
+    # Same final weights: the same bits per character to the last digit.
+    ev = [json.loads(run("eval", d / "checkpoint.safetensors", "--json", "--max-batches", 3).stdout)
+          for d in (tmp_path / "a", b)]
+    assert ev[0]["bits_per_char"] == ev[1]["bits_per_char"]
+
+
+def read_log_partial(path):
+    """The complete lines of a log being written."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line.endswith("\n"):
+                out.append(json.loads(line))
+    return out
+
+
+def test_eval_and_info(trained, corpus):
+    ckpt = trained / "checkpoint.safetensors"
+    p = run("eval", ckpt)  # the corpus recorded in the checkpoint
+    assert p.stdout.startswith("valid bits/char ")
+    j = json.loads(run("eval", ckpt, "--json", "--data", corpus, "--split", "test").stdout)
+    assert j["split"] == "test" and j["batches"] == j["total_batches"]
+    assert 0 < j["bits_per_char"] < 8 and j["bits_per_char"] == pytest.approx(j["loss"] / np.log(2))
+    size = len(corpus.read_bytes())
+    assert j["targets"] == size - int(size * 0.95) - 1  # every test character but the first
+    part = json.loads(run("eval", ckpt, "--json", "--max-batches", 1).stdout)
+    assert part["batches"] == 1
+
+    info = run("info", ckpt).stdout
+    assert "parameters" in info and "layer 0: flash" in info and "layer 1: flash" in info
+    assert "step 60 of 60" in info
+    ij = json.loads(run("info", ckpt, "--json").stdout)
+    assert ij["model"]["d_model"] == 64 and ij["step"] == 60 and len(ij["layers"]) == 2
+    assert ij["parameters"] == int(info.split("parameters")[1].split()[0].replace(",", ""))
+
+
+def test_generate_is_reproducible_and_greedy_is_argmax(trained):
+    ckpt = trained / "checkpoint.safetensors"
+    args = ["generate", ckpt, "--prompt", "1 and", "--max-new-tokens", 40, "--no-echo"]
+    a = run(*args, "--seed", 5, "--top-k", 20, "--top-p", 0.9).stdout
+    assert a == run(*args, "--seed", 5, "--top-k", 20, "--top-p", 0.9).stdout
+    assert a != run(*args, "--seed", 6, "--temperature", 1.5).stdout
+    echoed = run("generate", ckpt, "--prompt", "1 and", "--max-new-tokens", 10, "--greedy").stdout
+    greedy = run(*args, "--greedy").stdout
+    assert echoed.startswith("1 and" + greedy[:10])
+    # Greedy is the argmax of a full forward pass at every position (Python bindings).
+    model, meta = ef.train.load_checkpoint(ckpt)
+    assert meta["step"] == 60 and meta["model_config"]["n_layers"] == 2
+    ids = list(b"1 and")
+    for _ in range(40):
+        logits = model(ef.tensor(np.array([ids], dtype=np.int64))).numpy()[0, -1]
+        ids.append(int(np.argmax(logits)))
+    assert greedy.rstrip("\n") == bytes(ids[5:]).decode("utf-8", "replace")
+    assert ef.train.generate(model, "1 and", max_new_tokens=40, temperature=0) == bytes(ids[5:]).decode()
+    # Past the context (64): slides by default, stops with --on-full stop.
+    # (greedy, so that the text is the corpus's ASCII and characters count bytes)
+    long = run("generate", ckpt, "--prompt", "1 and", "--max-new-tokens", 100, "--no-echo", "--greedy").stdout
+    assert len(long.rstrip("\n").encode()) == 100
+    stop = run("generate", ckpt, "--prompt", "1 and", "--max-new-tokens", 100, "--no-echo", "--greedy",
+               "--on-full", "stop").stdout
+    assert len(stop.rstrip("\n").encode()) == 64 - 5 + 1
+
+
+def test_python_train_module(trained, corpus, tmp_path):
+    model, meta = ef.train.load_checkpoint(trained / "checkpoint.safetensors")
+    c = ef.data.Corpus.from_path(str(corpus))
+    r = ef.train.evaluate(model, c, "test")
+    cli = json.loads(run("eval", trained / "checkpoint.safetensors", "--json", "--split", "test").stdout)
+    assert r["bits_per_char"] == pytest.approx(cli["bits_per_char"], rel=1e-12)
+    assert ef.train.evaluate(model, c, "valid", max_batches=1)["batches"] == 1
+    p = ef.train.sampling_distribution(ef.tensor(np.array([0.0, 1.0, 2.0], dtype=np.float32)), top_k=2)
+    assert p[0] == 0 and p[1] + p[2] == pytest.approx(1)
+    a = ef.train.generate(model, "1 the", max_new_tokens=20, temperature=0.8, top_p=0.9, seed=3)
+    assert a == ef.train.generate(model, "1 the", max_new_tokens=20, temperature=0.8, top_p=0.9, seed=3)
+    path = tmp_path / "copy.safetensors"
+    ef.train.save_checkpoint(str(path), model, step=7, train_config={"steps": 7})
+    again, meta2 = ef.train.load_checkpoint(path)
+    assert meta2["step"] == 7 and meta2["train_config"] == {"steps": 7}
+    assert ef.train.evaluate(again, c, "test")["bits_per_char"] == r["bits_per_char"]
+    with pytest.raises(ValueError):
+        ef.train.generate(model, "x", top_p=0)
+    model_cfg, train_cfg = ef.train.read_run_config(ef.train.preset_path("small"))
+    assert model_cfg["d_model"] == 256 and train_cfg["batch_size"] > 0
+
+
+def test_help_for_every_command():
+    for cmd in ("train", "eval", "generate", "info"):
+        p = run(cmd, "--help")
+        assert p.stdout.startswith(f"usage: eformer {cmd}")
+    assert "generate" in run("--help").stdout
+
+
+def assert_error(args, *fragments):
+    p = run(*args, check=False)
+    assert p.returncode == 2, (args, p.returncode, p.stderr)
+    lines = p.stderr.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].startswith("eformer: error: "), (args, p.stderr)
+    for f in fragments:
+        assert f in lines[0], (args, lines[0], f)
+    return lines[0]
+
+
+def test_bad_flags_configs_and_files_are_one_line_errors(trained, corpus, tmp_path):
+    ckpt = trained / "checkpoint.safetensors"
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    unknown_key = tmp_path / "unknown.json"
+    unknown_key.write_text(json.dumps({"model": {"d_model": 64, "n_layerz": 2}}))
+    bad_train = tmp_path / "bad_train.json"
+    bad_train.write_text(json.dumps({"train": {"steps": 1, "lr": "fast"}}))
+    no_length = tmp_path / "no_length.json"
+    no_length.write_text(json.dumps({"model": {"d_model": 32, "n_heads": 2, "max_len": 32}}))
+    not_object = tmp_path / "array.json"
+    not_object.write_text("[1, 2]")
+    train_not_object = tmp_path / "train_number.json"
+    train_not_object.write_text(json.dumps({"train": 5}))
+    tiny = ["--preset", "tiny", "--data", corpus, "--out", tmp_path / "o"]
+    cases = [
+        (["nonsense"], "unknown command"),
+        (["train"], "--preset, --config or --resume"),
+        (["train", "--preset", "nope", "--steps", 1], "unknown preset 'nope'", "tiny"),
+        (["train", *tiny, "--steps", "x"], "--steps expects an integer"),
+        (["train", *tiny, "--steps", 0], "--steps"),
+        (["train", *tiny, "--minutes", -1], "--minutes"),
+        (["train", *tiny, "--bogus", 1], "unknown option '--bogus'"),
+        (["train", *tiny, "--steps"], "--steps needs a value"),
+        (["train", *tiny, "--steps", 1, "--set", "lr=-1"], "'lr'"),
+        (["train", *tiny, "--steps", 1, "--set", "n_layerz=3"], "n_layerz"),
+        (["train", *tiny, "--steps", 1, "--set", "noequals"], "key=value"),
+        (["train", *tiny, "--steps", 1, "--threads", 0], "--threads"),
+        (["train", *tiny, "--resume", ckpt], "exactly one"),
+        (["train", "--config", bad_json, "--steps", 1], "not valid JSON"),
+        (["train", "--config", unknown_key, "--steps", 1], "n_layerz"),
+        (["train", "--config", bad_train], "'lr'"),
+        (["train", "--config", no_length, "--data", corpus], "--steps"),
+        (["train", "--config", tmp_path / "absent.json"], "absent.json"),
+        (["train", "--config", not_object, "--steps", 1], "JSON object"),
+        (["train", "--config", train_not_object, "--steps", 1], "JSON object"),
+        (["train", "--preset", "tiny", "--data", tmp_path / "absent.txt", "--steps", 1], "absent.txt"),
+        (["train", "--resume", ckpt, "--set", "d_model=32"], "resumed"),
+        (["train", "--resume", ckpt, "--seed", 3], "--seed"),
+        (["eval"], "missing the checkpoint"),
+        (["eval", ckpt, "--split", "nope"], "nope"),
+        (["eval", ckpt, "--max-batches", -1], "--max-batches"),
+        (["eval", tmp_path / "absent.safetensors"], "absent.safetensors"),
+        (["generate", ckpt, "--top-p", 2], "top_p"),
+        (["generate", ckpt, "--temperature", -1], "temperature"),
+        (["generate", ckpt, "--top-k", "many"], "--top-k"),
+        (["generate", ckpt, "--on-full", "wrap"], "--on-full"),
+        (["info"], "missing the checkpoint"),
+        (["info", ckpt, "--verbose"], "unknown option"),
+    ]
+    for args, *fragments in cases:
+        assert_error(args, *fragments)
+
+
+def test_corrupt_and_foreign_checkpoints(trained, tmp_path):
+    data = (trained / "checkpoint.safetensors").read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 5)
+    plain = tmp_path / "plain.safetensors"
+    t = ef.tensor(np.zeros((2, 2), dtype=np.float32))
+    ef.save_safetensors(str(plain), {"w": t}) if hasattr(ef, "save_safetensors") else ef.io.save_safetensors(
+        str(plain), {"w": t})
+    for cmd in ("info", "eval", "generate"):
+        msg = assert_error([cmd, truncated], "truncated.safetensors")
+        assert "checkpoint" in msg
+        assert_error([cmd, garbage], "garbage.safetensors")
+        assert_error([cmd, plain], "not an eformer checkpoint")
+    assert_error(["train", "--resume", truncated], "truncated.safetensors")
+    with pytest.raises(OSError, match="truncated.safetensors"):
+        ef.train.load_checkpoint(truncated)
