@@ -8,27 +8,14 @@
 
 #include "eformer/core/parallel.h"
 
+#include "../test_util.h"
+
 namespace eformer::data {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh empty directory, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "eformer_data_XXXXXX").string();
-    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path write(const std::string& relative, const std::string& bytes) const {
-    fs::path p = path / relative;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << bytes;
-    return p;
-  }
-};
+using testing::TempDir;
 
 // The message of the exception of type E that fn throws ("" and a test failure if none).
 template <class E, class F>

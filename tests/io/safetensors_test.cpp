@@ -8,27 +8,14 @@
 #include "eformer/eformer.h"
 #include "eformer/io/io.h"
 
+#include "../test_util.h"
+
 namespace eformer::io {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh empty directory, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "eformer_io_XXXXXX").string();
-    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
+using testing::TempDir;
 
 Tensor bool_tensor(const std::vector<bool>& values, const Shape& shape) {
   Tensor t = Tensor::empty(shape, DType::Bool);

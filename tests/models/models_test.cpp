@@ -4,18 +4,12 @@
 
 #include "eformer/eformer.h"
 
+#include "../test_util.h"
+
 namespace eformer::models {
 namespace {
 
-template <class E, class F>
-void expect_error(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception";
-  } catch (const E& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 ModelConfig small(nlohmann::json overrides = nlohmann::json::object()) {
   nlohmann::json j = {{"vocab_size", 64}, {"d_model", 16}, {"n_heads", 2},  {"n_layers", 2},

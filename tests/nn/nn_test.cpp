@@ -7,19 +7,12 @@
 
 #include "eformer/eformer.h"
 
+#include "../test_util.h"
+
 namespace eformer::nn {
 namespace {
 
-// Expects `fn` to throw E whose message contains every one of `parts`.
-template <class E, class F>
-void expect_error(F&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception";
-  } catch (const E& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 struct Block : Module {
   std::shared_ptr<FeedForward> ffn;

@@ -18,21 +18,14 @@
 #include "eformer/train/generate.h"
 #include "eformer/train/trainer.h"
 
+#include "../test_util.h"
+
 namespace eformer::train {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "eformer_train_XXXXXX").string();
-    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using testing::TempDir;
 
 template <class E, class F>
 std::string error_of(F&& fn) {
