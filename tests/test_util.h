@@ -50,4 +50,16 @@ void expect_error(F&& fn, const std::vector<std::string>& parts) {
   }
 }
 
+// The message of the exception of type E that fn throws ("" and a test failure if none).
+template <class E, class F>
+std::string error_of(F&& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected an exception";
+  return "";
+}
+
 }  // namespace eformer::testing

@@ -8,6 +8,7 @@
 #include "eformer/attention/functional.h"
 #include "eformer/attention/online_softmax.h"
 #include "eformer/core/rng.h"
+#include "../test_util.h"
 
 namespace eformer::attention {
 namespace {
@@ -85,36 +86,28 @@ Tensor randn(const Shape& shape, uint64_t seed) {
   return Tensor::from_vector(x, shape);
 }
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(ExactAttention, ErrorsNameTheArgumentAndTheExpectation) {
   Tensor q = randn({2, 3, 5, 8}, 1), k = randn({2, 3, 7, 8}, 2), v = randn({2, 3, 7, 8}, 3);
   EXPECT_THROW(attention(q, randn({2, 3, 7, 4}, 4), v, "flash"), ShapeError);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(error_of<Error>([&] {
               attention(q, k, randn({2, 3, 6, 8}, 5), "full");
             }).find("v is Tensor[2, 3, 6, 8]"),
             std::string::npos);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(error_of<Error>([&] {
               attention(randn({3, 5, 8}, 1), k, v, "flash");
             }).find("expected 4 dims"),
             std::string::npos);
   AttentionOptions bad_dtype;
   bad_dtype.key_mask = Tensor::zeros({2, 7});
-  EXPECT_NE(error_of([&] { attention(q, k, v, "flash", bad_dtype); }).find("key_mask has dtype float32"),
+  EXPECT_NE(error_of<Error>([&] { attention(q, k, v, "flash", bad_dtype); }).find("key_mask has dtype float32"),
             std::string::npos);
   AttentionOptions bad_shape;
   bad_shape.key_mask = Tensor::zeros({2, 5}, DType::Bool);
-  EXPECT_NE(error_of([&] { attention(q, k, v, "flash", bad_shape); }).find("expected [batch, keys] = [2, 7]"),
+  EXPECT_NE(error_of<Error>([&] { attention(q, k, v, "flash", bad_shape); }).find("expected [batch, keys] = [2, 7]"),
             std::string::npos);
-  const std::string unknown = error_of([&] { attention(q, k, v, "fast"); });
+  const std::string unknown = error_of<Error>([&] { attention(q, k, v, "fast"); });
   EXPECT_NE(unknown.find("unknown kind 'fast'"), std::string::npos) << unknown;
   EXPECT_NE(unknown.find("full, flash"), std::string::npos) << unknown;
   EXPECT_THROW(attention(q, k, v, "fast"), ValueError);

@@ -17,17 +17,7 @@ namespace fs = std::filesystem;
 
 using testing::TempDir;
 
-// The message of the exception of type E that fn throws ("" and a test failure if none).
-template <class E, class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an exception";
-  return "";
-}
+using testing::error_of;
 
 TEST(ByteTokenizer, RoundTripsAnyBytes) {
   ByteTokenizer tok;

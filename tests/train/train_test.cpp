@@ -27,16 +27,7 @@ namespace fs = std::filesystem;
 
 using testing::TempDir;
 
-template <class E, class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an exception";
-  return "";
-}
+using testing::error_of;
 
 models::ModelConfig tiny_config() {
   models::ModelConfig c;
