@@ -1,5 +1,7 @@
 // Shared declarations of the Python module's translation units (one per area).
 #pragma once
+#include <optional>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -22,5 +24,11 @@ void bind_train(py::module_& m);        // train.cpp: training loop, checkpoints
 
 // A dims argument: an int or a sequence of ints (like torch's dim=).
 std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim);
+
+// A Python value (dict, list, number, ...) or a JSON string as JSON.
+inline nlohmann::json to_json_value(const py::object& o) {
+  if (py::isinstance<py::str>(o)) return nlohmann::json::parse(o.cast<std::string>());
+  return nlohmann::json::parse(py::module_::import("json").attr("dumps")(o).cast<std::string>());
+}
 
 }  // namespace eformer::python

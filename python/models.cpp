@@ -4,6 +4,7 @@
 
 #include "bindings.h"
 #include "eformer/attention/multi_head.h"
+#include "eformer/attention/performer.h"
 #include "eformer/models/models.h"
 
 namespace eformer::python {
@@ -13,11 +14,6 @@ using attention::Mechanism;
 using attention::RecurrentState;
 using models::ModelConfig;
 using nlohmann::json;
-
-json to_json_value(const py::object& o) {
-  if (py::isinstance<py::str>(o)) return json::parse(o.cast<std::string>());
-  return json::parse(py::module_::import("json").attr("dumps")(o).cast<std::string>());
-}
 
 py::object to_python(const json& j) { return py::module_::import("json").attr("loads")(j.dump()); }
 
@@ -76,6 +72,17 @@ void bind_models(py::module_& m) {
       .def_property_readonly("kind", &attention::MultiHeadAttention::kind)
       .def_property_readonly("rotary",
                              [](const attention::MultiHeadAttention& a) { return a.options().rotary; });
+
+  py::class_<attention::PerformerAttention, Mechanism, std::shared_ptr<attention::PerformerAttention>>(
+      mm, "PerformerAttention")
+      .def_property_readonly(
+          "omega",
+          [](const attention::PerformerAttention& a) -> py::object {
+            return a.omega().defined() ? py::cast(a.omega()) : py::none();
+          },
+          "The random matrix omega [m, head_dim] (None without projection).")
+      .def_property_readonly("draw_index", &attention::PerformerAttention::draw_index,
+                             "Which draw omega is (step // redraw at the last redraw).");
 
   mm.def("mechanism_names", &attention::mechanism_names, "The registered mechanism names.");
   mm.def(

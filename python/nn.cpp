@@ -86,6 +86,8 @@ void bind_nn(py::module_& m) {
       .def_property_readonly("training", &Module::is_training)
       .def("num_parameters", &Module::num_parameters)
       .def("zero_grad", &Module::zero_grad, "Drop every parameter's accumulated gradient.")
+      .def("set_step", &Module::set_step, py::arg("step"),
+           "Announce training step `step` to the module tree (Performer feature redraws happen here).")
       .def("__repr__", &Module::describe)
       .def("__getattr__", [](const Module& mod, const std::string& name) -> py::object {
         if (auto c = mod.child(name)) return py::cast(c);

@@ -62,11 +62,11 @@ TEST(ModelConfig, ErrorsNameTheKey) {
 
 TEST(Mechanism, RegistryErrorsListNames) {
   attention::MechanismConfig c{.d_model = 16, .n_heads = 2};
-  expect_error<ValueError>([&] { attention::make_mechanism("nope", c); }, {"'nope'", "full, flash"});
+  expect_error<ValueError>([&] { attention::make_mechanism("nope", c); }, {"'nope'", "full, flash, performer, linear"});
   c.options = {{"windw", 4}};
   expect_error<ValueError>([&] { attention::make_mechanism("flash", c); },
                            {"'windw'", "rotary, rotary_base"});
-  EXPECT_EQ(attention::mechanism_names(), (std::vector<std::string>{"full", "flash"}));
+  EXPECT_EQ(attention::mechanism_names(), (std::vector<std::string>{"full", "flash", "performer", "linear"}));
 }
 
 TEST(LanguageModel, ShapesLossAndBackward) {

@@ -10,8 +10,8 @@
 
 namespace eformer::attention {
 
-// Dispatches to the mechanism `kind` ("full", "flash"); an unknown kind is a ValueError listing
-// the valid ones.
+// Dispatches to the mechanism `kind` ("full", "flash", "performer", "linear"); an unknown kind is
+// a ValueError listing the valid ones.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::string& kind = "flash",
                  const AttentionOptions& opts = {});
 

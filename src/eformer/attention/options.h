@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include <nlohmann/json.hpp>
+
 #include "eformer/core/tensor.h"
 
 namespace eformer::attention {
@@ -15,6 +17,11 @@ struct AttentionOptions {
   Tensor key_mask;
   // Multiplies q k^T; 0 means 1 / sqrt(d).
   float scale = 0.0f;
+  // Kernelized kinds (performer, linear) only; the other kinds reject them. The feature map's
+  // options (feature_maps.h: kernel, features, projection, m, ortho, norms) and an explicit random
+  // matrix omega [m, d] (undefined: drawn from the default generator on each call).
+  nlohmann::json feature_options = nlohmann::json::object();
+  Tensor omega;
 };
 
 // Sizes of a validated call: q [B, H, N, d], k and v [B, H, M, d].

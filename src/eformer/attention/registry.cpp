@@ -3,6 +3,7 @@
 
 #include "eformer/attention/mechanism.h"
 #include "eformer/attention/multi_head.h"
+#include "eformer/attention/performer.h"
 
 namespace eformer::attention {
 namespace {
@@ -18,6 +19,14 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
       {"flash",
        [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // fused online softmax
          return std::make_shared<MultiHeadAttention>("flash", c);
+       }},
+      {"performer",
+       [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // FAVOR+ random features
+         return std::make_shared<PerformerAttention>("performer", c);
+       }},
+      {"linear",
+       [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // elu + 1 features
+         return std::make_shared<PerformerAttention>("linear", c);
        }},
   };
   return entries;

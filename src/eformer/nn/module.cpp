@@ -108,6 +108,11 @@ void Module::train(bool on) {
   for (auto& [name, c] : children_) c->train(on);
 }
 
+void Module::set_step(int64_t step) {
+  on_step(step);
+  for (auto& [name, c] : children_) c->set_step(step);
+}
+
 void Module::zero_grad() {
   for (const auto& [name, t] : named_parameters()) eformer::zero_grad(t);
 }

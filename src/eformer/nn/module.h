@@ -62,6 +62,11 @@ class Module {
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }
+  // Tells this module and every descendant that training step `step` (0-based) is about to run;
+  // the trainer calls it before each step. Modules with step-dependent state (Performer feature
+  // redraws) override on_step.
+  void set_step(int64_t step);
+  virtual void on_step(int64_t /*step*/) {}
   // Drops every parameter's accumulated gradient.
   void zero_grad();
 

@@ -225,6 +225,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     const double lr =
         optim::warmup_cosine(step_, std::min(config_.warmup_steps, total), total, config_.lr, config_.min_lr);
     data::Batch batch = data::sample_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
+    model_->set_step(step_);  // step-dependent state, e.g. Performer feature redraws
     Tensor loss = model_->loss(batch.inputs, batch.targets);
     const float loss_value = loss.item();
     if (!std::isfinite(loss_value))

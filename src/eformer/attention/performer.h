@@ -1,0 +1,79 @@
+// Kernelized attention as a mechanism: the Performer (FAVOR+, Choromanski et al. 2020) and the
+// Linear Transformer (Katharopoulos et al. 2020), one class over feature_maps.h and kernelized.h.
+//
+// Registered names and their defaults:
+//   "performer"  kernel softmax, positive features, block-orthogonal omega, m = round(d ln d)
+//   "linear"     kernel elu (elu + 1), no projection
+// Options (MechanismConfig::options; unknown keys are a ValueError listing these):
+//   kernel      "softmax" | "gaussian" | "relu" | "elu" | "exp" | "identity"
+//   features    "positive" | "trig" (softmax, gaussian)
+//   projection  bool: a = omega x (relu/elu/exp/identity may turn it off)
+//   m           random features (rows of omega); ortho bool; norms "chi" | "fixed"
+//   redraw      K: draw a new omega every K training steps (0: never; default 1000)
+//   rotary, rotary_base  as for "flash"
+// Projections q, k, v, out are named as in MultiHeadAttention, so a softmax model's weights load
+// into a Performer (weight transfer). Buffers: "omega" [m, d] (shared by the heads) and
+// "omega_draw" Int64 [2] = (seed, draw index): omega is a pure function of the two, so redraws
+// replay exactly on resume and in recomputation (autograd::checkpoint), and are saved in
+// checkpoints. Redraws happen only in on_step() in training mode; evaluation uses the saved omega.
+//
+// Recurrent step: the state S, z, mu per layer and head (kernelized.h): O(1) time and memory per
+// token, whatever the context length.
+#pragma once
+#include <string>
+
+#include "eformer/attention/feature_maps.h"
+#include "eformer/attention/kernelized.h"
+#include "eformer/attention/mechanism.h"
+#include "eformer/attention/multi_head.h"
+#include "eformer/nn/linear.h"
+
+namespace eformer::attention {
+
+// Functional form on q, k [B, H, N, d], v [B, H, M, d] (kinds "performer" and "linear" of
+// attention()). opts.feature_options are the feature-map options above; opts.omega [m, d] is used
+// as given (it receives no gradient), else a fresh omega is drawn from the default generator.
+// opts.scale applies to softmax and gaussian (q and k times sqrt(scale)); other kernels reject it.
+Tensor performer_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts);
+Tensor linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts);
+
+struct PerformerOptions {
+  FeatureMap features;
+  int64_t redraw = 1000;
+  MultiHeadOptions multi_head;  // rotary
+};
+// name: "performer" or "linear" (their defaults differ).
+PerformerOptions parse_performer_options(const std::string& name, const nlohmann::json& options);
+
+class PerformerAttention : public Mechanism {
+ public:
+  PerformerAttention(std::string name, const MechanismConfig& config);
+  std::string describe() const override;
+  Capabilities capabilities() const override;
+  Tensor forward(const Tensor& x, const Tensor& memory = {}, const Tensor& key_mask = {}) override;
+  std::unique_ptr<RecurrentState> start(int64_t batch) const override;
+  Tensor step(const Tensor& x_t, RecurrentState& state) override;
+  void on_step(int64_t step) override;  // redraws omega at multiples of `redraw` (training only)
+
+  const PerformerOptions& options() const { return options_; }
+  Tensor omega() const { return omega_ ? *omega_ : Tensor(); }  // undefined without projection
+  int64_t draw_index() const;
+
+ private:
+  Tensor split_heads(const Tensor& x) const;  // [B, N, D] -> [B, H, N, d]
+  Tensor merge_heads(const Tensor& x) const;  // [B, H, N, d] -> [B, N, D]
+  void check_input(const Tensor& x, const char* what) const;
+  void redraw(int64_t index);
+  // q or k [B, H, n, d] (after rotary) -> features (scaled where the kernel uses the scale).
+  KernelFeatures features(const Tensor& x, bool keys) const;
+
+  std::string name_;
+  MechanismConfig config_;
+  PerformerOptions options_;
+  int64_t H_, d_;
+  std::shared_ptr<nn::Linear> q_proj_, k_proj_, v_proj_, out_proj_;
+  Tensor* omega_ = nullptr;  // buffers (null without projection)
+  Tensor* omega_draw_ = nullptr;
+};
+
+}  // namespace eformer::attention
