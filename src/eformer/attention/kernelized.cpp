@@ -73,7 +73,7 @@ void transpose(const float* x, int64_t rows, int64_t cols, float* xt) {
 }
 
 // The chunk's running maxima mu[t] = max(mu_in, l_0..l_t) and, in s.e [C, C], the causal weights
-// exp(l_s - mu_t) for s <= t (0 above the diagonal, for masked keys and padding). Returns the
+// exp(l_u - mu_t) for u <= t (0 above the diagonal and for masked keys), rows t < c. Returns the
 // maximum at the chunk's end.
 float chunk_weights(const Head& h, int64_t i0, int64_t c, float mu_in, Scratch& s) {
   float mu = mu_in;
@@ -82,9 +82,9 @@ float chunk_weights(const Head& h, int64_t i0, int64_t c, float mu_in, Scratch& 
     mu = std::max(mu, s.lk[t]);
     s.mu[t] = mu;
   }
-  for (int64_t t = 0; t < C; ++t)
+  for (int64_t t = 0; t < c; ++t)
     for (int64_t u = 0; u < C; ++u)
-      s.e[t * C + u] = (t < c && u <= t && s.lk[u] != kNegInf) ? fast_exp(s.lk[u] - s.mu[t]) : 0.f;
+      s.e[t * C + u] = (u <= t && s.lk[u] != kNegInf) ? fast_exp(s.lk[u] - s.mu[t]) : 0.f;
   return mu;
 }
 
