@@ -47,9 +47,21 @@ void copy_into(const Tensor& dst, const Tensor& src) {
   }
   char* pd = static_cast<char*>(dst.raw_data());
   const char* ps = static_cast<const char*>(src.raw_data());
-  // Collapse to rows of the last dim when both are unit-stride there.
-  for_each_offset(dst.shape(), dst.strides(), src.strides(),
-                  [&](int64_t od, int64_t os) { std::memcpy(pd + od * int64_t(es), ps + os * int64_t(es), es); });
+  // The trailing dims that are contiguous in both are copied as one block per outer index.
+  const Shape& shape = dst.shape();
+  int64_t outer_dims = int64_t(shape.size()), block = 1;
+  while (outer_dims > 0) {
+    const size_t i = size_t(outer_dims - 1);
+    if (shape[i] != 1 && (dst.strides()[i] != block || src.strides()[i] != block)) break;
+    block *= shape[i];
+    --outer_dims;
+  }
+  const Shape outer(shape.begin(), shape.begin() + outer_dims);
+  const Shape dst_strides(dst.strides().begin(), dst.strides().begin() + outer_dims);
+  const Shape src_strides(src.strides().begin(), src.strides().begin() + outer_dims);
+  const size_t bytes = size_t(block) * es;
+  for_each_offset(outer, dst_strides, src_strides,
+                  [&](int64_t od, int64_t os) { std::memcpy(pd + od * int64_t(es), ps + os * int64_t(es), bytes); });
 }
 
 Tensor reshape(const Tensor& x, const Shape& shape_in) {
