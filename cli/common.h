@@ -5,10 +5,14 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "eformer/eformer.h"
+#include "eformer/train/checkpoint.h"
+#include "eformer/train/config.h"
 
 namespace eformer::cli {
 
@@ -56,6 +60,24 @@ inline void set_threads(const char* command, const std::string& value) {
 // The corpus at `path`, or the default corpus when empty.
 inline data::Corpus load_corpus(const std::string& path) {
   return path.empty() ? data::Corpus::default_corpus() : data::Corpus::from_path(path);
+}
+
+// `base` with `--set` overrides (train::apply_override's syntax: "model.attention.kind=performer",
+// "model.attention={...}", or a bare model key) applied; ValueError for a key outside model.* or a
+// config that is not valid.
+inline models::ModelConfig override_model(const char* command, const models::ModelConfig& base,
+                                          const std::vector<std::string>& sets) {
+  nlohmann::json run{{"model", models::to_json(base)}};
+  for (const auto& s : sets) {
+    train::apply_override(run, s);
+    EF_CHECK(run.size() == 1, ValueError, command, ": --set accepts model.* keys only, got '", s, "'");
+  }
+  return models::parse_model_config(run["model"]);
+}
+
+// Prints the one-line notice of transfer_model / transfer_state (nothing when nothing was fresh).
+inline void print_fresh_buffers(const std::vector<std::string>& fresh_buffers) {
+  if (!fresh_buffers.empty()) std::fprintf(stderr, "%s\n", train::fresh_buffers_notice(fresh_buffers).c_str());
 }
 
 int run_train(int argc, char** argv);     // train.cpp

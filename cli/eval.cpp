@@ -1,6 +1,7 @@
 // `eformer eval`: bits per character of a checkpoint's model on a split of a corpus.
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "eformer/train/checkpoint.h"
@@ -15,12 +16,20 @@ Prints the model's bits per character (mean next-byte cross-entropy / ln 2) on a
 corpus, scored in non-overlapping windows of the model's context: every character but the split's
 first is predicted exactly once.
 
+With --set, the checkpoint's weights are evaluated in a model whose config is the checkpoint's
+with overrides (weight transfer): every weight must fit the new model (same names and shapes);
+buffers the checkpoint lacks (e.g. Performer's random features) are freshly drawn and named in a
+notice on stderr.
+
   --data PATH         corpus file or folder (default: the one the checkpoint was trained on, else
                       data/kjv.txt)
   --split NAME        valid (default), test or train
   --max-batches N     score only N batches spread over the split (a quick estimate; default: all)
   --batch-size B      windows per batch (default 16)
   --context C         window length (default: the model's context)
+  --set KEY=VALUE     override a model config key (repeatable; model.* only), e.g.
+                      --set model.attention.kind=performer or
+                      --set 'model.attention={"kind":"performer","options":{"m":128}}'
   --threads T         worker threads
   --json              print one JSON object instead of a sentence
 )";
@@ -31,6 +40,7 @@ int run_eval(int argc, char** argv) {
   const char* cmd = "eval";
   std::string ckpt, data_path, split = "valid";
   int64_t max_batches = 0, batch_size = 16, context = 0;
+  std::vector<std::string> sets;
   bool json = false, data_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -54,6 +64,7 @@ int run_eval(int argc, char** argv) {
     else if (a == "--batch-size") batch_size = parse_int(cmd, a, v);
     else if (a == "--context") context = parse_int(cmd, a, v);
     else if (a == "--threads") set_threads(cmd, v);
+    else if (a == "--set") sets.push_back(v);
     else throw ValueError("eval: unknown option '" + a + "'; see eformer eval --help");
   }
   EF_CHECK(!ckpt.empty(), ValueError, "eval: missing the checkpoint; usage: eformer eval CKPT [options]");
@@ -64,7 +75,15 @@ int run_eval(int argc, char** argv) {
 
   train::Checkpoint checkpoint = train::read_checkpoint(ckpt);
   if (!data_given) data_path = checkpoint.info.train_config.value("data", std::string());
-  auto model = train::load_model(checkpoint);
+  std::shared_ptr<models::LanguageModel> model;
+  if (sets.empty()) {
+    model = train::load_model(checkpoint);
+  } else {
+    train::TransferredModel t =
+        train::transfer_model(checkpoint, override_model(cmd, checkpoint.model_config, sets));
+    print_fresh_buffers(t.fresh_buffers);
+    model = t.model;
+  }
   checkpoint = {};
   data::Corpus corpus = load_corpus(data_path);
   train::EvalResult r =

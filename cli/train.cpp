@@ -1,5 +1,7 @@
-// `eformer train`: trains a causal language model from a preset or run file, or resumes a
-// checkpointed run exactly. Writes <out>/checkpoint.safetensors and <out>/log.jsonl.
+// `eformer train`: trains a causal language model from a preset or run file, resumes a
+// checkpointed run exactly, or starts a new run from a checkpoint's weights (--init: weight
+// transfer, e.g. a trained softmax Transformer fine-tuned with Performer attention). Writes
+// <out>/checkpoint.safetensors and <out>/log.jsonl.
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -14,7 +16,8 @@
 namespace eformer::cli {
 namespace {
 
-constexpr const char* kHelp = R"(usage: eformer train (--preset NAME | --config FILE | --resume CKPT) [options]
+constexpr const char* kHelp =
+    R"(usage: eformer train (--preset NAME | --config FILE | --resume CKPT | --init CKPT) [options]
 
 Trains a byte-level causal language model and writes OUT/checkpoint.safetensors (weights, optimizer
 and RNG state: resumable exactly) and OUT/log.jsonl (one JSON object per line: training losses,
@@ -26,12 +29,18 @@ writes the checkpoint.
   --resume CKPT        continue the run in CKPT exactly where it stopped (its model and train
                        config; --steps/--minutes/--set train.KEY may change the run's length or
                        settings, which changes the losses from there on)
+  --init CKPT          a new run (step 0, fresh optimizer) of CKPT's model, initialised from its
+                       weights; --set model.KEY changes the model (e.g. model.attention.kind=
+                       performer): every weight of CKPT must fit it (same names and shapes), and
+                       buffers CKPT lacks (Performer's random features) are freshly drawn and
+                       named on stderr. The train settings are CKPT's, or those of --preset/
+                       --config when given (their model is not used). Not with --resume
   --data PATH          corpus file or folder (default: the run's, else data/kjv.txt)
   --steps N            train for N optimizer steps
   --minutes M          train for M minutes: the step count is fitted to the time (the cosine
                        schedule spans it); with --steps as well, whichever comes first
   --out DIR            output folder (default: out/<preset or config name>; with --resume, the
-                       checkpoint's folder)
+                       checkpoint's folder; with --init, that folder's name + "-init")
   --seed S             seed of the initialisation, dropout and batch order (default: the config's)
   --threads T          worker threads (default: all cores)
   --set KEY=VALUE      override a config key (repeatable): lr=3e-3, model.dropout=0,
@@ -49,11 +58,19 @@ void on_sigint(int) {
 
 std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
 
+// The default output folder of --init CKPT: CKPT's folder with "-init" appended (out/tiny ->
+// out/tiny-init), or out/init for a checkpoint in the current folder.
+std::string init_out_dir(const std::string& init) {
+  std::filesystem::path folder = std::filesystem::path(init).parent_path();
+  if (folder.empty() || folder == "." || folder.filename().empty()) return "out/init";
+  return folder.string() + "-init";
+}
+
 }  // namespace
 
 int run_train(int argc, char** argv) {
   const char* cmd = "train";
-  std::string preset, config_file, resume, data_path, out, steps, minutes, seed;
+  std::string preset, config_file, resume, init, data_path, out, steps, minutes, seed;
   std::vector<std::string> sets;
   bool quiet = false, data_given = false;
   for (int i = 1; i < argc; ++i) {
@@ -72,6 +89,7 @@ int run_train(int argc, char** argv) {
     if (a == "--preset") preset = v;
     else if (a == "--config") config_file = v;
     else if (a == "--resume") resume = v;
+    else if (a == "--init") init = v;
     else if (a == "--data") data_path = v, data_given = true;
     else if (a == "--steps") steps = v;
     else if (a == "--minutes") minutes = v;
@@ -85,9 +103,13 @@ int run_train(int argc, char** argv) {
       sets.push_back("train.checkpoint_every=" + std::to_string(parse_int(cmd, a, v)));
     else throw ValueError("train: unknown option '" + a + "'; see eformer train --help");
   }
+  EF_CHECK(init.empty() || resume.empty(), ValueError,
+           "train: --init and --resume exclude each other (--resume continues a run, --init starts a new "
+           "one from a checkpoint's weights)");
   int sources = int(!preset.empty()) + int(!config_file.empty()) + int(!resume.empty());
-  EF_CHECK(sources == 1, ValueError, "train: give exactly one of --preset, --config or --resume",
-           sources ? " (got several)" : "");
+  EF_CHECK(sources == 1 || (sources == 0 && !init.empty()), ValueError,
+           "train: give exactly one of --preset, --config or --resume (or --init alone)",
+           sources > 1 ? " (got several)" : "");
 
   nlohmann::json run;
   std::string default_out;
@@ -99,13 +121,21 @@ int run_train(int argc, char** argv) {
     run = {{"model", models::to_json(checkpoint.model_config)}, {"train", checkpoint.info.train_config}};
     default_out = std::filesystem::path(resume).parent_path().string();
     if (default_out.empty()) default_out = ".";
+  } else if (sources == 0) {  // --init alone: the checkpoint's run, as a new one
+    checkpoint = train::read_checkpoint(init);
+    run = {{"model", models::to_json(checkpoint.model_config)}, {"train", checkpoint.info.train_config}};
   } else {
     std::string path = preset.empty() ? config_file : train::preset_path(preset);
     run = train::read_run_json(path);
     EF_CHECK(run.is_object(), ValueError, "train: config '", path,
              "' must be a JSON object {\"model\": {...}, \"train\": {...}}");
     default_out = "out/" + stem_of(path);
+    if (!init.empty()) {  // the train settings of the file, the model of the checkpoint
+      checkpoint = train::read_checkpoint(init);
+      run["model"] = models::to_json(checkpoint.model_config);
+    }
   }
+  if (!init.empty()) default_out = init_out_dir(init);
   const nlohmann::json model_before = run.value("model", nlohmann::json::object());
   for (const auto& s : sets) train::apply_override(run, s);
   if (!resume.empty())
@@ -131,27 +161,39 @@ int run_train(int argc, char** argv) {
   if (out.empty()) out = default_out;
   tj["checkpoint_path"] = (std::filesystem::path(out) / "checkpoint.safetensors").string();
   tj["log_path"] = (std::filesystem::path(out) / "log.jsonl").string();
+  if (!init.empty()) {
+    std::error_code ec;  // an error here means the output checkpoint does not exist yet
+    EF_CHECK(!std::filesystem::equivalent(init, tj["checkpoint_path"].get<std::string>(), ec) || ec, ValueError,
+             "train: --out '", out, "' would overwrite the --init checkpoint '", init, "'; choose another --out");
+  }
 
   train::RunConfig rc = train::parse_run_config(run);
   EF_CHECK(rc.train.steps > 0 || rc.train.time_budget_s > 0, ValueError,
            "train: no run length: give --steps N or --minutes M (or set train.steps in the config)");
-  std::error_code ec;
-  std::filesystem::create_directories(out, ec);
-  EF_CHECK(!ec, IOError, "train: cannot create the output folder '", out, "': ", ec.message());
   data::Corpus corpus = load_corpus(rc.train.data);
 
   std::unique_ptr<train::Trainer> trainer;
   if (!resume.empty()) trainer = std::make_unique<train::Trainer>(checkpoint, rc.train, corpus);
   else trainer = std::make_unique<train::Trainer>(rc.model, rc.train, corpus);
+  if (!init.empty()) {
+    // A fresh run (seeded initialisation, new AdamW), then the weights copied in place: the
+    // optimizer holds the same tensors. Buffers the checkpoint lacks keep the seeded draw.
+    print_fresh_buffers(train::transfer_state(checkpoint.model_state, trainer->model(), init));
+  }
+  const int64_t init_step = checkpoint.info.step;
   checkpoint = {};  // the weights are in the model now
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  EF_CHECK(!ec, IOError, "train: cannot create the output folder '", out, "': ", ec.message());
   if (!quiet) trainer->set_progress(stderr);
 
   const auto& mc = trainer->model().config();
   std::fprintf(stderr,
                "eformer train: %s%lld layers, d_model %lld, %lld heads, context %lld, %lld parameters; "
                "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; out %s\n",
-               resume.empty() ? "" : ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ")
-                                         .c_str(),
+               !resume.empty() ? ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ").c_str()
+               : !init.empty() ? ("initialised from " + init + " (step " + std::to_string(init_step) + "); ").c_str()
+                               : "",
                (long long)mc.n_layers, (long long)mc.d_model, (long long)mc.n_heads, (long long)mc.max_len,
                (long long)trainer->model().num_parameters(), (long long)rc.train.batch_size, rc.train.lr,
                rc.train.steps > 0

@@ -186,6 +186,98 @@ def test_python_train_module(trained, corpus, tmp_path):
     assert model_cfg["d_model"] == 256 and train_cfg["batch_size"] > 0
 
 
+def eval_json(ckpt, *args):
+    p = run("eval", ckpt, "--json", "--max-batches", 4, *args)
+    return json.loads(p.stdout)["bits_per_char"], p.stderr
+
+
+def test_eval_with_model_overrides_transfers_the_weights(trained):
+    ckpt = trained / "checkpoint.safetensors"
+    flash, _ = eval_json(ckpt)
+    # full and flash are the same math: the same bits/char, and no fresh buffers (nothing was left out).
+    full, err = eval_json(ckpt, "--set", "model.attention.kind=full")
+    assert abs(full - flash) < 1e-4, (full, flash)
+    assert "kept fresh buffers" not in err
+    whole, _ = eval_json(ckpt, "--set", 'model.attention={"kind": "full", "options": {}}')
+    assert abs(whole - flash) < 1e-4
+    # An override that changes the math changes the result (the overrides do reach the model): one
+    # head of 64 instead of two of 32, the same weights.
+    one_head, _ = eval_json(ckpt, "--set", "model.n_heads=1")
+    assert abs(one_head - flash) > 1e-3, (one_head, flash)
+
+
+def fresh_buffer_names(stderr):
+    notice = [line for line in stderr.splitlines() if line.startswith("init: kept fresh buffers: ")]
+    assert len(notice) == 1, stderr
+    return notice[0][len("init: kept fresh buffers: "):].split(", ")
+
+
+@pytest.mark.skipif("performer" not in ef.models.mechanism_names(), reason="no performer mechanism in this build")
+def test_a_softmax_checkpoint_with_performer_attention(trained, tmp_path, rng):
+    ckpt = trained / "checkpoint.safetensors"
+    flash, _ = eval_json(ckpt)
+    bits, err = eval_json(ckpt, "--set", 'model.attention={"kind": "performer", "options": {"m": 256}}')
+    names = fresh_buffer_names(err)
+    assert "blocks.0.attn.omega" in names and "blocks.1.attn.omega" in names, names
+    assert np.isfinite(bits) and abs(bits - flash) < 0.5, (bits, flash)  # FAVOR+ estimates the softmax
+
+    # Fine-tuning: the first loss is the converted model's, close to the source's final loss.
+    source = train_losses(trained / "log.jsonl")
+    final = np.mean([source[s] for s in range(56, 61)])
+    out = tmp_path / "performer"
+    p = run("train", "--init", ckpt, "--steps", 3, "--log-every", 1, "--seed", int(rng.integers(0, 2**31)),
+            "--out", out, "--quiet", "--set", "model.attention.kind=performer")
+    assert "blocks.1.attn.omega" in fresh_buffer_names(p.stderr)
+    assert abs(train_losses(out / "log.jsonl")[1] - final) < 0.5
+    # The fine-tuned checkpoint holds random features: they must fit (another m is another omega) ...
+    assert_error(["eval", out / "checkpoint.safetensors", "--set", "model.attention.options.m=7"],
+                 "'blocks.0.attn.omega'", "[7, ")
+    # ... and a model without them cannot take them.
+    assert_error(["eval", out / "checkpoint.safetensors", "--set", "model.attention.kind=flash"],
+                 "not in the model", "blocks.0.attn.omega")
+    # Without overrides, no notice: the checkpoint has every buffer.
+    assert "kept fresh buffers" not in run("eval", out / "checkpoint.safetensors", "--max-batches", 1).stderr
+
+
+def test_train_init_starts_a_new_run_from_the_weights(trained, corpus, tmp_path, rng):
+    ckpt = trained / "checkpoint.safetensors"
+    source = train_losses(trained / "log.jsonl")
+    final = np.mean([source[s] for s in range(56, 61)])
+    seed = int(rng.integers(0, 2**31))
+    out = tmp_path / "init"
+    p = run("train", "--init", ckpt, "--steps", 5, "--log-every", 1, "--seed", seed, "--out", out, "--quiet",
+            "--set", "model.attention.kind=full")
+    assert "trained 5 steps" in p.stdout and f"initialised from {ckpt} (step 60)" in p.stderr
+    log = read_log(out / "log.jsonl")
+    assert log[0]["event"] == "start" and log[0]["step"] == 0
+    assert log[0]["model"]["attention"]["kind"] == "full" and log[0]["model"]["d_model"] == 64
+    assert log[0]["train"]["lr"] == 0.003 and log[0]["train"]["seed"] == seed  # the checkpoint's settings
+    losses = train_losses(out / "log.jsonl")
+    assert sorted(losses) == [1, 2, 3, 4, 5]
+    # The first loss (before any update) is the trained model's, not a fresh model's (about 5.5).
+    assert abs(losses[1] - final) < 0.4, (losses[1], final)
+    fresh = tmp_path / "fresh"
+    run("train", "--preset", "tiny", "--data", corpus, "--steps", 1, "--seed", seed, "--out", fresh, "--quiet")
+    assert train_losses(fresh / "log.jsonl")[1] > final + 1.5
+    info = json.loads(run("info", out / "checkpoint.safetensors", "--json").stdout)
+    assert info["step"] == 5 and info["model"]["attention"]["kind"] == "full"
+
+    # With --config: its train settings, the checkpoint's model (the file's model is not used).
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": {"d_model": 32, "n_heads": 2, "max_len": 32},
+                                  "train": {"steps": 2, "lr": 1e-4, "batch_size": 4, "seed": seed}}))
+    run("train", "--init", ckpt, "--config", config, "--data", corpus, "--out", tmp_path / "cfg", "--quiet")
+    log = read_log(tmp_path / "cfg" / "log.jsonl")
+    assert log[0]["model"]["d_model"] == 64 and log[0]["model"]["max_len"] == 64
+    assert log[0]["train"]["lr"] == 1e-4 and log[0]["train"]["batch_size"] == 4
+    assert abs(float.fromhex(log[1]["loss_hex"]) - final) < 0.5
+
+    # Without --out: next to the checkpoint's folder, never over it.
+    run("train", "--init", ckpt, "--steps", 1, "--quiet")
+    default = trained.parent / (trained.name + "-init")
+    assert (default / "checkpoint.safetensors").is_file()
+
+
 def test_help_for_every_command():
     for cmd in ("train", "eval", "generate", "info"):
         p = run(cmd, "--help")
@@ -250,11 +342,25 @@ def test_bad_flags_configs_and_files_are_one_line_errors(trained, corpus, tmp_pa
         (["generate", ckpt, "--temperature", -1], "temperature"),
         (["generate", ckpt, "--top-k", "many"], "--top-k"),
         (["generate", ckpt, "--on-full", "wrap"], "--on-full"),
+        (["train", "--init", ckpt, "--resume", ckpt], "--init and --resume"),
+        (["train", "--init", ckpt, "--preset", "tiny", "--config", bad_json], "exactly one"),
+        (["train", "--init", ckpt, "--out", trained], "would overwrite the --init checkpoint"),
+        (["train", "--init", ckpt, "--steps", 1, "--out", tmp_path / "x", "--set", "model.n_layers=1"],
+         "does not fit", "blocks.1.", "not in the model"),
+        (["train", "--init", ckpt, "--steps", 1, "--out", tmp_path / "x", "--set", "model.d_model=32"],
+         "does not fit", "in the checkpoint, the model expects"),
+        (["train", "--init", tmp_path / "absent.safetensors", "--steps", 1], "absent.safetensors"),
+        (["eval", ckpt, "--set", "train.lr=1"], "model.* keys only", "train.lr"),
+        (["eval", ckpt, "--set", "lr=1"], "model.* keys only"),
+        (["eval", ckpt, "--set", "model.n_layers=3"], "does not fit", "blocks.2.", "not in the checkpoint"),
+        (["eval", ckpt, "--set", "model.attention.kind=nope"], "nope"),
+        (["eval", ckpt, "--set", "model.attention"], "key=value"),
         (["info"], "missing the checkpoint"),
         (["info", ckpt, "--verbose"], "unknown option"),
     ]
     for args, *fragments in cases:
         assert_error(args, *fragments)
+    assert not (tmp_path / "x").exists()  # a transfer that does not fit fails before anything is written
 
 
 def test_corrupt_and_foreign_checkpoints(trained, tmp_path):

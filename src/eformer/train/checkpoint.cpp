@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -40,6 +41,14 @@ int64_t parse_int64(const io::SafetensorsFile& f, const std::string& key) {
   long long v = std::strtoll(s.c_str(), &end, 10);
   if (s.empty() || *end != '\0' || v < 0) corrupt(f.source, "metadata '" + key + "' = '" + s + "' is not a count");
   return v;
+}
+
+// "a, b, c" for up to 8 names, then "... (N in all)".
+std::string name_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < 8; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > 8) out += ", ... (" + std::to_string(names.size()) + " in all)";
+  return out;
 }
 
 }  // namespace
@@ -128,6 +137,61 @@ std::shared_ptr<models::LanguageModel> load_model(const Checkpoint& checkpoint) 
   restore_model(checkpoint, *model);
   model->eval();
   return model;
+}
+
+std::vector<std::string> transfer_state(const std::map<std::string, Tensor>& state, nn::Module& model,
+                                        const std::string& source) {
+  const std::string where = "checkpoint '" + source + "' does not fit the model: ";
+  std::set<std::string> own;
+  std::vector<std::string> missing_parameters, fresh_buffers, unexpected;
+  auto check_shape = [&](const std::string& name, const Tensor& dst) {
+    const Tensor& src = state.at(name);
+    EF_CHECK(src.defined() && src.shape() == dst.shape() && src.dtype() == dst.dtype(), ShapeError, where, "'",
+             name, "' is ", src.defined() ? shape_str(src.shape()) : std::string("undefined"), " ",
+             src.defined() ? dtype_name(src.dtype()) : "", " in the checkpoint, the model expects ",
+             shape_str(dst.shape()), " ", dtype_name(dst.dtype()));
+  };
+  for (const auto& [name, t] : model.named_parameters()) {
+    own.insert(name);
+    if (!state.count(name)) missing_parameters.push_back(name);
+  }
+  for (const auto& [name, t] : model.named_buffers()) {
+    own.insert(name);
+    if (!state.count(name)) fresh_buffers.push_back(name);
+  }
+  for (const auto& [name, t] : state)
+    if (!own.count(name)) unexpected.push_back(name);
+  if (!missing_parameters.empty() || !unexpected.empty()) {
+    std::string msg = where;
+    if (!missing_parameters.empty())
+      msg += std::to_string(missing_parameters.size()) + " parameter(s) of the model not in the checkpoint: " +
+             name_list(missing_parameters) + (unexpected.empty() ? "" : "; ");
+    if (!unexpected.empty())
+      msg += std::to_string(unexpected.size()) + " tensor(s) of the checkpoint not in the model: " +
+             name_list(unexpected);
+    throw ValueError(msg + " (a transfer keeps every weight: only the model's buffers may be missing)");
+  }
+  // Shapes before anything is copied: all or nothing.
+  for (const auto& [name, t] : model.named_parameters()) check_shape(name, t);
+  for (const auto& [name, t] : model.named_buffers())
+    if (state.count(name)) check_shape(name, t);
+  model.load_state_dict(state, /*strict=*/false);  // every name of `state` is ours; absent buffers stay
+  return fresh_buffers;
+}
+
+TransferredModel transfer_model(const Checkpoint& checkpoint, const models::ModelConfig& config) {
+  TransferredModel t;
+  t.model = std::make_shared<models::LanguageModel>(config);
+  t.fresh_buffers = transfer_state(checkpoint.model_state, *t.model, checkpoint.source);
+  t.model->eval();
+  return t;
+}
+
+std::string fresh_buffers_notice(const std::vector<std::string>& fresh_buffers) {
+  if (fresh_buffers.empty()) return "";
+  std::string out = "init: kept fresh buffers: ";
+  for (size_t i = 0; i < fresh_buffers.size(); ++i) out += (i ? ", " : "") + fresh_buffers[i];
+  return out;
 }
 
 void restore_optimizer(const Checkpoint& checkpoint, optim::Optimizer& optimizer) {

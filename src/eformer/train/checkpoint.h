@@ -16,11 +16,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "eformer/core/rng.h"
 #include "eformer/models/language_model.h"
+#include "eformer/nn/module.h"
 #include "eformer/optim/optimizer.h"
 
 namespace eformer::train {
@@ -60,6 +62,32 @@ inline std::shared_ptr<models::LanguageModel> load_model(const std::string& path
 }
 // Copies the checkpoint's weights into `model` (same checks as load_model).
 void restore_model(const Checkpoint& checkpoint, models::LanguageModel& model);
+
+// Weight transfer: a checkpoint's weights in a model of another (compatible) config, e.g. a trained
+// softmax Transformer run with Performer attention (Performer paper, sec. 4: a pretrained Transformer
+// is converted and fine-tuned). The rule:
+//   - every parameter of the new model is in the checkpoint with the same shape and dtype;
+//   - every tensor of the checkpoint is a parameter or buffer of the new model (an architecture
+//     change that drops weights is not a transfer);
+//   - a buffer of the new model that the checkpoint lacks (e.g. Performer's random features
+//     "omega", "omega_draw") keeps its freshly initialised value; a buffer it has is loaded (same
+//     shape and dtype).
+// Anything else is an error naming the checkpoint and the tensors (ValueError for names, ShapeError
+// for shapes) and changes nothing.
+struct TransferredModel {
+  std::shared_ptr<models::LanguageModel> model;  // in eval mode, like load_model's
+  std::vector<std::string> fresh_buffers;        // buffers left at their initial values, in model order
+};
+// A model built from `config` (its fresh values drawn from the default generator) with the
+// checkpoint's weights. With config == checkpoint.model_config this equals load_model.
+TransferredModel transfer_model(const Checkpoint& checkpoint, const models::ModelConfig& config);
+// The rule above, in place into any module (the optimizer's handles see the new values); returns
+// the fresh buffers. `source` names the checkpoint in messages.
+std::vector<std::string> transfer_state(const std::map<std::string, Tensor>& state, nn::Module& model,
+                                        const std::string& source);
+// "init: kept fresh buffers: a, b, c" (one line, no newline); "" when there are none.
+std::string fresh_buffers_notice(const std::vector<std::string>& fresh_buffers);
+
 // Restores the optimizer state; IOError when the checkpoint has none, errors naming the checkpoint
 // when it does not fit the optimizer's parameters.
 void restore_optimizer(const Checkpoint& checkpoint, optim::Optimizer& optimizer);
