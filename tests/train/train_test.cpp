@@ -337,6 +337,10 @@ TEST(TrainConfig, ParsesStrictlyAndOverrides) {
   EXPECT_EQ(run["model"]["d_model"], 64);
   EXPECT_EQ(run["model"]["attention"]["kind"], "full");
   EXPECT_EQ(run["train"]["data"], "some/path");
+  nlohmann::json short_form = {{"model", {{"attention", "flash"}}}};  // "attention": "flash" = {"kind": "flash"}
+  apply_override(short_form, "model.attention.kind=performer");
+  apply_override(short_form, "model.attention.options.m=64");
+  EXPECT_EQ(short_form["model"]["attention"], nlohmann::json::parse(R"({"kind": "performer", "options": {"m": 64}})"));
   EXPECT_THROW(apply_override(run, "novalue"), ValueError);
   EXPECT_THROW(apply_override(run, "model=3"), ValueError);
   EXPECT_THROW(parse_run_config({{"modle", nlohmann::json::object()}}), ValueError);

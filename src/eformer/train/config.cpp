@@ -187,6 +187,8 @@ void apply_override(json& run, const std::string& assignment) {
   for (size_t i = 0; i + 1 < path.size(); ++i) {
     json& child = (*node)[path[i]];
     if (child.is_null()) child = json::object();
+    // "attention": "flash" is shorthand for {"kind": "flash"}: attention.kind / attention.options.m apply.
+    if (child.is_string() && path[i] == "attention") child = json{{"kind", child}};
     EF_CHECK(child.is_object(), ValueError, "--set: '", key, "': '", path[i], "' is not an object");
     node = &child;
   }
