@@ -50,6 +50,10 @@ CONTENDERS = {
     "ef-flash-causal": ("eformer", "flash", True, 2),
     "torch-performer-causal": ("torch", "performer", True, 1),
     "torch-performer-bidir": ("torch", "performer", False, 1),
+    # The same, with glibc malloc told to keep freed memory (no mmap, no trim): torch's big temporaries
+    # are then reused instead of page-faulted in afresh on every call, as eformer's allocator cache does.
+    "torch-performer-causal-heap": ("torch", "performer", True, 1),
+    "torch-performer-bidir-heap": ("torch", "performer", False, 1),
     # not in the default list; --contenders may add them
     "ef-linear-bidir": ("eformer", "linear", False, 1),
     "torch-linear-causal": ("torch", "linear", True, 1),
@@ -196,7 +200,10 @@ def run_sweep(args):
                         continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", c, str(N), "--repeats",
                        str(args.repeats), "--threads", str(args.threads), "--omega", omega_path]
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                env = dict(os.environ)
+                if c.endswith("-heap"):
+                    env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 62), MALLOC_TOP_PAD_=str(1 << 30))
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     notes.append(f"{c} N={N}: failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
                     continue
@@ -226,7 +233,8 @@ def print_row(args, results, N, first):
     cs = args.contenders
     if first:
         head = ["N"] + [f"{c} ms / MiB" for c in cs] + \
-               ["torch/ef causal performer time", "torch/ef causal performer peak", "flash/performer causal time"]
+               ["torch/ef causal performer time", "torch-heap/ef time", "torch/ef causal performer peak",
+                "flash/performer causal time"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
     cells = [str(N)]
@@ -235,6 +243,7 @@ def print_row(args, results, N, first):
         cells.append(f"{_ms(r)} / {_mib(r['rss_peak'])}" if r else "-")
     get = lambda c, key: results[(c, N)][key] if (c, N) in results else None  # noqa: E731
     cells.append(_ratio(get("torch-performer-causal", "median"), get("ef-performer-causal", "median")))
+    cells.append(_ratio(get("torch-performer-causal-heap", "median"), get("ef-performer-causal", "median")))
     cells.append(_ratio(get("torch-performer-causal", "rss_peak"), get("ef-performer-causal", "rss_peak")))
     cells.append(_ratio(get("ef-flash-causal", "median"), get("ef-performer-causal", "median")))
     print("| " + " | ".join(cells) + " |", flush=True)
