@@ -16,19 +16,11 @@
 #pragma once
 #include <string>
 
-#include "eformer/attention/mechanism.h"
-#include "eformer/nn/linear.h"
+#include "eformer/attention/projected.h"
 
 namespace eformer::attention {
 
-struct MultiHeadOptions {
-  bool rotary = false;
-  float rotary_base = 10000.0f;
-};
-// Parses and validates options (unknown keys, wrong types: ValueError naming `mechanism`).
-MultiHeadOptions parse_multi_head_options(const std::string& mechanism, const nlohmann::json& options);
-
-class MultiHeadAttention : public Mechanism {
+class MultiHeadAttention : public ProjectedAttention {
  public:
   // kind: a functional core name ("full", "flash"). d_model % n_heads == 0, both > 0 (ValueError).
   MultiHeadAttention(std::string kind, const MechanismConfig& config);
@@ -39,20 +31,10 @@ class MultiHeadAttention : public Mechanism {
   Tensor step(const Tensor& x_t, RecurrentState& state) override;
 
   const std::string& kind() const { return kind_; }
-  const MechanismConfig& config() const { return config_; }
-  const MultiHeadOptions& options() const { return options_; }
-  int64_t head_dim() const { return d_; }
+  const MultiHeadOptions& options() const { return heads_; }
 
  private:
-  Tensor split_heads(const Tensor& x) const;  // [B, N, D] -> [B, H, N, d]
-  Tensor merge_heads(const Tensor& x) const;  // [B, H, N, d] -> [B, N, D]
-  void check_input(const Tensor& x, const char* what) const;
-
   std::string kind_;
-  MechanismConfig config_;
-  MultiHeadOptions options_;
-  int64_t H_, d_;
-  std::shared_ptr<nn::Linear> q_proj_, k_proj_, v_proj_, out_proj_;
 };
 
 }  // namespace eformer::attention

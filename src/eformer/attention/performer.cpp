@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "eformer/autograd/autograd.h"
-#include "eformer/nn/positional.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/shape.h"
 
@@ -90,21 +89,12 @@ PerformerOptions parse_performer_options(const std::string& name, const nlohmann
 }
 
 PerformerAttention::PerformerAttention(std::string name, const MechanismConfig& config)
-    : Mechanism("PerformerAttention"), name_(std::move(name)), config_(config) {
-  options_ = parse_performer_options(name_, config.options);
-  EF_CHECK(config.d_model > 0 && config.n_heads > 0, ValueError, "attention '", name_,
-           "': d_model = ", config.d_model, " and n_heads = ", config.n_heads, "; expected both > 0");
-  EF_CHECK(config.d_model % config.n_heads == 0, ValueError, "attention '", name_,
-           "': d_model = ", config.d_model, " is not divisible by n_heads = ", config.n_heads);
-  H_ = config.n_heads;
-  d_ = config.d_model / config.n_heads;
-  EF_CHECK(!options_.multi_head.rotary || d_ % 2 == 0, ValueError, "attention '", name_,
-           "': rotary needs an even head dim; d_model / n_heads = ", d_);
-  const int64_t D = config.d_model;
-  q_proj_ = register_module("q_proj", std::make_shared<nn::Linear>(D, D));
-  k_proj_ = register_module("k_proj", std::make_shared<nn::Linear>(D, D));
-  v_proj_ = register_module("v_proj", std::make_shared<nn::Linear>(D, D));
-  out_proj_ = register_module("out_proj", std::make_shared<nn::Linear>(D, D));
+    : PerformerAttention(name, config, parse_performer_options(name, config.options)) {}
+
+PerformerAttention::PerformerAttention(std::string name, const MechanismConfig& config, PerformerOptions options)
+    : ProjectedAttention("PerformerAttention", name, config, options.multi_head),
+      name_(std::move(name)),
+      options_(std::move(options)) {
   if (options_.features.projection) {
     // The features' seed comes from the default generator, so a model is reproducible from
     // rng::manual_seed; every later draw is a pure function of (seed, draw index).
@@ -138,25 +128,11 @@ std::string PerformerAttention::describe() const {
   return detail::concat("PerformerAttention(name=", name_, ", d_model=", config_.d_model, ", n_heads=", H_,
                         ", causal=", config_.causal ? "true" : "false", ", cross=", config_.cross ? "true" : "false",
                         ", ", attention::describe(options_.features), ", redraw=", options_.redraw,
-                        ", rotary=", options_.multi_head.rotary ? "true" : "false", ")");
+                        ", rotary=", heads_.rotary ? "true" : "false", ")");
 }
 
 Capabilities PerformerAttention::capabilities() const {
   return {.causal = true, .bidirectional = true, .cross = true, .padding_mask = true, .recurrent = true};
-}
-
-void PerformerAttention::check_input(const Tensor& x, const char* what) const {
-  EF_CHECK(x.defined() && x.dim() == 3 && x.size(2) == config_.d_model, ShapeError, where(), what, " is ",
-           x.defined() ? x.describe() : std::string("undefined"), "; expected [batch, seq, ", config_.d_model,
-           "]");
-}
-
-Tensor PerformerAttention::split_heads(const Tensor& x) const {
-  return transpose(reshape(x, {x.size(0), x.size(1), H_, d_}), 1, 2);
-}
-
-Tensor PerformerAttention::merge_heads(const Tensor& x) const {
-  return reshape(transpose(x, 1, 2), {x.size(0), x.size(2), config_.d_model});
 }
 
 KernelFeatures PerformerAttention::features(const Tensor& x, bool keys) const {
@@ -166,28 +142,13 @@ KernelFeatures PerformerAttention::features(const Tensor& x, bool keys) const {
 }
 
 Tensor PerformerAttention::forward(const Tensor& x, const Tensor& memory, const Tensor& key_mask) {
-  check_input(x, "x");
-  EF_CHECK(config_.cross == memory.defined(), ValueError, where(),
-           config_.cross ? "cross-attention needs a memory" : "self-attention takes no memory");
-  const Tensor& source = config_.cross ? memory : x;
-  if (config_.cross) {
-    check_input(memory, "memory");
-    EF_CHECK(memory.size(0) == x.size(0), ShapeError, where(), "memory batch ", memory.size(0), " != x batch ",
-             x.size(0));
-  }
+  const Heads h = project(x, memory);
   if (key_mask.defined())
-    EF_CHECK(key_mask.dtype() == DType::Bool && key_mask.shape() == Shape({x.size(0), source.size(1)}), ShapeError,
-             where(), "key_mask is ", key_mask.describe(), "; expected bool [", x.size(0), ", ", source.size(1), "]");
-  Tensor q = split_heads(q_proj_->forward(x));
-  Tensor k = split_heads(k_proj_->forward(source));
-  Tensor v = split_heads(v_proj_->forward(source));
-  if (options_.multi_head.rotary && !config_.cross) {
-    q = nn::apply_rotary(q, 0, options_.multi_head.rotary_base);
-    k = nn::apply_rotary(k, 0, options_.multi_head.rotary_base);
-  }
-  const KernelFeatures fq = features(q, false), fk = features(k, true);
+    EF_CHECK(key_mask.dtype() == DType::Bool && key_mask.shape() == Shape({x.size(0), h.k.size(2)}), ShapeError,
+             where(), "key_mask is ", key_mask.describe(), "; expected bool [", x.size(0), ", ", h.k.size(2), "]");
+  const KernelFeatures fq = features(h.q, false), fk = features(h.k, true);
   const bool causal = config_.causal && !config_.cross;
-  return out_proj_->forward(merge_heads(kernelized_attention(fq.phi, fk.phi, v, fk.log_scale, causal, key_mask)));
+  return output(kernelized_attention(fq.phi, fk.phi, h.v, fk.log_scale, causal, key_mask));
 }
 
 namespace {
@@ -199,9 +160,7 @@ struct PerformerState : RecurrentState {
 }  // namespace
 
 std::unique_ptr<RecurrentState> PerformerAttention::start(int64_t batch) const {
-  EF_CHECK(batch > 0, ValueError, where(), "start: batch = ", batch, "; expected > 0");
-  EF_CHECK(!config_.cross, ValueError, where(),
-           "start: cross-attention has no recurrent step (attend to the memory with forward)");
+  check_start(batch);
   auto state = std::make_unique<PerformerState>();
   state->batch = batch;
   return state;
@@ -210,19 +169,9 @@ std::unique_ptr<RecurrentState> PerformerAttention::start(int64_t batch) const {
 Tensor PerformerAttention::step(const Tensor& x_t, RecurrentState& state) {
   auto* st = dynamic_cast<PerformerState*>(&state);
   EF_CHECK(st != nullptr, ValueError, where(), "step: the state was not made by this mechanism's start()");
-  check_input(x_t, "x_t");
-  EF_CHECK(x_t.size(0) == st->batch, ShapeError, where(), "step: x_t batch ", x_t.size(0),
-           " != the state's batch ", st->batch);
-  const int64_t offset = st->length();
-  Tensor q = split_heads(q_proj_->forward(x_t));
-  Tensor k = split_heads(k_proj_->forward(x_t));
-  Tensor v = split_heads(v_proj_->forward(x_t));
-  if (options_.multi_head.rotary) {
-    q = nn::apply_rotary(q, offset, options_.multi_head.rotary_base);
-    k = nn::apply_rotary(k, offset, options_.multi_head.rotary_base);
-  }
-  const KernelFeatures fq = features(q, false), fk = features(k, true);
-  return out_proj_->forward(merge_heads(kernelized_attention_step(fq.phi, fk.phi, v, fk.log_scale, st->kernel)));
+  const Heads h = project_step(x_t, st->batch, st->length());
+  const KernelFeatures fq = features(h.q, false), fk = features(h.k, true);
+  return output(kernelized_attention_step(fq.phi, fk.phi, h.v, fk.log_scale, st->kernel));
 }
 
 }  // namespace eformer::attention

@@ -24,9 +24,7 @@
 
 #include "eformer/attention/feature_maps.h"
 #include "eformer/attention/kernelized.h"
-#include "eformer/attention/mechanism.h"
-#include "eformer/attention/multi_head.h"
-#include "eformer/nn/linear.h"
+#include "eformer/attention/projected.h"
 
 namespace eformer::attention {
 
@@ -45,7 +43,7 @@ struct PerformerOptions {
 // name: "performer" or "linear" (their defaults differ).
 PerformerOptions parse_performer_options(const std::string& name, const nlohmann::json& options);
 
-class PerformerAttention : public Mechanism {
+class PerformerAttention : public ProjectedAttention {
  public:
   PerformerAttention(std::string name, const MechanismConfig& config);
   std::string describe() const override;
@@ -60,18 +58,13 @@ class PerformerAttention : public Mechanism {
   int64_t draw_index() const;
 
  private:
-  Tensor split_heads(const Tensor& x) const;  // [B, N, D] -> [B, H, N, d]
-  Tensor merge_heads(const Tensor& x) const;  // [B, H, N, d] -> [B, N, D]
-  void check_input(const Tensor& x, const char* what) const;
+  PerformerAttention(std::string name, const MechanismConfig& config, PerformerOptions options);
   void redraw(int64_t index);
   // q or k [B, H, n, d] (after rotary) -> features (scaled where the kernel uses the scale).
   KernelFeatures features(const Tensor& x, bool keys) const;
 
   std::string name_;
-  MechanismConfig config_;
   PerformerOptions options_;
-  int64_t H_, d_;
-  std::shared_ptr<nn::Linear> q_proj_, k_proj_, v_proj_, out_proj_;
   Tensor* omega_ = nullptr;  // buffers (null without projection)
   Tensor* omega_draw_ = nullptr;
 };
