@@ -1,9 +1,9 @@
 // eformer.attention(q, k, v, kind="flash", causal=False, key_mask=None, scale=None, omega=None,
 // **feature_options), eformer.kernelized_attention (the kernelized core) and eformer.draw_omega.
 #include "bindings.h"
-#include "eformer/attention/feature_maps.h"
+#include "eformer/attention/kernels/feature_maps.h"
 #include "eformer/attention/functional.h"
-#include "eformer/attention/kernelized.h"
+#include "eformer/attention/kernels/kernelized.h"
 
 namespace eformer::python {
 

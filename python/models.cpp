@@ -3,8 +3,8 @@
 #include <optional>
 
 #include "bindings.h"
-#include "eformer/attention/multi_head.h"
-#include "eformer/attention/performer.h"
+#include "eformer/attention/mechanisms/exact.h"
+#include "eformer/attention/mechanisms/performer.h"
 #include "eformer/models/models.h"
 
 namespace eformer::python {

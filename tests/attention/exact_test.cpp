@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "eformer/attention/functional.h"
-#include "eformer/attention/online_softmax.h"
+#include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/core/rng.h"
 #include "../test_util.h"
 

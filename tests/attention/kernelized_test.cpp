@@ -6,7 +6,7 @@
 //
 // Inputs are drawn from a fresh seed each run, printed as "[ seed ]"; EFORMER_TEST_SEED=<n>
 // replays one.
-#include "eformer/attention/kernelized.h"
+#include "eformer/attention/kernels/kernelized.h"
 
 #include <gtest/gtest.h>
 
@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "../test_util.h"
-#include "eformer/attention/feature_maps.h"
+#include "eformer/attention/kernels/feature_maps.h"
 #include "eformer/attention/functional.h"
-#include "eformer/attention/performer.h"
+#include "eformer/attention/mechanisms/performer.h"
 #include "eformer/eformer.h"
 
 namespace eformer::attention {

@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "eformer/attention/performer.h"
+#include "eformer/attention/mechanisms/performer.h"
 
 namespace eformer::attention {
 namespace {

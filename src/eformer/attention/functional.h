@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "eformer/attention/flash.h"
-#include "eformer/attention/full.h"
+#include "eformer/attention/kernels/flash.h"
+#include "eformer/attention/kernels/full.h"
 #include "eformer/attention/options.h"
 
 namespace eformer::attention {

@@ -2,8 +2,8 @@
 #include <utility>
 
 #include "eformer/attention/mechanism.h"
-#include "eformer/attention/multi_head.h"
-#include "eformer/attention/performer.h"
+#include "eformer/attention/mechanisms/exact.h"
+#include "eformer/attention/mechanisms/performer.h"
 
 namespace eformer::attention {
 namespace {

@@ -22,8 +22,8 @@
 #pragma once
 #include <string>
 
-#include "eformer/attention/feature_maps.h"
-#include "eformer/attention/kernelized.h"
+#include "eformer/attention/kernels/feature_maps.h"
+#include "eformer/attention/kernels/kernelized.h"
 #include "eformer/attention/projected.h"
 
 namespace eformer::attention {

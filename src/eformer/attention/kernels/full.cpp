@@ -1,4 +1,4 @@
-#include "eformer/attention/full.h"
+#include "eformer/attention/kernels/full.h"
 
 #include <algorithm>
 #include <limits>

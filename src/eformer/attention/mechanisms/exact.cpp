@@ -1,4 +1,4 @@
-#include "eformer/attention/multi_head.h"
+#include "eformer/attention/mechanisms/exact.h"
 
 #include "eformer/attention/functional.h"
 #include "eformer/ops/shape.h"

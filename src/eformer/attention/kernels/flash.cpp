@@ -1,13 +1,13 @@
-#include "eformer/attention/flash.h"
+#include "eformer/attention/kernels/flash.h"
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
 
-#include "eformer/attention/online_softmax.h"
-#include "eformer/attention/scratch.h"
-#include "eformer/attention/tile_gemm.h"
+#include "eformer/attention/kernels/online_softmax.h"
+#include "eformer/attention/kernels/scratch.h"
+#include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/allocator.h"
 #include "eformer/core/parallel.h"

@@ -1,4 +1,4 @@
-#include "eformer/attention/feature_maps.h"
+#include "eformer/attention/kernels/feature_maps.h"
 
 #include <algorithm>
 #include <cmath>

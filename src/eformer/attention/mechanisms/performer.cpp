@@ -1,4 +1,4 @@
-#include "eformer/attention/performer.h"
+#include "eformer/attention/mechanisms/performer.h"
 
 #include <cmath>
 

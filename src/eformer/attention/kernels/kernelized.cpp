@@ -1,4 +1,4 @@
-#include "eformer/attention/kernelized.h"
+#include "eformer/attention/kernels/kernelized.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,8 +6,8 @@
 #include <limits>
 #include <vector>
 
-#include "eformer/attention/scratch.h"
-#include "eformer/attention/tile_gemm.h"
+#include "eformer/attention/kernels/scratch.h"
+#include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/error.h"
 #include "eformer/ops/activation.h"
