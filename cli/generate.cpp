@@ -71,6 +71,7 @@ int run_generate(int argc, char** argv) {
   EF_CHECK(o.max_new_tokens >= 0, ValueError, "generate: --max-new-tokens must be >= 0, got ", o.max_new_tokens);
   train::validate(o.sampling);
   auto model = train::load_model(ckpt);
+  std::fprintf(stderr, "generate: streaming through %s\n", model->streaming_summary().c_str());
 
   data::Utf8StreamDecoder decoder;
   if (echo) {

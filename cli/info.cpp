@@ -4,18 +4,23 @@
 #include <string>
 
 #include "common.h"
+#include "mechanisms.h"
 #include "eformer/train/checkpoint.h"
 
 namespace eformer::cli {
 namespace {
 
 constexpr const char* kHelp = R"(usage: eformer info CKPT [--json]
+       eformer info [--mechanisms] [--json | --markdown]
 
-Prints a checkpoint's model (architecture, sizes, parameter count, attention mechanism of each
-layer) and training state (step, elapsed time, training config). The weights are loaded and checked
-against the config.
+With CKPT: prints a checkpoint's model (architecture, sizes, parameter count, attention mechanism of
+each layer) and training state (step, elapsed time, training config). The weights are loaded and
+checked against the config.
+Without CKPT (or with --mechanisms): lists the registered attention mechanisms, what each supports
+(causal, bidirectional, cross, padding mask, native streaming) and its options.
 
-  --json    print one JSON object
+  --json        print one JSON object (or, for the mechanisms, a JSON array)
+  --markdown    the mechanisms as the table of docs/MECHANISMS.md
 )";
 
 std::string with_commas(int64_t n) {
@@ -35,7 +40,7 @@ std::string mechanism_str(const models::AttentionChoice& a) {
 
 int run_info(int argc, char** argv) {
   std::string ckpt;
-  bool json = false;
+  bool json = false, markdown = false, list = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -43,13 +48,22 @@ int run_info(int argc, char** argv) {
       return 0;
     }
     if (a == "--json") json = true;
+    else if (a == "--markdown") markdown = true;
+    else if (a == "--mechanisms") list = true;
     else if (a.rfind("--", 0) == 0) throw ValueError("info: unknown option '" + a + "'; see eformer info --help");
     else {
       EF_CHECK(ckpt.empty(), ValueError, "info: unexpected argument '", a, "' (one checkpoint only)");
       ckpt = a;
     }
   }
-  EF_CHECK(!ckpt.empty(), ValueError, "info: missing the checkpoint; usage: eformer info CKPT [--json]");
+  if (ckpt.empty() || list) {
+    EF_CHECK(ckpt.empty(), ValueError, "info: --mechanisms takes no checkpoint");
+    EF_CHECK(!(json && markdown), ValueError, "info: --json and --markdown exclude each other");
+    if (json) std::printf("%s\n", mechanism_json().dump().c_str());
+    else std::fputs((markdown ? mechanism_markdown() : mechanism_listing()).c_str(), stdout);
+    return 0;
+  }
+  EF_CHECK(!markdown, ValueError, "info: --markdown is for the mechanism listing (eformer info --mechanisms --markdown)");
   train::Checkpoint c = train::read_checkpoint(ckpt);
   auto model = train::load_model(c);
   const models::ModelConfig& m = c.model_config;

@@ -15,7 +15,8 @@ commands:
   train       train a language model (presets: tiny, small), or resume a run exactly
   eval        bits per character of a checkpoint on a split of a corpus
   generate    stream text sampled from a checkpoint
-  info        what a checkpoint holds: config, parameter count, mechanism per layer
+  info        what a checkpoint holds (config, parameters, mechanism per layer); without
+              one, the registered attention mechanisms and their options
   demo        train a small MLP from C++ (the engine end to end)
 
 Each command takes --help.

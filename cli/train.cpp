@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.h"
+#include "mechanisms.h"
 #include "eformer/train/checkpoint.h"
 #include "eformer/train/config.h"
 #include "eformer/train/trainer.h"
@@ -77,6 +78,7 @@ int run_train(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
       std::fputs(kHelp, stdout);
+      std::fputs(("\n" + mechanism_listing()).c_str(), stdout);
       return 0;
     }
     if (a == "--quiet") {

@@ -1,37 +1,111 @@
-// eformer.attention(q, k, v, kind="flash", causal=False, key_mask=None, scale=None, omega=None,
-// **feature_options), eformer.kernelized_attention (the kernelized core) and eformer.draw_omega.
+// eformer.attention(q, k, v, kind="flash", causal=False, key_mask=None, scale=None, dropout=0,
+// **options), attention_kinds(), attention_pattern(), mechanisms() (the registry),
+// kernelized_attention (the kernelized core) and draw_omega.
 #include "bindings.h"
 #include "eformer/attention/kernels/feature_maps.h"
 #include "eformer/attention/functional.h"
+#include "eformer/attention/registry.h"
 #include "eformer/attention/kernels/kernelized.h"
 
 namespace eformer::python {
+
+namespace {
+
+// **options of the Python calls: tensors go to args.tensors, everything else to the JSON options.
+attention::MechanismArgs mechanism_args(const py::kwargs& kwargs) {
+  attention::MechanismArgs args;
+  py::dict rest;
+  for (auto item : kwargs) {
+    const std::string key = item.first.cast<std::string>();
+    if (py::isinstance<Tensor>(item.second))
+      args.tensors[key] = item.second.cast<Tensor>();
+    else
+      rest[item.first] = item.second;
+  }
+  args.options = to_json_value(rest);
+  return args;
+}
+
+py::dict capabilities_dict(const attention::Capabilities& c) {
+  py::dict d;
+  d["causal"] = c.causal;
+  d["bidirectional"] = c.bidirectional;
+  d["cross"] = c.cross;
+  d["padding_mask"] = c.padding_mask;
+  d["recurrent"] = c.recurrent;
+  d["fixed_length"] = c.fixed_length;
+  return d;
+}
+
+}  // namespace
+
+py::dict capabilities_to_python(const attention::Capabilities& c) { return capabilities_dict(c); }
 
 void bind_attention(py::module_& m) {
   m.def(
       "attention",
       [](const Tensor& q, const Tensor& k, const Tensor& v, const std::string& kind, bool causal,
-         const py::object& key_mask, const py::object& scale, const py::object& omega, const py::kwargs& options) {
+         const py::object& key_mask, const py::object& scale, float dropout, const py::kwargs& options) {
         attention::AttentionOptions opts;
         opts.causal = causal;
+        opts.dropout = dropout;
         if (!key_mask.is_none()) opts.key_mask = key_mask.cast<Tensor>();
         if (!scale.is_none()) {
           opts.scale = scale.cast<float>();
           EF_CHECK(opts.scale != 0.0f, ValueError, "attention: scale = 0; pass None for 1/sqrt(head_dim)");
         }
-        if (!omega.is_none()) opts.omega = omega.cast<Tensor>();
-        opts.feature_options = to_json_value(options);
-        return attention::attention(q, k, v, kind, opts);
+        return attention::attention(q, k, v, kind, opts, mechanism_args(options));
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kind") = "flash", py::arg("causal") = false,
-      py::arg("key_mask") = py::none(), py::arg("scale") = py::none(), py::arg("omega") = py::none(),
+      py::arg("key_mask") = py::none(), py::arg("scale") = py::none(), py::arg("dropout") = 0.0f,
       "Attention on q [B, H, N, d], k and v [B, H, M, d] by `kind` (eformer.attention_kinds()).\n"
       "causal: query i sees key j iff j <= i + M - N (bottom-right aligned; the kernelized kinds need N == M).\n"
-      "key_mask: bool [B, M], True = a real token. scale: None for 1/sqrt(d). A query with no attendable key\n"
-      "outputs 0 (zero gradients). performer / linear only: omega [m, d] (the random matrix; else a fresh draw\n"
-      "from the default generator) and feature options kernel=softmax|gaussian|relu|elu|exp|identity,\n"
-      "features=positive|trig, projection=bool, m=int, ortho=bool, norms=chi|fixed.");
-  m.def("attention_kinds", &attention::attention_kinds, "The names eformer.attention accepts as kind.");
+      "key_mask: bool [B, M], True = a real token. scale: None for 1/sqrt(d). dropout: on the attention\n"
+      "probabilities (kinds that have them), drawn from the default generator. A query with no attendable key\n"
+      "outputs 0 (zero gradients). **options: the mechanism's own options (eformer.mechanisms() lists them);\n"
+      "tensors among them are tensor arguments (performer: omega [m, d]).");
+  m.def("attention_kinds", &attention::attention_kinds,
+        "The names eformer.attention accepts as kind (registered mechanisms with a functional form).");
+  m.def(
+      "attention_pattern",
+      [](const std::string& kind, int64_t n, const py::object& m_keys, int64_t heads, bool causal, uint64_t seed,
+         const py::kwargs& options) {
+        const int64_t M = m_keys.is_none() ? n : m_keys.cast<int64_t>();
+        Tensor p = attention::attention_pattern(kind, n, M, heads, causal, mechanism_args(options), seed);
+        return py::cast(p).attr("numpy")();
+      },
+      py::arg("kind"), py::arg("n"), py::arg("m") = py::none(), py::arg("heads") = 1, py::arg("causal") = false,
+      py::arg("seed") = 0,
+      "The exact attention pattern of a pattern-based kind as a numpy bool array [heads, n, m]: True where\n"
+      "query i may attend key j (before any key mask). ValueError for kinds that are not pattern-based.");
+  m.def(
+      "mechanisms",
+      []() {
+        py::list out;
+        for (const auto& e : attention::mechanisms()) {
+          py::dict d;
+          d["name"] = e.name;
+          d["description"] = e.description;
+          d["capabilities"] = capabilities_dict(e.capabilities);
+          d["reference"] = e.reference;
+          py::list opts;
+          for (const auto& o : e.options) {
+            py::dict od;
+            od["name"] = o.name;
+            od["type"] = o.type;
+            od["default"] = o.default_value;
+            od["help"] = o.help;
+            opts.append(od);
+          }
+          d["options"] = opts;
+          d["functional"] = bool(e.functional);
+          d["pattern"] = bool(e.pattern);
+          out.append(d);
+        }
+        return out;
+      },
+      "Every registered mechanism: name, description, capabilities, reference (the float64 formulation the\n"
+      "contract tests use), options, and whether it has a functional form and an exact pattern.");
   m.def(
       "kernelized_attention",
       [](const Tensor& phi_q, const Tensor& phi_k, const Tensor& v, const std::optional<Tensor>& log_scale_k,

@@ -17,6 +17,8 @@ void bind_ops_math(py::module_& m);     // ops_math.cpp: activations, softmax, l
 void bind_ops_index(py::module_& m);    // ops_index.cpp: select, cumsum, gather/scatter/sort, conv1d, embedding
 void bind_io_optim(py::module_& m);     // io_optim.cpp: safetensors, optimizers, schedules
 void bind_attention(py::module_& m);    // attention.cpp: eformer.attention(q, k, v, kind=...)
+// A Capabilities as a dict of bools (attention.cpp), shared by the registry listing and Mechanism.
+py::dict capabilities_to_python(const attention::Capabilities& c);
 void bind_nn(py::module_& m);           // nn.cpp: eformer.nn modules
 void bind_data(py::module_& m);         // data.cpp: tokenizer, corpora, batches
 void bind_models(py::module_& m);       // models.cpp: mechanisms, model configs, LanguageModel

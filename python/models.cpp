@@ -48,17 +48,10 @@ void bind_models(py::module_& m) {
       .def("forward", fwd, py::arg("x"), py::arg("memory") = py::none(), py::arg("key_mask") = py::none())
       .def("__call__", fwd, py::arg("x"), py::arg("memory") = py::none(), py::arg("key_mask") = py::none(),
            "x [B, N, D] (memory [B, M, D] for cross-attention; key_mask Bool [B, N or M]) -> [B, N, D].")
-      .def("capabilities",
-           [](const Mechanism& mech) {
-             auto c = mech.capabilities();
-             py::dict d;
-             d["causal"] = c.causal;
-             d["bidirectional"] = c.bidirectional;
-             d["cross"] = c.cross;
-             d["padding_mask"] = c.padding_mask;
-             d["recurrent"] = c.recurrent;
-             return d;
-           })
+      .def("capabilities", [](const Mechanism& mech) { return capabilities_to_python(mech.capabilities()); })
+      .def_property_readonly("name", &Mechanism::name)
+      .def_property_readonly("streaming_path", &Mechanism::streaming_path,
+                             "'native' or the fallback (recompute over the kept inputs) used by step().")
       .def(
           "start", [](const Mechanism& mech, int64_t batch) { return PyRecurrentState{mech.start(batch)}; },
           py::arg("batch"), "A fresh streaming state (e.g. an empty KV cache) for `batch` sequences.")
@@ -71,7 +64,7 @@ void bind_models(py::module_& m) {
       mm, "MultiHeadAttention")
       .def_property_readonly("kind", &attention::MultiHeadAttention::kind)
       .def_property_readonly("rotary",
-                             [](const attention::MultiHeadAttention& a) { return a.options().rotary; });
+                             [](const attention::MultiHeadAttention& a) { return a.multi_head().rotary; });
 
   py::class_<attention::PerformerAttention, Mechanism, std::shared_ptr<attention::PerformerAttention>>(
       mm, "PerformerAttention")
@@ -88,18 +81,24 @@ void bind_models(py::module_& m) {
   mm.def(
       "make_mechanism",
       [](const std::string& name, int64_t d_model, int64_t n_heads, bool causal, bool cross,
-         const py::object& options) {
+         const py::object& options, int64_t max_len, float dropout, const std::string& positions) {
         attention::MechanismConfig c;
         c.d_model = d_model;
         c.n_heads = n_heads;
         c.causal = causal;
         c.cross = cross;
+        c.max_len = max_len;
+        c.dropout = dropout;
+        c.positions = positions;
         c.options = options.is_none() ? json::object() : to_json_value(options);
         return attention::make_mechanism(name, c);
       },
       py::arg("name"), py::arg("d_model"), py::arg("n_heads"), py::arg("causal") = false,
-      py::arg("cross") = false, py::arg("options") = py::none(),
-      "Build a registered mechanism; unknown names or options raise ValueError.");
+      py::arg("cross") = false, py::arg("options") = py::none(), py::arg("max_len") = 0,
+      py::arg("dropout") = 0.0f, py::arg("positions") = "none",
+      "Build a registered mechanism; unknown names or options, and a capability it lacks (e.g. causal),\n"
+      "raise ValueError. dropout: attention dropout (training mode); positions: the model's scheme\n"
+      "(\"rotary\" turns rotary on by default).");
 
   // ---- configs -------------------------------------------------------------------------------
   py::class_<ModelConfig>(mm, "ModelConfig")
@@ -142,7 +141,9 @@ void bind_models(py::module_& m) {
       .def_readonly("tie_weights", &ModelConfig::tie_weights)
       .def_readonly("num_classes", &ModelConfig::num_classes)
       .def_readonly("ffn_chunks", &ModelConfig::ffn_chunks)
-      .def_readonly("activation", &ModelConfig::activation);
+      .def_readonly("activation", &ModelConfig::activation)
+      .def_readonly("attention_dropout", &ModelConfig::attention_dropout)
+      .def_readonly("block", &ModelConfig::block);
   mm.def(
       "config_from_json", [](const std::string& s) { return models::parse_model_config(json::parse(s)); },
       py::arg("json"), "Parse a model config from a JSON string (strict).");

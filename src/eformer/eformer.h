@@ -1,6 +1,7 @@
 // The public umbrella header: #include "eformer/eformer.h".
 #pragma once
 #include "eformer/attention/functional.h"
+#include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/allocator.h"

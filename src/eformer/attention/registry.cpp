@@ -1,51 +1,127 @@
-// The mechanism registry: one line per mechanism, name -> factory.
-#include <utility>
+// The registry: one line per built-in mechanism (each entry is defined in its mechanism's file).
+#include "eformer/attention/registry.h"
 
-#include "eformer/attention/mechanism.h"
+#include <algorithm>
+#include <cmath>
+
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/performer.h"
 
 namespace eformer::attention {
 namespace {
 
-using Factory = std::shared_ptr<Mechanism> (*)(const MechanismConfig&);
-
-const std::vector<std::pair<std::string, Factory>>& registry() {
-  static const std::vector<std::pair<std::string, Factory>> entries = {
-      {"full",
-       [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // materialized scores
-         return std::make_shared<MultiHeadAttention>("full", c);
-       }},
-      {"flash",
-       [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // fused online softmax
-         return std::make_shared<MultiHeadAttention>("flash", c);
-       }},
-      {"performer",
-       [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // FAVOR+ random features
-         return std::make_shared<PerformerAttention>("performer", c);
-       }},
-      {"linear",
-       [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {  // elu + 1 features
-         return std::make_shared<PerformerAttention>("linear", c);
-       }},
+std::vector<MechanismEntry>& entries() {
+  static std::vector<MechanismEntry> all = {
+      exact_entry("full"),         // materialized scores, the readable reference
+      exact_entry("flash"),        // fused, tiled online softmax
+      performer_entry("performer"),  // FAVOR+ random features
+      performer_entry("linear"),     // elu + 1 features
   };
-  return entries;
+  return all;
+}
+
+std::string join_names() {
+  std::string valid;
+  for (const auto& e : entries()) valid += (valid.empty() ? "" : ", ") + e.name;
+  return valid;
 }
 
 }  // namespace
 
+const std::vector<MechanismEntry>& mechanisms() { return entries(); }
+
 std::vector<std::string> mechanism_names() {
   std::vector<std::string> names;
-  for (const auto& [name, factory] : registry()) names.push_back(name);
+  for (const auto& e : entries()) names.push_back(e.name);
   return names;
 }
 
-std::shared_ptr<Mechanism> make_mechanism(const std::string& name, const MechanismConfig& config) {
-  for (const auto& [n, factory] : registry())
-    if (n == name) return factory(config);
-  std::string valid;
-  for (const auto& n : mechanism_names()) valid += (valid.empty() ? "" : ", ") + n;
-  throw ValueError(detail::concat("attention mechanism: unknown name '", name, "'; valid names: ", valid));
+const MechanismEntry& find_mechanism(const std::string& name) {
+  for (const auto& e : entries())
+    if (e.name == name) return e;
+  throw ValueError(detail::concat("attention mechanism: unknown name '", name, "'; valid names: ", join_names()));
 }
 
+void register_mechanism(MechanismEntry entry) {
+  EF_CHECK(!entry.name.empty() && !entry.description.empty() && !entry.reference.empty() && entry.make &&
+               entry.check_options,
+           ValueError, "register_mechanism: entry '", entry.name,
+           "' is incomplete; it needs a name, a description, a reference, make and check_options");
+  EF_CHECK(entry.reference != "softmax-pattern" || entry.pattern, ValueError, "register_mechanism: entry '",
+           entry.name, "' declares the softmax-pattern reference but has no pattern");
+  for (const auto& e : entries())
+    EF_CHECK(e.name != entry.name, ValueError, "register_mechanism: '", entry.name, "' is already registered");
+  entries().push_back(std::move(entry));
+}
+
+void unregister_mechanism(const std::string& name) {
+  auto& all = entries();
+  all.erase(std::remove_if(all.begin(), all.end(), [&](const auto& e) { return e.name == name; }), all.end());
+}
+
+std::shared_ptr<Mechanism> make_mechanism(const std::string& name, const MechanismConfig& config) {
+  const MechanismEntry& e = find_mechanism(name);
+  e.check_options(config.options);
+  return e.make(config);
+}
+
+Tensor attention_pattern(const std::string& name, int64_t N, int64_t M, int64_t heads, bool causal,
+                         const MechanismArgs& args, uint64_t seed) {
+  const MechanismEntry& e = find_mechanism(name);
+  EF_CHECK(e.pattern, ValueError, "attention_pattern: '", name,
+           "' is not pattern-based (it has no fixed set of attended keys)");
+  EF_CHECK(N >= 1 && M >= 1 && heads >= 1, ValueError, "attention_pattern: n = ", N, ", m = ", M,
+           ", heads = ", heads, "; expected each >= 1");
+  EF_CHECK(!causal || e.capabilities.causal, ValueError, "attention_pattern: '", name, "' has no causal form");
+  EF_CHECK(causal || e.capabilities.bidirectional, ValueError, "attention_pattern: '", name,
+           "' has no bidirectional form");
+  return e.pattern(N, M, heads, causal, args, seed);
+}
+
+namespace options {
+
+void unknown(const std::string& who, const std::string& key, const std::vector<OptionSpec>& specs) {
+  std::string valid;
+  for (const auto& s : specs) valid += (valid.empty() ? "" : ", ") + s.name;
+  throw ValueError(detail::concat(who, ": unknown option '", key, "'; valid options: ",
+                                  valid.empty() ? std::string("none (it takes no options)") : valid));
+}
+
+bool get_bool(const std::string& who, const std::string& key, const nlohmann::json& v) {
+  EF_CHECK(v.is_boolean(), ValueError, who, ": option ", key, " = ", v.dump(), "; expected true or false");
+  return v.get<bool>();
+}
+
+int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min) {
+  EF_CHECK(v.is_number_integer() && v.get<int64_t>() >= min, ValueError, who, ": option ", key, " = ", v.dump(),
+           "; expected an integer >= ", min);
+  return v.get<int64_t>();
+}
+
+double get_number(const std::string& who, const std::string& key, const nlohmann::json& v) {
+  EF_CHECK(v.is_number() && std::isfinite(v.get<double>()), ValueError, who, ": option ", key, " = ", v.dump(),
+           "; expected a finite number");
+  return v.get<double>();
+}
+
+std::string get_string(const std::string& who, const std::string& key, const nlohmann::json& v,
+                       const std::vector<std::string>& valid) {
+  std::string list;
+  for (const auto& s : valid) list += (list.empty() ? "" : " | ") + s;
+  EF_CHECK(v.is_string() && std::find(valid.begin(), valid.end(), v.get<std::string>()) != valid.end(),
+           ValueError, who, ": option ", key, " = ", v.dump(), "; expected one of ", list);
+  return v.get<std::string>();
+}
+
+void check_tensors(const std::string& who, const MechanismArgs& args, const std::vector<std::string>& allowed) {
+  for (const auto& [key, t] : args.tensors) {
+    if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+    std::string list;
+    for (const auto& s : allowed) list += (list.empty() ? "" : ", ") + s;
+    throw ValueError(detail::concat(who, ": unknown tensor argument '", key, "'; valid tensor arguments: ",
+                                    list.empty() ? std::string("none") : list));
+  }
+}
+
+}  // namespace options
 }  // namespace eformer::attention

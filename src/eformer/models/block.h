@@ -1,10 +1,15 @@
 // The Transformer block (Vaswani et al. 2017): a self-attention sublayer (any registered
 // mechanism), an optional cross-attention sublayer (the decoder of an encoder-decoder), and a
 // position-wise feed-forward sublayer, each with a residual connection and a LayerNorm:
-//   pre-LN (default, GPT-2):  x = x + drop(attn(ln1(x))); x = x + drop(cross(ln_cross(x), memory));
-//                             x = x + drop(ffn(ln2(x)))          (the model adds a final LayerNorm)
+//   pre-LN (default, GPT-2):  x = x + A(x); x = x + C(x, memory); x = x + F(x)
+//        with the branches    A(x) = drop(attn(ln1(x))), C = drop(cross(ln_cross(x), memory)),
+//                             F(x) = drop(ffn(ln2(x)))      (the model adds a final LayerNorm)
 //   post-LN (the original):   x = ln1(x + drop(attn(x))); x = ln_cross(x + drop(cross(x, memory)));
 //                             x = ln2(x + drop(ffn(x)))
+// The branches are public so that block policies can compose them differently (RevNet coupling:
+// y1 = x1 + A(x2), y2 = x2 + F(y1)). Policies (ModelConfig::block): "plain" keeps every
+// activation; "recompute" runs the block under autograd::checkpoint (only its input is kept; the
+// backward rebuilds the rest, every dropout and attention-dropout draw replayed bit for bit).
 #pragma once
 #include <functional>
 #include <memory>
@@ -15,14 +20,15 @@
 
 namespace eformer::models {
 
-// The MechanismConfig of `choice` in a model of `config`: positions = "rotary" adds
-// {"rotary": true} to a self-attention's options (unless they set "rotary" themselves).
+// The MechanismConfig of `choice` in a model of `config`: sizes, max_len, attention dropout, the
+// position scheme, and the layer index (for messages).
 attention::MechanismConfig mechanism_config(const ModelConfig& config, const AttentionChoice& choice,
-                                            bool causal, bool cross);
+                                            bool causal, bool cross, int64_t layer);
 
 class TransformerBlock : public nn::Module {
  public:
-  // Sizes, dropout, pre_ln, activation and ffn_chunks from `config`; `cross_attn` may be null.
+  // Sizes, dropout, pre_ln, activation, ffn_chunks and the block policy from `config`;
+  // `cross_attn` may be null.
   TransformerBlock(const ModelConfig& config, std::shared_ptr<attention::Mechanism> self_attn,
                    std::shared_ptr<attention::Mechanism> cross_attn = nullptr);
   std::string describe() const override;
@@ -35,21 +41,37 @@ class TransformerBlock : public nn::Module {
   Tensor step(const Tensor& x_t, attention::RecurrentState& state, const Tensor& memory = {},
               const Tensor& memory_mask = {}) const;
 
+  // The branches (without the residual; pre-LN includes the LayerNorm, post-LN does not).
+  Tensor attention_branch(const Tensor& x, const Tensor& key_mask = {}) const;
+  Tensor cross_branch(const Tensor& x, const Tensor& memory, const Tensor& memory_mask = {}) const;
+  Tensor ffn_branch(const Tensor& x) const;
+
   const std::shared_ptr<attention::Mechanism>& self_attn() const { return attn_; }
   const std::shared_ptr<attention::Mechanism>& cross_attn() const { return cross_; }
   bool pre_ln() const { return pre_ln_; }
+  bool recompute() const { return recompute_; }
 
  private:
-  template <class Mix>
-  Tensor run(const Tensor& x, Mix&& mix, const Tensor& memory, const Tensor& memory_mask) const;
-  Tensor sublayer(const Tensor& x, const nn::LayerNorm& ln,
-                  const std::function<Tensor(const Tensor&)>& f) const;
+  // The plain composition of the branches, with `attend` as the self-attention branch.
+  Tensor compose(const Tensor& x, const std::function<Tensor(const Tensor&)>& attend, const Tensor& memory,
+                 const Tensor& memory_mask) const;
+  Tensor residual(const Tensor& x, const Tensor& branch, const nn::LayerNorm& ln) const;
 
-  bool pre_ln_;
+  bool pre_ln_, recompute_;
   std::shared_ptr<attention::Mechanism> attn_, cross_;
   std::shared_ptr<nn::LayerNorm> ln1_, ln_cross_, ln2_;
   std::shared_ptr<nn::FeedForward> ffn_;
   std::shared_ptr<nn::Dropout> dropout_;
 };
+
+// Which stack build_blocks makes.
+enum class Stack {
+  Decoder,       // causal self-attention, the mechanism of attention_for_layer
+  Encoder,       // bidirectional self-attention, attention_for_layer (arch "encoder") or attention
+  CrossDecoder,  // causal self-attention + cross-attention (config.cross_attention)
+};
+// n_layers blocks of `stack`; each mechanism is built (and its capabilities checked) with its
+// layer index, so a wrong combination fails here with a sentence naming the layer.
+std::shared_ptr<nn::ModuleList> build_blocks(const ModelConfig& config, int64_t n_layers, Stack stack);
 
 }  // namespace eformer::models

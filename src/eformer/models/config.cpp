@@ -6,7 +6,7 @@
 #include <functional>
 #include <map>
 
-#include "eformer/attention/mechanism.h"
+#include "eformer/attention/registry.h"
 #include "eformer/core/error.h"
 
 namespace eformer::models {
@@ -65,6 +65,7 @@ AttentionChoice get_attention(const std::string& key, const json& v) {
                                     "; expected a mechanism name or {\"kind\": ..., \"options\": {...}}"));
   }
   check_one_of(key + ".kind", a.kind, attention::mechanism_names());
+  attention::find_mechanism(a.kind).check_options(a.options);
   return a;
 }
 
@@ -101,6 +102,11 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"ffn_chunks", [](ModelConfig& c, const json& v) { c.ffn_chunks = get_int("ffn_chunks", v); }},
       {"activation", [](ModelConfig& c, const json& v) { c.activation = get_string("activation", v); }},
       {"attention", [](ModelConfig& c, const json& v) { c.attention = get_attention("attention", v); }},
+      {"cross_attention",
+       [](ModelConfig& c, const json& v) { c.cross_attention = get_attention("cross_attention", v); }},
+      {"attention_dropout",
+       [](ModelConfig& c, const json& v) { c.attention_dropout = get_float("attention_dropout", v); }},
+      {"block", [](ModelConfig& c, const json& v) { c.block = get_string("block", v); }},
       {"layer_attention",
        [](ModelConfig& c, const json& v) {
          EF_CHECK(v.is_array(), ValueError, "model config: layer_attention = ", v.dump(),
@@ -136,6 +142,7 @@ void validate_model_config(const ModelConfig& c) {
   check_one_of("arch", c.arch, {"decoder", "encoder", "encoder-decoder"});
   check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary"});
   check_one_of("activation", c.activation, {"gelu", "gelu_tanh", "relu"});
+  check_one_of("block", c.block, {"plain", "recompute"});
   auto positive = [](const char* key, int64_t v) {
     EF_CHECK(v >= 1, ValueError, "model config: ", key, " = ", v, "; expected >= 1");
   };
@@ -153,6 +160,8 @@ void validate_model_config(const ModelConfig& c) {
            c.d_model / c.n_heads);
   EF_CHECK(c.dropout >= 0.0f && c.dropout < 1.0f, ValueError, "model config: dropout = ", c.dropout,
            "; expected a value in [0, 1)");
+  EF_CHECK(c.attention_dropout >= 0.0f && c.attention_dropout < 1.0f, ValueError,
+           "model config: attention_dropout = ", c.attention_dropout, "; expected a value in [0, 1)");
   if (c.arch == "encoder-decoder") {
     EF_CHECK(c.n_encoder_layers >= 1, ValueError, "model config: n_encoder_layers = ", c.n_encoder_layers,
              "; expected >= 1 for arch 'encoder-decoder'");
@@ -171,6 +180,7 @@ void validate_model_config(const ModelConfig& c) {
            "model config: layer_attention has ", c.layer_attention.size(),
            " entries; expected 0 or n_layers = ", c.n_layers);
   check_one_of("attention.kind", c.attention.kind, attention::mechanism_names());
+  check_one_of("cross_attention.kind", c.cross_attention.kind, attention::mechanism_names());
   for (size_t i = 0; i < c.layer_attention.size(); ++i)
     check_one_of(detail::concat("layer_attention[", i, "].kind"), c.layer_attention[i].kind,
                  attention::mechanism_names());
@@ -195,7 +205,10 @@ json to_json(const ModelConfig& c) {
               {"ffn_chunks", c.ffn_chunks},
               {"activation", c.activation},
               {"attention", attention_json(c.attention)},
-              {"layer_attention", layers}};
+              {"layer_attention", layers},
+              {"cross_attention", attention_json(c.cross_attention)},
+              {"attention_dropout", tidy(c.attention_dropout)},
+              {"block", c.block}};
 }
 
 const AttentionChoice& attention_for_layer(const ModelConfig& c, int64_t layer) {

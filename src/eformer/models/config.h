@@ -32,6 +32,12 @@ struct ModelConfig {
   std::string activation = "gelu";               // the feed-forward's: "gelu" | "gelu_tanh" | "relu"
   AttentionChoice attention;                     // every layer's mechanism...
   std::vector<AttentionChoice> layer_attention;  // ...unless overridden per layer (empty or n_layers long)
+  AttentionChoice cross_attention;               // "encoder-decoder": the decoder's cross-attention
+  float attention_dropout = 0.0f;                // dropout on attention probabilities (mechanisms with them)
+  // Block memory policy: "plain" (keep activations) | "recompute" (per-block activation
+  // checkpointing, the Sparse Transformer's recompute: each block's activations are rebuilt in the
+  // backward pass, every dropout draw replayed; memory per block drops to its input).
+  std::string block = "plain";
 };
 
 // Keys missing from `j` keep the defaults above. Also validates the result (validate_model_config).

@@ -31,13 +31,7 @@ void check_arch(const ModelConfig& c, const char* model, const char* arch) {
 
 Encoder::Encoder(const ModelConfig& config, int64_t n_layers) : Module("Encoder"), config_(config) {
   embed_ = register_module("embed", std::make_shared<TokenEmbedding>(config_));
-  blocks_ = register_module("blocks", std::make_shared<nn::ModuleList>());
-  for (int64_t i = 0; i < n_layers; ++i) {
-    const AttentionChoice& choice =
-        config_.arch == "encoder" ? attention_for_layer(config_, i) : config_.attention;
-    auto attn = attention::make_mechanism(choice.kind, mechanism_config(config_, choice, false, false));
-    blocks_->push_back(std::make_shared<TransformerBlock>(config_, std::move(attn)));
-  }
+  blocks_ = register_module("blocks", build_blocks(config_, n_layers, Stack::Encoder));
   if (config_.pre_ln) ln_f_ = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.d_model));
 }
 
@@ -99,13 +93,7 @@ Tensor SequenceClassifier::loss(const Tensor& ids, const Tensor& labels, const T
 EncoderDecoder::EncoderDecoder(const ModelConfig& config) : Module("EncoderDecoder"), config_(config) {
   check_arch(config_, "EncoderDecoder", "encoder-decoder");
   encoder_ = register_module("encoder", std::make_shared<Encoder>(config_, config_.n_encoder_layers));
-  decoder_ = register_module("decoder", std::make_shared<nn::ModuleList>());
-  for (int64_t i = 0; i < config_.n_layers; ++i) {
-    const AttentionChoice& choice = attention_for_layer(config_, i);
-    auto self = attention::make_mechanism(choice.kind, mechanism_config(config_, choice, true, false));
-    auto cross = attention::make_mechanism(choice.kind, mechanism_config(config_, choice, false, true));
-    decoder_->push_back(std::make_shared<TransformerBlock>(config_, std::move(self), std::move(cross)));
-  }
+  decoder_ = register_module("decoder", build_blocks(config_, config_.n_layers, Stack::CrossDecoder));
   if (config_.pre_ln) ln_f_ = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.d_model));
   if (!config_.tie_weights)
     head_ = register_module("head", std::make_shared<nn::Linear>(config_.d_model, config_.vocab_size, false));

@@ -16,12 +16,7 @@ LanguageModel::LanguageModel(const ModelConfig& config) : Module("LanguageModel"
   EF_CHECK(config_.arch == "decoder", ValueError, "LanguageModel: arch = '", config_.arch,
            "'; expected 'decoder' (use SequenceClassifier or EncoderDecoder)");
   embed_ = register_module("embed", std::make_shared<TokenEmbedding>(config_));
-  blocks_ = register_module("blocks", std::make_shared<nn::ModuleList>());
-  for (int64_t i = 0; i < config_.n_layers; ++i) {
-    const AttentionChoice& choice = attention_for_layer(config_, i);
-    auto attn = attention::make_mechanism(choice.kind, mechanism_config(config_, choice, true, false));
-    blocks_->push_back(std::make_shared<TransformerBlock>(config_, std::move(attn)));
-  }
+  blocks_ = register_module("blocks", build_blocks(config_, config_.n_layers, Stack::Decoder));
   if (config_.pre_ln) ln_f_ = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.d_model));
   if (!config_.tie_weights)
     head_ = register_module("head", std::make_shared<nn::Linear>(config_.d_model, config_.vocab_size, false));
@@ -62,6 +57,20 @@ DecodeState LanguageModel::start_decoding(int64_t batch) {
   DecodeState state;
   for (int64_t i = 0; i < blocks_->size(); ++i) state.layers.push_back(block(i).self_attn()->start(batch));
   return state;
+}
+
+std::string LanguageModel::streaming_summary() const {
+  std::string out;
+  for (int64_t i = 0; i < blocks_->size();) {
+    const auto& attn = block(i).self_attn();
+    const std::string what = attn->name() + ": " + attn->streaming_path();
+    int64_t j = i + 1;
+    while (j < blocks_->size() && block(j).self_attn()->name() + ": " + block(j).self_attn()->streaming_path() == what) ++j;
+    out += (out.empty() ? "" : "; ") +
+           (j - i == 1 ? detail::concat("layer ", i) : detail::concat("layers ", i, "-", j - 1)) + " " + what;
+    i = j;
+  }
+  return out;
 }
 
 Tensor LanguageModel::step(DecodeState& state, const Tensor& ids) {

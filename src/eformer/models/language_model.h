@@ -35,6 +35,9 @@ class LanguageModel : public nn::Module {
   // state.position + T <= max_len (IndexError otherwise); sinusoidal and rotary do not.
   DecodeState start_decoding(int64_t batch);
   Tensor step(DecodeState& state, const Tensor& ids);
+  // How step() streams, one line for the model: "flash: native" per distinct mechanism, e.g.
+  // "layers 0-3 flash: native" or "layer 0 flash: native; layer 1 x: fallback (...)".
+  std::string streaming_summary() const;
 
   const std::shared_ptr<TokenEmbedding>& embedding() const { return embed_; }
   const std::shared_ptr<nn::ModuleList>& blocks() const { return blocks_; }

@@ -1,14 +1,15 @@
-// Multi-head attention (Vaswani et al. 2017, sec. 3.2.2) as a sequence mixer over the exact
-// functional core: q, k, v projections, heads split to [B, H, N, d], attention(q, k, v, kind),
-// heads merged, output projection. Registered as "full" (materialized scores) and "flash" (fused,
-// tiled online softmax); the two differ only in the core they call.
+// Exact multi-head attention (Vaswani et al. 2017, sec. 3.2.2, eq. 1: softmax(Q K^T / sqrt(d)) V) as
+// a sequence mixer: q, k, v projections, heads split to [B, H, N, d], the exact core, heads merged,
+// output projection. Registered as "full" (materialized scores, kernels/full.h: the readable
+// reference) and "flash" (fused, tiled online softmax, kernels/flash.h); the two differ only in the
+// core they call. Pattern: every key (bidirectional, cross) or keys j <= i + M - N (causal).
 //
-// Options (MechanismConfig::options, JSON; unknown keys are a ValueError listing these):
-//   "rotary": bool (default false)      rotary embeddings (nn::apply_rotary) on q and k after the
-//                                       split; the models set it when positions = "rotary".
-//   "rotary_base": number (10000)       the rotary base.
-// Self-attention (config.cross false) is causal when config.causal; cross-attention takes k and v
-// from the memory and is never causal (nor rotary). key_mask masks keys (the memory's when cross).
+// Options (MechanismConfig::options; unknown keys are a ValueError listing these):
+//   "rotary": bool (default: the model's positions == "rotary")  rotary embeddings on q and k
+//   "rotary_base": number (10000)                                  the rotary base
+// Self-attention is causal when config.causal; cross-attention takes k and v from the memory and is
+// never causal (nor rotary). key_mask masks keys (the memory's when cross). Attention dropout
+// (config.dropout, training mode) drops probabilities, replayed exactly under recomputation.
 //
 // Recurrent step: a KV cache. The state holds K, V [B, H, T, d]; step(x_t [B, T', D]) appends the
 // new keys and values, rotates the new queries and keys at offset T, and attends the new queries to
@@ -17,24 +18,27 @@
 #include <string>
 
 #include "eformer/attention/projected.h"
+#include "eformer/attention/registry.h"
 
 namespace eformer::attention {
 
+// The registry entry of "full" or "flash".
+MechanismEntry exact_entry(const std::string& name);
+
 class MultiHeadAttention : public ProjectedAttention {
  public:
-  // kind: a functional core name ("full", "flash"). d_model % n_heads == 0, both > 0 (ValueError).
+  // kind: "full" or "flash".
   MultiHeadAttention(std::string kind, const MechanismConfig& config);
   std::string describe() const override;
-  Capabilities capabilities() const override;
-  Tensor forward(const Tensor& x, const Tensor& memory = {}, const Tensor& key_mask = {}) override;
-  std::unique_ptr<RecurrentState> start(int64_t batch) const override;
-  Tensor step(const Tensor& x_t, RecurrentState& state) override;
+  const std::string& kind() const { return name(); }
 
-  const std::string& kind() const { return kind_; }
-  const MultiHeadOptions& options() const { return heads_; }
+ protected:
+  Tensor mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) override;
+  std::unique_ptr<RecurrentState> start_native(int64_t batch) const override;
+  Tensor step_native(const Tensor& x_t, RecurrentState& state) override;
 
  private:
-  std::string kind_;
+  Tensor core(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) const;
 };
 
 }  // namespace eformer::attention

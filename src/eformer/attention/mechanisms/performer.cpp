@@ -32,20 +32,25 @@ Tensor resolve_omega(const char* op, const FeatureMap& fm, const Tensor& omega, 
   return omega.detach();
 }
 
-Tensor kernelized_kind(const char* op, const std::string& name, const Tensor& q, const Tensor& k, const Tensor& v,
-                       const AttentionOptions& opts) {
-  const AttentionDims s = validate_attention(op, q, k, v, opts);
+Tensor kernelized_kind(const std::string& name, const Tensor& q, const Tensor& k, const Tensor& v,
+                       const AttentionOptions& opts, const MechanismArgs& args) {
+  const std::string op = name + "_attention";
+  const AttentionDims s = validate_attention(op.c_str(), q, k, v, opts);
   FeatureMap fm = default_feature_map(name);
-  EF_CHECK(opts.feature_options.is_object(), ValueError, op, ": feature options must be a JSON object");
-  for (const auto& [key, value] : opts.feature_options.items())
+  EF_CHECK(args.options.is_object(), ValueError, op, ": options must be a JSON object");
+  for (const auto& [key, value] : args.options.items())
     EF_CHECK(parse_feature_option(op, key, value, fm), ValueError, op, ": unknown option '", key,
              "'; valid options: ", kFeatureOptionNames);
+  options::check_tensors(op, args, {"omega"});
   validate_feature_map(op, fm);
   EF_CHECK(uses_scale(fm) || opts.scale == 0.0f, ValueError, op,
            ": scale applies to the softmax and gaussian kernels only (this kernel takes q and k as they are)");
+  EF_CHECK(opts.dropout == 0.0f, ValueError, op, ": dropout = ", opts.dropout,
+           "; kernelized attention has no probabilities to drop (expected 0)");
   EF_CHECK(!opts.causal || s.N == s.M, ShapeError, op, ": causal needs as many queries as keys; got N = ", s.N,
            " and M = ", s.M);
-  const Tensor omega = resolve_omega(op, fm, opts.omega, s.d);
+  const auto omega_arg = args.tensors.find("omega");
+  const Tensor omega = resolve_omega(op.c_str(), fm, omega_arg == args.tensors.end() ? Tensor() : omega_arg->second, s.d);
   const float root = std::sqrt(s.scale);
   const Tensor x = uses_scale(fm) ? mul_scalar(q, root) : q;
   const Tensor y = uses_scale(fm) ? mul_scalar(k, root) : k;
@@ -54,47 +59,75 @@ Tensor kernelized_kind(const char* op, const std::string& name, const Tensor& q,
   return kernelized_attention(fq.phi, fk.phi, v, fk.log_scale, opts.causal, opts.key_mask);
 }
 
+std::vector<OptionSpec> performer_option_specs(const std::string& name) {
+  const bool lin = name == "linear";
+  std::vector<OptionSpec> specs = {
+      {"kernel", "string", lin ? "elu" : "softmax", "softmax | gaussian | relu | elu | exp | identity"},
+      {"features", "string", "positive", "positive | trig (softmax, gaussian; FAVOR+ eq. 7 vs eq. 6)"},
+      {"projection", "bool", lin ? "false" : "true", "features of omega x (relu, elu, exp, identity may turn it off)"},
+      {"m", "int", "round(d ln d)", "random features (rows of omega)"},
+      {"ortho", "bool", "true", "block-orthogonal omega (Performer sec. 2.4)"},
+      {"norms", "string", "chi", "chi | fixed (omega's row norms)"},
+      {"redraw", "int", "1000", "training steps between draws of omega (0: never)"},
+  };
+  for (auto& spec : multi_head_option_specs()) specs.push_back(spec);
+  return specs;
+}
+
 }  // namespace
 
-Tensor performer_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
-  return kernelized_kind("performer_attention", "performer", q, k, v, opts);
+Tensor performer_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                           const MechanismArgs& args) {
+  return kernelized_kind("performer", q, k, v, opts, args);
 }
 
-Tensor linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
-  return kernelized_kind("linear_attention", "linear", q, k, v, opts);
+Tensor linear_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                        const MechanismArgs& args) {
+  return kernelized_kind("linear", q, k, v, opts, args);
 }
 
-PerformerOptions parse_performer_options(const std::string& name, const nlohmann::json& options) {
+MechanismEntry performer_entry(const std::string& name) {
+  MechanismEntry e;
+  e.name = name;
+  e.description = name == "linear"
+                      ? "linear attention with elu(x) + 1 features (Katharopoulos et al. 2020, eq. 6-7)"
+                      : "FAVOR+: softmax kernel by positive orthogonal random features (Choromanski et al. 2020)";
+  e.capabilities = {.causal = true, .bidirectional = true, .cross = true, .padding_mask = true, .recurrent = true};
+  e.reference = "kernelized";
+  e.options = performer_option_specs(name);
+  e.check_options = [name](const nlohmann::json& o) { parse_performer_options(name, o); };
+  e.make = [name](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {
+    return std::make_shared<PerformerAttention>(name, c);
+  };
+  e.functional = [name](const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                        const MechanismArgs& args) { return kernelized_kind(name, q, k, v, opts, args); };
+  return e;
+}
+
+PerformerOptions parse_performer_options(const std::string& name, const nlohmann::json& options,
+                                         const std::string& positions) {
   const std::string who = "attention '" + name + "'";
   EF_CHECK(options.is_object(), ValueError, who, ": options must be a JSON object, got ", options.dump());
   PerformerOptions o;
   o.features = default_feature_map(name);
-  nlohmann::json rotary = nlohmann::json::object();
+  o.multi_head.rotary = positions == "rotary";
   for (const auto& [key, value] : options.items()) {
     if (parse_feature_option(who, key, value, o.features)) continue;
-    if (key == "redraw") {
-      EF_CHECK(value.is_number_integer() && value.get<int64_t>() >= 0, ValueError, who, ": option redraw = ",
-               value.dump(), "; expected an integer >= 0 (training steps between draws; 0 = never)");
-      o.redraw = value.get<int64_t>();
-    } else if (key == "rotary" || key == "rotary_base") {
-      rotary[key] = value;
-    } else {
-      throw ValueError(detail::concat(who, ": unknown option '", key, "'; valid options: ", kFeatureOptionNames,
-                                      ", redraw, rotary, rotary_base"));
-    }
+    if (parse_multi_head_option(who, key, value, o.multi_head)) continue;
+    if (key == "redraw")
+      o.redraw = options::get_int(who, key, value, 0);
+    else
+      options::unknown(who, key, performer_option_specs(name));
   }
   validate_feature_map(who, o.features);
-  o.multi_head = parse_multi_head_options(name, rotary);
   return o;
 }
 
 PerformerAttention::PerformerAttention(std::string name, const MechanismConfig& config)
-    : PerformerAttention(name, config, parse_performer_options(name, config.options)) {}
+    : PerformerAttention(name, config, parse_performer_options(name, config.options, config.positions)) {}
 
 PerformerAttention::PerformerAttention(std::string name, const MechanismConfig& config, PerformerOptions options)
-    : ProjectedAttention("PerformerAttention", name, config, options.multi_head),
-      name_(std::move(name)),
-      options_(std::move(options)) {
+    : ProjectedAttention("PerformerAttention", name, config, options.multi_head), options_(std::move(options)) {
   if (options_.features.projection) {
     // The features' seed comes from the default generator, so a model is reproducible from
     // rng::manual_seed; every later draw is a pure function of (seed, draw index).
@@ -125,14 +158,10 @@ void PerformerAttention::on_step(int64_t step) {
 }
 
 std::string PerformerAttention::describe() const {
-  return detail::concat("PerformerAttention(name=", name_, ", d_model=", config_.d_model, ", n_heads=", H_,
+  return detail::concat("PerformerAttention(name=", name(), ", d_model=", config_.d_model, ", n_heads=", H_,
                         ", causal=", config_.causal ? "true" : "false", ", cross=", config_.cross ? "true" : "false",
                         ", ", attention::describe(options_.features), ", redraw=", options_.redraw,
                         ", rotary=", heads_.rotary ? "true" : "false", ")");
-}
-
-Capabilities PerformerAttention::capabilities() const {
-  return {.causal = true, .bidirectional = true, .cross = true, .padding_mask = true, .recurrent = true};
 }
 
 KernelFeatures PerformerAttention::features(const Tensor& x, bool keys) const {
@@ -141,11 +170,8 @@ KernelFeatures PerformerAttention::features(const Tensor& x, bool keys) const {
   return kernel_features(scaled, omega(), fm, keys);
 }
 
-Tensor PerformerAttention::forward(const Tensor& x, const Tensor& memory, const Tensor& key_mask) {
+Tensor PerformerAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) {
   const Heads h = project(x, memory);
-  if (key_mask.defined())
-    EF_CHECK(key_mask.dtype() == DType::Bool && key_mask.shape() == Shape({x.size(0), h.k.size(2)}), ShapeError,
-             where(), "key_mask is ", key_mask.describe(), "; expected bool [", x.size(0), ", ", h.k.size(2), "]");
   const KernelFeatures fq = features(h.q, false), fk = features(h.k, true);
   const bool causal = config_.causal && !config_.cross;
   return output(kernelized_attention(fq.phi, fk.phi, h.v, fk.log_scale, causal, key_mask));
@@ -153,25 +179,20 @@ Tensor PerformerAttention::forward(const Tensor& x, const Tensor& memory, const 
 
 namespace {
 struct PerformerState : RecurrentState {
-  int64_t batch = 0;
   KernelizedState kernel;
   int64_t length() const override { return kernel.length; }
 };
 }  // namespace
 
-std::unique_ptr<RecurrentState> PerformerAttention::start(int64_t batch) const {
-  check_start(batch);
-  auto state = std::make_unique<PerformerState>();
-  state->batch = batch;
-  return state;
+std::unique_ptr<RecurrentState> PerformerAttention::start_native(int64_t) const {
+  return std::make_unique<PerformerState>();
 }
 
-Tensor PerformerAttention::step(const Tensor& x_t, RecurrentState& state) {
-  auto* st = dynamic_cast<PerformerState*>(&state);
-  EF_CHECK(st != nullptr, ValueError, where(), "step: the state was not made by this mechanism's start()");
-  const Heads h = project_step(x_t, st->batch, st->length());
+Tensor PerformerAttention::step_native(const Tensor& x_t, RecurrentState& state) {
+  auto& st = static_cast<PerformerState&>(state);
+  const Heads h = project_step(x_t, st.length());
   const KernelFeatures fq = features(h.q, false), fk = features(h.k, true);
-  return output(kernelized_attention_step(fq.phi, fk.phi, h.v, fk.log_scale, st->kernel));
+  return output(kernelized_attention_step(fq.phi, fk.phi, h.v, fk.log_scale, st.kernel));
 }
 
 }  // namespace eformer::attention

@@ -1,0 +1,13 @@
+// Listings of the registered attention mechanisms (cli/mechanisms.cpp).
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace eformer::cli {
+
+std::string mechanism_listing();   // plain text: name, description, capabilities, options
+std::string mechanism_markdown();  // the table of docs/MECHANISMS.md
+nlohmann::json mechanism_json();   // every entry as JSON
+
+}  // namespace eformer::cli
