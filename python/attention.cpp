@@ -11,12 +11,14 @@ namespace eformer::python {
 
 namespace {
 
-// **options of the Python calls: tensors go to args.tensors, everything else to the JSON options.
+// **options of the Python calls: tensors go to args.tensors, None means "not given", everything
+// else goes to the JSON options.
 attention::MechanismArgs mechanism_args(const py::kwargs& kwargs) {
   attention::MechanismArgs args;
   py::dict rest;
   for (auto item : kwargs) {
     const std::string key = item.first.cast<std::string>();
+    if (item.second.is_none()) continue;  // an option left at its default
     if (py::isinstance<Tensor>(item.second))
       args.tensors[key] = item.second.cast<Tensor>();
     else
@@ -34,6 +36,7 @@ py::dict capabilities_dict(const attention::Capabilities& c) {
   d["padding_mask"] = c.padding_mask;
   d["recurrent"] = c.recurrent;
   d["fixed_length"] = c.fixed_length;
+  d["dropout"] = c.dropout;
   return d;
 }
 

@@ -3,6 +3,11 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -37,6 +42,22 @@ struct TempDir {
     std::sort(out.begin(), out.end());
     return out;
   }
+};
+
+// A fresh seed each run, printed so that a failure can be replayed with EFORMER_TEST_SEED.
+struct Seed {
+  uint64_t value;
+  Seed() {
+    if (const char* s = std::getenv("EFORMER_TEST_SEED")) {
+      value = std::strtoull(s, nullptr, 10);
+    } else {
+      std::random_device rd;
+      value = (uint64_t(rd()) << 32 | rd()) % 1000000007ull;
+    }
+    std::printf("[ seed     ] %llu (EFORMER_TEST_SEED=%llu replays it)\n", (unsigned long long)value,
+                (unsigned long long)value);
+  }
+  std::string str() const { return "seed " + std::to_string(value); }
 };
 
 // Expects `fn` to throw E whose message contains every one of `parts`.

@@ -31,26 +31,11 @@ namespace eformer::attention {
 namespace {
 
 using testing::error_of;
+using testing::Seed;
 using testing::expect_error;
 using testing::TempDir;
 
 // ---- helpers ----
-
-// A fresh seed, printed so that a failure can be replayed with EFORMER_TEST_SEED.
-struct Seed {
-  uint64_t value;
-  Seed() {
-    if (const char* s = std::getenv("EFORMER_TEST_SEED")) {
-      value = std::strtoull(s, nullptr, 10);
-    } else {
-      std::random_device rd;
-      value = (uint64_t(rd()) << 32 | rd()) % 1000000007ull;
-    }
-    std::printf("[ seed     ] %llu (EFORMER_TEST_SEED=%llu replays it)\n", (unsigned long long)value,
-                (unsigned long long)value);
-  }
-  std::string str() const { return "seed " + std::to_string(value); }
-};
 
 Tensor normal(const Shape& shape, rng::Generator& gen, float stddev = 1.0f, float mean = 0.0f) {
   Tensor t = Tensor::empty(shape);
@@ -66,6 +51,12 @@ Tensor positive(const Shape& shape, rng::Generator& gen) {
   float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = std::exp(p[i]);
   return t;
+}
+
+MechanismArgs json_args(nlohmann::json options) {
+  MechanismArgs a;
+  a.options = std::move(options);
+  return a;
 }
 
 Tensor leaf(Tensor t) {
@@ -305,30 +296,34 @@ TEST(PerformerOptions, ParseErrorsNameTheOption) {
 TEST(PerformerErrors, FunctionalAndMechanism) {
   rng::Generator g(3);
   Tensor q = normal({2, 2, 5, 8}, g), k = normal({2, 2, 5, 8}, g), v = normal({2, 2, 5, 8}, g);
-  // Exact kinds reject the kernelized options.
-  AttentionOptions with_features;
-  with_features.feature_options = {{"m", 4}};
-  expect_error<ValueError>([&] { attention(q, k, v, "flash", with_features); },
-                           {"'flash'", "feature options"});
-  expect_error<ValueError>([&] { attention(q, k, v, "full", with_features); }, {"'full'", "feature options"});
-  AttentionOptions with_omega;
-  with_omega.omega = normal({6, 8}, g);
-  expect_error<ValueError>([&] { attention(q, k, v, "flash", with_omega); }, {"omega"});
+  // Exact kinds reject the kernelized options (each mechanism parses its own).
+  const AttentionOptions none;
+  const MechanismArgs with_features = json_args({{"m", 4}});
+  expect_error<ValueError>([&] { attention(q, k, v, "flash", none, with_features); },
+                           {"'flash'", "unknown option 'm'"});
+  expect_error<ValueError>([&] { attention(q, k, v, "full", none, with_features); }, {"'full'", "'m'"});
+  MechanismArgs with_omega;
+  with_omega.tensors["omega"] = normal({6, 8}, g);
+  expect_error<ValueError>([&] { attention(q, k, v, "flash", none, with_omega); }, {"omega"});
   // The kernelized kinds accept them; omega must be [m, d].
-  ASSERT_NO_THROW(attention(q, k, v, "performer", with_omega));
-  AttentionOptions wide;
-  wide.omega = normal({6, 9}, g);
-  expect_error<ShapeError>([&] { performer_attention(q, k, v, wide); }, {"omega", "[6, 9]"});
-  AttentionOptions bad_kernel;
-  bad_kernel.feature_options = {{"kernel", "foo"}};
-  expect_error<ValueError>([&] { performer_attention(q, k, v, bad_kernel); }, {"kernel", "foo"});
-  AttentionOptions unknown;
-  unknown.feature_options = {{"redraw", 3}};  // a mechanism option, not a feature-map one
-  expect_error<ValueError>([&] { performer_attention(q, k, v, unknown); }, {"redraw"});
+  ASSERT_NO_THROW(attention(q, k, v, "performer", none, with_omega));
+  MechanismArgs wide;
+  wide.tensors["omega"] = normal({6, 9}, g);
+  expect_error<ShapeError>([&] { performer_attention(q, k, v, none, wide); }, {"omega", "[6, 9]"});
+  MechanismArgs other_tensor;
+  other_tensor.tensors["bias"] = normal({6, 9}, g);
+  expect_error<ValueError>([&] { performer_attention(q, k, v, none, other_tensor); }, {"bias", "omega"});
+  expect_error<ValueError>([&] { performer_attention(q, k, v, none, json_args({{"kernel", "foo"}})); },
+                           {"kernel", "foo"});
+  // a mechanism option, not a feature-map one
+  expect_error<ValueError>([&] { performer_attention(q, k, v, none, json_args({{"redraw", 3}})); }, {"redraw"});
   AttentionOptions scaled;
   scaled.scale = 0.5f;
-  scaled.feature_options = {{"kernel", "relu"}};
-  expect_error<ValueError>([&] { performer_attention(q, k, v, scaled); }, {"scale"});
+  expect_error<ValueError>([&] { performer_attention(q, k, v, scaled, json_args({{"kernel", "relu"}})); },
+                           {"scale"});
+  AttentionOptions dropped;
+  dropped.dropout = 0.1f;
+  expect_error<ValueError>([&] { performer_attention(q, k, v, dropped); }, {"dropout", "no probabilities"});
   AttentionOptions causal;
   causal.causal = true;
   expect_error<Error>(

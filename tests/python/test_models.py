@@ -386,7 +386,9 @@ def test_mechanism_registry():
     with pytest.raises(ValueError, match="divisible"):
         models.make_mechanism("full", 30, 4)
     mech = models.make_mechanism("full", 32, 4, causal=True)
-    assert all(mech.capabilities().values())
+    caps = mech.capabilities()
+    assert all(caps[c] for c in ("causal", "bidirectional", "cross", "padding_mask", "recurrent"))
+    assert not caps["fixed_length"] and mech.name == "full" and mech.streaming_path == "native"
     assert "MultiHeadAttention(kind=full" in repr(mech)
 
 

@@ -355,7 +355,11 @@ def test_bad_flags_configs_and_files_are_one_line_errors(trained, corpus, tmp_pa
         (["eval", ckpt, "--set", "model.n_layers=3"], "does not fit", "blocks.2.", "not in the checkpoint"),
         (["eval", ckpt, "--set", "model.attention.kind=nope"], "nope"),
         (["eval", ckpt, "--set", "model.attention"], "key=value"),
-        (["info"], "missing the checkpoint"),
+        (["info", "--mechanisms", ckpt], "no checkpoint"),
+        (["info", ckpt, "--markdown"], "--markdown"),
+        (["eval", ckpt, "--set", "model.attention_dropout=0.1", "--set", "model.attention.kind=performer"],
+         "layer 0: attention 'performer' has no attention probabilities to drop", "full, flash"),
+        (["train", "--preset", "tiny", "--steps", "1", "--set", "model.block=sometimes"], "block", "recompute"),
         (["info", ckpt, "--verbose"], "unknown option"),
     ]
     for args, *fragments in cases:

@@ -33,6 +33,7 @@ std::string describe(const Capabilities& c) {
   add(c.padding_mask, "padding_mask");
   add(c.recurrent, "recurrent");
   add(c.fixed_length, "fixed_length");
+  add(c.dropout, "dropout");
   return out;
 }
 
@@ -57,6 +58,8 @@ Mechanism::Mechanism(std::string type_name, std::string name, MechanismConfig co
              " cannot be bidirectional (it has a causal form only, so it cannot be in an encoder); mechanisms with one: ",
              names_with(&Capabilities::bidirectional));
   }
+  EF_CHECK(c.dropout == 0.0f || caps_.dropout, ValueError, label(), " has no attention probabilities to drop (attention_dropout = ",
+           c.dropout, "); mechanisms with them: ", names_with(&Capabilities::dropout));
   EF_CHECK(!caps_.fixed_length || c.max_len > 0, ValueError, label(),
            " is fixed-length: it needs max_len > 0 (its parameters are sized by it); got max_len = ", c.max_len);
 }

@@ -26,6 +26,7 @@ struct Capabilities {
   bool padding_mask = false;   // honours a key mask
   bool recurrent = false;      // a native streaming step (else generation uses the fallback)
   bool fixed_length = false;   // parameters sized by max_len; longer sequences are an error
+  bool dropout = false;        // has attention probabilities that attention dropout can drop
 };
 // "causal, bidirectional, cross, padding_mask" (the ones that are true), for messages and listings.
 std::string describe(const Capabilities& c);

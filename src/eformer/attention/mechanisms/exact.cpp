@@ -24,7 +24,8 @@ MechanismEntry exact_entry(const std::string& name) {
   e.description = name == "full"
                       ? "exact softmax attention with materialized N x M scores (Vaswani et al. 2017, eq. 1)"
                       : "exact softmax attention, fused tiled online softmax, O(N) memory (FlashAttention, Dao et al. 2022)";
-  e.capabilities = {.causal = true, .bidirectional = true, .cross = true, .padding_mask = true, .recurrent = true};
+  e.capabilities = {.causal = true, .bidirectional = true, .cross = true, .padding_mask = true, .recurrent = true,
+                    .dropout = true};
   e.reference = "softmax-pattern";
   e.options = multi_head_option_specs();
   e.check_options = [name](const nlohmann::json& o) { parse_multi_head_options(name, o); };
