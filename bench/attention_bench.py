@@ -18,7 +18,13 @@ import subprocess
 import sys
 import time
 
-CONTENDERS = ["flash", "full", "torch"]
+
+
+def exact_kinds():
+    """The registered exact-attention kinds: softmax mechanisms whose pattern is every key."""
+    import eformer as ef
+    return [e["name"] for e in ef.mechanisms()
+            if e["reference"] == "softmax-pattern" and ef.attention_pattern(e["name"], 4).all()]
 SCORES_LIMIT_BYTES = 6e9  # full / torch materialize B H N M float32 scores (and more in backward)
 
 
@@ -95,7 +101,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2, help="subprocess launches per contender and size")
     p.add_argument("--reps", type=int, default=2, help="timed repetitions per launch (1 beyond N = 4096)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--contenders", nargs="+", default=CONTENDERS)
+    p.add_argument("--contenders", nargs="+", default=None, help="default: the exact kinds of the registry, torch")
     p.add_argument("--worker", nargs=3, metavar=("CONTENDER", "N", "CAUSAL"), help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=1)
     args = p.parse_args()
@@ -104,6 +110,7 @@ def main():
         c, n, causal = args.worker
         worker(c, int(n), causal == "1", args.reps, args.warmup, args.threads, B, H, d)
         return
+    args.contenders = args.contenders or exact_kinds() + ["torch"]
     gemm = sgemm_gflops(args.threads)
     print(f"B={B} H={H} d={d} float32, {args.threads} threads; eformer sgemm (2048^3) {gemm:.1f} GFLOP/s\n")
     print("| N | causal | contender | median fwd+bwd ms | GFLOP/s | % of sgemm | speedup vs torch | alloc peak MiB | peak RSS MiB |")

@@ -69,6 +69,61 @@ TEST(Mechanism, RegistryErrorsListNames) {
   EXPECT_EQ(attention::mechanism_names(), (std::vector<std::string>{"full", "flash", "performer", "linear"}));
 }
 
+TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {
+  ModelConfig c = small({{"block", "recompute"}, {"attention_dropout", 0.1}, {"cross_attention", "full"}});
+  EXPECT_EQ(c.block, "recompute");
+  EXPECT_FLOAT_EQ(c.attention_dropout, 0.1f);
+  EXPECT_EQ(c.cross_attention.kind, "full");
+  EXPECT_EQ(to_json(parse_model_config(to_json(c))), to_json(c));
+  expect_error<ValueError>([] { small({{"block", "reversible"}}); }, {"block = 'reversible'", "plain, recompute"});
+  expect_error<ValueError>([] { small({{"attention_dropout", -0.1}}); }, {"attention_dropout", "[0, 1)"});
+  // A mechanism's options are checked when the config is parsed, not when the model is built.
+  expect_error<ValueError>([] { small({{"attention", {{"kind", "performer"}, {"options", {{"m", "many"}}}}}}); },
+                           {"m"});
+  // Configs written before these keys existed still parse, with the defaults.
+  nlohmann::json old = to_json(small());
+  old.erase("block"), old.erase("attention_dropout"), old.erase("cross_attention");
+  EXPECT_EQ(parse_model_config(old).block, "plain");
+}
+
+TEST(TransformerBlock, RecomputeGivesThePlainGradientsBitForBit) {
+  // Dropout and attention dropout on: the recomputation must replay every draw.
+  for (const char* kind : {"flash", "full", "performer"}) {
+    nlohmann::json o = {{"dropout", 0.2}, {"attention", kind}};
+    if (std::string(kind) != "performer") o["attention_dropout"] = 0.2;
+    std::vector<std::vector<float>> grads[2];
+    float losses[2];
+    for (int policy = 0; policy < 2; ++policy) {
+      o["block"] = policy ? "recompute" : "plain";
+      rng::manual_seed(11);
+      LanguageModel lm(small(o));
+      lm.train();
+      Tensor loss = lm.loss(random_ids(2, 12, 64, 6), random_ids(2, 12, 64, 7));
+      autograd::backward({loss});
+      losses[policy] = loss.item();
+      for (const auto& [name, p] : lm.named_parameters()) grads[policy].push_back(grad(p).to_vector());
+    }
+    EXPECT_EQ(losses[0], losses[1]) << kind;
+    EXPECT_EQ(grads[0], grads[1]) << kind;
+  }
+}
+
+TEST(EncoderDecoder, CrossAttentionIsItsOwnChoice) {
+  ModelConfig c = small({{"arch", "encoder-decoder"}, {"n_encoder_layers", 1}, {"attention", "performer"},
+                         {"cross_attention", "full"}});
+  EncoderDecoder model(c);
+  auto block = model.child("decoder")->child("0");
+  EXPECT_NE(block->child("attn")->describe().find("PerformerAttention"), std::string::npos);
+  EXPECT_NE(block->child("cross_attn")->describe().find("kind=full"), std::string::npos);
+  Tensor logits = model.forward(random_ids(2, 9, 64, 8), random_ids(2, 5, 64, 9));
+  EXPECT_EQ(logits.shape(), (Shape{2, 5, 64}));
+}
+
+TEST(LanguageModel, StreamingSummaryNamesEachPath) {
+  LanguageModel lm(small({{"layer_attention", {"flash", "performer"}}}));
+  EXPECT_EQ(lm.streaming_summary(), "layer 0 flash: native; layer 1 performer: native");
+}
+
 TEST(LanguageModel, ShapesLossAndBackward) {
   LanguageModel lm(small());
   Tensor ids = random_ids(2, 12, 64, 1);

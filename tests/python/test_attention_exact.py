@@ -10,7 +10,9 @@ import torch
 import eformer as ef
 from conftest import check
 
-KINDS = ["full", "flash"]
+# The exact kinds, from the registry: softmax mechanisms whose pattern is every key.
+KINDS = [e["name"] for e in ef.mechanisms()
+         if e["reference"] == "softmax-pattern" and ef.attention_pattern(e["name"], 4).all()]
 
 
 def allowed_mask(B, N, M, causal, key_mask):

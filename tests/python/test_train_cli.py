@@ -4,6 +4,7 @@ generation is reproducible, and every bad flag, config or file is a one-line err
 Also the Python side (eformer.train)."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import time
@@ -283,6 +284,22 @@ def test_help_for_every_command():
         p = run(cmd, "--help")
         assert p.stdout.startswith(f"usage: eformer {cmd}")
     assert "generate" in run("--help").stdout
+
+
+def test_mechanism_listings_come_from_the_registry():
+    names = [e["name"] for e in ef.mechanisms()]
+    listing = run("info").stdout
+    assert all(f"  {n} " in listing for n in names), listing
+    assert all(f"  {n} " in run("train", "--help").stdout for n in names)
+    listed = json.loads(run("info", "--mechanisms", "--json").stdout)
+    assert [e["name"] for e in listed] == names
+    assert listed[0]["options"] == [{k: o[k] for k in ("name", "type", "default", "help")}
+                                    for o in ef.mechanisms()[0]["options"]]
+    # docs/MECHANISMS.md carries the table the registry prints.
+    docs = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "MECHANISMS.md").read_text()
+    table = docs.split("<!-- registry table -->\n")[1].split("<!-- end registry table -->")[0]
+    assert table == run("info", "--mechanisms", "--markdown").stdout, \
+        "docs/MECHANISMS.md is out of date: paste `eformer info --mechanisms --markdown` between its markers"
 
 
 def assert_error(args, *fragments):
