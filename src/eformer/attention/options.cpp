@@ -29,6 +29,8 @@ AttentionDims validate_attention(const char* op, const Tensor& q, const Tensor& 
   }
   EF_CHECK(std::isfinite(opts.scale), ValueError, op, ": scale = ", opts.scale,
            "; expected a finite value (or 0 for 1/sqrt(head_dim))");
+  EF_CHECK(opts.dropout >= 0.0f && opts.dropout < 1.0f, ValueError, op, ": dropout = ", opts.dropout,
+           "; expected a probability in [0, 1)");
   s.scale = opts.scale == 0.0f ? 1.0f / std::sqrt(float(s.d)) : opts.scale;
   return s;
 }

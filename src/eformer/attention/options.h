@@ -22,6 +22,15 @@ struct AttentionOptions {
   // matrix omega [m, d] (undefined: drawn from the default generator on each call).
   nlohmann::json feature_options = nlohmann::json::object();
   Tensor omega;
+  // Dropout on the attention probabilities: each probability P_ij is zeroed with this probability
+  // and the kept ones are scaled by 1 / (1 - dropout); the row normalizer is the undropped one (as
+  // torch's dropout_p). The mask is drawn like ops/dropout.h: the call reserves ceil(B H N M / 4)
+  // counters of the default generator and element e = ((b H + h) N + i) M + j uses word e % 4 of
+  // block counter + e / 4, so it is a pure function of the generator state at the call: the
+  // backward regenerates it, autograd::checkpoint replays it bit for bit, and it does not depend
+  // on the thread count or the kernel (full and flash drop the same elements). 0 = off (nothing
+  // reserved). Mechanisms without probabilities (kernelized) reject dropout > 0.
+  float dropout = 0.0f;
 };
 
 // Sizes of a validated call: q [B, H, N, d], k and v [B, H, M, d].
