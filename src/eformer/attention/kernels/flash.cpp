@@ -1,6 +1,8 @@
 #include "eformer/attention/kernels/flash.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/allocator.h"
 #include "eformer/core/parallel.h"
+#include "eformer/core/rng.h"
 
 namespace eformer::kernels {
 namespace {
@@ -77,11 +80,28 @@ ScratchBuffer rows_padded(const float* x, int64_t rows, int64_t d, int64_t dp) {
   return t;
 }
 
-}  // namespace
+// x[r, c] *= Z_e = keep_e / (1 - p) for the tile x [rows, ld] (cols used) whose element (r, c) is
+// element e = e0 + r M + c of P [B, H, N, M]; the keep rule of FlashDropout (ops/dropout.cpp's).
+void apply_dropout(float* x, int64_t ld, int64_t rows, int64_t cols, int64_t e0, int64_t M,
+                   const FlashDropout& dr) {
+  const uint32_t threshold = uint32_t(std::ceil(double(dr.p) * 16777216.0));
+  const float keep_scale = 1.0f / (1.0f - dr.p);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* xr = x + r * ld;
+    std::array<uint32_t, 4> w{};
+    for (int64_t c = 0, e = e0 + r * M; c < cols; ++c, ++e) {
+      if (c == 0 || e % 4 == 0) w = rng::philox(dr.seed, dr.stream, dr.counter + uint64_t(e / 4));
+      xr[c] = (w[size_t(e % 4)] >> 8) >= threshold ? xr[c] * keep_scale : 0.0f;
+    }
+  }
+}
 
-void flash_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask, float* out,
-                             float* lse, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
-                             bool causal) {
+// The kernels; the dropout path is compiled in only when kDropout, so the dropout = 0 loops are
+// exactly the plain FlashAttention ones.
+template <bool kDropout>
+void forward_tiles(const float* q, const float* k, const float* v, const bool* key_mask, float* out,
+                   float* lse, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
+                   bool causal, const FlashDropout& dr) {
   constexpr int64_t Br = kFlashBlockQ, Bc = kFlashBlockK;
   const int64_t nq = (N + Br - 1) / Br, nk = (M + Bc - 1) / Bc, offset = M - N;
   const int64_t dp = tile::round_up(d), Mp = tile::round_up(M);
@@ -117,7 +137,9 @@ void flash_attention_forward(const float* q, const float* k, const float* v, con
           for (int64_t c = 0; c < dp; ++c) o[c] *= rescale;
         }
       }
-      // O_i += P V_j   [rows, dp]
+      // Dropout after the statistics: m, l and L stay those of the undropped P (Dao 2023, Alg. 1).
+      if constexpr (kDropout) apply_dropout(s, Bc, rows, cols, (bh * N + i0) * M + j0, M, dr);
+      // O_i += (P o Z) V_j   [rows, dp]
       tile::gemm(rows, dp, cols, s, Bc, 1, V + j0 * dp, dp, O, dp, 1.0f, true);
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -129,10 +151,11 @@ void flash_attention_forward(const float* q, const float* k, const float* v, con
   });
 }
 
-void flash_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
-                              const float* out, const float* lse, const float* dout, float* dq, float* dk,
-                              float* dv, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
-                              bool causal) {
+template <bool kDropout>
+void backward_tiles(const float* q, const float* k, const float* v, const bool* key_mask, const float* out,
+                    const float* lse, const float* dout, float* dq, float* dk, float* dv, int64_t B,
+                    int64_t H, int64_t N, int64_t M, int64_t d, float scale, bool causal,
+                    const FlashDropout& dr) {
   constexpr int64_t Br = kFlashBlockQ, Bc = kFlashBlockK;
   const int64_t nq = (N + Br - 1) / Br, nk = (M + Bc - 1) / Bc, offset = M - N;
   const int64_t dp = tile::round_up(d), Mp = tile::round_up(M);
@@ -144,8 +167,9 @@ void flash_attention_backward(const float* q, const float* k, const float* v, co
   const float* QP = qpad.data ? qpad.data : q;
   const float* KP = kpad.data ? kpad.data : k;
   const float* dOP = dopad.data ? dopad.data : dout;
-  // Scratch per thread: P and dS tiles, dK_j and dV_j [Bc, dp], dQ [N, dp] and D [N] of the head.
-  const int64_t scratch_floats = 2 * Br * Bc + 2 * Bc * dp + N * dp + N;
+  // Scratch per thread: P and dS tiles, dK_j and dV_j [Bc, dp], dQ [N, dp] and D [N] of the head,
+  // and with dropout a tile of Z.
+  const int64_t scratch_floats = (kDropout ? 3 : 2) * Br * Bc + 2 * Bc * dp + N * dp + N;
   for_each_item(B * H, scratch_floats, [&](int64_t bh, float* scratch) {
     float* p = scratch;
     float* ds = p + Br * Bc;
@@ -153,6 +177,7 @@ void flash_attention_backward(const float* q, const float* k, const float* v, co
     float* dV = dK + Bc * dp;
     float* dQ = dV + Bc * dp;
     float* D = dQ + N * dp;
+    float* z = D + N;  // Z [Br, Bc] (dropout only)
     const int64_t b = bh / H;
     const float* Q = q + bh * N * d;
     const float* dO = dout + bh * N * d;
@@ -189,16 +214,37 @@ void flash_attention_backward(const float* q, const float* k, const float* v, co
 #pragma omp simd
           for (int64_t c = 0; c < cols; ++c) pr[c] = fast_exp(pr[c] - l);
         }
-        // dV_j += P^T dO_i   [cols, dp]
-        tile::gemm(cols, dp, rows, p, 1, Bc, dOPh + i0 * dp, dp, dV, dp, 1.0f, true);
-        // dP = dO_i V_j^T   [rows, cols];  dS = P o (dP - D_i)
-        tile::gemm(rows, cols_p, d, dO + i0 * d, d, 1, VT + j0, Mp, ds, Bc, 1.0f, false);
-        for (int64_t r = 0; r < rows; ++r) {
-          const float Di = D[i0 + r];
-          const float* pr = p + r * Bc;
-          float* dsr = ds + r * Bc;
+        if constexpr (!kDropout) {
+          // dV_j += P^T dO_i   [cols, dp]
+          tile::gemm(cols, dp, rows, p, 1, Bc, dOPh + i0 * dp, dp, dV, dp, 1.0f, true);
+          // dP = dO_i V_j^T   [rows, cols];  dS = P o (dP - D_i)
+          tile::gemm(rows, cols_p, d, dO + i0 * d, d, 1, VT + j0, Mp, ds, Bc, 1.0f, false);
+          for (int64_t r = 0; r < rows; ++r) {
+            const float Di = D[i0 + r];
+            const float* pr = p + r * Bc;
+            float* dsr = ds + r * Bc;
 #pragma omp simd
-          for (int64_t c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - Di);
+            for (int64_t c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - Di);
+          }
+        } else {
+          // Z regenerated from the counters (Dao 2023, Alg. 2 with dropout).
+          for (int64_t r = 0; r < rows; ++r) std::fill(z + r * Bc, z + r * Bc + cols, 1.0f);
+          apply_dropout(z, Bc, rows, cols, (bh * N + i0) * M + j0, M, dr);
+          // dP = (dO_i V_j^T) o Z   [rows, cols];  dS = P o (dP - D_i);  z becomes P o Z
+          tile::gemm(rows, cols_p, d, dO + i0 * d, d, 1, VT + j0, Mp, ds, Bc, 1.0f, false);
+          for (int64_t r = 0; r < rows; ++r) {
+            const float Di = D[i0 + r];
+            const float* pr = p + r * Bc;
+            float* dsr = ds + r * Bc;
+            float* zr = z + r * Bc;
+#pragma omp simd
+            for (int64_t c = 0; c < cols; ++c) {
+              dsr[c] = pr[c] * (dsr[c] * zr[c] - Di);
+              zr[c] *= pr[c];
+            }
+          }
+          // dV_j += (P o Z)^T dO_i   [cols, dp]
+          tile::gemm(cols, dp, rows, z, 1, Bc, dOPh + i0 * dp, dp, dV, dp, 1.0f, true);
         }
         // dK_j += scale dS^T Q_i   [cols, dp];  dQ_i += scale dS K_j   [rows, dp]
         tile::gemm(cols, dp, rows, ds, 1, Bc, QPh + i0 * dp, dp, dK, dp, scale, true);
@@ -214,6 +260,29 @@ void flash_attention_backward(const float* q, const float* k, const float* v, co
   });
 }
 
+}  // namespace
+
+void flash_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask, float* out,
+                             float* lse, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
+                             bool causal, const FlashDropout* dropout) {
+  if (dropout && dropout->p > 0.0f)
+    forward_tiles<true>(q, k, v, key_mask, out, lse, B, H, N, M, d, scale, causal, *dropout);
+  else
+    forward_tiles<false>(q, k, v, key_mask, out, lse, B, H, N, M, d, scale, causal, FlashDropout{});
+}
+
+void flash_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
+                              const float* out, const float* lse, const float* dout, float* dq, float* dk,
+                              float* dv, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
+                              bool causal, const FlashDropout* dropout) {
+  if (dropout && dropout->p > 0.0f)
+    backward_tiles<true>(q, k, v, key_mask, out, lse, dout, dq, dk, dv, B, H, N, M, d, scale, causal,
+                         *dropout);
+  else
+    backward_tiles<false>(q, k, v, key_mask, out, lse, dout, dq, dk, dv, B, H, N, M, d, scale, causal,
+                          FlashDropout{});
+}
+
 }  // namespace eformer::kernels
 
 namespace eformer::attention {
@@ -225,13 +294,22 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
   Tensor out = Tensor::empty({s.B, s.H, s.N, s.d});
   Tensor lse = Tensor::empty({s.B, s.H, s.N});
   const bool causal = opts.causal;
+  // Dropout reserves ceil(B H N M / 4) counters, as ops/dropout.h on the [B, H, N, M] probabilities
+  // (so full_attention drops the same elements); the backward regenerates the mask from them.
+  kernels::FlashDropout dr;
+  if (opts.dropout > 0.0f) {
+    rng::Generator& gen = rng::default_generator();
+    dr.p = opts.dropout;
+    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
+    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
+  }
   if (out.numel() > 0)
     kernels::flash_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(),
                                      km.defined() ? km.data<bool>() : nullptr, out.data<float>(),
-                                     lse.data<float>(), s.B, s.H, s.N, s.M, s.d, s.scale, causal);
+                                     lse.data<float>(), s.B, s.H, s.N, s.M, s.d, s.scale, causal, &dr);
   Tensor od = out.detach();
   return autograd::record(
-      "flash_attention", out, {q, k, v}, [qc, kc, vc, km, od, lse, s, causal](const Tensor& g) {
+      "flash_attention", out, {q, k, v}, [qc, kc, vc, km, od, lse, s, causal, dr](const Tensor& g) {
         Tensor gc = g.contiguous_data();
         if (qc.numel() == 0)
           return std::vector<Tensor>{Tensor::zeros(qc.shape()), Tensor::zeros(kc.shape()),
@@ -241,7 +319,7 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
           kernels::flash_attention_backward(
               qc.data<float>(), kc.data<float>(), vc.data<float>(), km.defined() ? km.data<bool>() : nullptr,
               od.data<float>(), lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(),
-              dv.data<float>(), s.B, s.H, s.N, s.M, s.d, s.scale, causal);
+              dv.data<float>(), s.B, s.H, s.N, s.M, s.d, s.scale, causal, &dr);
         }
         return std::vector<Tensor>{dq, dk, dv};
       });

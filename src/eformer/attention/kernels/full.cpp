@@ -6,6 +6,7 @@
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/parallel.h"
 #include "eformer/ops/activation.h"
+#include "eformer/ops/dropout.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/matmul.h"
 #include "eformer/ops/softmax.h"
@@ -74,9 +75,13 @@ Tensor masked_softmax(const Tensor& scores, const AttentionOptions& opts) {
 
 Tensor full_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts) {
   const AttentionDims s = validate_attention("full_attention", q, k, v, opts);
-  // O = softmax(scale q k^T + mask) v
+  // O = dropout(softmax(scale q k^T + mask)) v; dropout reserves ceil(B H N M / 4) counters and
+  // draws element e of the contiguous [B, H, N, M] probabilities from word e % 4 of block
+  // counter + e / 4 (the AttentionOptions::dropout contract, which flash_attention fuses).
   Tensor scores = mul_scalar(matmul(q, k, false, true), s.scale);
-  return matmul(masked_softmax(scores, opts), v);
+  Tensor probs = masked_softmax(scores, opts);
+  if (opts.dropout > 0.0f) probs = dropout(probs, opts.dropout, /*training=*/true);
+  return matmul(probs, v);
 }
 
 }  // namespace eformer::attention

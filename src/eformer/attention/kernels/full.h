@@ -10,7 +10,8 @@
 namespace eformer::attention {
 
 // q [B, H, N, d], k and v [B, H, M, d] float32 -> [B, H, N, d]. A query row with no attendable
-// key gives 0 and receives zero gradients (torch's softmax would give NaN).
+// key gives 0 and receives zero gradients (torch's softmax would give NaN). opts.dropout > 0
+// applies ops/dropout.h to the probabilities before v (the contract in options.h).
 Tensor full_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts = {});
 
 // softmax of scores [B, H, N, M] along M over the keys the options allow (causal, key_mask);
