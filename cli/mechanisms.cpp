@@ -14,22 +14,23 @@ std::string mechanism_listing() {
                           e.description, "\n");
     out += "              supports: " + attention::describe(e.capabilities) + "\n";
     for (const auto& o : e.options)
-      out += detail::concat("              ", o.name, " (", o.type, ", default ", o.default_value, "): ", o.help,
-                            "\n");
+      out += detail::concat("              ", o.name, " (", o.type, ", default ", o.default_value,
+                            "): ", o.help, "\n");
   }
   return out;
 }
 
 std::string mechanism_markdown() {
-  std::string out = "| name | what it is | causal | bidirectional | cross | padding | streaming | options |\n"
-                    "|---|---|---|---|---|---|---|---|\n";
+  std::string out =
+      "| name | what it is | causal | bidirectional | cross | padding | streaming | options |\n"
+      "|---|---|---|---|---|---|---|---|\n";
   auto mark = [](bool b) { return b ? std::string("yes") : std::string("-"); };
   for (const auto& e : attention::mechanisms()) {
     std::string opts;
     for (const auto& o : e.options) opts += (opts.empty() ? "" : ", ") + ("`" + o.name + "`");
     const auto& c = e.capabilities;
-    out += detail::concat("| `", e.name, "` | ", e.description, " | ", mark(c.causal), " | ", mark(c.bidirectional),
-                          " | ", mark(c.cross), " | ", mark(c.padding_mask), " | ",
+    out += detail::concat("| `", e.name, "` | ", e.description, " | ", mark(c.causal), " | ",
+                          mark(c.bidirectional), " | ", mark(c.cross), " | ", mark(c.padding_mask), " | ",
                           c.recurrent ? "native" : (c.causal ? "fallback" : "-"), " | ",
                           opts.empty() ? "-" : opts, " |\n");
   }
@@ -42,17 +43,11 @@ nlohmann::json mechanism_json() {
     nlohmann::json opts = nlohmann::json::array();
     for (const auto& o : e.options)
       opts.push_back({{"name", o.name}, {"type", o.type}, {"default", o.default_value}, {"help", o.help}});
-    const auto& c = e.capabilities;
+    nlohmann::json caps = nlohmann::json::object();
+    for (const auto& [name, on] : attention::capability_flags(e.capabilities)) caps[name] = on;
     all.push_back({{"name", e.name},
                    {"description", e.description},
-                   {"capabilities",
-                    {{"causal", c.causal},
-                     {"bidirectional", c.bidirectional},
-                     {"cross", c.cross},
-                     {"padding_mask", c.padding_mask},
-                     {"recurrent", c.recurrent},
-                     {"fixed_length", c.fixed_length},
-                     {"dropout", c.dropout}}},
+                   {"capabilities", caps},
                    {"reference", e.reference},
                    {"functional", bool(e.functional)},
                    {"pattern", bool(e.pattern)},

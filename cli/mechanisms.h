@@ -1,8 +1,7 @@
 // Listings of the registered attention mechanisms (cli/mechanisms.cpp).
 #pragma once
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace eformer::cli {
 

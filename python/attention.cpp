@@ -30,13 +30,7 @@ attention::MechanismArgs mechanism_args(const py::kwargs& kwargs) {
 
 py::dict capabilities_dict(const attention::Capabilities& c) {
   py::dict d;
-  d["causal"] = c.causal;
-  d["bidirectional"] = c.bidirectional;
-  d["cross"] = c.cross;
-  d["padding_mask"] = c.padding_mask;
-  d["recurrent"] = c.recurrent;
-  d["fixed_length"] = c.fixed_length;
-  d["dropout"] = c.dropout;
+  for (const auto& [name, on] : attention::capability_flags(c)) d[name] = on;
   return d;
 }
 

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "eformer/core/tensor.h"
+
 namespace eformer::testing {
 
 // A fresh empty directory, removed with everything in it at the end of the test.
@@ -59,6 +61,17 @@ struct Seed {
   }
   std::string str() const { return "seed " + std::to_string(value); }
 };
+
+// Deterministic values in [-2, 2] (a 64-bit LCG of `seed`), for tests that want fixed inputs.
+inline Tensor randn(const Shape& shape, uint64_t seed) {
+  std::vector<float> x(size_t(numel_of(shape)));
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& e : x) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    e = float(int64_t(state >> 40) % 2001 - 1000) / 500.0f;
+  }
+  return Tensor::from_vector(x, shape);
+}
 
 // Expects `fn` to throw E whose message contains every one of `parts`.
 template <class E, class F>

@@ -67,7 +67,8 @@ MechanismConfig cfg(bool causal, bool cross = false, int64_t layer = -1) {
   return c;
 }
 
-models::ModelConfig model(const std::string& arch, const std::string& self, const std::string& cross = "flash") {
+models::ModelConfig model(const std::string& arch, const std::string& self,
+                          const std::string& cross = "flash") {
   models::ModelConfig m;
   m.arch = arch;
   m.d_model = 16, m.n_heads = 2, m.n_layers = 2, m.d_ff = 32, m.max_len = 16, m.dropout = 0;
@@ -125,13 +126,19 @@ TEST(Capabilities, FixedLengthMechanismGivenALongerSequence) {
   expect_error<ValueError>([&] { make_mechanism(t.name, no_len); }, {"fixed-length", "max_len"});
   auto m = make_mechanism(t.name, cfg(false, false, 4));
   EXPECT_NO_THROW(m->forward(Tensor::zeros({1, 16, 8})));
-  expect_error<ValueError>([&] { m->forward(Tensor::zeros({1, 17, 8})); },
-                           {"layer 4: attention 'test-fixed'", "length 17", "max_len = 16"});
+  expect_error<ValueError>(
+      [&] {
+        m->forward(Tensor::zeros({1, 17, 8}));
+      },
+      {"layer 4: attention 'test-fixed'", "length 17", "max_len = 16"});
   auto causal = make_mechanism(t.name, cfg(true));
   auto state = causal->start(1);
   causal->step(Tensor::zeros({1, 10, 8}), *state);
-  expect_error<ValueError>([&] { causal->step(Tensor::zeros({1, 7, 8}), *state); },
-                           {"10 + 7 tokens exceed", "max_len = 16"});
+  expect_error<ValueError>(
+      [&] {
+        causal->step(Tensor::zeros({1, 7, 8}), *state);
+      },
+      {"10 + 7 tokens exceed", "max_len = 16"});
 }
 
 TEST(Capabilities, AttentionDropoutOnAMechanismWithoutProbabilities) {
@@ -160,7 +167,8 @@ TEST(Capabilities, EveryCausalMechanismStreamsThroughTheFallback) {
   for (int64_t bb = 0; bb < 2; ++bb)
     for (int64_t i = 0; i < 9; ++i)
       for (int64_t c = 0; c < 8; ++c) {
-        const float got = i < 4 ? a.data<float>()[(bb * 4 + i) * 8 + c] : b.data<float>()[(bb * 5 + i - 4) * 8 + c];
+        const float got =
+            i < 4 ? a.data<float>()[(bb * 4 + i) * 8 + c] : b.data<float>()[(bb * 5 + i - 4) * 8 + c];
         EXPECT_EQ(got, full.data<float>()[(bb * 9 + i) * 8 + c]);
       }
   // A whole model generates through it and says so.
@@ -172,7 +180,8 @@ TEST(Capabilities, EveryCausalMechanismStreamsThroughTheFallback) {
   auto decode = lm.start_decoding(1);
   lm.step(decode, contiguous(slice(ids, 1, 0, 2)));
   Tensor last = lm.step(decode, contiguous(slice(ids, 1, 2, 5))).contiguous_data();
-  for (int64_t i = 0; i < 3 * 256; ++i) EXPECT_NEAR(last.data<float>()[i], logits.data<float>()[2 * 256 + i], 1e-5);
+  for (int64_t i = 0; i < 3 * 256; ++i)
+    EXPECT_NEAR(last.data<float>()[i], logits.data<float>()[2 * 256 + i], 1e-5);
   // Streaming is for causal self-attention only.
   auto bidir = make_mechanism(t.name, cfg(false));
   expect_error<ValueError>([&] { bidir->start(1); }, {"streaming is for causal self-attention"});
@@ -183,12 +192,14 @@ TEST(Registry, IncompleteOrDuplicateEntriesAreRejected) {
   e.name = "test-incomplete";
   expect_error<ValueError>([&] { register_mechanism(e); }, {"'test-incomplete' is incomplete"});
   Throwaway t("test-once", {.bidirectional = true});
-  expect_error<ValueError>([&] { Throwaway again("test-once", {.bidirectional = true}); }, {"already registered"});
+  expect_error<ValueError>([&] { Throwaway again("test-once", {.bidirectional = true}); },
+                           {"already registered"});
   MechanismEntry p = find_mechanism("flash");
   p.name = "test-pattern-less";
   p.pattern = nullptr;
   expect_error<ValueError>([&] { register_mechanism(p); }, {"softmax-pattern", "no pattern"});
-  expect_error<ValueError>([&] { find_mechanism("nope"); }, {"unknown name 'nope'", "full, flash, performer, linear"});
+  expect_error<ValueError>([&] { find_mechanism("nope"); },
+                           {"unknown name 'nope'", "full, flash, performer, linear"});
   expect_error<ValueError>([&] { attention_pattern("performer", 4, 4, 1, false); }, {"not pattern-based"});
 }
 

@@ -100,9 +100,10 @@ TEST_P(Contract, DeclaresAReferenceTheSuitesKnow) {
 struct DenseReference {
   std::vector<double> out, dq, dk, dv;
 };
-DenseReference dense_softmax(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                             const std::vector<float>& g, const std::vector<bool>& allowed, int64_t Hh, int64_t Nq,
-                             int64_t M, int64_t d, double scale) {
+DenseReference dense_softmax(const std::vector<float>& q, const std::vector<float>& k,
+                             const std::vector<float>& v, const std::vector<float>& g,
+                             const std::vector<bool>& allowed, int64_t Hh, int64_t Nq, int64_t M, int64_t d,
+                             double scale) {
   DenseReference r;
   r.out.assign(B * Hh * Nq * d, 0), r.dq.assign(B * Hh * Nq * d, 0), r.dk.assign(B * Hh * M * d, 0),
       r.dv.assign(B * Hh * M * d, 0);
@@ -157,7 +158,8 @@ void expect_near_all(const std::vector<float>& actual, const std::vector<double>
 TEST_P(Contract, FunctionalFormMatchesTheFloat64PatternReference) {
   const MechanismEntry& e = entry();
   if (e.reference != "softmax-pattern")
-    GTEST_SKIP() << e.name << ": reference '" << e.reference << "' is checked in tests/python/test_contract.py";
+    GTEST_SKIP() << e.name << ": reference '" << e.reference
+                 << "' is checked in tests/python/test_contract.py";
   Seed seed;
   rng::Generator gen(seed.value);
   const int64_t d = 8;
@@ -225,7 +227,8 @@ TEST_P(Contract, NoCausalLeak) {
     const std::vector<float> gx = values(grad(xl));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = t + 1; i < N; ++i)
-        for (int64_t c = 0; c < D; ++c) ASSERT_EQ(gx[(b * N + i) * D + c], 0.0f) << "gradient leaks to row " << i;
+        for (int64_t c = 0; c < D; ++c)
+          ASSERT_EQ(gx[(b * N + i) * D + c], 0.0f) << "gradient leaks to row " << i;
   }
 }
 
@@ -238,7 +241,8 @@ TEST_P(Contract, StreamingStepEqualsTheParallelCausalPass) {
   EXPECT_EQ(mech->streaming_path() == "native", caps().recurrent);
   Tensor x = normal({B, N, D}, gen);
   const std::vector<float> full = values(mech->forward(x));
-  for (const std::vector<int64_t>& pieces : {std::vector<int64_t>{1, 1, 1, 8}, std::vector<int64_t>{3, 5, 2, 1}}) {
+  for (const std::vector<int64_t>& pieces :
+       {std::vector<int64_t>{1, 1, 1, 8}, std::vector<int64_t>{3, 5, 2, 1}}) {
     auto state = mech->start(B);
     int64_t at = 0;
     for (int64_t n : pieces) {
@@ -351,7 +355,8 @@ TEST_P(Contract, RecomputationReplaysEveryDrawBitForBit) {
     auto plain = train_pass(*mech, x, seed.value, false);
     auto recomputed = train_pass(*mech, x, seed.value, true);
     ASSERT_EQ(plain.size(), recomputed.size());
-    for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(plain[i], recomputed[i]) << seed.str() << ": tensor " << i;
+    for (size_t i = 0; i < plain.size(); ++i)
+      EXPECT_EQ(plain[i], recomputed[i]) << seed.str() << ": tensor " << i;
     if (caps().dropout) {  // and the dropout is really on: another seed gives another output
       auto other = train_pass(*mech, x, seed.value + 7, false);
       EXPECT_NE(other[0], plain[0]) << "attention dropout changed nothing";

@@ -22,15 +22,7 @@ namespace {
 
 using AttnFn = Tensor (*)(const Tensor&, const Tensor&, const Tensor&, const AttentionOptions&);
 
-Tensor randn(const Shape& shape, uint64_t seed) {
-  std::vector<float> x(size_t(numel_of(shape)));
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& e : x) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    e = float(int64_t(state >> 40) % 2001 - 1000) / 500.0f;
-  }
-  return Tensor::from_vector(x, shape);
-}
+using testing::randn;
 
 // Bool [B, M]: key j of row b is real unless (j + 3 b) % 5 == 0; row `empty_row` (if >= 0) has none.
 Tensor key_mask(int64_t B, int64_t M, int64_t empty_row = -1) {

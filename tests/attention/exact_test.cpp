@@ -76,15 +76,7 @@ TEST(OnlineSoftmax, MergeOfDisjointPartsEqualsOneState) {
   EXPECT_EQ(g.self, 1.0f);
 }
 
-Tensor randn(const Shape& shape, uint64_t seed) {
-  std::vector<float> x(size_t(numel_of(shape)));
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& e : x) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    e = float(int64_t(state >> 40) % 2001 - 1000) / 500.0f;
-  }
-  return Tensor::from_vector(x, shape);
-}
+using testing::randn;
 
 using testing::error_of;
 

@@ -16,11 +16,14 @@ using testing::expect_error;
 // Exposes project() and output(): mix = output(v) (the heads' values, merged and projected).
 class Probe : public ProjectedAttention {
  public:
-  Probe(const MechanismConfig& c, const ProjectionSpec& spec) : ProjectedAttention("Probe", "flash", c, {}, spec) {}
+  Probe(const MechanismConfig& c, const ProjectionSpec& spec)
+      : ProjectedAttention("Probe", "flash", c, {}, spec) {}
   Heads heads(const Tensor& x) { return project(x, {}); }
 
  protected:
-  Tensor mix(const Tensor& x, const Tensor& memory, const Tensor&) override { return output(project(x, memory).v); }
+  Tensor mix(const Tensor& x, const Tensor& memory, const Tensor&) override {
+    return output(project(x, memory).v);
+  }
 };
 
 std::set<std::string> names(const nn::Module& m) {
@@ -48,7 +51,8 @@ TEST(ProjectionSpec, SharedQueryKeyHasOneProjectionAndKEqualsQ) {
 
 TEST(ProjectionSpec, NoQueryKeyAndOwnWidths) {
   Probe p(config(), {.query_key = false, .v_width = 32});
-  EXPECT_EQ(names(p), (std::set<std::string>{"v_proj.weight", "v_proj.bias", "out_proj.weight", "out_proj.bias"}));
+  EXPECT_EQ(names(p),
+            (std::set<std::string>{"v_proj.weight", "v_proj.bias", "out_proj.weight", "out_proj.bias"}));
   Tensor x = Tensor::zeros({2, 5, 16});
   auto h = p.heads(x);
   EXPECT_FALSE(h.q.defined());

@@ -9,10 +9,9 @@
 // base class keeps the inputs and recomputes (the fallback documented at start()).
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "eformer/attention/options.h"
 #include "eformer/nn/module.h"
@@ -28,6 +27,9 @@ struct Capabilities {
   bool fixed_length = false;   // parameters sized by max_len; longer sequences are an error
   bool dropout = false;        // has attention probabilities that attention dropout can drop
 };
+// Every capability as (name, value), in declaration order: the one list that listings, messages and
+// the Python dict are made from.
+std::vector<std::pair<const char*, bool>> capability_flags(const Capabilities& c);
 // "causal, bidirectional, cross, padding_mask" (the ones that are true), for messages and listings.
 std::string describe(const Capabilities& c);
 
@@ -37,11 +39,11 @@ std::string describe(const Capabilities& c);
 struct MechanismConfig {
   int64_t d_model = 0;
   int64_t n_heads = 0;
-  bool causal = false;  // self-attention in a decoder
-  bool cross = false;   // the cross-attention of an encoder-decoder
-  int64_t max_len = 0;  // the model's context length (fixed-length mechanisms need it > 0)
-  int64_t layer = -1;   // the layer index, for messages (-1: a standalone mechanism)
-  float dropout = 0.0f; // attention dropout on the probabilities (training mode only)
+  bool causal = false;   // self-attention in a decoder
+  bool cross = false;    // the cross-attention of an encoder-decoder
+  int64_t max_len = 0;   // the model's context length (fixed-length mechanisms need it > 0)
+  int64_t layer = -1;    // the layer index, for messages (-1: a standalone mechanism)
+  float dropout = 0.0f;  // attention dropout on the probabilities (training mode only)
   // The model's position scheme: "none" | "learned" | "sinusoidal" | "rotary". Each mechanism
   // decides what it means to it (the multi-head family rotates q and k for "rotary").
   std::string positions = "none";

@@ -6,8 +6,9 @@
 namespace eformer::attention {
 
 std::vector<OptionSpec> multi_head_option_specs() {
-  return {{"rotary", "bool", "positions == rotary", "rotary embeddings on q and k (RoFormer, Su et al. 2021)"},
-          {"rotary_base", "number", "10000", "the rotary base"}};
+  return {
+      {"rotary", "bool", "positions == rotary", "rotary embeddings on q and k (RoFormer, Su et al. 2021)"},
+      {"rotary_base", "number", "10000", "the rotary base"}};
 }
 
 bool parse_multi_head_option(const std::string& who, const std::string& key, const nlohmann::json& value,
@@ -15,8 +16,8 @@ bool parse_multi_head_option(const std::string& who, const std::string& key, con
   if (key == "rotary") {
     o.rotary = options::get_bool(who, key, value);
   } else if (key == "rotary_base") {
-    EF_CHECK(value.is_number() && value.get<double>() > 0, ValueError, who, ": option rotary_base = ", value.dump(),
-             "; expected a number > 0");
+    EF_CHECK(value.is_number() && value.get<double>() > 0, ValueError, who,
+             ": option rotary_base = ", value.dump(), "; expected a number > 0");
     o.rotary_base = value.get<float>();
   } else {
     return false;
@@ -35,23 +36,27 @@ MultiHeadOptions parse_multi_head_options(const std::string& mechanism, const nl
   return o;
 }
 
-ProjectedAttention::ProjectedAttention(std::string type_name, const std::string& name, const MechanismConfig& config,
-                                       const MultiHeadOptions& heads, const ProjectionSpec& spec)
+ProjectedAttention::ProjectedAttention(std::string type_name, const std::string& name,
+                                       const MechanismConfig& config, const MultiHeadOptions& heads,
+                                       const ProjectionSpec& spec)
     : Mechanism(std::move(type_name), name, config), heads_(heads), spec_(spec) {
   const int64_t D = config.d_model;
   if (spec_.qk_width == 0) spec_.qk_width = D;
   if (spec_.v_width == 0) spec_.v_width = D;
   H_ = config.n_heads;
-  for (const auto& [what, width] : {std::pair<const char*, int64_t>{"d_model", D}, {"the q/k width", spec_.qk_width},
+  for (const auto& [what, width] : {std::pair<const char*, int64_t>{"d_model", D},
+                                    {"the q/k width", spec_.qk_width},
                                     {"the v width", spec_.v_width}})
-    EF_CHECK(width % H_ == 0, ValueError, label(), ": ", what, " = ", width, " is not divisible by n_heads = ", H_);
+    EF_CHECK(width % H_ == 0, ValueError, label(), ": ", what, " = ", width,
+             " is not divisible by n_heads = ", H_);
   d_ = spec_.qk_width / H_;
   dv_ = spec_.v_width / H_;
   EF_CHECK(!heads_.rotary || !spec_.query_key || d_ % 2 == 0, ValueError, label(),
            ": rotary needs an even head dim; d_model / n_heads = ", d_);
   if (spec_.query_key) {
     q_proj_ = register_module("q_proj", std::make_shared<nn::Linear>(D, spec_.qk_width));
-    if (!spec_.shared_qk) k_proj_ = register_module("k_proj", std::make_shared<nn::Linear>(D, spec_.qk_width));
+    if (!spec_.shared_qk)
+      k_proj_ = register_module("k_proj", std::make_shared<nn::Linear>(D, spec_.qk_width));
   }
   v_proj_ = register_module("v_proj", std::make_shared<nn::Linear>(D, spec_.v_width));
   out_proj_ = register_module("out_proj", std::make_shared<nn::Linear>(spec_.v_width, D));

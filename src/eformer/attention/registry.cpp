@@ -12,8 +12,8 @@ namespace {
 
 std::vector<MechanismEntry>& entries() {
   static std::vector<MechanismEntry> all = {
-      exact_entry("full"),         // materialized scores, the readable reference
-      exact_entry("flash"),        // fused, tiled online softmax
+      exact_entry("full"),           // materialized scores, the readable reference
+      exact_entry("flash"),          // fused, tiled online softmax
       performer_entry("performer"),  // FAVOR+ random features
       performer_entry("linear"),     // elu + 1 features
   };
@@ -39,7 +39,8 @@ std::vector<std::string> mechanism_names() {
 const MechanismEntry& find_mechanism(const std::string& name) {
   for (const auto& e : entries())
     if (e.name == name) return e;
-  throw ValueError(detail::concat("attention mechanism: unknown name '", name, "'; valid names: ", join_names()));
+  throw ValueError(
+      detail::concat("attention mechanism: unknown name '", name, "'; valid names: ", join_names()));
 }
 
 void register_mechanism(MechanismEntry entry) {
@@ -50,7 +51,8 @@ void register_mechanism(MechanismEntry entry) {
   EF_CHECK(entry.reference != "softmax-pattern" || entry.pattern, ValueError, "register_mechanism: entry '",
            entry.name, "' declares the softmax-pattern reference but has no pattern");
   for (const auto& e : entries())
-    EF_CHECK(e.name != entry.name, ValueError, "register_mechanism: '", entry.name, "' is already registered");
+    EF_CHECK(e.name != entry.name, ValueError, "register_mechanism: '", entry.name,
+             "' is already registered");
   entries().push_back(std::move(entry));
 }
 
@@ -72,7 +74,8 @@ Tensor attention_pattern(const std::string& name, int64_t N, int64_t M, int64_t 
            "' is not pattern-based (it has no fixed set of attended keys)");
   EF_CHECK(N >= 1 && M >= 1 && heads >= 1, ValueError, "attention_pattern: n = ", N, ", m = ", M,
            ", heads = ", heads, "; expected each >= 1");
-  EF_CHECK(!causal || e.capabilities.causal, ValueError, "attention_pattern: '", name, "' has no causal form");
+  EF_CHECK(!causal || e.capabilities.causal, ValueError, "attention_pattern: '", name,
+           "' has no causal form");
   EF_CHECK(causal || e.capabilities.bidirectional, ValueError, "attention_pattern: '", name,
            "' has no bidirectional form");
   return e.pattern(N, M, heads, causal, args, seed);
@@ -93,14 +96,14 @@ bool get_bool(const std::string& who, const std::string& key, const nlohmann::js
 }
 
 int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min) {
-  EF_CHECK(v.is_number_integer() && v.get<int64_t>() >= min, ValueError, who, ": option ", key, " = ", v.dump(),
-           "; expected an integer >= ", min);
+  EF_CHECK(v.is_number_integer() && v.get<int64_t>() >= min, ValueError, who, ": option ", key, " = ",
+           v.dump(), "; expected an integer >= ", min);
   return v.get<int64_t>();
 }
 
 double get_number(const std::string& who, const std::string& key, const nlohmann::json& v) {
-  EF_CHECK(v.is_number() && std::isfinite(v.get<double>()), ValueError, who, ": option ", key, " = ", v.dump(),
-           "; expected a finite number");
+  EF_CHECK(v.is_number() && std::isfinite(v.get<double>()), ValueError, who, ": option ", key, " = ",
+           v.dump(), "; expected a finite number");
   return v.get<double>();
 }
 
@@ -113,7 +116,8 @@ std::string get_string(const std::string& who, const std::string& key, const nlo
   return v.get<std::string>();
 }
 
-void check_tensors(const std::string& who, const MechanismArgs& args, const std::vector<std::string>& allowed) {
+void check_tensors(const std::string& who, const MechanismArgs& args,
+                   const std::vector<std::string>& allowed) {
   for (const auto& [key, t] : args.tensors) {
     if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
     std::string list;

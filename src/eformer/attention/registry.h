@@ -8,10 +8,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "eformer/attention/mechanism.h"
 #include "eformer/attention/options.h"
@@ -79,14 +78,16 @@ Tensor attention_pattern(const std::string& name, int64_t N, int64_t M, int64_t 
 // Helpers for entries: "option x = <value>; expected ..." parsing, shared by every mechanism.
 namespace options {
 // Throws the ValueError for an unknown key, listing `specs`' names. `who` is e.g. "attention 'lsh'".
-[[noreturn]] void unknown(const std::string& who, const std::string& key, const std::vector<OptionSpec>& specs);
+[[noreturn]] void unknown(const std::string& who, const std::string& key,
+                          const std::vector<OptionSpec>& specs);
 bool get_bool(const std::string& who, const std::string& key, const nlohmann::json& v);
 int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min);
 double get_number(const std::string& who, const std::string& key, const nlohmann::json& v);
 std::string get_string(const std::string& who, const std::string& key, const nlohmann::json& v,
                        const std::vector<std::string>& valid);
 // Checks `args` has no tensors other than `allowed` (ValueError listing them).
-void check_tensors(const std::string& who, const MechanismArgs& args, const std::vector<std::string>& allowed);
+void check_tensors(const std::string& who, const MechanismArgs& args,
+                   const std::vector<std::string>& allowed);
 }  // namespace options
 
 }  // namespace eformer::attention

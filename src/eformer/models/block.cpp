@@ -40,15 +40,16 @@ TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<attenti
 
 std::string TransformerBlock::describe() const {
   return detail::concat("TransformerBlock(", pre_ln_ ? "pre-LN" : "post-LN", recompute_ ? ", recompute" : "",
-                        ", attn=", attn_->describe(), cross_ ? ", cross_attn=" + cross_->describe() : std::string(),
-                        ")");
+                        ", attn=", attn_->describe(),
+                        cross_ ? ", cross_attn=" + cross_->describe() : std::string(), ")");
 }
 
 Tensor TransformerBlock::attention_branch(const Tensor& x, const Tensor& key_mask) const {
   return dropout_->forward(attn_->forward(pre_ln_ ? ln1_->forward(x) : x, {}, key_mask));
 }
 
-Tensor TransformerBlock::cross_branch(const Tensor& x, const Tensor& memory, const Tensor& memory_mask) const {
+Tensor TransformerBlock::cross_branch(const Tensor& x, const Tensor& memory,
+                                      const Tensor& memory_mask) const {
   EF_CHECK(cross_ != nullptr, ValueError, where(), "this block has no cross-attention");
   EF_CHECK(memory.defined(), ValueError, where(), "the cross-attention sublayer needs a memory");
   return dropout_->forward(cross_->forward(pre_ln_ ? ln_cross_->forward(x) : x, memory, memory_mask));
@@ -73,7 +74,8 @@ Tensor TransformerBlock::compose(const Tensor& x, const std::function<Tensor(con
 Tensor TransformerBlock::forward(const Tensor& x, const Tensor& key_mask, const Tensor& memory,
                                  const Tensor& memory_mask) const {
   auto plain = [this, key_mask, memory_mask](const std::vector<Tensor>& in) {
-    return compose(in[0], [&](const Tensor& y) { return attention_branch(y, key_mask); }, in[1], memory_mask);
+    return compose(
+        in[0], [&](const Tensor& y) { return attention_branch(y, key_mask); }, in[1], memory_mask);
   };
   if (!recompute_) return plain({x, memory});
   // Parameters are captured by `plain`; checkpoint replays the generator, so dropout matches.
@@ -82,7 +84,9 @@ Tensor TransformerBlock::forward(const Tensor& x, const Tensor& key_mask, const 
 
 Tensor TransformerBlock::step(const Tensor& x_t, attention::RecurrentState& state, const Tensor& memory,
                               const Tensor& memory_mask) const {
-  auto attend = [&](const Tensor& y) { return dropout_->forward(attn_->step(pre_ln_ ? ln1_->forward(y) : y, state)); };
+  auto attend = [&](const Tensor& y) {
+    return dropout_->forward(attn_->step(pre_ln_ ? ln1_->forward(y) : y, state));
+  };
   return compose(x_t, attend, memory, memory_mask);
 }
 
@@ -95,7 +99,8 @@ std::shared_ptr<nn::ModuleList> build_blocks(const ModelConfig& c, int64_t n_lay
     auto self = attention::make_mechanism(choice.kind, mechanism_config(c, choice, causal, false, i));
     std::shared_ptr<attention::Mechanism> cross;
     if (stack == Stack::CrossDecoder)
-      cross = attention::make_mechanism(c.cross_attention.kind, mechanism_config(c, c.cross_attention, false, true, i));
+      cross = attention::make_mechanism(c.cross_attention.kind,
+                                        mechanism_config(c, c.cross_attention, false, true, i));
     blocks->push_back(std::make_shared<TransformerBlock>(c, std::move(self), std::move(cross)));
   }
   return blocks;

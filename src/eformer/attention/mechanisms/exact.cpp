@@ -23,8 +23,13 @@ MechanismEntry exact_entry(const std::string& name) {
   e.name = name;
   e.description = name == "full"
                       ? "exact softmax attention with materialized N x M scores (Vaswani et al. 2017, eq. 1)"
-                      : "exact softmax attention, fused tiled online softmax, O(N) memory (FlashAttention, Dao et al. 2022)";
-  e.capabilities = {.causal = true, .bidirectional = true, .cross = true, .padding_mask = true, .recurrent = true,
+                      : "exact softmax attention, fused tiled online softmax, O(N) memory (FlashAttention, "
+                        "Dao et al. 2022)";
+  e.capabilities = {.causal = true,
+                    .bidirectional = true,
+                    .cross = true,
+                    .padding_mask = true,
+                    .recurrent = true,
                     .dropout = true};
   e.reference = "softmax-pattern";
   e.options = multi_head_option_specs();
