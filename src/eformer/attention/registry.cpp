@@ -6,6 +6,7 @@
 
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/performer.h"
+#include "eformer/attention/mechanisms/sparse.h"
 
 namespace eformer::attention {
 namespace {
@@ -16,6 +17,11 @@ std::vector<MechanismEntry>& entries() {
       exact_entry("flash"),          // fused, tiled online softmax
       performer_entry("performer"),  // FAVOR+ random features
       performer_entry("linear"),     // elu + 1 features
+      sparse_strided_entry(),        // Sparse Transformer, strided (block-sparse kernel)
+      sparse_fixed_entry(),          // Sparse Transformer, fixed
+      longformer_entry(),            // sliding window + global
+      bigbird_entry(),               // window + global + random blocks
+      local_entry(),                 // Image Transformer local 1-D blocks
   };
   return all;
 }

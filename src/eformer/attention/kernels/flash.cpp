@@ -9,6 +9,7 @@
 
 #include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
+#include "eformer/attention/kernels/tile_dropout.h"
 #include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/allocator.h"
@@ -48,50 +49,6 @@ void mask_tile(float* s, int64_t ld, int64_t i0, int64_t rows, int64_t j0, int64
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t first_masked = std::max<int64_t>(0, i0 + r + causal_offset + 1 - j0);
       for (int64_t c = first_masked; c < cols; ++c) s[r * ld + c] = kNegInf;
-    }
-  }
-}
-
-// x [heads, n, d] -> x^T [heads, d, np], columns n..np zero.
-ScratchBuffer transposed_padded(const float* x, int64_t heads, int64_t n, int64_t d, int64_t np) {
-  ScratchBuffer t(heads * d * np);
-  parallel::parallel_for(heads * d, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t h = r / d, c = r % d;
-      float* dst = t.data + r * np;
-      const float* src = x + h * n * d + c;
-      for (int64_t j = 0; j < n; ++j) dst[j] = src[j * d];
-      for (int64_t j = n; j < np; ++j) dst[j] = 0.0f;
-    }
-  });
-  return t;
-}
-
-// x [rows, d] -> [rows, dp] with zero columns d..dp; empty (use x itself) when d == dp.
-ScratchBuffer rows_padded(const float* x, int64_t rows, int64_t d, int64_t dp) {
-  if (d == dp) return ScratchBuffer();
-  ScratchBuffer t(rows * dp);
-  parallel::parallel_for(rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      std::memcpy(t.data + r * dp, x + r * d, size_t(d) * sizeof(float));
-      std::fill(t.data + r * dp + d, t.data + (r + 1) * dp, 0.0f);
-    }
-  });
-  return t;
-}
-
-// x[r, c] *= Z_e = keep_e / (1 - p) for the tile x [rows, ld] (cols used) whose element (r, c) is
-// element e = e0 + r M + c of P [B, H, N, M]; the keep rule of FlashDropout (ops/dropout.cpp's).
-void apply_dropout(float* x, int64_t ld, int64_t rows, int64_t cols, int64_t e0, int64_t M,
-                   const FlashDropout& dr) {
-  const uint32_t threshold = uint32_t(std::ceil(double(dr.p) * 16777216.0));
-  const float keep_scale = 1.0f / (1.0f - dr.p);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* xr = x + r * ld;
-    std::array<uint32_t, 4> w{};
-    for (int64_t c = 0, e = e0 + r * M; c < cols; ++c, ++e) {
-      if (c == 0 || e % 4 == 0) w = rng::philox(dr.seed, dr.stream, dr.counter + uint64_t(e / 4));
-      xr[c] = (w[size_t(e % 4)] >> 8) >= threshold ? xr[c] * keep_scale : 0.0f;
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "eformer/core/allocator.h"
 #include "eformer/core/parallel.h"
@@ -39,6 +40,35 @@ void for_each_item(int64_t n, int64_t scratch_floats, F body) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < n; ++item) body(item, scratch.data);
   }
+}
+
+// Operand layouts of the tile GEMMs (tile_gemm.h needs B operands padded to whole vectors).
+// x [heads, n, d] -> x^T [heads, d, np], columns n..np zero.
+inline ScratchBuffer transposed_padded(const float* x, int64_t heads, int64_t n, int64_t d, int64_t np) {
+  ScratchBuffer t(heads * d * np);
+  parallel::parallel_for(heads * d, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t h = r / d, c = r % d;
+      float* dst = t.data + r * np;
+      const float* src = x + h * n * d + c;
+      for (int64_t j = 0; j < n; ++j) dst[j] = src[j * d];
+      for (int64_t j = n; j < np; ++j) dst[j] = 0.0f;
+    }
+  });
+  return t;
+}
+
+// x [rows, d] -> [rows, dp] with zero columns d..dp; empty (use x itself) when d == dp.
+inline ScratchBuffer rows_padded(const float* x, int64_t rows, int64_t d, int64_t dp) {
+  if (d == dp) return ScratchBuffer();
+  ScratchBuffer t(rows * dp);
+  parallel::parallel_for(rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      std::memcpy(t.data + r * dp, x + r * d, size_t(d) * sizeof(float));
+      std::fill(t.data + r * dp + d, t.data + (r + 1) * dp, 0.0f);
+    }
+  });
+  return t;
 }
 
 }  // namespace eformer::kernels

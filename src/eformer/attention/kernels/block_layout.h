@@ -1,0 +1,61 @@
+// The layout of block-sparse attention (kernels/block_sparse.h): which (query block, key block)
+// pairs a head computes, and, for pairs only partly attended, the element mask inside the block.
+// A mechanism describes its pattern by an element rule allowed(h, i, j) (the exact set: query row i
+// of N, key j of M) and, so that building stays far below O(N M), the candidate key blocks of each
+// query block (a superset of the blocks the rule touches). build_layout evaluates the rule on the
+// candidates only: a block with no allowed element is dropped, one with every element allowed is
+// "full" (no mask), any other keeps its mask; equal masks are stored once (a causal diagonal, a
+// stride's diagonals). Layouts are cached by a key naming (pattern, N, M, options, seed, block).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace eformer::kernels {
+
+struct BlockSparseLayout {
+  int64_t N = 0, M = 0;  // queries, keys
+  int64_t block = 0;     // rows and columns of a block (the last row / column of blocks may be short)
+  int64_t heads = 1;     // 1: every head has the same layout; else one per head
+  int64_t nq = 0, nk = 0;  // ceil(N / block), ceil(M / block)
+  // Row view (forward and dQ): the pairs of head h, query block qb are
+  // row_start[h nq + qb] .. row_start[h nq + qb + 1] in row_key_block (ascending) and row_mask.
+  std::vector<int64_t> row_start;
+  std::vector<int32_t> row_key_block, row_mask;  // mask: -1 = every element allowed, else an index in masks
+  // Column view (dK, dV): the pairs of head h, key block kb are col_start[h nk + kb] .. in
+  // col_query_block (ascending) and col_mask.
+  std::vector<int64_t> col_start;
+  std::vector<int32_t> col_query_block, col_mask;
+  std::vector<uint8_t> masks;    // [number of masks, block, block], 1 = allowed
+  int64_t allowed_elements = 0;  // |pattern| over all heads
+
+  int64_t pairs() const { return int64_t(row_key_block.size()); }
+  const uint8_t* mask(int32_t id) const { return id < 0 ? nullptr : masks.data() + size_t(id) * block * block; }
+  // Fraction of the heads' block pairs that are computed (1 for the dense layout).
+  double density() const { return double(pairs()) / double(heads * nq * nk); }
+};
+
+// The exact pattern: may query i (of N) attend key j (of M) in head h?
+using ElementRule = std::function<bool(int64_t h, int64_t i, int64_t j)>;
+// Appends to `out` the key blocks (of size `block`) that query block qb of head h may touch; any
+// order, duplicates allowed, blocks outside [0, nk) ignored. Empty function: every key block.
+using CandidateBlocks = std::function<void(int64_t h, int64_t qb, int64_t block, std::vector<int64_t>& out)>;
+
+// Builds the layout of `heads` head patterns (1 = shared by every head) over N queries and M keys.
+// Parallel over (head, query block); the result does not depend on the thread count.
+BlockSparseLayout build_layout(int64_t N, int64_t M, int64_t block, int64_t heads, const ElementRule& allowed,
+                               const CandidateBlocks& candidates = {});
+
+// The layout cached under `key` (which must name everything the layout depends on), built by
+// `build` on a miss. Thread-safe; keeps the most recently used kLayoutCacheEntries layouts.
+inline constexpr size_t kLayoutCacheEntries = 64;
+std::shared_ptr<const BlockSparseLayout> cached_layout(const std::string& key,
+                                                       const std::function<BlockSparseLayout()>& build);
+// Layouts in the cache, and built since start (for tests of the cache).
+size_t layout_cache_size();
+int64_t layouts_built();
+void clear_layout_cache();
+
+}  // namespace eformer::kernels

@@ -1,0 +1,281 @@
+#include "eformer/attention/kernels/block_sparse.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "eformer/attention/kernels/online_softmax.h"
+#include "eformer/attention/kernels/scratch.h"
+#include "eformer/attention/kernels/tile_dropout.h"
+#include "eformer/attention/kernels/tile_gemm.h"
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/parallel.h"
+#include "eformer/core/rng.h"
+
+namespace eformer::kernels {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// The sizes and shared operands of one call.
+struct Problem {
+  int64_t B, H, N, M, d, dp, Mp, b, bp, offset;  // b: block; bp, dp, Mp: padded to whole vectors
+  float scale;
+  bool causal;
+  const BlockSparseLayout& L;
+  const bool* key_mask;
+  const FlashDropout* dropout;  // null: none
+  std::vector<char> key_block_real;  // [B, nk]: does the key block hold a real key?
+
+  Problem(int64_t B_, int64_t H_, int64_t d_, float scale_, bool causal_, const BlockSparseLayout& layout,
+          const bool* km, const FlashDropout* dr)
+      : B(B_), H(H_), N(layout.N), M(layout.M), d(d_), dp(tile::round_up(d_)), Mp(tile::round_up(layout.M)),
+        b(layout.block), bp(tile::round_up(layout.block)), offset(layout.M - layout.N), scale(scale_),
+        causal(causal_), L(layout), key_mask(km), dropout(dr && dr->p > 0.0f ? dr : nullptr),
+        key_block_real(size_t(B_ * layout.nk), 1) {
+    if (!km) return;
+    for (int64_t bb = 0; bb < B; ++bb)
+      for (int64_t kb = 0; kb < L.nk; ++kb) {
+        char any = 0;
+        for (int64_t j = kb * b; j < std::min(M, (kb + 1) * b) && !any; ++j) any = km[bb * M + j];
+        key_block_real[size_t(bb * L.nk + kb)] = any;
+      }
+  }
+  int64_t layout_head(int64_t bh) const { return (bh % H) % L.heads; }
+  // Is the pair (query block at i0, key block kb) of batch row bb worth computing?
+  bool live(int64_t bb, int64_t i0, int64_t rows, int64_t kb) const {
+    return key_block_real[size_t(bb * L.nk + kb)] && !(causal && kb * b > i0 + rows - 1 + offset);
+  }
+};
+
+// s [rows, bp] = scale Q_i K_j^T (columns up to round_up(cols)), then -inf wherever the pair's
+// element mask, the key mask or the causal rule forbids (query i0 + r, key j0 + c).
+void masked_scores(const Problem& P, float* s, const float* Q, const float* KT, int64_t i0, int64_t rows,
+                   int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
+  tile::gemm(rows, tile::round_up(cols), P.d, Q, P.d, 1, KT + j0, P.Mp, s, P.bp, P.scale, false);
+  if (mask)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        if (!mask[r * P.b + c]) s[r * P.bp + c] = kNegInf;
+  if (km)
+    for (int64_t c = 0; c < cols; ++c)
+      if (!km[j0 + c])
+        for (int64_t r = 0; r < rows; ++r) s[r * P.bp + c] = kNegInf;
+  if (P.causal && j0 + cols - 1 > i0 + P.offset)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = std::max<int64_t>(0, i0 + r + P.offset + 1 - j0); c < cols; ++c) s[r * P.bp + c] = kNegInf;
+}
+
+// The backward of one pair: p = P = exp(S - L) and ds = dS = P o (dP o Z - D) with dP = dO_i V_j^T;
+// with dropout z = P o Z (for dV), else dV uses p.
+void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh, const float* Q, const float* dO,
+                    const float* KT, const float* VT, const float* Lse, const float* Drow, int64_t i0,
+                    int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
+  masked_scores(P, p, Q, KT, i0, rows, j0, cols, mask, km);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float l = Lse[r];
+    float* pr = p + r * P.bp;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) pr[c] = fast_exp(pr[c] - l);
+  }
+  tile::gemm(rows, tile::round_up(cols), P.d, dO, P.d, 1, VT + j0, P.Mp, ds, P.bp, 1.0f, false);
+  if (!P.dropout) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float Di = Drow[r];
+      const float* pr = p + r * P.bp;
+      float* dsr = ds + r * P.bp;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - Di);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) std::fill(z + r * P.bp, z + r * P.bp + cols, 1.0f);
+  apply_dropout(z, P.bp, rows, cols, (bh * P.N + i0) * P.M + j0, P.M, *P.dropout);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float Di = Drow[r];
+    const float* pr = p + r * P.bp;
+    float* dsr = ds + r * P.bp;
+    float* zr = z + r * P.bp;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) {
+      dsr[c] = pr[c] * (dsr[c] * zr[c] - Di);
+      zr[c] *= pr[c];
+    }
+  }
+}
+
+}  // namespace
+
+void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
+                                    float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,
+                                    bool causal, const BlockSparseLayout& layout, const FlashDropout* dropout) {
+  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout);
+  const BlockSparseLayout& L = layout;
+  const int64_t nq = L.nq, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
+  // K^T [BH, d, Mp] (the B operand of S = Q K^T) and V with rows padded to dp (of O += P V).
+  ScratchBuffer kt = transposed_padded(k, B * H, M, d, P.Mp);
+  ScratchBuffer vpad = rows_padded(v, B * H * M, d, dp);
+  const float* VP = vpad.data ? vpad.data : v;
+  // Items in reverse query-block order: long causal rows first, so the dynamic schedule balances.
+  for_each_item(B * H * nq, b * bp + b * dp, [&](int64_t item, float* scratch) {
+    float* s = scratch;           // S, then P   [b, bp]
+    float* O = scratch + b * bp;  // the output rows, unnormalized   [b, dp]
+    const int64_t bh = item / nq, qb = nq - 1 - item % nq, bb = bh / H, lh = P.layout_head(bh);
+    const int64_t i0 = qb * b, rows = std::min(b, N - i0);
+    const float* Q = q + (bh * N + i0) * d;
+    const float* KT = kt.data + bh * d * P.Mp;
+    const float* V = VP + bh * M * dp;
+    const bool* km = key_mask ? key_mask + bb * M : nullptr;
+    std::memset(O, 0, size_t(rows * dp) * sizeof(float));
+    std::vector<attention::OnlineSoftmax> state(static_cast<size_t>(rows));
+    for (int64_t p = L.row_start[size_t(lh * nq + qb)]; p < L.row_start[size_t(lh * nq + qb + 1)]; ++p) {
+      const int64_t kb = L.row_key_block[size_t(p)], j0 = kb * b, cols = std::min(b, M - j0);
+      if (!P.live(bb, i0, rows, kb)) continue;
+      masked_scores(P, s, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float rescale = state[size_t(r)].update(s + r * bp, cols);
+        if (rescale != 1.0f) {
+          float* o = O + r * dp;
+#pragma omp simd
+          for (int64_t c = 0; c < dp; ++c) o[c] *= rescale;
+        }
+      }
+      // Dropout after the statistics: m, l and L stay those of the undropped P (as flash).
+      if (P.dropout) apply_dropout(s, bp, rows, cols, (bh * N + i0) * M + j0, M, *P.dropout);
+      tile::gemm(rows, dp, cols, s, bp, 1, V + j0 * dp, dp, O, dp, 1.0f, true);  // O_i += (P o Z) V_j
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float inv = state[size_t(r)].inverse_sum();
+      float* o = out + (bh * N + i0 + r) * d;
+      for (int64_t c = 0; c < d; ++c) o[c] = O[r * dp + c] * inv;
+      lse[bh * N + i0 + r] = state[size_t(r)].log_sum_exp();
+    }
+  });
+}
+
+void block_sparse_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
+                                     const float* out, const float* lse, const float* dout, float* dq,
+                                     float* dk, float* dv, int64_t B, int64_t H, int64_t d, float scale,
+                                     bool causal, const BlockSparseLayout& layout,
+                                     const FlashDropout* dropout) {
+  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout);
+  const BlockSparseLayout& L = layout;
+  const int64_t nq = L.nq, nk = L.nk, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
+  // D_i = sum_c dO[i, c] O[i, c]   [BH, N]
+  ScratchBuffer Dbuf(B * H * N);
+  float* D = Dbuf.data;
+  parallel::parallel_for(B * H * N, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t c = 0; c < d; ++c) acc += dout[i * d + c] * out[i * d + c];
+      D[i] = acc;
+    }
+  });
+  // B operands: K^T and V^T [BH, d, Mp] (of S and dP), and Q, K, dO with rows padded to dp.
+  ScratchBuffer kt = transposed_padded(k, B * H, M, d, P.Mp), vt = transposed_padded(v, B * H, M, d, P.Mp);
+  ScratchBuffer qpad = rows_padded(q, B * H * N, d, dp), kpad = rows_padded(k, B * H * M, d, dp),
+                dopad = rows_padded(dout, B * H * N, d, dp);
+  const float* QP = qpad.data ? qpad.data : q;
+  const float* KP = kpad.data ? kpad.data : k;
+  const float* dOP = dopad.data ? dopad.data : dout;
+  const int64_t tiles = (P.dropout ? 3 : 2) * b * bp;
+
+  // Pass 1, by key block: dV_j = sum_i (P o Z)^T dO_i, dK_j = scale sum_i dS^T Q_i.
+  for_each_item(B * H * nk, tiles + 2 * b * dp, [&](int64_t item, float* scratch) {
+    float* p = scratch;
+    float* ds = p + b * bp;
+    float* z = ds + b * bp;  // dropout only
+    float* dK = scratch + tiles;
+    float* dV = dK + b * dp;
+    const int64_t bh = item / nk, kb = item % nk, bb = bh / H, lh = P.layout_head(bh);
+    const int64_t j0 = kb * b, cols = std::min(b, M - j0);
+    const bool* km = key_mask ? key_mask + bb * M : nullptr;
+    std::memset(dK, 0, size_t(cols * dp) * sizeof(float));
+    std::memset(dV, 0, size_t(cols * dp) * sizeof(float));
+    for (int64_t e = L.col_start[size_t(lh * nk + kb)]; e < L.col_start[size_t(lh * nk + kb + 1)]; ++e) {
+      const int64_t qb = L.col_query_block[size_t(e)], i0 = qb * b, rows = std::min(b, N - i0);
+      if (!P.live(bb, i0, rows, kb)) continue;
+      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d, kt.data + bh * d * P.Mp,
+                     vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0, rows, j0, cols,
+                     L.mask(L.col_mask[size_t(e)]), km);
+      tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
+      tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      std::memcpy(dk + (bh * M + j0 + c) * d, dK + c * dp, size_t(d) * sizeof(float));
+      std::memcpy(dv + (bh * M + j0 + c) * d, dV + c * dp, size_t(d) * sizeof(float));
+    }
+  });
+
+  // Pass 2, by query block: dQ_i = scale sum_j dS K_j (P and dS recomputed; no races on dQ).
+  for_each_item(B * H * nq, tiles + b * dp, [&](int64_t item, float* scratch) {
+    float* p = scratch;
+    float* ds = p + b * bp;
+    float* z = ds + b * bp;
+    float* dQ = scratch + tiles;
+    const int64_t bh = item / nq, qb = nq - 1 - item % nq, bb = bh / H, lh = P.layout_head(bh);
+    const int64_t i0 = qb * b, rows = std::min(b, N - i0);
+    const bool* km = key_mask ? key_mask + bb * M : nullptr;
+    std::memset(dQ, 0, size_t(rows * dp) * sizeof(float));
+    for (int64_t e = L.row_start[size_t(lh * nq + qb)]; e < L.row_start[size_t(lh * nq + qb + 1)]; ++e) {
+      const int64_t kb = L.row_key_block[size_t(e)], j0 = kb * b, cols = std::min(b, M - j0);
+      if (!P.live(bb, i0, rows, kb)) continue;
+      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d, kt.data + bh * d * P.Mp,
+                     vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0, rows, j0, cols,
+                     L.mask(L.row_mask[size_t(e)]), km);
+      tile::gemm(rows, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ, dp, scale, true);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dq + (bh * N + i0 + r) * d, dQ + r * dp, size_t(d) * sizeof(float));
+  });
+}
+
+}  // namespace eformer::kernels
+
+namespace eformer::attention {
+
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              std::shared_ptr<const kernels::BlockSparseLayout> layout) {
+  const AttentionDims s = validate_attention("block_sparse_attention", q, k, v, opts);
+  EF_CHECK(layout != nullptr, ValueError, "block_sparse_attention: layout is null; expected a built layout");
+  EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, "block_sparse_attention: the layout is for n = ",
+           layout->N, ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
+           "; expected a layout of the same sizes");
+  Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
+  Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
+  Tensor out = Tensor::empty({s.B, s.H, s.N, s.d});
+  Tensor lse = Tensor::empty({s.B, s.H, s.N});
+  const bool causal = opts.causal;
+  // Dropout reserves the counters of the dense [B, H, N, M] probabilities (as flash and full), so
+  // an element is dropped here iff full_attention drops it.
+  kernels::FlashDropout dr;
+  if (opts.dropout > 0.0f) {
+    rng::Generator& gen = rng::default_generator();
+    dr.p = opts.dropout;
+    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
+    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
+  }
+  if (out.numel() > 0)
+    kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(),
+                                            km.defined() ? km.data<bool>() : nullptr, out.data<float>(),
+                                            lse.data<float>(), s.B, s.H, s.d, s.scale, causal, *layout, &dr);
+  Tensor od = out.detach();
+  return autograd::record(
+      "block_sparse_attention", out, {q, k, v}, [qc, kc, vc, km, od, lse, s, causal, dr, layout](const Tensor& g) {
+        if (qc.numel() == 0 || kc.numel() == 0)
+          return std::vector<Tensor>{Tensor::zeros(qc.shape()), Tensor::zeros(kc.shape()),
+                                     Tensor::zeros(vc.shape())};
+        Tensor gc = g.contiguous_data();
+        Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+        kernels::block_sparse_attention_backward(
+            qc.data<float>(), kc.data<float>(), vc.data<float>(), km.defined() ? km.data<bool>() : nullptr,
+            od.data<float>(), lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(),
+            dv.data<float>(), s.B, s.H, s.d, s.scale, causal, *layout, &dr);
+        return std::vector<Tensor>{dq, dk, dv};
+      });
+}
+
+}  // namespace eformer::attention
