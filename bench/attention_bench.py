@@ -24,7 +24,7 @@ def exact_kinds():
     """The registered exact-attention kinds: softmax mechanisms whose pattern is every key."""
     import eformer as ef
     return [e["name"] for e in ef.mechanisms()
-            if e["reference"] == "softmax-pattern" and ef.attention_pattern(e["name"], 4).all()]
+            if e["reference"] == "softmax-pattern" and ef.attention_pattern(e["name"], 2048).all()]
 SCORES_LIMIT_BYTES = 6e9  # full / torch materialize B H N M float32 scores (and more in backward)
 
 
