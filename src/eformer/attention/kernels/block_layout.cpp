@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "eformer/core/error.h"
 #include "eformer/core/parallel.h"
@@ -21,8 +22,11 @@ struct RowPairs {
   int64_t allowed = 0;
 };
 
-RowPairs build_row(int64_t h, int64_t qb, int64_t N, int64_t M, int64_t block, int64_t nk,
-                   const ElementRule& allowed, const CandidateBlocks& candidates) {
+RowPairs build_row(const BlockSparseLayout& L, int64_t h, int64_t qb, const ElementRule& allowed,
+                   const CandidateBlocks& candidates) {
+  const int64_t N = L.rows, M = L.keys, block = L.block, nk = L.nk;
+  const int64_t* qi = L.query_index.empty() ? nullptr : L.query_index.data();
+  const int64_t* ki = L.key_index.empty() ? nullptr : L.key_index.data();
   RowPairs row;
   std::vector<int64_t> blocks;
   if (candidates) {
@@ -43,7 +47,7 @@ RowPairs build_row(int64_t h, int64_t qb, int64_t N, int64_t M, int64_t block, i
     int64_t count = 0;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
-        if (allowed(h, i0 + r, j0 + c)) mask[size_t(r * block + c)] = 1, ++count;
+        if (allowed(h, qi ? qi[i0 + r] : i0 + r, ki ? ki[j0 + c] : j0 + c)) mask[size_t(r * block + c)] = 1, ++count;
     if (count == 0) continue;
     row.allowed += count;
     row.key_block.push_back(int32_t(kb));
@@ -60,7 +64,7 @@ RowPairs build_row(int64_t h, int64_t qb, int64_t N, int64_t M, int64_t block, i
 
 struct Cache {
   std::mutex mutex;
-  std::map<std::string, std::pair<std::shared_ptr<const BlockSparseLayout>, uint64_t>> entries;
+  std::map<std::string, std::pair<LayoutParts, uint64_t>> entries;
   uint64_t tick = 0;
   std::atomic<int64_t> built{0};
 };
@@ -72,19 +76,34 @@ Cache& cache() {
 
 }  // namespace
 
+// Checks that `index` holds distinct values in [0, n).
+void check_index(const std::vector<int64_t>& index, int64_t n, const char* what) {
+  std::vector<char> seen(size_t(n), 0);
+  for (int64_t x : index) {
+    EF_CHECK(x >= 0 && x < n, ValueError, "build_layout: ", what, " holds ", x, "; expected indices in [0, ", n, ")");
+    EF_CHECK(!seen[size_t(x)], ValueError, "build_layout: ", what, " holds ", x, " twice; expected distinct indices");
+    seen[size_t(x)] = 1;
+  }
+}
+
 BlockSparseLayout build_layout(int64_t N, int64_t M, int64_t block, int64_t heads, const ElementRule& allowed,
-                               const CandidateBlocks& candidates) {
+                               const CandidateBlocks& candidates, std::vector<int64_t> query_index,
+                               std::vector<int64_t> key_index) {
   EF_CHECK(N >= 0 && M >= 0, ValueError, "build_layout: n = ", N, ", m = ", M, "; expected both >= 0");
   EF_CHECK(block >= 1, ValueError, "build_layout: block = ", block, "; expected >= 1");
   EF_CHECK(heads >= 1, ValueError, "build_layout: heads = ", heads, "; expected >= 1");
   EF_CHECK(bool(allowed), ValueError, "build_layout: the element rule is empty");
+  check_index(query_index, N, "query_index");
+  check_index(key_index, M, "key_index");
   BlockSparseLayout L;
   L.N = N, L.M = M, L.block = block, L.heads = heads;
-  L.nq = (N + block - 1) / block, L.nk = (M + block - 1) / block;
+  L.rows = query_index.empty() ? N : int64_t(query_index.size());
+  L.keys = key_index.empty() ? M : int64_t(key_index.size());
+  L.query_index = std::move(query_index), L.key_index = std::move(key_index);
+  L.nq = (L.rows + block - 1) / block, L.nk = (L.keys + block - 1) / block;
   std::vector<RowPairs> rows(size_t(heads * L.nq));
   parallel::parallel_for(heads * L.nq, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      rows[size_t(r)] = build_row(r / L.nq, r % L.nq, N, M, block, L.nk, allowed, candidates);
+    for (int64_t r = r0; r < r1; ++r) rows[size_t(r)] = build_row(L, r / L.nq, r % L.nq, allowed, candidates);
   });
   // Number the masks globally in (head, query block, key block) order.
   std::unordered_map<std::string, int32_t> ids;
@@ -126,8 +145,7 @@ BlockSparseLayout build_layout(int64_t N, int64_t M, int64_t block, int64_t head
   return L;
 }
 
-std::shared_ptr<const BlockSparseLayout> cached_layout(const std::string& key,
-                                                       const std::function<BlockSparseLayout()>& build) {
+LayoutParts cached_layouts(const std::string& key, const std::function<LayoutParts()>& build) {
   Cache& c = cache();
   {
     std::lock_guard<std::mutex> lock(c.mutex);
@@ -137,7 +155,7 @@ std::shared_ptr<const BlockSparseLayout> cached_layout(const std::string& key,
       return it->second.first;
     }
   }
-  auto layout = std::make_shared<const BlockSparseLayout>(build());  // outside the lock
+  LayoutParts layout = build();  // outside the lock
   std::lock_guard<std::mutex> lock(c.mutex);
   auto [it, inserted] = c.entries.emplace(key, std::make_pair(layout, ++c.tick));
   if (!inserted) return it->second.first;  // another thread built it first: keep one

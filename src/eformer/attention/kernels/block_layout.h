@@ -16,10 +16,15 @@
 namespace eformer::kernels {
 
 struct BlockSparseLayout {
-  int64_t N = 0, M = 0;  // queries, keys
+  int64_t N = 0, M = 0;  // queries, keys (of q and k)
+  // The kernel's rows and keys may be a reordered subset of them (a "part" of a pattern, e.g. the
+  // keys of one residue class made contiguous): kernel row r is query query_index[r], kernel key c
+  // is key key_index[c]; empty = the identity. Each index appears at most once.
+  std::vector<int64_t> query_index, key_index;
+  int64_t rows = 0, keys = 0;  // the kernel's: query_index.size() (or N), key_index.size() (or M)
   int64_t block = 0;     // rows and columns of a block (the last row / column of blocks may be short)
   int64_t heads = 1;     // 1: every head has the same layout; else one per head
-  int64_t nq = 0, nk = 0;  // ceil(N / block), ceil(M / block)
+  int64_t nq = 0, nk = 0;  // ceil(rows / block), ceil(keys / block)
   // Row view (forward and dQ): the pairs of head h, query block qb are
   // row_start[h nq + qb] .. row_start[h nq + qb + 1] in row_key_block (ascending) and row_mask.
   std::vector<int64_t> row_start;
@@ -32,6 +37,7 @@ struct BlockSparseLayout {
   int64_t allowed_elements = 0;  // |pattern| over all heads
 
   int64_t pairs() const { return int64_t(row_key_block.size()); }
+  bool reordered() const { return !query_index.empty() || !key_index.empty(); }
   const uint8_t* mask(int32_t id) const { return id < 0 ? nullptr : masks.data() + size_t(id) * block * block; }
   // Fraction of the heads' block pairs that are computed (1 for the dense layout).
   double density() const { return double(pairs()) / double(heads * nq * nk); }
@@ -39,20 +45,25 @@ struct BlockSparseLayout {
 
 // The exact pattern: may query i (of N) attend key j (of M) in head h?
 using ElementRule = std::function<bool(int64_t h, int64_t i, int64_t j)>;
-// Appends to `out` the key blocks (of size `block`) that query block qb of head h may touch; any
-// order, duplicates allowed, blocks outside [0, nk) ignored. Empty function: every key block.
+// Appends to `out` the key blocks (of size `block`) that query block qb of head h may touch, both in
+// the kernel's order; any order, duplicates allowed, blocks outside [0, nk) ignored. Empty function:
+// every key block.
 using CandidateBlocks = std::function<void(int64_t h, int64_t qb, int64_t block, std::vector<int64_t>& out)>;
 
-// Builds the layout of `heads` head patterns (1 = shared by every head) over N queries and M keys.
-// Parallel over (head, query block); the result does not depend on the thread count.
+// Builds the layout of `heads` head patterns (1 = shared by every head) over N queries and M keys;
+// the rule is asked about (h, query_index[r], key_index[c]) for kernel row r and key c (ValueError
+// for an index out of range or repeated). Parallel over (head, query block); the result does not
+// depend on the thread count.
 BlockSparseLayout build_layout(int64_t N, int64_t M, int64_t block, int64_t heads, const ElementRule& allowed,
-                               const CandidateBlocks& candidates = {});
+                               const CandidateBlocks& candidates = {}, std::vector<int64_t> query_index = {},
+                               std::vector<int64_t> key_index = {});
 
-// The layout cached under `key` (which must name everything the layout depends on), built by
-// `build` on a miss. Thread-safe; keeps the most recently used kLayoutCacheEntries layouts.
+// A pattern as the layouts of its disjoint parts (one for most patterns).
+using LayoutParts = std::vector<std::shared_ptr<const BlockSparseLayout>>;
+// The layouts cached under `key` (which must name everything they depend on), built by `build` on
+// a miss. Thread-safe; keeps the most recently used kLayoutCacheEntries entries.
 inline constexpr size_t kLayoutCacheEntries = 64;
-std::shared_ptr<const BlockSparseLayout> cached_layout(const std::string& key,
-                                                       const std::function<BlockSparseLayout()>& build);
+LayoutParts cached_layouts(const std::string& key, const std::function<LayoutParts()>& build);
 // Layouts in the cache, and built since start (for tests of the cache).
 size_t layout_cache_size();
 int64_t layouts_built();

@@ -21,7 +21,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // The sizes and shared operands of one call.
 struct Problem {
-  int64_t B, H, N, M, d, dp, Mp, b, bp, offset;  // b: block; bp, dp, Mp: padded to whole vectors
+  int64_t B, H, N, M, d, dp, Mp, b, bp, offset;  // N, M: the kernel's rows and keys; b: block; bp, dp, Mp: padded
   float scale;
   bool causal;
   const BlockSparseLayout& L;
@@ -31,8 +31,8 @@ struct Problem {
 
   Problem(int64_t B_, int64_t H_, int64_t d_, float scale_, bool causal_, const BlockSparseLayout& layout,
           const bool* km, const FlashDropout* dr)
-      : B(B_), H(H_), N(layout.N), M(layout.M), d(d_), dp(tile::round_up(d_)), Mp(tile::round_up(layout.M)),
-        b(layout.block), bp(tile::round_up(layout.block)), offset(layout.M - layout.N), scale(scale_),
+      : B(B_), H(H_), N(layout.rows), M(layout.keys), d(d_), dp(tile::round_up(d_)), Mp(tile::round_up(layout.keys)),
+        b(layout.block), bp(tile::round_up(layout.block)), offset(layout.keys - layout.rows), scale(scale_),
         causal(causal_), L(layout), key_mask(km), dropout(dr && dr->p > 0.0f ? dr : nullptr),
         key_block_real(size_t(B_ * layout.nk), 1) {
     if (!km) return;
@@ -47,6 +47,12 @@ struct Problem {
   // Is the pair (query block at i0, key block kb) of batch row bb worth computing?
   bool live(int64_t bb, int64_t i0, int64_t rows, int64_t kb) const {
     return key_block_real[size_t(bb * L.nk + kb)] && !(causal && kb * b > i0 + rows - 1 + offset);
+  }
+  // Multiplies the tile x [rows, bp] (kernel rows i0.., keys j0..) of head bh by the dropout's Z.
+  void drop(float* x, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
+    if (!L.reordered()) return apply_dropout(x, bp, rows, cols, (bh * N + i0) * M + j0, M, *dropout);
+    apply_dropout_indexed(x, bp, rows, cols, L.query_index.empty() ? nullptr : L.query_index.data() + i0, i0,
+                          L.key_index.empty() ? nullptr : L.key_index.data() + j0, j0, bh, L.N, L.M, *dropout);
   }
 };
 
@@ -92,7 +98,7 @@ void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh,
     return;
   }
   for (int64_t r = 0; r < rows; ++r) std::fill(z + r * P.bp, z + r * P.bp + cols, 1.0f);
-  apply_dropout(z, P.bp, rows, cols, (bh * P.N + i0) * P.M + j0, P.M, *P.dropout);
+  P.drop(z, bh, i0, rows, j0, cols);
   for (int64_t r = 0; r < rows; ++r) {
     const float Di = Drow[r];
     const float* pr = p + r * P.bp;
@@ -143,7 +149,7 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
         }
       }
       // Dropout after the statistics: m, l and L stay those of the undropped P (as flash).
-      if (P.dropout) apply_dropout(s, bp, rows, cols, (bh * N + i0) * M + j0, M, *P.dropout);
+      if (P.dropout) P.drop(s, bh, i0, rows, j0, cols);
       tile::gemm(rows, dp, cols, s, bp, 1, V + j0 * dp, dp, O, dp, 1.0f, true);  // O_i += (P o Z) V_j
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -236,44 +242,158 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
 }  // namespace eformer::kernels
 
 namespace eformer::attention {
+namespace {
+
+using Layouts = std::vector<std::shared_ptr<const kernels::BlockSparseLayout>>;
+
+// x [BH, n, w] -> [BH, index.size(), w]: rows x[index[r]] (x itself for an empty index).
+Tensor gather_rows(const Tensor& x, int64_t BH, int64_t n, int64_t w, const std::vector<int64_t>& index) {
+  if (index.empty()) return x;
+  const int64_t m = int64_t(index.size());
+  Tensor out = Tensor::empty({BH, m, w});
+  const float* src = x.data<float>();
+  float* dst = out.data<float>();
+  parallel::parallel_for(BH * m, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      std::memcpy(dst + r * w, src + ((r / m) * n + index[size_t(r % m)]) * w, size_t(w) * sizeof(float));
+  });
+  return out;
+}
+
+// acc[index[r]] += part[r] over [BH, index.size(), w] (acc [BH, n, w]); race-free: indices are distinct.
+void scatter_add_rows(float* acc, const float* part, int64_t BH, int64_t n, int64_t w,
+                      const std::vector<int64_t>& index, int64_t rows) {
+  parallel::parallel_for(BH * rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t at = index.empty() ? r : (r / rows) * n + index[size_t(r % rows)];
+      for (int64_t c = 0; c < w; ++c) acc[at * w + c] += part[r * w + c];
+    }
+  });
+}
+
+// The key mask [B, M] in the layout's key order [B, keys].
+Tensor gather_key_mask(const Tensor& km, int64_t B, int64_t M, const std::vector<int64_t>& index) {
+  if (!km.defined() || index.empty()) return km;
+  Tensor out = Tensor::empty({B, int64_t(index.size())}, DType::Bool);
+  for (int64_t b = 0; b < B; ++b)
+    for (size_t c = 0; c < index.size(); ++c)
+      out.data<bool>()[b * int64_t(index.size()) + int64_t(c)] = km.data<bool>()[b * M + index[c]];
+  return out;
+}
+
+// The inputs of one part in its kernel order.
+struct PartInputs {
+  Tensor q, k, v, key_mask;
+};
+PartInputs part_inputs(const kernels::BlockSparseLayout& L, const Tensor& q, const Tensor& k, const Tensor& v,
+                       const Tensor& km, const AttentionDims& s) {
+  return {gather_rows(q, s.B * s.H, s.N, s.d, L.query_index), gather_rows(k, s.B * s.H, s.M, s.d, L.key_index),
+          gather_rows(v, s.B * s.H, s.M, s.d, L.key_index), gather_key_mask(km, s.B, s.M, L.key_index)};
+}
+
+const bool* mask_ptr(const Tensor& km) { return km.defined() ? km.data<bool>() : nullptr; }
+
+}  // namespace
 
 Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                               std::shared_ptr<const kernels::BlockSparseLayout> layout) {
+  return block_sparse_attention(q, k, v, opts, Layouts{std::move(layout)});
+}
+
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              const Layouts& parts) {
   const AttentionDims s = validate_attention("block_sparse_attention", q, k, v, opts);
-  EF_CHECK(layout != nullptr, ValueError, "block_sparse_attention: layout is null; expected a built layout");
-  EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, "block_sparse_attention: the layout is for n = ",
-           layout->N, ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
-           "; expected a layout of the same sizes");
+  EF_CHECK(!parts.empty(), ValueError, "block_sparse_attention: no layout; expected at least one part");
+  for (const auto& layout : parts) {
+    EF_CHECK(layout != nullptr, ValueError, "block_sparse_attention: layout is null; expected a built layout");
+    EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, "block_sparse_attention: the layout is for n = ",
+             layout->N, ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
+             "; expected a layout of the same sizes");
+  }
   Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
-  Tensor out = Tensor::empty({s.B, s.H, s.N, s.d});
-  Tensor lse = Tensor::empty({s.B, s.H, s.N});
-  const bool causal = opts.causal;
+  const int64_t BH = s.B * s.H;
   // Dropout reserves the counters of the dense [B, H, N, M] probabilities (as flash and full), so
   // an element is dropped here iff full_attention drops it.
   kernels::FlashDropout dr;
   if (opts.dropout > 0.0f) {
     rng::Generator& gen = rng::default_generator();
     dr.p = opts.dropout;
-    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
+    dr.counter = gen.reserve(uint64_t(BH * s.N * s.M + 3) / 4);
     dr.seed = gen.state().seed, dr.stream = gen.state().stream;
   }
-  if (out.numel() > 0)
-    kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(),
-                                            km.defined() ? km.data<bool>() : nullptr, out.data<float>(),
-                                            lse.data<float>(), s.B, s.H, s.d, s.scale, causal, *layout, &dr);
+  // The kernel's causal cut works on its own indices: a reordered part carries causality in its rule.
+  auto causal_of = [causal = opts.causal](const kernels::BlockSparseLayout& L) { return causal && !L.reordered(); };
+  Tensor out = Tensor::zeros({s.B, s.H, s.N, s.d});
+  Tensor lse = Tensor::empty({s.B, s.H, s.N});
+  if (parts.size() == 1 && !parts[0]->reordered()) {
+    if (out.numel() > 0)
+      kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km),
+                                              out.data<float>(), lse.data<float>(), s.B, s.H, s.d, s.scale,
+                                              opts.causal, *parts[0], &dr);
+  } else if (out.numel() > 0) {
+    // Each part gives O_p (normalized over its keys) and L_p; the union (the parts are disjoint) is
+    // O = sum_p exp(L_p - L) O_p with L = log sum_p exp(L_p), folded part by part in order.
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    float* L = lse.data<float>();
+    std::fill(L, L + lse.numel(), -kInf);
+    float* O = out.data<float>();
+    for (const auto& part : parts) {
+      const PartInputs in = part_inputs(*part, qc, kc, vc, km, s);
+      const int64_t rows = part->rows;
+      Tensor op = Tensor::empty({BH, rows, s.d}), lp = Tensor::empty({BH, rows});
+      kernels::block_sparse_attention_forward(in.q.data<float>(), in.k.data<float>(), in.v.data<float>(),
+                                              mask_ptr(in.key_mask), op.data<float>(), lp.data<float>(), s.B, s.H,
+                                              s.d, s.scale, causal_of(*part), *part, &dr);
+      const float* po = op.data<float>();
+      const float* pl = lp.data<float>();
+      parallel::parallel_for(BH * rows, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          if (pl[r] == kInf) continue;  // no key of this part
+          const int64_t at = part->query_index.empty() ? r : (r / rows) * s.N + part->query_index[size_t(r % rows)];
+          const float old = L[at], hi = std::max(old, pl[r]);
+          const float a = std::exp(old - hi), b = std::exp(pl[r] - hi), sum = a + b;
+          L[at] = hi + std::log(sum);
+          for (int64_t c = 0; c < s.d; ++c) O[at * s.d + c] = (O[at * s.d + c] * a + po[r * s.d + c] * b) / sum;
+        }
+      });
+    }
+    for (int64_t i = 0; i < lse.numel(); ++i)
+      if (L[i] == -kInf) L[i] = kInf;  // no key at all: exp(S - L) = 0 in the backward
+  }
   Tensor od = out.detach();
   return autograd::record(
-      "block_sparse_attention", out, {q, k, v}, [qc, kc, vc, km, od, lse, s, causal, dr, layout](const Tensor& g) {
+      "block_sparse_attention", out, {q, k, v}, [qc, kc, vc, km, od, lse, s, dr, parts, causal_of](const Tensor& g) {
         if (qc.numel() == 0 || kc.numel() == 0)
           return std::vector<Tensor>{Tensor::zeros(qc.shape()), Tensor::zeros(kc.shape()),
                                      Tensor::zeros(vc.shape())};
         Tensor gc = g.contiguous_data();
-        Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
-        kernels::block_sparse_attention_backward(
-            qc.data<float>(), kc.data<float>(), vc.data<float>(), km.defined() ? km.data<bool>() : nullptr,
-            od.data<float>(), lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(),
-            dv.data<float>(), s.B, s.H, s.d, s.scale, causal, *layout, &dr);
+        const int64_t BH = s.B * s.H;
+        if (parts.size() == 1 && !parts[0]->reordered()) {
+          Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+          kernels::block_sparse_attention_backward(
+              qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), od.data<float>(),
+              lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H,
+              s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
+          return std::vector<Tensor>{dq, dk, dv};
+        }
+        // Each part's backward with the union's O and L gives exactly its keys' share of every gradient.
+        Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kc.shape()), dv = Tensor::zeros(vc.shape());
+        for (const auto& part : parts) {
+          const PartInputs in = part_inputs(*part, qc, kc, vc, km, s);
+          const Tensor o = gather_rows(od, BH, s.N, s.d, part->query_index);
+          const Tensor l = gather_rows(lse, BH, s.N, 1, part->query_index);
+          const Tensor dout = gather_rows(gc, BH, s.N, s.d, part->query_index);
+          Tensor dqp = Tensor::empty({BH, part->rows, s.d}), dkp = Tensor::empty({BH, part->keys, s.d}),
+                 dvp = Tensor::empty({BH, part->keys, s.d});
+          kernels::block_sparse_attention_backward(
+              in.q.data<float>(), in.k.data<float>(), in.v.data<float>(), mask_ptr(in.key_mask), o.data<float>(),
+              l.data<float>(), dout.data<float>(), dqp.data<float>(), dkp.data<float>(), dvp.data<float>(), s.B,
+              s.H, s.d, s.scale, causal_of(*part), *part, &dr);
+          scatter_add_rows(dq.data<float>(), dqp.data<float>(), BH, s.N, s.d, part->query_index, part->rows);
+          scatter_add_rows(dk.data<float>(), dkp.data<float>(), BH, s.M, s.d, part->key_index, part->keys);
+          scatter_add_rows(dv.data<float>(), dvp.data<float>(), BH, s.M, s.d, part->key_index, part->keys);
+        }
         return std::vector<Tensor>{dq, dk, dv};
       });
 }

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "eformer/attention/kernels/block_layout.h"
 #include "eformer/attention/kernels/flash.h"
@@ -24,6 +25,13 @@ namespace eformer::attention {
 // ShapeError when the layout's N, M or heads do not fit q and k.
 Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                               std::shared_ptr<const kernels::BlockSparseLayout> layout);
+// The same over a pattern given as disjoint parts, each a layout that may reorder rows and keys
+// (block_layout.h): the softmax runs over the union of the parts' keys. Each part's O and L are
+// folded into the union's by their log-sum-exp; the backward runs each part with the union's O
+// and L and adds the gradients part by part in order. A reordered part's kernel does not apply
+// opts.causal (its rule must carry it).
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              const std::vector<std::shared_ptr<const kernels::BlockSparseLayout>>& parts);
 
 }  // namespace eformer::attention
 

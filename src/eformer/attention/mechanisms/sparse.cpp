@@ -26,14 +26,21 @@ SparsePatternMaker parse_module_options(const SparseSpec& spec, const nlohmann::
 
 }  // namespace
 
-std::shared_ptr<const kernels::BlockSparseLayout> sparse_layout(const SparsePatternMaker& maker, int64_t N,
-                                                                 int64_t M, int64_t heads, bool causal,
-                                                                 uint64_t seed, int64_t block) {
+kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
+                                   uint64_t seed, int64_t block) {
   const std::string key = detail::concat(maker.key, " n=", N, " m=", M, " heads=", heads,
                                          " causal=", causal ? 1 : 0, " seed=", seed, " block=", block);
-  return kernels::cached_layout(key, [&] {
+  return kernels::cached_layouts(key, [&] {
     SparsePattern p = maker.make(N, M, heads, causal, seed);
-    return kernels::build_layout(N, M, block, p.heads, p.allowed, p.candidates);
+    kernels::LayoutParts parts;
+    if (p.parts.empty())
+      parts.push_back(std::make_shared<const kernels::BlockSparseLayout>(
+          kernels::build_layout(N, M, block, p.heads, p.allowed, p.candidates)));
+    for (SparsePart& part : p.parts)
+      parts.push_back(std::make_shared<const kernels::BlockSparseLayout>(
+          kernels::build_layout(N, M, block, p.heads, part.allowed, part.candidates, std::move(part.query_index),
+                                std::move(part.key_index))));
+    return parts;
   });
 }
 

@@ -27,12 +27,24 @@
 
 namespace eformer::attention {
 
+// A part of a pattern computed in its own order: kernel row r is query query_index[r] and kernel
+// key c is key key_index[c] (empty: the identity), so that a set scattered in the natural order
+// (strided's diagonals, fixed's summary columns) fills whole blocks. `allowed` is in q/k indices,
+// `candidates` in the part's kernel order.
+struct SparsePart {
+  kernels::ElementRule allowed;
+  kernels::CandidateBlocks candidates;
+  std::vector<int64_t> query_index, key_index;
+};
+
 // One pattern over N queries and M keys: `heads` distinct head patterns (head h uses h % heads),
-// the exact element rule (query row i, key j) and the candidate key blocks of a query block.
+// the exact element rule (query row i, key j) and the candidate key blocks of a query block; or,
+// when `parts` is not empty, the same set as disjoint parts (their union is `allowed`).
 struct SparsePattern {
   int64_t heads = 1;
   kernels::ElementRule allowed;
   kernels::CandidateBlocks candidates;
+  std::vector<SparsePart> parts;
 };
 
 // A mechanism's parsed options: `key` names them canonically (for the layout cache); make() builds
@@ -65,11 +77,9 @@ MechanismEntry longformer_entry();
 MechanismEntry bigbird_entry();
 MechanismEntry local_entry();
 
-// The layout of `maker` for these sizes, from the layout cache (built on a miss).
-std::shared_ptr<const kernels::BlockSparseLayout> sparse_layout(const SparsePatternMaker& maker, int64_t N,
-                                                                 int64_t M, int64_t heads, bool causal,
-                                                                 uint64_t seed,
-                                                                 int64_t block = kernels::kBlockSparseBlock);
+// The layouts (one per part) of `maker` for these sizes, from the layout cache (built on a miss).
+kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
+                                   uint64_t seed, int64_t block = kernels::kBlockSparseBlock);
 
 class SparseAttention : public ProjectedAttention {
  public:

@@ -52,6 +52,19 @@ std::vector<OptionSpec> factorized_specs(bool fixed) {
   return s;
 }
 
+// Rows i of N (at positions i + shift) ordered by (position mod l, i): each residue class contiguous.
+std::vector<int64_t> by_residue(int64_t n, int64_t shift, int64_t l) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[size_t(i)] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return mod_floor(a + shift, l) < mod_floor(b + shift, l); });
+  return order;
+}
+
+// Two parts, so that both subsets fill whole blocks: A1 (a window) in the natural order, and A2
+// without A1 with queries and keys ordered by residue mod l, where (i - j) mod l = 0 pairs residue
+// classes: each class attends its own class, a small dense (causal) block. Split: the same parts,
+// A1 in even heads, A2 in odd heads.
 SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
   const FactorizedOptions f = parse_factorized(who, o, v, false);
   SparsePatternMaker m;
@@ -60,23 +73,51 @@ SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o
     SparsePattern p;
     p.heads = f.split ? 2 : 1;
     const int64_t l = f.l, shift = M - N;
+    auto a1 = [=](int64_t pos, int64_t j) { return pos - l < j && j < pos + l; };  // causal: i - l < j <= i
+    auto a2 = [=](int64_t pos, int64_t j) { return mod_floor(pos - j, l) == 0; };
     p.allowed = [=](int64_t h, int64_t i, int64_t j) {
       const int64_t pos = i + shift;
       if (causal && j > pos) return false;
-      const bool a1 = pos - l < j && j < pos + l;  // the causal cut leaves i - l < j <= i
-      const bool a2 = mod_floor(pos - j, l) == 0;
-      return f.split ? (h == 0 ? a1 : a2) : (a1 || a2);
+      return f.split ? (h == 0 ? a1(pos, j) : a2(pos, j)) : (a1(pos, j) || a2(pos, j));
     };
-    p.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+    SparsePart window, stride;
+    window.allowed = [=](int64_t h, int64_t i, int64_t j) {
+      const int64_t pos = i + shift;
+      return !(causal && j > pos) && (!f.split || h == 0) && a1(pos, j);
+    };
+    window.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+      if (f.split && h != 0) return;
       const auto [first, last] = query_positions(qb, b, N, M);
-      if (f.split && h == 0) cover(first - l + 1, causal ? last : last + l - 1, b, out);
-      else cover(0, causal ? last : M - 1, b, out);  // A2 reaches every block
+      cover(first - l + 1, causal ? last : last + l - 1, b, out);
     };
+    stride.query_index = by_residue(N, shift, l);
+    stride.key_index = by_residue(M, 0, l);
+    stride.allowed = [=](int64_t h, int64_t i, int64_t j) {
+      const int64_t pos = i + shift;
+      if ((causal && j > pos) || !a2(pos, j)) return false;
+      return f.split ? h == 1 : !a1(pos, j);
+    };
+    // Key class rho occupies kernel keys [class_start[rho], class_start[rho + 1]).
+    std::vector<int64_t> class_start(size_t(l + 1), 0);
+    for (int64_t j = 0; j < M; ++j) ++class_start[size_t(j % l + 1)];
+    for (int64_t r = 1; r <= l; ++r) class_start[size_t(r)] += class_start[size_t(r - 1)];
+    const auto rows = std::make_shared<std::vector<int64_t>>(stride.query_index);
+    stride.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+      if (f.split && h != 1) return;
+      const int64_t r0 = qb * b, r1 = std::min(N, (qb + 1) * b) - 1;
+      const int64_t first = mod_floor((*rows)[size_t(r0)] + shift, l), last = mod_floor((*rows)[size_t(r1)] + shift, l);
+      for (int64_t rho = first; rho <= last; ++rho)
+        if (class_start[size_t(rho + 1)] > class_start[size_t(rho)])
+          cover(class_start[size_t(rho)], class_start[size_t(rho + 1)] - 1, b, out);
+    };
+    p.parts = {std::move(window), std::move(stride)};
     return p;
   };
   return m;
 }
 
+// Two parts: A1 (blocks of l) in the natural order, and A2 without A1 over the summary keys only
+// (key_index: the positions with j mod l >= l - c), a dense (causal) band of c N / l keys.
 SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
   const FactorizedOptions f = parse_factorized(who, o, v, true);
   SparsePatternMaker m;
@@ -85,21 +126,41 @@ SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o, 
     SparsePattern p;
     p.heads = f.split ? 2 : 1;
     const int64_t l = f.l, c = f.c, shift = M - N;
+    auto a1 = [=](int64_t pos, int64_t j) { return floor_div(j, l) == floor_div(pos, l); };
+    auto a2 = [=](int64_t j) { return mod_floor(j, l) >= l - c; };
     p.allowed = [=](int64_t h, int64_t i, int64_t j) {
       const int64_t pos = i + shift;
       if (causal && j > pos) return false;
-      const bool a1 = floor_div(j, l) == floor_div(pos, l);
-      const bool a2 = mod_floor(j, l) >= l - c;
-      return f.split ? (h == 0 ? a1 : a2) : (a1 || a2);
+      return f.split ? (h == 0 ? a1(pos, j) : a2(j)) : (a1(pos, j) || a2(j));
     };
-    p.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+    SparsePart block, summary;
+    block.allowed = [=](int64_t h, int64_t i, int64_t j) {
+      const int64_t pos = i + shift;
+      return !(causal && j > pos) && (!f.split || h == 0) && a1(pos, j);
+    };
+    block.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+      if (f.split && h != 0) return;
       const auto [first, last] = query_positions(qb, b, N, M);
-      if (!f.split || h == 0) cover(floor_div(first, l) * l, floor_div(last, l) * l + l - 1, b, out);
-      if (!f.split || h == 1) {
-        const int64_t end = causal ? std::min(last, M - 1) : M - 1;
-        for (int64_t s0 = 0; s0 + l - c <= end; s0 += l) cover(s0 + l - c, s0 + l - 1, b, out);
-      }
+      cover(floor_div(first, l) * l, floor_div(last, l) * l + l - 1, b, out);
     };
+    for (int64_t j = 0; j < M; ++j)
+      if (a2(j)) summary.key_index.push_back(j);
+    summary.allowed = [=](int64_t h, int64_t i, int64_t j) {
+      const int64_t pos = i + shift;
+      if ((causal && j > pos) || !a2(j)) return false;
+      return f.split ? h == 1 : !a1(pos, j);
+    };
+    const int64_t summaries = int64_t(summary.key_index.size());
+    summary.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+      if (f.split && h != 1) return;
+      const int64_t last = query_positions(qb, b, N, M).second;
+      // Summary keys up to position x: c per whole stride of l, plus those of the partial stride.
+      const int64_t upto = causal ? std::min(summaries, floor_div(last + 1, l) * c +
+                                                            std::max<int64_t>(0, mod_floor(last + 1, l) - (l - c)))
+                                  : summaries;
+      cover(0, upto - 1, b, out);
+    };
+    p.parts = {std::move(block), std::move(summary)};
     return p;
   };
   return m;
