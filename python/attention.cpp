@@ -1,11 +1,14 @@
 // eformer.attention(q, k, v, kind="flash", causal=False, key_mask=None, scale=None, dropout=0,
 // **options), attention_kinds(), attention_pattern(), mechanisms() (the registry),
 // kernelized_attention (the kernelized core) and draw_omega.
+#include <algorithm>
+
 #include "bindings.h"
 #include "eformer/attention/kernels/feature_maps.h"
 #include "eformer/attention/functional.h"
 #include "eformer/attention/registry.h"
 #include "eformer/attention/kernels/kernelized.h"
+#include "eformer/attention/mechanisms/sparse.h"
 
 namespace eformer::python {
 
@@ -75,6 +78,35 @@ void bind_attention(py::module_& m) {
       py::arg("seed") = 0,
       "The exact attention pattern of a pattern-based kind as a numpy bool array [heads, n, m]: True where\n"
       "query i may attend key j (before any key mask). ValueError for kinds that are not pattern-based.");
+  m.def(
+      "attention_layout",
+      [](const std::string& kind, int64_t n, const py::object& m_keys, int64_t heads, bool causal, uint64_t seed,
+         const py::kwargs& options) {
+        const int64_t M = m_keys.is_none() ? n : m_keys.cast<int64_t>();
+        py::list out;
+        for (const auto& L : attention::sparse_layout_of(kind, n, M, heads, causal, mechanism_args(options), seed)) {
+          int64_t tiles = 0;  // block pairs computed over the `heads` heads
+          for (int64_t h = 0; h < heads; ++h) {
+            const int64_t lh = h % L->heads;
+            tiles += L->row_start[size_t((lh + 1) * L->nq)] - L->row_start[size_t(lh * L->nq)];
+          }
+          py::dict d;
+          d["block"] = L->block;
+          d["rows"] = L->rows;
+          d["keys"] = L->keys;
+          d["layout_heads"] = L->heads;
+          d["pairs"] = tiles;
+          d["masked_pairs"] = int64_t(std::count_if(L->row_mask.begin(), L->row_mask.end(), [](int32_t x) { return x >= 0; }));
+          d["allowed_elements"] = L->allowed_elements;
+          d["masks"] = int64_t(L->masks.size() / size_t(L->block * L->block));
+          out.append(d);
+        }
+        return out;
+      },
+      py::arg("kind"), py::arg("n"), py::arg("m") = py::none(), py::arg("heads") = 1, py::arg("causal") = false,
+      py::arg("seed") = 0,
+      "The block-sparse layouts of a block-sparse kind (one dict per part): block, the part's rows and keys,\n"
+      "layout_heads, pairs (block pairs computed over `heads` heads), masked_pairs, allowed_elements, masks.");
   m.def(
       "mechanisms",
       []() {

@@ -66,7 +66,9 @@ TEST(Mechanism, RegistryErrorsListNames) {
   c.options = {{"windw", 4}};
   expect_error<ValueError>([&] { attention::make_mechanism("flash", c); },
                            {"'windw'", "rotary, rotary_base"});
-  EXPECT_EQ(attention::mechanism_names(), (std::vector<std::string>{"full", "flash", "performer", "linear"}));
+  EXPECT_EQ(attention::mechanism_names(),
+            (std::vector<std::string>{"full", "flash", "performer", "linear", "sparse_strided", "sparse_fixed",
+                                      "longformer", "bigbird", "local"}));
 }
 
 TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {

@@ -213,3 +213,22 @@ def test_bad_options_name_the_option_value_and_expectation(name, options, words)
         ef.attention(q, q, q, kind=name, **options)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
+
+
+def test_layouts_compute_only_touched_blocks():
+    """The kernel's layouts: strided and fixed in two parts that fill whole blocks, far fewer block pairs
+    than dense at N = 2048; every allowed element counted once across the parts."""
+    N, H = 2048, 2
+    nb = N // 64
+    dense = H * nb * (nb + 1) // 2
+    for kind, opts, most in [("sparse_strided", {"l": 64}, 0.2), ("sparse_fixed", {"l": 128, "c": 16}, 0.25),
+                             ("longformer", {"window": 256}, 0.2), ("bigbird", {}, 0.42), ("local", {}, 0.13)]:
+        parts = ef.attention_layout(kind, N, heads=H, causal=True, **opts)
+        pairs = sum(p["pairs"] for p in parts)
+        assert pairs < most * dense, (kind, pairs, dense)
+        allowed = ef.attention_pattern(kind, N, heads=H, causal=True, **opts).sum()
+        per_layout_head = sum(p["allowed_elements"] * H // p["layout_heads"] for p in parts)
+        assert per_layout_head == allowed, kind
+    assert [p["keys"] for p in ef.attention_layout("sparse_fixed", 256, l=64, c=8)] == [256, 32]
+    with pytest.raises(ValueError, match="'flash' is not a block-sparse mechanism"):
+        ef.attention_layout("flash", 64)

@@ -1,5 +1,7 @@
 #include "eformer/attention/mechanisms/sparse.h"
 
+#include <map>
+#include <mutex>
 #include <utility>
 
 namespace eformer::attention {
@@ -24,7 +26,37 @@ SparsePatternMaker parse_module_options(const SparseSpec& spec, const nlohmann::
   return spec.parse(who, own, all_option_specs(spec));
 }
 
+// Every spec sparse_entry has made, by name (for sparse_layout_of).
+std::map<std::string, SparseSpec>& specs() {
+  static std::map<std::string, SparseSpec> all;
+  return all;
+}
+std::mutex& specs_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 }  // namespace
+
+kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_t M, int64_t heads, bool causal,
+                                      const MechanismArgs& args, uint64_t seed) {
+  (void)mechanisms();  // the registry's entries (made on first use) register their specs
+  SparseSpec spec;
+  {
+    std::lock_guard<std::mutex> lock(specs_mutex());
+    auto it = specs().find(name);
+    std::string valid;
+    for (const auto& [n, s] : specs()) valid += (valid.empty() ? "" : ", ") + n;
+    EF_CHECK(it != specs().end(), ValueError, "attention_layout: '", name,
+             "' is not a block-sparse mechanism; block-sparse mechanisms: ", valid);
+    spec = it->second;
+  }
+  EF_CHECK(N >= 1 && M >= 1 && heads >= 1, ValueError, "attention_layout: n = ", N, ", m = ", M, ", heads = ", heads,
+           "; expected each >= 1");
+  const std::string who = "attention_layout '" + name + "'";
+  options::check_tensors(who, args, {});
+  return sparse_layout(spec.parse(who, args.options, spec.options), N, M, heads, causal, seed);
+}
 
 kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
                                    uint64_t seed, int64_t block) {
@@ -45,6 +77,10 @@ kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, i
 }
 
 MechanismEntry sparse_entry(const SparseSpec& spec) {
+  {
+    std::lock_guard<std::mutex> lock(specs_mutex());
+    specs()[spec.name] = spec;
+  }
   MechanismEntry e;
   e.name = spec.name;
   e.description = spec.description;

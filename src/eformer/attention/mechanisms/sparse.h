@@ -81,6 +81,11 @@ MechanismEntry local_entry();
 kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
                                    uint64_t seed, int64_t block = kernels::kBlockSparseBlock);
 
+// The layouts of block-sparse mechanism `name` (ValueError for other names) with its options
+// `args`, for benchmarks and inspection (eformer.attention_layout in Python).
+kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_t M, int64_t heads, bool causal,
+                                      const MechanismArgs& args = {}, uint64_t seed = 0);
+
 class SparseAttention : public ProjectedAttention {
  public:
   SparseAttention(const SparseSpec& spec, const MechanismConfig& config);

@@ -10,8 +10,9 @@
 namespace eformer::attention {
 namespace {
 
-// Appends the key blocks (of size b) that cover positions [lo, hi].
-void cover(int64_t lo, int64_t hi, int64_t b, std::vector<int64_t>& out) {
+// Appends the key blocks (of size b) that cover positions [lo, hi] of keys [0, keys).
+void cover(int64_t lo, int64_t hi, int64_t b, std::vector<int64_t>& out, int64_t keys) {
+  hi = std::min(hi, keys - 1);
   for (int64_t kb = std::max<int64_t>(0, floor_div(lo, b)); kb <= floor_div(hi, b); ++kb) out.push_back(kb);
 }
 
@@ -88,7 +89,7 @@ SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o
     window.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
       if (f.split && h != 0) return;
       const auto [first, last] = query_positions(qb, b, N, M);
-      cover(first - l + 1, causal ? last : last + l - 1, b, out);
+      cover(first - l + 1, causal ? last : last + l - 1, b, out, M);
     };
     stride.query_index = by_residue(N, shift, l);
     stride.key_index = by_residue(M, 0, l);
@@ -108,7 +109,7 @@ SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o
       const int64_t first = mod_floor((*rows)[size_t(r0)] + shift, l), last = mod_floor((*rows)[size_t(r1)] + shift, l);
       for (int64_t rho = first; rho <= last; ++rho)
         if (class_start[size_t(rho + 1)] > class_start[size_t(rho)])
-          cover(class_start[size_t(rho)], class_start[size_t(rho + 1)] - 1, b, out);
+          cover(class_start[size_t(rho)], class_start[size_t(rho + 1)] - 1, b, out, M);
     };
     p.parts = {std::move(window), std::move(stride)};
     return p;
@@ -141,7 +142,7 @@ SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o, 
     block.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
       if (f.split && h != 0) return;
       const auto [first, last] = query_positions(qb, b, N, M);
-      cover(floor_div(first, l) * l, floor_div(last, l) * l + l - 1, b, out);
+      cover(floor_div(first, l) * l, floor_div(last, l) * l + l - 1, b, out, M);
     };
     for (int64_t j = 0; j < M; ++j)
       if (a2(j)) summary.key_index.push_back(j);
@@ -158,7 +159,7 @@ SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o, 
       const int64_t upto = causal ? std::min(summaries, floor_div(last + 1, l) * c +
                                                             std::max<int64_t>(0, mod_floor(last + 1, l) - (l - c)))
                                   : summaries;
-      cover(0, upto - 1, b, out);
+      cover(0, upto - 1, b, out, M);
     };
     p.parts = {std::move(block), std::move(summary)};
     return p;
@@ -218,10 +219,10 @@ SparsePatternMaker longformer_maker(const std::string& who, const nlohmann::json
     p.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
       const auto [first, last] = query_positions(qb, b, N, M);
       for (int64_t g : global)
-        if (g >= first && g <= last) return cover(0, M - 1, b, out);  // a global query sees every key
+        if (g >= first && g <= last) return cover(0, M - 1, b, out, M);  // a global query sees every key
       const int64_t reach = half * dilation[size_t(h)];
-      cover(first - reach, causal ? last : last + reach, b, out);
-      for (int64_t g : global) cover(g, g, b, out);
+      cover(first - reach, causal ? last : last + reach, b, out, M);
+      for (int64_t g : global) cover(g, g, b, out, M);
     };
     return p;
   };
@@ -292,11 +293,11 @@ SparsePatternMaker bigbird_maker(const std::string& who, const nlohmann::json& o
     p.candidates = [=](int64_t h, int64_t tile, int64_t t, std::vector<int64_t>& out) {
       const auto [first, last] = query_positions(tile, t, N, M);
       for (int64_t qb = floor_div(first, bs); qb <= floor_div(last, bs); ++qb) {
-        if (qb >= 0 && qb < g) return cover(0, M - 1, t, out);
-        cover((qb - 1) * bs, (qb + 2) * bs - 1, t, out);
-        for (int64_t kb : rand_of(h, qb)) cover(kb * bs, kb * bs + bs - 1, t, out);
+        if (qb >= 0 && qb < g) return cover(0, M - 1, t, out, M);
+        cover((qb - 1) * bs, (qb + 2) * bs - 1, t, out, M);
+        for (int64_t kb : rand_of(h, qb)) cover(kb * bs, kb * bs + bs - 1, t, out, M);
       }
-      cover(0, g * bs - 1, t, out);
+      cover(0, g * bs - 1, t, out, M);
     };
     return p;
   };
@@ -326,7 +327,7 @@ SparsePatternMaker local_maker(const std::string& who, const nlohmann::json& o, 
     };
     p.candidates = [=](int64_t, int64_t qb, int64_t b, std::vector<int64_t>& out) {
       const auto [first, last] = query_positions(qb, b, N, M);
-      cover(floor_div(first, block) * block - memory, floor_div(last, block) * block + block + memory - 1, b, out);
+      cover(floor_div(first, block) * block - memory, floor_div(last, block) * block + block + memory - 1, b, out, M);
     };
     return p;
   };

@@ -1,0 +1,112 @@
+"""The block-sparse family against flash: forward + backward, B=1, H=8, d=64, float32, causal by default.
+
+Each (contender, N) runs in a fresh subprocess (its allocator peak and peak RSS are its own); a sparse
+contender is called once untimed first (it builds and caches its layout), then timed; flash is timed
+cold (it has no layout). Reported: the median time, the speedup over flash measured in the same run,
+the block pairs the kernel computes (from eformer.attention_layout) and its rate counting only those
+blocks (4 b^2 d flops per pair forward, 2.5x that for forward + backward, as attention_bench.py counts),
+and the allocator peak above the inputs. `dense` is the kernel on the dense layout (local attention with
+one block holding every key): the kernel's own dense rate at the same block size.
+
+    PYTHONPATH=build/python /usr/bin/python3 bench/sparse_bench.py [--sizes 4096 16384] [--reps 1]
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONTENDERS = {
+    "flash": ("flash", {}),
+    "sparse_strided": ("sparse_strided", {"l": 128}),
+    "sparse_fixed": ("sparse_fixed", {"l": 128, "c": 16}),
+    "longformer": ("longformer", {"window": 512}),
+    "bigbird": ("bigbird", {"block": 64, "global_blocks": 2, "random_blocks": 3}),
+    "local": ("local", {"block": 64, "memory": 64}),
+    "dense": ("local", {"block": 1 << 30, "memory": 1 << 30}),
+}
+B, H, d = 1, 8, 64
+
+
+def worker(name, N, causal, reps, threads):
+    import numpy as np
+    import eformer as ef
+    ef.set_num_threads(threads)
+    kind, opts = CONTENDERS[name]
+    rng = np.random.default_rng(0)
+    q, k, v, g = [rng.standard_normal((B, H, N, d)).astype(np.float32) for _ in range(4)]
+    ge = ef.tensor(g)
+    pairs = None
+    if kind != "flash":
+        pairs = sum(p["pairs"] for p in ef.attention_layout(kind, N, heads=H, causal=causal, **opts))
+    times, peak = [], None
+
+    def step():
+        nonlocal peak
+        qe, ke, ve = [ef.tensor(a, requires_grad=True) for a in (q, k, v)]
+        ef.reset_peak_memory_stats()
+        base = ef.memory_stats()["live_bytes"]
+        t0 = time.perf_counter()
+        out = ef.attention(qe, ke, ve, kind=kind, causal=causal, **opts)
+        out.backward(ge)
+        dt = time.perf_counter() - t0
+        peak = ef.memory_stats()["peak_bytes"] - base
+        return dt
+    if kind != "flash":
+        step()  # builds the layout
+    for _ in range(reps):
+        times.append(step())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"times": times, "peak": peak, "rss": rss, "pairs": pairs}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--worker", nargs=2, metavar=("CONTENDER", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    causal = not args.bidirectional
+    if args.worker:
+        worker(args.worker[0], int(args.worker[1]), causal, args.reps, args.threads)
+        return
+    print(f"B={B} H={H} d={d} float32, {'causal' if causal else 'bidirectional'}, forward + backward, "
+          f"{args.threads} threads, load average before: {os.getloadavg()[0]:.2f}\n")
+    print("| N | contender | options | median ms | vs flash | block pairs | density | kernel GFLOP/s "
+          "(computed blocks) | alloc peak MiB | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for N in args.sizes:
+        res = {}
+        for name in args.contenders:
+            cmd = [sys.executable, __file__, "--worker", name, str(N), "--reps", str(args.reps),
+                   "--threads", str(args.threads)] + (["--bidirectional"] if not causal else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"| {N} | {name} | failed: {out.stderr.strip()[-200:]} |")
+                continue
+            res[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        flash = statistics.median(res["flash"]["times"]) if "flash" in res else None
+        nb = (N + 63) // 64
+        all_pairs = H * (nb * (nb + 1) // 2 if causal else nb * nb)
+        for name, r in res.items():
+            t = statistics.median(r["times"])
+            ratio = f"{flash / t:.2f}x" if flash else "-"
+            if r["pairs"] is not None:
+                rate = f"{4 * 64 * 64 * d * 2.5 * r['pairs'] / t / 1e9:.1f}"
+                pairs, density = str(r["pairs"]), f"{r['pairs'] / all_pairs:.3f}"
+            else:
+                pairs, density, rate = "-", "-", "-"
+            opts = json.dumps(CONTENDERS[name][1]) if name != "dense" else "dense layout"
+            print(f"| {N} | {name} | `{opts}` | {t * 1e3:.0f} | {ratio} | {pairs} | {density} | {rate} | "
+                  f"{r['peak'] / 2**20:.0f} | {r['rss'] / 2**20:.0f} |", flush=True)
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
