@@ -232,3 +232,22 @@ def test_layouts_compute_only_touched_blocks():
     assert [p["keys"] for p in ef.attention_layout("sparse_fixed", 256, l=64, c=8)] == [256, 32]
     with pytest.raises(ValueError, match="'flash' is not a block-sparse mechanism"):
         ef.attention_layout("flash", 64)
+
+
+@pytest.mark.parametrize("name", list(SETS) + ["bigbird"])
+def test_native_streaming_step_equals_the_parallel_pass(rng, name):
+    """The KV-cache step attends the new tokens to their pattern's keys only: pieces of any size give
+    the causal parallel pass (with small options, so the pattern is sparse at this length)."""
+    D, N = 32, 150
+    opts = OPTIONS.get(name, [{"block": 8, "global_blocks": 1, "random_blocks": 2, "seed": 3}])[0]
+    mech = ef.models.make_mechanism(name, D, 4, causal=True, max_len=N, options=opts, positions="rotary")
+    mech.eval()
+    assert mech.streaming_path == "native"
+    x = rng.standard_normal((2, N, D)).astype(np.float32)
+    with ef.no_grad():
+        base = mech(ef.tensor(x)).numpy()
+        state = mech.start(2)
+        cuts = [0, 1, 2, 9, 64, 65, 100, 150]
+        pieces = [mech.step(state, ef.tensor(np.ascontiguousarray(x[:, a:b]))).numpy()
+                  for a, b in zip(cuts, cuts[1:])]
+    assert_close(np.concatenate(pieces, 1), base, 1e-5, 1e-5, f"{name}: step vs forward")

@@ -37,8 +37,8 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
 
 namespace eformer::kernels {
 
-// The block size the mechanisms build their layouts with (bench: 64 beats 32 and 128 on the
-// sparse layouts of this CPU; flash keeps its own 128 x 128 tiles).
+// The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
+// other sizes were not measured yet: see docs/BENCHMARKS.md).
 inline constexpr int64_t kBlockSparseBlock = 64;
 
 // q [B*H, N, d], k, v [B*H, M, d], key_mask [B, M] or null, out [B*H, N, d], lse [B*H, N]

@@ -4,8 +4,16 @@
 #include <mutex>
 #include <utility>
 
+#include "eformer/ops/shape.h"
+
 namespace eformer::attention {
 namespace {
+
+// The streaming state: K, V [B, H, T, d] (undefined before the first step).
+struct SparseKVCache : RecurrentState {
+  Tensor k, v;
+  int64_t length() const override { return k.defined() ? k.size(2) : 0; }
+};
 
 std::vector<OptionSpec> all_option_specs(const SparseSpec& spec) {
   std::vector<OptionSpec> all = spec.options;
@@ -59,10 +67,10 @@ kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_
 }
 
 kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
-                                   uint64_t seed, int64_t block) {
+                                   uint64_t seed, int64_t block, bool cache) {
   const std::string key = detail::concat(maker.key, " n=", N, " m=", M, " heads=", heads,
                                          " causal=", causal ? 1 : 0, " seed=", seed, " block=", block);
-  return kernels::cached_layouts(key, [&] {
+  auto build = [&] {
     SparsePattern p = maker.make(N, M, heads, causal, seed);
     kernels::LayoutParts parts;
     if (p.parts.empty())
@@ -73,7 +81,8 @@ kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, i
           kernels::build_layout(N, M, block, p.heads, part.allowed, part.candidates, std::move(part.query_index),
                                 std::move(part.key_index))));
     return parts;
-  });
+  };
+  return cache ? kernels::cached_layouts(key, build) : build();
 }
 
 MechanismEntry sparse_entry(const SparseSpec& spec) {
@@ -84,7 +93,7 @@ MechanismEntry sparse_entry(const SparseSpec& spec) {
   MechanismEntry e;
   e.name = spec.name;
   e.description = spec.description;
-  e.capabilities = {.causal = true, .bidirectional = true, .padding_mask = true, .dropout = true};
+  e.capabilities = {.causal = true, .bidirectional = true, .padding_mask = true, .recurrent = true, .dropout = true};
   e.reference = "softmax-pattern";
   e.options = all_option_specs(spec);
   e.check_options = [spec](const nlohmann::json& o) {
@@ -140,6 +149,24 @@ Tensor SparseAttention::mix(const Tensor& x, const Tensor& memory, const Tensor&
   opts.dropout = active_dropout();
   const int64_t N = h.q.size(2), M = h.k.size(2);
   return output(block_sparse_attention(h.q, h.k, h.v, opts, sparse_layout(maker_, N, M, H_, opts.causal, layer_seed_)));
+}
+
+std::unique_ptr<RecurrentState> SparseAttention::start_native(int64_t) const {
+  return std::make_unique<SparseKVCache>();
+}
+
+Tensor SparseAttention::step_native(const Tensor& x_t, RecurrentState& state) {
+  auto& cache = static_cast<SparseKVCache&>(state);
+  const Heads h = project_step(x_t, cache.length());
+  cache.k = cache.k.defined() ? cat({cache.k, h.k}, 2) : contiguous(h.k);
+  cache.v = cache.v.defined() ? cat({cache.v, h.v}, 2) : contiguous(h.v);
+  AttentionOptions opts;
+  opts.causal = true;  // the new queries sit at positions M - T .. M - 1
+  opts.dropout = active_dropout();
+  const int64_t N = h.q.size(2), M = cache.k.size(2);
+  return output(block_sparse_attention(
+      h.q, cache.k, cache.v, opts,
+      sparse_layout(maker_, N, M, H_, true, layer_seed_, kernels::kBlockSparseBlock, /*cache=*/false)));
 }
 
 }  // namespace eformer::attention

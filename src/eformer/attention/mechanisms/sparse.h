@@ -11,6 +11,8 @@
 //   bigbird         Zaheer et al. 2020: blocks of b, window of 3 blocks, g global blocks, r random blocks
 //   local           Parmar et al. 2018 (Image Transformer), 1-D: query blocks attend their memory block
 //
+// Streaming (causal): a KV cache; each step attends the new queries to their pattern's cached keys.
+//
 // Positions: query row i of N sits at position p = i + M - N (bottom-right aligned, as the causal
 // rule of options.h), so a KV cache or the streaming fallback sees the same pattern as the parallel
 // pass. The bidirectional pattern is the paper's set without the j <= p cut (windows extend both
@@ -67,7 +69,9 @@ struct SparseSpec {
 };
 
 // The registry entry of a block-sparse mechanism: reference "softmax-pattern", causal and
-// bidirectional, padding mask, dropout; streaming through the fallback.
+// bidirectional, padding mask, dropout; a native streaming step over a KV cache (the new queries
+// attend only their pattern's keys: the layout of (T new queries, M cached keys) at positions
+// M - T .. M - 1, built per step without the cache).
 MechanismEntry sparse_entry(const SparseSpec& spec);
 
 // The entries (their patterns are defined in sparse_patterns.cpp).
@@ -77,9 +81,10 @@ MechanismEntry longformer_entry();
 MechanismEntry bigbird_entry();
 MechanismEntry local_entry();
 
-// The layouts (one per part) of `maker` for these sizes, from the layout cache (built on a miss).
+// The layouts (one per part) of `maker` for these sizes, from the layout cache (built on a miss);
+// cache = false builds them without touching the cache (a streaming step's sizes change every call).
 kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
-                                   uint64_t seed, int64_t block = kernels::kBlockSparseBlock);
+                                   uint64_t seed, int64_t block = kernels::kBlockSparseBlock, bool cache = true);
 
 // The layouts of block-sparse mechanism `name` (ValueError for other names) with its options
 // `args`, for benchmarks and inspection (eformer.attention_layout in Python).
@@ -96,6 +101,8 @@ class SparseAttention : public ProjectedAttention {
 
  protected:
   Tensor mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) override;
+  std::unique_ptr<RecurrentState> start_native(int64_t batch) const override;
+  Tensor step_native(const Tensor& x_t, RecurrentState& state) override;
 
  private:
   SparsePatternMaker maker_;
