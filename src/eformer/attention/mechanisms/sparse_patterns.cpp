@@ -2,6 +2,7 @@
 // element rule and its candidate key blocks. A rule sees query row i of N at position
 // p = i + M - N and key j; the causal pattern is the bidirectional one with j <= p.
 #include <algorithm>
+#include <array>
 #include <memory>
 
 #include "eformer/attention/mechanisms/sparse.h"
@@ -306,15 +307,52 @@ SparsePatternMaker bigbird_maker(const std::string& who, const nlohmann::json& o
 
 // ---- Image Transformer local 1-D attention (Parmar et al. 2018, sec. 3.2) ----
 
+// A list option of two integers >= min ("image_shape": [rows, columns]).
+std::array<int64_t, 2> get_pair(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min) {
+  EF_CHECK(v.is_array() && v.size() == 2, ValueError, who, ": option ", key, " = ", v.dump(),
+           "; expected a list of two integers [rows, columns]");
+  return {options::get_int(who, key, v[0], min), options::get_int(who, key, v[1], min)};
+}
+
 SparsePatternMaker local_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
   EF_CHECK(o.is_object(), ValueError, who, ": options must be a JSON object, got ", o.dump());
   int64_t block = 64, memory = 64;
+  std::array<int64_t, 2> image{0, 0}, block2{8, 8}, memory2{8, 8};
   for (const auto& [key, value] : o.items()) {
     if (key == "block") block = options::get_int(who, key, value, 1);
     else if (key == "memory") memory = options::get_int(who, key, value, 0);
+    else if (key == "image_shape") image = get_pair(who, key, value, 1);
+    else if (key == "block_shape") block2 = get_pair(who, key, value, 1);
+    else if (key == "memory_shape") memory2 = get_pair(who, key, value, 0);
     else options::unknown(who, key, v);
   }
   SparsePatternMaker m;
+  if (image[0] > 0) {
+    // 2-D (sec. 3.2): pixel p of a raster-ordered image of W columns is (p / W, p mod W); its query block
+    // of qh x qw pixels attends the block widened by mw columns each side and mh rows above (and below,
+    // bidirectional). Positions past the image continue its rows.
+    m.key = detail::concat("local image=", image[0], "x", image[1], " block=", block2[0], "x", block2[1],
+                           " memory=", memory2[0], "x", memory2[1]);
+    m.make = [image, block2, memory2](int64_t N, int64_t M, int64_t, bool causal, uint64_t) {
+      SparsePattern p;
+      const int64_t W = image[1], qh = block2[0], qw = block2[1], mh = memory2[0], mw = memory2[1], shift = M - N;
+      p.allowed = [=](int64_t, int64_t i, int64_t j) {
+        const int64_t pos = i + shift;
+        if (causal && j > pos) return false;
+        const int64_t r0 = floor_div(floor_div(pos, W), qh) * qh, c0 = floor_div(mod_floor(pos, W), qw) * qw;
+        const int64_t rj = j / W, cj = j % W;
+        return rj >= r0 - mh && rj < r0 + qh + (causal ? 0 : mh) && cj >= c0 - mw && cj < c0 + qw + mw;
+      };
+      p.candidates = [=](int64_t, int64_t qb, int64_t b, std::vector<int64_t>& out) {
+        const auto [first, last] = query_positions(qb, b, N, M);
+        const int64_t top = floor_div(floor_div(first, W), qh) * qh - mh;
+        const int64_t bottom = floor_div(floor_div(last, W), qh) * qh + qh + mh;  // rows [top, bottom)
+        cover(top * W, bottom * W - 1, b, out, M);
+      };
+      return p;
+    };
+    return m;
+  }
   m.key = detail::concat("local block=", block, " memory=", memory);
   m.make = [block, memory](int64_t N, int64_t M, int64_t, bool causal, uint64_t) {
     SparsePattern p;
@@ -373,11 +411,14 @@ MechanismEntry bigbird_entry() {
 
 MechanismEntry local_entry() {
   return sparse_entry({"local",
-                       "local 1-D block attention: query blocks attend their block and the memory before it "
-                       "(Image Transformer, Parmar et al. 2018)",
-                       {{"block", "int", "64", "l_q: the query block length"},
+                       "local 1-D or 2-D block attention: query blocks attend their block and the memory around "
+                       "it (Image Transformer, Parmar et al. 2018)",
+                       {{"block", "int", "64", "l_q: the query block length (1-D)"},
                         {"memory", "int", "64", "l_m: positions before the query block it attends (after too, "
-                                                "bidirectional)"}},
+                                                "bidirectional) (1-D)"},
+                        {"image_shape", "list", "none", "[rows, columns]: 2-D over a raster-ordered image"},
+                        {"block_shape", "list", "[8, 8]", "2-D query block [qh, qw] pixels"},
+                        {"memory_shape", "list", "[8, 8]", "2-D memory: [mh rows above, mw columns each side]"}},
                        local_maker});
 }
 
