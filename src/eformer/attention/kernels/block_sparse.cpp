@@ -62,9 +62,12 @@ void masked_scores(const Problem& P, float* s, const float* Q, const float* KT, 
                    int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
   tile::gemm(rows, tile::round_up(cols), P.d, Q, P.d, 1, KT + j0, P.Mp, s, P.bp, P.scale, false);
   if (mask)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < cols; ++c)
-        if (!mask[r * P.b + c]) s[r * P.bp + c] = kNegInf;
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* mr = mask + r * P.b;
+      float* sr = s + r * P.bp;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) sr[c] = mr[c] ? sr[c] : kNegInf;
+    }
   if (km)
     for (int64_t c = 0; c < cols; ++c)
       if (!km[j0 + c])
@@ -336,9 +339,19 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     // O = sum_p exp(L_p - L) O_p with L = log sum_p exp(L_p), folded part by part in order.
     constexpr float kInf = std::numeric_limits<float>::infinity();
     float* L = lse.data<float>();
-    std::fill(L, L + lse.numel(), -kInf);
     float* O = out.data<float>();
-    for (const auto& part : parts) {
+    size_t next = 0;
+    if (!parts[0]->reordered()) {  // the first part in q's order writes O and L directly
+      kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), O,
+                                              L, s.B, s.H, s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
+      for (int64_t i = 0; i < lse.numel(); ++i)
+        if (L[i] == kInf) L[i] = -kInf;  // no key yet
+      next = 1;
+    } else {
+      std::fill(L, L + lse.numel(), -kInf);
+    }
+    for (size_t n = next; n < parts.size(); ++n) {
+      const auto& part = parts[n];
       const PartInputs in = part_inputs(*part, qc, kc, vc, km, s);
       const int64_t rows = part->rows;
       Tensor op = Tensor::empty({BH, rows, s.d}), lp = Tensor::empty({BH, rows});
@@ -379,7 +392,16 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
         }
         // Each part's backward with the union's O and L gives exactly its keys' share of every gradient.
         Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kc.shape()), dv = Tensor::zeros(vc.shape());
-        for (const auto& part : parts) {
+        size_t next = 0;
+        if (!parts[0]->reordered()) {  // the first part in q's order writes every gradient row directly
+          kernels::block_sparse_attention_backward(
+              qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), od.data<float>(),
+              lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H,
+              s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
+          next = 1;
+        }
+        for (size_t n = next; n < parts.size(); ++n) {
+          const auto& part = parts[n];
           const PartInputs in = part_inputs(*part, qc, kc, vc, km, s);
           const Tensor o = gather_rows(od, BH, s.N, s.d, part->query_index);
           const Tensor l = gather_rows(lse, BH, s.N, 1, part->query_index);

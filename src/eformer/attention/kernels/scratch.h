@@ -43,9 +43,9 @@ void for_each_item(int64_t n, int64_t scratch_floats, F body) {
 }
 
 // Operand layouts of the tile GEMMs (tile_gemm.h needs B operands padded to whole vectors).
-// x [heads, n, d] -> x^T [heads, d, np], columns n..np zero. Tiles of 64 rows of x: each is read
-// once, row by row, and written as 64 contiguous floats in each of the d rows of x^T (a column-wise
-// read of x would touch a new cache line per element).
+// x [heads, n, d] -> x^T [heads, d, np], columns n..np zero. By tiles of 64 rows of x: the tile is
+// read from L1 and written as 64 contiguous floats in each of the d rows of x^T (a column-wise read
+// of all of x, or a row-wise write across x^T, would touch a new cache line or page per element).
 inline ScratchBuffer transposed_padded(const float* x, int64_t heads, int64_t n, int64_t d, int64_t np) {
   constexpr int64_t kTile = 64;
   ScratchBuffer t(heads * d * np);
@@ -55,8 +55,8 @@ inline ScratchBuffer transposed_padded(const float* x, int64_t heads, int64_t n,
       const int64_t h = r / tiles, j0 = (r % tiles) * kTile, j1 = std::min(np, j0 + kTile), jn = std::min(n, j1);
       float* dst = t.data + h * d * np;
       const float* src = x + h * n * d;
-      for (int64_t j = j0; j < jn; ++j)
-        for (int64_t c = 0; c < d; ++c) dst[c * np + j] = src[j * d + c];
+      for (int64_t c = 0; c < d; ++c)  // the tile of x (64 rows) stays in L1; writes are contiguous
+        for (int64_t j = j0; j < jn; ++j) dst[c * np + j] = src[j * d + c];
       for (int64_t c = 0; c < d; ++c)
         for (int64_t j = std::max(j0, jn); j < j1; ++j) dst[c * np + j] = 0.0f;
     }
