@@ -6,7 +6,9 @@ cold (it has no layout). Reported: the median time, the speedup over flash measu
 the block pairs the kernel computes (from eformer.attention_layout) and its rate counting only those
 blocks (4 b^2 d flops per pair forward, 2.5x that for forward + backward, as attention_bench.py counts),
 and the allocator peak above the inputs. `dense` is the kernel on the dense layout (local attention with
-one block holding every key): the kernel's own dense rate at the same block size.
+one block holding every key): the kernel's own dense rate at the same block size. EFORMER_SPARSE_BLOCK=<b>
+runs the kernel at another block size. "density" is pairs over the causal (or full) block triangle, summed
+over parts (the two parts of strided and fixed have their own orders).
 
     PYTHONPATH=build/python /usr/bin/python3 bench/sparse_bench.py [--sizes 4096 16384] [--reps 1]
 """
@@ -39,9 +41,10 @@ def worker(name, N, causal, reps, threads):
     rng = np.random.default_rng(0)
     q, k, v, g = [rng.standard_normal((B, H, N, d)).astype(np.float32) for _ in range(4)]
     ge = ef.tensor(g)
-    pairs = None
+    pairs, block = None, None
     if kind != "flash":
-        pairs = sum(p["pairs"] for p in ef.attention_layout(kind, N, heads=H, causal=causal, **opts))
+        layout = ef.attention_layout(kind, N, heads=H, causal=causal, **opts)
+        pairs, block = sum(p["pairs"] for p in layout), layout[0]["block"]
     times, peak = [], None
 
     def step():
@@ -60,7 +63,7 @@ def worker(name, N, causal, reps, threads):
     for _ in range(reps):
         times.append(step())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"times": times, "peak": peak, "rss": rss, "pairs": pairs}))
+    print(json.dumps({"times": times, "peak": peak, "rss": rss, "pairs": pairs, "block": block}))
 
 
 def main():
@@ -92,13 +95,14 @@ def main():
                 continue
             res[name] = json.loads(out.stdout.strip().splitlines()[-1])
         flash = statistics.median(res["flash"]["times"]) if "flash" in res else None
-        nb = (N + 63) // 64
-        all_pairs = H * (nb * (nb + 1) // 2 if causal else nb * nb)
         for name, r in res.items():
             t = statistics.median(r["times"])
             ratio = f"{flash / t:.2f}x" if flash else "-"
             if r["pairs"] is not None:
-                rate = f"{4 * 64 * 64 * d * 2.5 * r['pairs'] / t / 1e9:.1f}"
+                b = r["block"]
+                nb = (N + b - 1) // b
+                all_pairs = H * (nb * (nb + 1) // 2 if causal else nb * nb)
+                rate = f"{4 * b * b * d * 2.5 * r['pairs'] / t / 1e9:.1f}"
                 pairs, density = str(r["pairs"]), f"{r['pairs'] / all_pairs:.3f}"
             else:
                 pairs, density, rate = "-", "-", "-"

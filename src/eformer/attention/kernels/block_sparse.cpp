@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -116,6 +117,18 @@ void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh,
 }
 
 }  // namespace
+
+int64_t block_sparse_block() {
+  static const int64_t block = [] {
+    const char* env = std::getenv("EFORMER_SPARSE_BLOCK");
+    if (!env || !*env) return kBlockSparseBlock;
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    EF_CHECK(*end == '\0' && v >= 1, ValueError, "EFORMER_SPARSE_BLOCK = '", env, "'; expected an integer >= 1");
+    return int64_t(v);
+  }();
+  return block;
+}
 
 void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
                                     float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,

@@ -40,6 +40,9 @@ namespace eformer::kernels {
 // The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
 // other sizes were not measured yet: see docs/BENCHMARKS.md).
 inline constexpr int64_t kBlockSparseBlock = 64;
+// The block size in use: kBlockSparseBlock, or EFORMER_SPARSE_BLOCK (an integer >= 1, read once; for
+// measuring other sizes, docs/BENCHMARKS.md).
+int64_t block_sparse_block();
 
 // q [B*H, N, d], k, v [B*H, M, d], key_mask [B, M] or null, out [B*H, N, d], lse [B*H, N]
 // (+inf on a row with no attendable key); dropout null = none. Parallel over (b, h, query block),

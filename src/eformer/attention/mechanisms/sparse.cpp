@@ -166,7 +166,7 @@ Tensor SparseAttention::step_native(const Tensor& x_t, RecurrentState& state) {
   const int64_t N = h.q.size(2), M = cache.k.size(2);
   return output(block_sparse_attention(
       h.q, cache.k, cache.v, opts,
-      sparse_layout(maker_, N, M, H_, true, layer_seed_, kernels::kBlockSparseBlock, /*cache=*/false)));
+      sparse_layout(maker_, N, M, H_, true, layer_seed_, kernels::block_sparse_block(), /*cache=*/false)));
 }
 
 }  // namespace eformer::attention

@@ -84,7 +84,7 @@ MechanismEntry local_entry();
 // The layouts (one per part) of `maker` for these sizes, from the layout cache (built on a miss);
 // cache = false builds them without touching the cache (a streaming step's sizes change every call).
 kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
-                                   uint64_t seed, int64_t block = kernels::kBlockSparseBlock, bool cache = true);
+                                   uint64_t seed, int64_t block = kernels::block_sparse_block(), bool cache = true);
 
 // The layouts of block-sparse mechanism `name` (ValueError for other names) with its options
 // `args`, for benchmarks and inspection (eformer.attention_layout in Python).
