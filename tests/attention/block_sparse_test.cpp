@@ -2,6 +2,8 @@
 // against a float64 dense softmax restricted to the same element set, on random patterns whose
 // sizes do and do not divide the block, with causal and key masks; identical bits on 1 and 2
 // threads (dropout on); dropout equal to full_attention's; the layout's views and the cache; errors.
+#include "eformer/attention/kernels/block_sparse.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "../test_util.h"
-#include "eformer/attention/kernels/block_sparse.h"
 #include "eformer/eformer.h"
 
 namespace eformer::attention {
@@ -100,7 +101,8 @@ void expect_near_all(const std::vector<float>& actual, const std::vector<double>
   ASSERT_EQ(actual.size(), expected.size()) << what;
   double scale = 1.0;
   for (double e : expected) scale = std::max(scale, std::abs(e));
-  for (size_t i = 0; i < actual.size(); ++i) ASSERT_NEAR(actual[i], expected[i], tol * scale) << what << " at " << i;
+  for (size_t i = 0; i < actual.size(); ++i)
+    ASSERT_NEAR(actual[i], expected[i], tol * scale) << what << " at " << i;
 }
 
 struct Case {
@@ -112,13 +114,15 @@ TEST(BlockSparse, MatchesFloat64DenseSoftmaxOverTheSamePattern) {
   Seed seed;
   rng::Generator gen(seed.value);
   const int64_t B = 2, H = 3, d = 12;
-  for (const Case& cs : {Case{37, 37, 16, 1, false, false}, Case{37, 37, 16, 3, true, true}, Case{64, 64, 16, 3, true, false},
-                         Case{50, 29, 8, 1, false, true}, Case{20, 45, 32, 3, false, false}, Case{45, 45, 64, 1, true, true},
-                         Case{33, 70, 7, 3, true, false}}) {
+  for (const Case& cs :
+       {Case{37, 37, 16, 1, false, false}, Case{37, 37, 16, 3, true, true}, Case{64, 64, 16, 3, true, false},
+        Case{50, 29, 8, 1, false, true}, Case{20, 45, 32, 3, false, false}, Case{45, 45, 64, 1, true, true},
+        Case{33, 70, 7, 3, true, false}}) {
     for (double density : {0.05, 0.4}) {
-      SCOPED_TRACE(seed.str() + " N=" + std::to_string(cs.N) + " M=" + std::to_string(cs.M) + " block=" +
-                   std::to_string(cs.block) + " heads=" + std::to_string(cs.layout_heads) +
-                   (cs.causal ? " causal" : "") + (cs.masked ? " masked" : "") + " density=" + std::to_string(density));
+      SCOPED_TRACE(seed.str() + " N=" + std::to_string(cs.N) + " M=" + std::to_string(cs.M) +
+                   " block=" + std::to_string(cs.block) + " heads=" + std::to_string(cs.layout_heads) +
+                   (cs.causal ? " causal" : "") + (cs.masked ? " masked" : "") +
+                   " density=" + std::to_string(density));
       const kernels::ElementRule rule = random_rule(seed.value + uint64_t(cs.N), density);
       auto layout = std::make_shared<const BlockSparseLayout>(
           kernels::build_layout(cs.N, cs.M, cs.block, cs.layout_heads, rule));
@@ -141,8 +145,8 @@ TEST(BlockSparse, MatchesFloat64DenseSoftmaxOverTheSamePattern) {
               allowed[size_t(((b * H + h) * cs.N + i) * cs.M + j)] =
                   rule(h % cs.layout_heads, i, j) && (!cs.causal || causal_allows(i, j, cs.N, cs.M)) &&
                   (!cs.masked || opts.key_mask.data<bool>()[b * cs.M + j]);
-      const Dense r = dense_reference(values(q), values(k), values(v), values(g), allowed, B * H, cs.N, cs.M, d,
-                                      1.0 / std::sqrt(double(d)));
+      const Dense r = dense_reference(values(q), values(k), values(v), values(g), allowed, B * H, cs.N, cs.M,
+                                      d, 1.0 / std::sqrt(double(d)));
       expect_near_all(values(out), r.out, 1e-5, "forward");
       expect_near_all(values(grad(q)), r.dq, 1e-4, "grad q");
       expect_near_all(values(grad(k)), r.dk, 1e-4, "grad k");
@@ -160,7 +164,8 @@ TEST(BlockSparse, LayoutKeepsOnlyTouchedBlocksAndMasksOnlyPartialOnes) {
   EXPECT_EQ(L.pairs(), 6);
   EXPECT_EQ(L.allowed_elements, 40 * 41 / 2);
   std::vector<std::pair<int32_t, bool>> row2;
-  for (int64_t p = L.row_start[2]; p < L.row_start[3]; ++p) row2.push_back({L.row_key_block[p], L.row_mask[p] >= 0});
+  for (int64_t p = L.row_start[2]; p < L.row_start[3]; ++p)
+    row2.push_back({L.row_key_block[p], L.row_mask[p] >= 0});
   EXPECT_EQ(row2, (std::vector<std::pair<int32_t, bool>>{{0, false}, {1, false}, {2, true}}));
   // The two full-size diagonal blocks share one mask; the short last one has its own.
   EXPECT_EQ(L.masks.size(), size_t(2 * 16 * 16));
@@ -178,7 +183,9 @@ TEST(BlockSparse, CandidatesRestrictWhatTheRuleIsAskedAbout) {
   // A rule that allows everything, with candidates naming only the diagonal block: only it is kept.
   const auto L = kernels::build_layout(
       48, 48, 16, 1, [](int64_t, int64_t, int64_t) { return true; },
-      [](int64_t, int64_t qb, int64_t, std::vector<int64_t>& out) { out.insert(out.end(), {qb, qb, -1, 99}); });
+      [](int64_t, int64_t qb, int64_t, std::vector<int64_t>& out) {
+        out.insert(out.end(), {qb, qb, -1, 99});
+      });
   EXPECT_EQ(L.pairs(), 3);
   for (int64_t qb = 0; qb < 3; ++qb) EXPECT_EQ(L.row_key_block[L.row_start[qb]], qb);
 }
@@ -258,7 +265,9 @@ struct TwoParts {
 TwoParts two_parts(uint64_t seed, int64_t N, int64_t M, int64_t block) {
   TwoParts t;
   t.whole = random_rule(seed, 0.3);
-  auto in_second = [seed](int64_t i, int64_t j) { return (rng::philox(seed, 9, uint64_t(i * 1000 + j))[1] & 1) != 0; };
+  auto in_second = [seed](int64_t i, int64_t j) {
+    return (rng::philox(seed, 9, uint64_t(i * 1000 + j))[1] & 1) != 0;
+  };
   const kernels::ElementRule whole = t.whole;
   std::vector<int64_t> rows, keys;
   for (int64_t i = 0; i < N; ++i) rows.push_back(i);
@@ -271,12 +280,14 @@ TwoParts two_parts(uint64_t seed, int64_t N, int64_t M, int64_t block) {
   std::vector<char> row_in(size_t(N), 0), key_in(size_t(M), 0);
   for (int64_t i : rows) row_in[size_t(i)] = 1;
   for (int64_t j : keys) key_in[size_t(j)] = 1;
-  auto second = [=](int64_t i, int64_t j) { return row_in[size_t(i)] && key_in[size_t(j)] && in_second(i, j); };
+  auto second = [=](int64_t i, int64_t j) {
+    return row_in[size_t(i)] && key_in[size_t(j)] && in_second(i, j);
+  };
   t.parts.push_back(std::make_shared<const BlockSparseLayout>(kernels::build_layout(
       N, M, block, 2, [=](int64_t h, int64_t i, int64_t j) { return whole(h, i, j) && !second(i, j); })));
   t.parts.push_back(std::make_shared<const BlockSparseLayout>(kernels::build_layout(
-      N, M, block, 2, [=](int64_t h, int64_t i, int64_t j) { return whole(h, i, j) && second(i, j); }, {}, rows,
-      keys)));
+      N, M, block, 2, [=](int64_t h, int64_t i, int64_t j) { return whole(h, i, j) && second(i, j); }, {},
+      rows, keys)));
   return t;
 }
 
@@ -284,14 +295,16 @@ TEST(BlockSparse, ReorderedPartsEqualTheDenseSoftmaxOverTheirUnion) {
   Seed seed;
   rng::Generator gen(seed.value);
   const int64_t B = 2, H = 2, d = 8;
-  for (const auto& [N, M, block] : {std::tuple<int64_t, int64_t, int64_t>{70, 70, 16}, {40, 90, 32}, {90, 40, 8}}) {
+  for (const auto& [N, M, block] :
+       {std::tuple<int64_t, int64_t, int64_t>{70, 70, 16}, {40, 90, 32}, {90, 40, 8}}) {
     SCOPED_TRACE(seed.str() + " N=" + std::to_string(N) + " M=" + std::to_string(M));
     const TwoParts t = two_parts(seed.value + uint64_t(N), N, M, block);
-    Tensor q = leaf(normal({B, H, N, d}, gen)), k = leaf(normal({B, H, M, d}, gen)), v = leaf(normal({B, H, M, d}, gen)),
-           g = normal({B, H, N, d}, gen);
+    Tensor q = leaf(normal({B, H, N, d}, gen)), k = leaf(normal({B, H, M, d}, gen)),
+           v = leaf(normal({B, H, M, d}, gen)), g = normal({B, H, N, d}, gen);
     AttentionOptions opts;
     opts.key_mask = Tensor::zeros({B, M}, DType::Bool);
-    for (int64_t j = 0; j < M; ++j) opts.key_mask.data<bool>()[j] = true, opts.key_mask.data<bool>()[M + j] = j % 4 != 1;
+    for (int64_t j = 0; j < M; ++j)
+      opts.key_mask.data<bool>()[j] = true, opts.key_mask.data<bool>()[M + j] = j % 4 != 1;
     Tensor out = block_sparse_attention(q, k, v, opts, t.parts);
     backward(out, g);
     std::vector<char> allowed(size_t(B * H * N * M));
@@ -299,7 +312,8 @@ TEST(BlockSparse, ReorderedPartsEqualTheDenseSoftmaxOverTheirUnion) {
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < N; ++i)
           for (int64_t j = 0; j < M; ++j)
-            allowed[size_t(((b * H + h) * N + i) * M + j)] = t.whole(h, i, j) && opts.key_mask.data<bool>()[b * M + j];
+            allowed[size_t(((b * H + h) * N + i) * M + j)] =
+                t.whole(h, i, j) && opts.key_mask.data<bool>()[b * M + j];
     const Dense r = dense_reference(values(q), values(k), values(v), values(g), allowed, B * H, N, M, d,
                                     1.0 / std::sqrt(double(d)));
     expect_near_all(values(out), r.out, 1e-5, "forward");
@@ -342,15 +356,22 @@ TEST(BlockSparse, ErrorsNameTheArgument) {
   auto layout = std::make_shared<const BlockSparseLayout>(
       kernels::build_layout(8, 8, 4, 1, [](int64_t, int64_t, int64_t) { return true; }));
   Tensor q = Tensor::zeros({1, 1, 9, 4});
-  expect_error<ShapeError>([&] { block_sparse_attention(q, q, q, {}, layout); }, {"layout is for n = 8", "[1, 1, 9, 4]"});
+  expect_error<ShapeError>([&] { block_sparse_attention(q, q, q, {}, layout); },
+                           {"layout is for n = 8", "[1, 1, 9, 4]"});
   expect_error<ValueError>([&] { block_sparse_attention(q, q, q, {}, nullptr); }, {"layout is null"});
   auto rule = [](int64_t, int64_t, int64_t) { return true; };
   expect_error<ValueError>([&] { kernels::build_layout(8, 8, 0, 1, rule); }, {"block = 0", ">= 1"});
   expect_error<ValueError>([&] { kernels::build_layout(8, 8, 4, 0, rule); }, {"heads = 0", ">= 1"});
-  expect_error<ValueError>([&] { kernels::build_layout(8, 8, 4, 1, rule, {}, {0, 8}); },
-                           {"query_index holds 8", "[0, 8)"});
-  expect_error<ValueError>([&] { kernels::build_layout(8, 8, 4, 1, rule, {}, {}, {1, 1}); },
-                           {"key_index holds 1 twice", "distinct"});
+  expect_error<ValueError>(
+      [&] {
+        kernels::build_layout(8, 8, 4, 1, rule, {}, {0, 8});
+      },
+      {"query_index holds 8", "[0, 8)"});
+  expect_error<ValueError>(
+      [&] {
+        kernels::build_layout(8, 8, 4, 1, rule, {}, {}, {1, 1});
+      },
+      {"key_index holds 1 twice", "distinct"});
 }
 
 }  // namespace

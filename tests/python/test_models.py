@@ -432,6 +432,10 @@ def test_mechanism_step_matches_causal_forward(rng, kind):
                 for a, b in [(0, 1), (1, 4), (4, 5), (5, 10)]]
     assert state.length == 10
     assert_close(np.concatenate(outs, 1), full, 1e-4, 1e-5, "step vs forward")
+    if not next(e for e in ef.mechanisms() if e["name"] == kind)["capabilities"]["cross"]:
+        with pytest.raises(ValueError, match="cannot be cross-attention"):
+            models.make_mechanism(kind, 32, 4, cross=True)
+        return
     cross = models.make_mechanism(kind, 32, 4, cross=True)
     with pytest.raises(ValueError, match="cross-attention"):
         cross.start(2)

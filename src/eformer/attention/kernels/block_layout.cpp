@@ -47,7 +47,8 @@ RowPairs build_row(const BlockSparseLayout& L, int64_t h, int64_t qb, const Elem
     int64_t count = 0;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
-        if (allowed(h, qi ? qi[i0 + r] : i0 + r, ki ? ki[j0 + c] : j0 + c)) mask[size_t(r * block + c)] = 1, ++count;
+        if (allowed(h, qi ? qi[i0 + r] : i0 + r, ki ? ki[j0 + c] : j0 + c))
+          mask[size_t(r * block + c)] = 1, ++count;
     if (count == 0) continue;
     row.allowed += count;
     row.key_block.push_back(int32_t(kb));
@@ -80,8 +81,10 @@ Cache& cache() {
 void check_index(const std::vector<int64_t>& index, int64_t n, const char* what) {
   std::vector<char> seen(size_t(n), 0);
   for (int64_t x : index) {
-    EF_CHECK(x >= 0 && x < n, ValueError, "build_layout: ", what, " holds ", x, "; expected indices in [0, ", n, ")");
-    EF_CHECK(!seen[size_t(x)], ValueError, "build_layout: ", what, " holds ", x, " twice; expected distinct indices");
+    EF_CHECK(x >= 0 && x < n, ValueError, "build_layout: ", what, " holds ", x, "; expected indices in [0, ",
+             n, ")");
+    EF_CHECK(!seen[size_t(x)], ValueError, "build_layout: ", what, " holds ", x,
+             " twice; expected distinct indices");
     seen[size_t(x)] = 1;
   }
 }
@@ -160,8 +163,9 @@ LayoutParts cached_layouts(const std::string& key, const std::function<LayoutPar
   auto [it, inserted] = c.entries.emplace(key, std::make_pair(layout, ++c.tick));
   if (!inserted) return it->second.first;  // another thread built it first: keep one
   while (c.entries.size() > kLayoutCacheEntries) {
-    auto oldest = std::min_element(c.entries.begin(), c.entries.end(),
-                                   [](const auto& a, const auto& b) { return a.second.second < b.second.second; });
+    auto oldest = std::min_element(c.entries.begin(), c.entries.end(), [](const auto& a, const auto& b) {
+      return a.second.second < b.second.second;
+    });
     c.entries.erase(oldest);
   }
   return layout;

@@ -22,9 +22,9 @@ struct BlockSparseLayout {
   // is key key_index[c]; empty = the identity. Each index appears at most once.
   std::vector<int64_t> query_index, key_index;
   int64_t rows = 0, keys = 0;  // the kernel's: query_index.size() (or N), key_index.size() (or M)
-  int64_t block = 0;     // rows and columns of a block (the last row / column of blocks may be short)
-  int64_t heads = 1;     // 1: every head has the same layout; else one per head
-  int64_t nq = 0, nk = 0;  // ceil(rows / block), ceil(keys / block)
+  int64_t block = 0;           // rows and columns of a block (the last row / column of blocks may be short)
+  int64_t heads = 1;           // 1: every head has the same layout; else one per head
+  int64_t nq = 0, nk = 0;      // ceil(rows / block), ceil(keys / block)
   // Row view (forward and dQ): the pairs of head h, query block qb are
   // row_start[h nq + qb] .. row_start[h nq + qb + 1] in row_key_block (ascending) and row_mask.
   std::vector<int64_t> row_start;
@@ -38,7 +38,9 @@ struct BlockSparseLayout {
 
   int64_t pairs() const { return int64_t(row_key_block.size()); }
   bool reordered() const { return !query_index.empty() || !key_index.empty(); }
-  const uint8_t* mask(int32_t id) const { return id < 0 ? nullptr : masks.data() + size_t(id) * block * block; }
+  const uint8_t* mask(int32_t id) const {
+    return id < 0 ? nullptr : masks.data() + size_t(id) * block * block;
+  }
   // Fraction of the heads' block pairs that are computed (1 for the dense layout).
   double density() const { return double(pairs()) / double(heads * nq * nk); }
 };

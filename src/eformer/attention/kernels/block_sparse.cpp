@@ -22,19 +22,32 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // The sizes and shared operands of one call.
 struct Problem {
-  int64_t B, H, N, M, d, dp, Mp, b, bp, offset;  // N, M: the kernel's rows and keys; b: block; bp, dp, Mp: padded
+  int64_t B, H, N, M, d, dp, Mp, b, bp,
+      offset;  // N, M: the kernel's rows and keys; b: block; bp, dp, Mp: padded
   float scale;
   bool causal;
   const BlockSparseLayout& L;
   const bool* key_mask;
-  const FlashDropout* dropout;  // null: none
+  const FlashDropout* dropout;       // null: none
   std::vector<char> key_block_real;  // [B, nk]: does the key block hold a real key?
 
   Problem(int64_t B_, int64_t H_, int64_t d_, float scale_, bool causal_, const BlockSparseLayout& layout,
           const bool* km, const FlashDropout* dr)
-      : B(B_), H(H_), N(layout.rows), M(layout.keys), d(d_), dp(tile::round_up(d_)), Mp(tile::round_up(layout.keys)),
-        b(layout.block), bp(tile::round_up(layout.block)), offset(layout.keys - layout.rows), scale(scale_),
-        causal(causal_), L(layout), key_mask(km), dropout(dr && dr->p > 0.0f ? dr : nullptr),
+      : B(B_),
+        H(H_),
+        N(layout.rows),
+        M(layout.keys),
+        d(d_),
+        dp(tile::round_up(d_)),
+        Mp(tile::round_up(layout.keys)),
+        b(layout.block),
+        bp(tile::round_up(layout.block)),
+        offset(layout.keys - layout.rows),
+        scale(scale_),
+        causal(causal_),
+        L(layout),
+        key_mask(km),
+        dropout(dr && dr->p > 0.0f ? dr : nullptr),
         key_block_real(size_t(B_ * layout.nk), 1) {
     if (!km) return;
     for (int64_t bb = 0; bb < B; ++bb)
@@ -53,7 +66,8 @@ struct Problem {
   void drop(float* x, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
     if (!L.reordered()) return apply_dropout(x, bp, rows, cols, (bh * N + i0) * M + j0, M, *dropout);
     apply_dropout_indexed(x, bp, rows, cols, L.query_index.empty() ? nullptr : L.query_index.data() + i0, i0,
-                          L.key_index.empty() ? nullptr : L.key_index.data() + j0, j0, bh, L.N, L.M, *dropout);
+                          L.key_index.empty() ? nullptr : L.key_index.data() + j0, j0, bh, L.N, L.M,
+                          *dropout);
   }
 };
 
@@ -75,14 +89,15 @@ void masked_scores(const Problem& P, float* s, const float* Q, const float* KT, 
         for (int64_t r = 0; r < rows; ++r) s[r * P.bp + c] = kNegInf;
   if (P.causal && j0 + cols - 1 > i0 + P.offset)
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = std::max<int64_t>(0, i0 + r + P.offset + 1 - j0); c < cols; ++c) s[r * P.bp + c] = kNegInf;
+      for (int64_t c = std::max<int64_t>(0, i0 + r + P.offset + 1 - j0); c < cols; ++c)
+        s[r * P.bp + c] = kNegInf;
 }
 
 // The backward of one pair: p = P = exp(S - L) and ds = dS = P o (dP o Z - D) with dP = dO_i V_j^T;
 // with dropout z = P o Z (for dV), else dV uses p.
-void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh, const float* Q, const float* dO,
-                    const float* KT, const float* VT, const float* Lse, const float* Drow, int64_t i0,
-                    int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
+void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh, const float* Q,
+                    const float* dO, const float* KT, const float* VT, const float* Lse, const float* Drow,
+                    int64_t i0, int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
   masked_scores(P, p, Q, KT, i0, rows, j0, cols, mask, km);
   for (int64_t r = 0; r < rows; ++r) {
     const float l = Lse[r];
@@ -124,7 +139,8 @@ int64_t block_sparse_block() {
     if (!env || !*env) return kBlockSparseBlock;
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
-    EF_CHECK(*end == '\0' && v >= 1, ValueError, "EFORMER_SPARSE_BLOCK = '", env, "'; expected an integer >= 1");
+    EF_CHECK(*end == '\0' && v >= 1, ValueError, "EFORMER_SPARSE_BLOCK = '", env,
+             "'; expected an integer >= 1");
     return int64_t(v);
   }();
   return block;
@@ -132,7 +148,8 @@ int64_t block_sparse_block() {
 
 void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
                                     float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,
-                                    bool causal, const BlockSparseLayout& layout, const FlashDropout* dropout) {
+                                    bool causal, const BlockSparseLayout& layout,
+                                    const FlashDropout* dropout) {
   const Problem P(B, H, d, scale, causal, layout, key_mask, dropout);
   const BlockSparseLayout& L = layout;
   const int64_t nq = L.nq, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
@@ -220,9 +237,9 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
     for (int64_t e = L.col_start[size_t(lh * nk + kb)]; e < L.col_start[size_t(lh * nk + kb + 1)]; ++e) {
       const int64_t qb = L.col_query_block[size_t(e)], i0 = qb * b, rows = std::min(b, N - i0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d, kt.data + bh * d * P.Mp,
-                     vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0, rows, j0, cols,
-                     L.mask(L.col_mask[size_t(e)]), km);
+      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
+                     kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
+                     rows, j0, cols, L.mask(L.col_mask[size_t(e)]), km);
       tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
       tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
     }
@@ -245,9 +262,9 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
     for (int64_t e = L.row_start[size_t(lh * nq + qb)]; e < L.row_start[size_t(lh * nq + qb + 1)]; ++e) {
       const int64_t kb = L.row_key_block[size_t(e)], j0 = kb * b, cols = std::min(b, M - j0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d, kt.data + bh * d * P.Mp,
-                     vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0, rows, j0, cols,
-                     L.mask(L.row_mask[size_t(e)]), km);
+      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
+                     kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
+                     rows, j0, cols, L.mask(L.row_mask[size_t(e)]), km);
       tile::gemm(rows, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ, dp, scale, true);
     }
     for (int64_t r = 0; r < rows; ++r)
@@ -303,8 +320,9 @@ struct PartInputs {
 };
 PartInputs part_inputs(const kernels::BlockSparseLayout& L, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& km, const AttentionDims& s) {
-  return {gather_rows(q, s.B * s.H, s.N, s.d, L.query_index), gather_rows(k, s.B * s.H, s.M, s.d, L.key_index),
-          gather_rows(v, s.B * s.H, s.M, s.d, L.key_index), gather_key_mask(km, s.B, s.M, L.key_index)};
+  return {gather_rows(q, s.B * s.H, s.N, s.d, L.query_index),
+          gather_rows(k, s.B * s.H, s.M, s.d, L.key_index), gather_rows(v, s.B * s.H, s.M, s.d, L.key_index),
+          gather_key_mask(km, s.B, s.M, L.key_index)};
 }
 
 const bool* mask_ptr(const Tensor& km) { return km.defined() ? km.data<bool>() : nullptr; }
@@ -321,10 +339,11 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   const AttentionDims s = validate_attention("block_sparse_attention", q, k, v, opts);
   EF_CHECK(!parts.empty(), ValueError, "block_sparse_attention: no layout; expected at least one part");
   for (const auto& layout : parts) {
-    EF_CHECK(layout != nullptr, ValueError, "block_sparse_attention: layout is null; expected a built layout");
-    EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, "block_sparse_attention: the layout is for n = ",
-             layout->N, ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
-             "; expected a layout of the same sizes");
+    EF_CHECK(layout != nullptr, ValueError,
+             "block_sparse_attention: layout is null; expected a built layout");
+    EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError,
+             "block_sparse_attention: the layout is for n = ", layout->N, ", m = ", layout->M, " but q is ",
+             q.describe(), " and k is ", k.describe(), "; expected a layout of the same sizes");
   }
   Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
@@ -339,14 +358,16 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     dr.seed = gen.state().seed, dr.stream = gen.state().stream;
   }
   // The kernel's causal cut works on its own indices: a reordered part carries causality in its rule.
-  auto causal_of = [causal = opts.causal](const kernels::BlockSparseLayout& L) { return causal && !L.reordered(); };
+  auto causal_of = [causal = opts.causal](const kernels::BlockSparseLayout& L) {
+    return causal && !L.reordered();
+  };
   Tensor out = Tensor::zeros({s.B, s.H, s.N, s.d});
   Tensor lse = Tensor::empty({s.B, s.H, s.N});
   if (parts.size() == 1 && !parts[0]->reordered()) {
     if (out.numel() > 0)
-      kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km),
-                                              out.data<float>(), lse.data<float>(), s.B, s.H, s.d, s.scale,
-                                              opts.causal, *parts[0], &dr);
+      kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(),
+                                              mask_ptr(km), out.data<float>(), lse.data<float>(), s.B, s.H,
+                                              s.d, s.scale, opts.causal, *parts[0], &dr);
   } else if (out.numel() > 0) {
     // Each part gives O_p (normalized over its keys) and L_p; the union (the parts are disjoint) is
     // O = sum_p exp(L_p - L) O_p with L = log sum_p exp(L_p), folded part by part in order.
@@ -355,8 +376,9 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
     float* O = out.data<float>();
     size_t next = 0;
     if (!parts[0]->reordered()) {  // the first part in q's order writes O and L directly
-      kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), O,
-                                              L, s.B, s.H, s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
+      kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(),
+                                              mask_ptr(km), O, L, s.B, s.H, s.d, s.scale,
+                                              causal_of(*parts[0]), *parts[0], &dr);
       for (int64_t i = 0; i < lse.numel(); ++i)
         if (L[i] == kInf) L[i] = -kInf;  // no key yet
       next = 1;
@@ -369,18 +391,20 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
       const int64_t rows = part->rows;
       Tensor op = Tensor::empty({BH, rows, s.d}), lp = Tensor::empty({BH, rows});
       kernels::block_sparse_attention_forward(in.q.data<float>(), in.k.data<float>(), in.v.data<float>(),
-                                              mask_ptr(in.key_mask), op.data<float>(), lp.data<float>(), s.B, s.H,
-                                              s.d, s.scale, causal_of(*part), *part, &dr);
+                                              mask_ptr(in.key_mask), op.data<float>(), lp.data<float>(), s.B,
+                                              s.H, s.d, s.scale, causal_of(*part), *part, &dr);
       const float* po = op.data<float>();
       const float* pl = lp.data<float>();
       parallel::parallel_for(BH * rows, 64, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           if (pl[r] == kInf) continue;  // no key of this part
-          const int64_t at = part->query_index.empty() ? r : (r / rows) * s.N + part->query_index[size_t(r % rows)];
+          const int64_t at =
+              part->query_index.empty() ? r : (r / rows) * s.N + part->query_index[size_t(r % rows)];
           const float old = L[at], hi = std::max(old, pl[r]);
           const float a = std::exp(old - hi), b = std::exp(pl[r] - hi), sum = a + b;
           L[at] = hi + std::log(sum);
-          for (int64_t c = 0; c < s.d; ++c) O[at * s.d + c] = (O[at * s.d + c] * a + po[r * s.d + c] * b) / sum;
+          for (int64_t c = 0; c < s.d; ++c)
+            O[at * s.d + c] = (O[at * s.d + c] * a + po[r * s.d + c] * b) / sum;
         }
       });
     }
@@ -389,18 +413,20 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   }
   Tensor od = out.detach();
   return autograd::record(
-      "block_sparse_attention", out, {q, k, v}, [qc, kc, vc, km, od, lse, s, dr, parts, causal_of](const Tensor& g) {
+      "block_sparse_attention", out, {q, k, v},
+      [qc, kc, vc, km, od, lse, s, dr, parts, causal_of](const Tensor& g) {
         if (qc.numel() == 0 || kc.numel() == 0)
           return std::vector<Tensor>{Tensor::zeros(qc.shape()), Tensor::zeros(kc.shape()),
                                      Tensor::zeros(vc.shape())};
         Tensor gc = g.contiguous_data();
         const int64_t BH = s.B * s.H;
         if (parts.size() == 1 && !parts[0]->reordered()) {
-          Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+          Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()),
+                 dv = Tensor::empty(vc.shape());
           kernels::block_sparse_attention_backward(
               qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), od.data<float>(),
-              lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H,
-              s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
+              lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B,
+              s.H, s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
           return std::vector<Tensor>{dq, dk, dv};
         }
         // Each part's backward with the union's O and L gives exactly its keys' share of every gradient.
@@ -409,8 +435,8 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
         if (!parts[0]->reordered()) {  // the first part in q's order writes every gradient row directly
           kernels::block_sparse_attention_backward(
               qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), od.data<float>(),
-              lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H,
-              s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
+              lse.data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B,
+              s.H, s.d, s.scale, causal_of(*parts[0]), *parts[0], &dr);
           next = 1;
         }
         for (size_t n = next; n < parts.size(); ++n) {
@@ -422,9 +448,9 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
           Tensor dqp = Tensor::empty({BH, part->rows, s.d}), dkp = Tensor::empty({BH, part->keys, s.d}),
                  dvp = Tensor::empty({BH, part->keys, s.d});
           kernels::block_sparse_attention_backward(
-              in.q.data<float>(), in.k.data<float>(), in.v.data<float>(), mask_ptr(in.key_mask), o.data<float>(),
-              l.data<float>(), dout.data<float>(), dqp.data<float>(), dkp.data<float>(), dvp.data<float>(), s.B,
-              s.H, s.d, s.scale, causal_of(*part), *part, &dr);
+              in.q.data<float>(), in.k.data<float>(), in.v.data<float>(), mask_ptr(in.key_mask),
+              o.data<float>(), l.data<float>(), dout.data<float>(), dqp.data<float>(), dkp.data<float>(),
+              dvp.data<float>(), s.B, s.H, s.d, s.scale, causal_of(*part), *part, &dr);
           scatter_add_rows(dq.data<float>(), dqp.data<float>(), BH, s.N, s.d, part->query_index, part->rows);
           scatter_add_rows(dk.data<float>(), dkp.data<float>(), BH, s.M, s.d, part->key_index, part->keys);
           scatter_add_rows(dv.data<float>(), dvp.data<float>(), BH, s.M, s.d, part->key_index, part->keys);

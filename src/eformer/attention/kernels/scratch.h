@@ -52,7 +52,8 @@ inline ScratchBuffer transposed_padded(const float* x, int64_t heads, int64_t n,
   const int64_t tiles = (np + kTile - 1) / kTile;
   parallel::parallel_for(heads * tiles, 4, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t h = r / tiles, j0 = (r % tiles) * kTile, j1 = std::min(np, j0 + kTile), jn = std::min(n, j1);
+      const int64_t h = r / tiles, j0 = (r % tiles) * kTile, j1 = std::min(np, j0 + kTile),
+                    jn = std::min(n, j1);
       float* dst = t.data + h * d * np;
       const float* src = x + h * n * d;
       for (int64_t c = 0; c < d; ++c)  // the tile of x (64 rows) stays in L1; writes are contiguous

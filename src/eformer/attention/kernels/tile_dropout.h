@@ -31,8 +31,8 @@ inline void apply_dropout(float* x, int64_t ld, int64_t rows, int64_t cols, int6
 // row r is query row_of[r] and column c is key col_of[c] (null: i0 + r, j0 + c), of head bh of P
 // [B, H, N, M]: element e = ((bh N) + i) M + j, the same rule.
 inline void apply_dropout_indexed(float* x, int64_t ld, int64_t rows, int64_t cols, const int64_t* row_of,
-                                  int64_t i0, const int64_t* col_of, int64_t j0, int64_t bh, int64_t N, int64_t M,
-                                  const FlashDropout& dr) {
+                                  int64_t i0, const int64_t* col_of, int64_t j0, int64_t bh, int64_t N,
+                                  int64_t M, const FlashDropout& dr) {
   const uint32_t threshold = uint32_t(std::ceil(double(dr.p) * 16777216.0));
   const float keep_scale = 1.0f / (1.0f - dr.p);
   for (int64_t r = 0; r < rows; ++r) {

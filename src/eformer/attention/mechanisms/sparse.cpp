@@ -46,8 +46,8 @@ std::mutex& specs_mutex() {
 
 }  // namespace
 
-kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_t M, int64_t heads, bool causal,
-                                      const MechanismArgs& args, uint64_t seed) {
+kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_t M, int64_t heads,
+                                      bool causal, const MechanismArgs& args, uint64_t seed) {
   (void)mechanisms();  // the registry's entries (made on first use) register their specs
   SparseSpec spec;
   {
@@ -59,15 +59,15 @@ kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_
              "' is not a block-sparse mechanism; block-sparse mechanisms: ", valid);
     spec = it->second;
   }
-  EF_CHECK(N >= 1 && M >= 1 && heads >= 1, ValueError, "attention_layout: n = ", N, ", m = ", M, ", heads = ", heads,
-           "; expected each >= 1");
+  EF_CHECK(N >= 1 && M >= 1 && heads >= 1, ValueError, "attention_layout: n = ", N, ", m = ", M,
+           ", heads = ", heads, "; expected each >= 1");
   const std::string who = "attention_layout '" + name + "'";
   options::check_tensors(who, args, {});
   return sparse_layout(spec.parse(who, args.options, spec.options), N, M, heads, causal, seed);
 }
 
-kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
-                                   uint64_t seed, int64_t block, bool cache) {
+kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads,
+                                   bool causal, uint64_t seed, int64_t block, bool cache) {
   const std::string key = detail::concat(maker.key, " n=", N, " m=", M, " heads=", heads,
                                          " causal=", causal ? 1 : 0, " seed=", seed, " block=", block);
   auto build = [&] {
@@ -78,8 +78,8 @@ kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, i
           kernels::build_layout(N, M, block, p.heads, p.allowed, p.candidates)));
     for (SparsePart& part : p.parts)
       parts.push_back(std::make_shared<const kernels::BlockSparseLayout>(
-          kernels::build_layout(N, M, block, p.heads, part.allowed, part.candidates, std::move(part.query_index),
-                                std::move(part.key_index))));
+          kernels::build_layout(N, M, block, p.heads, part.allowed, part.candidates,
+                                std::move(part.query_index), std::move(part.key_index))));
     return parts;
   };
   return cache ? kernels::cached_layouts(key, build) : build();
@@ -93,7 +93,8 @@ MechanismEntry sparse_entry(const SparseSpec& spec) {
   MechanismEntry e;
   e.name = spec.name;
   e.description = spec.description;
-  e.capabilities = {.causal = true, .bidirectional = true, .padding_mask = true, .recurrent = true, .dropout = true};
+  e.capabilities = {
+      .causal = true, .bidirectional = true, .padding_mask = true, .recurrent = true, .dropout = true};
   e.reference = "softmax-pattern";
   e.options = all_option_specs(spec);
   e.check_options = [spec](const nlohmann::json& o) {
@@ -131,8 +132,8 @@ SparseAttention::SparseAttention(const SparseSpec& spec, const MechanismConfig& 
       layer_seed_(uint64_t(std::max<int64_t>(config.layer, 0))) {
   maker_ = parse_module_options(spec, config.options, config.positions, heads_);
   // Rotary needs an even head dim (ProjectedAttention checked it for the default only).
-  EF_CHECK(!heads_.rotary || d_ % 2 == 0, ValueError, label(), ": rotary needs an even head dim; d_model / n_heads = ",
-           d_);
+  EF_CHECK(!heads_.rotary || d_ % 2 == 0, ValueError, label(),
+           ": rotary needs an even head dim; d_model / n_heads = ", d_);
 }
 
 std::string SparseAttention::describe() const {
@@ -148,7 +149,8 @@ Tensor SparseAttention::mix(const Tensor& x, const Tensor& memory, const Tensor&
   opts.key_mask = key_mask;
   opts.dropout = active_dropout();
   const int64_t N = h.q.size(2), M = h.k.size(2);
-  return output(block_sparse_attention(h.q, h.k, h.v, opts, sparse_layout(maker_, N, M, H_, opts.causal, layer_seed_)));
+  return output(
+      block_sparse_attention(h.q, h.k, h.v, opts, sparse_layout(maker_, N, M, H_, opts.causal, layer_seed_)));
 }
 
 std::unique_ptr<RecurrentState> SparseAttention::start_native(int64_t) const {

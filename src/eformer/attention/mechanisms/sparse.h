@@ -59,8 +59,8 @@ struct SparsePatternMaker {
 
 // Parses a mechanism's own options (every key of `options`; an unknown one is the ValueError of
 // options::unknown listing `valid`). `who` prefixes messages ("attention 'bigbird'").
-using SparseOptionParser = std::function<SparsePatternMaker(const std::string& who, const nlohmann::json& options,
-                                                            const std::vector<OptionSpec>& valid)>;
+using SparseOptionParser = std::function<SparsePatternMaker(
+    const std::string& who, const nlohmann::json& options, const std::vector<OptionSpec>& valid)>;
 
 struct SparseSpec {
   std::string name, description;
@@ -83,13 +83,14 @@ MechanismEntry local_entry();
 
 // The layouts (one per part) of `maker` for these sizes, from the layout cache (built on a miss);
 // cache = false builds them without touching the cache (a streaming step's sizes change every call).
-kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads, bool causal,
-                                   uint64_t seed, int64_t block = kernels::block_sparse_block(), bool cache = true);
+kernels::LayoutParts sparse_layout(const SparsePatternMaker& maker, int64_t N, int64_t M, int64_t heads,
+                                   bool causal, uint64_t seed, int64_t block = kernels::block_sparse_block(),
+                                   bool cache = true);
 
 // The layouts of block-sparse mechanism `name` (ValueError for other names) with its options
 // `args`, for benchmarks and inspection (eformer.attention_layout in Python).
-kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_t M, int64_t heads, bool causal,
-                                      const MechanismArgs& args = {}, uint64_t seed = 0);
+kernels::LayoutParts sparse_layout_of(const std::string& name, int64_t N, int64_t M, int64_t heads,
+                                      bool causal, const MechanismArgs& args = {}, uint64_t seed = 0);
 
 class SparseAttention : public ProjectedAttention {
  public:

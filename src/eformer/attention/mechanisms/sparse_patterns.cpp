@@ -36,10 +36,14 @@ FactorizedOptions parse_factorized(const std::string& who, const nlohmann::json&
   EF_CHECK(o.is_object(), ValueError, who, ": options must be a JSON object, got ", o.dump());
   FactorizedOptions f;
   for (const auto& [key, value] : o.items()) {
-    if (key == "l") f.l = options::get_int(who, key, value, 1);
-    else if (key == "c" && fixed) f.c = options::get_int(who, key, value, 1);
-    else if (key == "combine") f.split = options::get_string(who, key, value, {"union", "split"}) == "split";
-    else options::unknown(who, key, valid);
+    if (key == "l")
+      f.l = options::get_int(who, key, value, 1);
+    else if (key == "c" && fixed)
+      f.c = options::get_int(who, key, value, 1);
+    else if (key == "combine")
+      f.split = options::get_string(who, key, value, {"union", "split"}) == "split";
+    else
+      options::unknown(who, key, valid);
   }
   EF_CHECK(!fixed || f.c <= f.l, ValueError, who, ": option c = ", f.c, "; expected c <= l = ", f.l,
            " (c summary positions per stride of l)");
@@ -47,7 +51,8 @@ FactorizedOptions parse_factorized(const std::string& who, const nlohmann::json&
 }
 
 std::vector<OptionSpec> factorized_specs(bool fixed) {
-  std::vector<OptionSpec> s = {{"l", "int", "128", fixed ? "the block length l" : "the stride l (about sqrt(N))"}};
+  std::vector<OptionSpec> s = {
+      {"l", "int", "128", fixed ? "the block length l" : "the stride l (about sqrt(N))"}};
   if (fixed) s.push_back({"c", "int", "16", "summary positions per block: j mod l >= l - c (c <= l)"});
   s.push_back({"combine", "string", "union",
                "union: A1 u A2 in every head; split: even heads attend A1, odd heads A2"});
@@ -67,7 +72,8 @@ std::vector<int64_t> by_residue(int64_t n, int64_t shift, int64_t l) {
 // without A1 with queries and keys ordered by residue mod l, where (i - j) mod l = 0 pairs residue
 // classes: each class attends its own class, a small dense (causal) block. Split: the same parts,
 // A1 in even heads, A2 in odd heads.
-SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
+SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o,
+                                 const std::vector<OptionSpec>& v) {
   const FactorizedOptions f = parse_factorized(who, o, v, false);
   SparsePatternMaker m;
   m.key = detail::concat("sparse_strided l=", f.l, " combine=", combine_name(f.split));
@@ -107,7 +113,8 @@ SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o
     stride.candidates = [=](int64_t h, int64_t qb, int64_t b, std::vector<int64_t>& out) {
       if (f.split && h != 1) return;
       const int64_t r0 = qb * b, r1 = std::min(N, (qb + 1) * b) - 1;
-      const int64_t first = mod_floor((*rows)[size_t(r0)] + shift, l), last = mod_floor((*rows)[size_t(r1)] + shift, l);
+      const int64_t first = mod_floor((*rows)[size_t(r0)] + shift, l),
+                    last = mod_floor((*rows)[size_t(r1)] + shift, l);
       for (int64_t rho = first; rho <= last; ++rho)
         if (class_start[size_t(rho + 1)] > class_start[size_t(rho)])
           cover(class_start[size_t(rho)], class_start[size_t(rho + 1)] - 1, b, out, M);
@@ -120,7 +127,8 @@ SparsePatternMaker strided_maker(const std::string& who, const nlohmann::json& o
 
 // Two parts: A1 (blocks of l) in the natural order, and A2 without A1 over the summary keys only
 // (key_index: the positions with j mod l >= l - c), a dense (causal) band of c N / l keys.
-SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
+SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o,
+                               const std::vector<OptionSpec>& v) {
   const FactorizedOptions f = parse_factorized(who, o, v, true);
   SparsePatternMaker m;
   m.key = detail::concat("sparse_fixed l=", f.l, " c=", f.c, " combine=", combine_name(f.split));
@@ -157,9 +165,10 @@ SparsePatternMaker fixed_maker(const std::string& who, const nlohmann::json& o, 
       if (f.split && h != 1) return;
       const int64_t last = query_positions(qb, b, N, M).second;
       // Summary keys up to position x: c per whole stride of l, plus those of the partial stride.
-      const int64_t upto = causal ? std::min(summaries, floor_div(last + 1, l) * c +
-                                                            std::max<int64_t>(0, mod_floor(last + 1, l) - (l - c)))
-                                  : summaries;
+      const int64_t upto =
+          causal ? std::min(summaries, floor_div(last + 1, l) * c +
+                                           std::max<int64_t>(0, mod_floor(last + 1, l) - (l - c)))
+                 : summaries;
       cover(0, upto - 1, b, out, M);
     };
     p.parts = {std::move(block), std::move(summary)};
@@ -181,7 +190,8 @@ SparsePatternMaker longformer_maker(const std::string& who, const nlohmann::json
     } else if (key == "dilation") {
       dilation.clear();
       if (value.is_array()) {
-        EF_CHECK(!value.empty(), ValueError, who, ": option dilation = [], expected an integer >= 1 or a list "
+        EF_CHECK(!value.empty(), ValueError, who,
+                 ": option dilation = [], expected an integer >= 1 or a list "
                  "of them (one per head)");
         for (const auto& x : value) dilation.push_back(options::get_int(who, key, x, 1));
       } else {
@@ -201,15 +211,18 @@ SparsePatternMaker longformer_maker(const std::string& who, const nlohmann::json
   m.key = detail::concat("longformer window=", w, " dilation=", nlohmann::json(dilation).dump(),
                          " global=", nlohmann::json(global).dump());
   m.make = [w, dilation, global, who](int64_t N, int64_t M, int64_t heads, bool causal, uint64_t) {
-    EF_CHECK(dilation.size() == 1 || int64_t(dilation.size()) == heads, ValueError, who, ": option dilation has ",
-             dilation.size(), " values for ", heads, " heads; expected 1 or one per head");
+    EF_CHECK(dilation.size() == 1 || int64_t(dilation.size()) == heads, ValueError, who,
+             ": option dilation has ", dilation.size(), " values for ", heads,
+             " heads; expected 1 or one per head");
     SparsePattern p;
     p.heads = int64_t(dilation.size());
     const int64_t half = w / 2, shift = M - N;
     auto is_global = std::make_shared<std::vector<char>>(size_t(std::max(N, M)), 0);
     for (int64_t g : global)
       if (g < int64_t(is_global->size())) (*is_global)[size_t(g)] = 1;
-    auto global_at = [is_global](int64_t x) { return x >= 0 && x < int64_t(is_global->size()) && (*is_global)[size_t(x)]; };
+    auto global_at = [is_global](int64_t x) {
+      return x >= 0 && x < int64_t(is_global->size()) && (*is_global)[size_t(x)];
+    };
     p.allowed = [=](int64_t h, int64_t i, int64_t j) {
       const int64_t pos = i + shift, dil = dilation[size_t(h)];
       if (causal && j > pos) return false;
@@ -238,15 +251,15 @@ struct BigBirdOptions {
 
 // The r random key blocks of query block qb in head h: distinct blocks outside the window and the
 // global blocks (causal: only blocks before the window), a pure function of (seed, h, qb).
-std::vector<int64_t> random_blocks(const BigBirdOptions& o, uint64_t seed, int64_t h, int64_t qb, int64_t key_blocks,
-                                   bool causal) {
+std::vector<int64_t> random_blocks(const BigBirdOptions& o, uint64_t seed, int64_t h, int64_t qb,
+                                   int64_t key_blocks, bool causal) {
   std::vector<int64_t> pool;
   const int64_t end = causal ? qb - 1 : key_blocks;
   for (int64_t kb = o.global_blocks; kb < end; ++kb)
     if (kb < qb - 1 || kb > qb + 1) pool.push_back(kb);
   const int64_t take = std::min<int64_t>(o.random_blocks, int64_t(pool.size()));
   constexpr uint64_t kStream = 0xB16B12Dull;  // the random-block stream of the layer's seed
-  for (int64_t t = 0; t < take; ++t) {  // partial Fisher-Yates
+  for (int64_t t = 0; t < take; ++t) {        // partial Fisher-Yates
     const uint64_t counter = (uint64_t(h) << 40) ^ (uint64_t(qb + (int64_t(1) << 30)) << 8) ^ uint64_t(t);
     const uint32_t u = rng::philox(seed, kStream, counter)[0];
     std::swap(pool[size_t(t)], pool[size_t(t + int64_t(u % uint64_t(int64_t(pool.size()) - t)))]);
@@ -256,18 +269,25 @@ std::vector<int64_t> random_blocks(const BigBirdOptions& o, uint64_t seed, int64
   return pool;
 }
 
-SparsePatternMaker bigbird_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
+SparsePatternMaker bigbird_maker(const std::string& who, const nlohmann::json& o,
+                                 const std::vector<OptionSpec>& v) {
   EF_CHECK(o.is_object(), ValueError, who, ": options must be a JSON object, got ", o.dump());
   BigBirdOptions b;
   for (const auto& [key, value] : o.items()) {
-    if (key == "block") b.block = options::get_int(who, key, value, 1);
-    else if (key == "global_blocks") b.global_blocks = options::get_int(who, key, value, 0);
-    else if (key == "random_blocks") b.random_blocks = options::get_int(who, key, value, 0);
-    else if (key == "seed") b.seed = options::get_int(who, key, value, 0);
-    else options::unknown(who, key, v);
+    if (key == "block")
+      b.block = options::get_int(who, key, value, 1);
+    else if (key == "global_blocks")
+      b.global_blocks = options::get_int(who, key, value, 0);
+    else if (key == "random_blocks")
+      b.random_blocks = options::get_int(who, key, value, 0);
+    else if (key == "seed")
+      b.seed = options::get_int(who, key, value, 0);
+    else
+      options::unknown(who, key, v);
   }
   SparsePatternMaker m;
-  m.key = detail::concat("bigbird block=", b.block, " g=", b.global_blocks, " r=", b.random_blocks, " seed=", b.seed);
+  m.key = detail::concat("bigbird block=", b.block, " g=", b.global_blocks, " r=", b.random_blocks,
+                         " seed=", b.seed);
   m.make = [b](int64_t N, int64_t M, int64_t heads, bool causal, uint64_t seed_add) {
     SparsePattern p;
     const int64_t bs = b.block, shift = M - N, key_blocks = (M + bs - 1) / bs;
@@ -308,23 +328,31 @@ SparsePatternMaker bigbird_maker(const std::string& who, const nlohmann::json& o
 // ---- Image Transformer local 1-D attention (Parmar et al. 2018, sec. 3.2) ----
 
 // A list option of two integers >= min ("image_shape": [rows, columns]).
-std::array<int64_t, 2> get_pair(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min) {
+std::array<int64_t, 2> get_pair(const std::string& who, const std::string& key, const nlohmann::json& v,
+                                int64_t min) {
   EF_CHECK(v.is_array() && v.size() == 2, ValueError, who, ": option ", key, " = ", v.dump(),
            "; expected a list of two integers [rows, columns]");
   return {options::get_int(who, key, v[0], min), options::get_int(who, key, v[1], min)};
 }
 
-SparsePatternMaker local_maker(const std::string& who, const nlohmann::json& o, const std::vector<OptionSpec>& v) {
+SparsePatternMaker local_maker(const std::string& who, const nlohmann::json& o,
+                               const std::vector<OptionSpec>& v) {
   EF_CHECK(o.is_object(), ValueError, who, ": options must be a JSON object, got ", o.dump());
   int64_t block = 64, memory = 64;
   std::array<int64_t, 2> image{0, 0}, block2{8, 8}, memory2{8, 8};
   for (const auto& [key, value] : o.items()) {
-    if (key == "block") block = options::get_int(who, key, value, 1);
-    else if (key == "memory") memory = options::get_int(who, key, value, 0);
-    else if (key == "image_shape") image = get_pair(who, key, value, 1);
-    else if (key == "block_shape") block2 = get_pair(who, key, value, 1);
-    else if (key == "memory_shape") memory2 = get_pair(who, key, value, 0);
-    else options::unknown(who, key, v);
+    if (key == "block")
+      block = options::get_int(who, key, value, 1);
+    else if (key == "memory")
+      memory = options::get_int(who, key, value, 0);
+    else if (key == "image_shape")
+      image = get_pair(who, key, value, 1);
+    else if (key == "block_shape")
+      block2 = get_pair(who, key, value, 1);
+    else if (key == "memory_shape")
+      memory2 = get_pair(who, key, value, 0);
+    else
+      options::unknown(who, key, v);
   }
   SparsePatternMaker m;
   if (image[0] > 0) {
@@ -335,7 +363,8 @@ SparsePatternMaker local_maker(const std::string& who, const nlohmann::json& o, 
                            " memory=", memory2[0], "x", memory2[1]);
     m.make = [image, block2, memory2](int64_t N, int64_t M, int64_t, bool causal, uint64_t) {
       SparsePattern p;
-      const int64_t W = image[1], qh = block2[0], qw = block2[1], mh = memory2[0], mw = memory2[1], shift = M - N;
+      const int64_t W = image[1], qh = block2[0], qw = block2[1], mh = memory2[0], mw = memory2[1],
+                    shift = M - N;
       p.allowed = [=](int64_t, int64_t i, int64_t j) {
         const int64_t pos = i + shift;
         if (causal && j > pos) return false;
@@ -365,7 +394,8 @@ SparsePatternMaker local_maker(const std::string& who, const nlohmann::json& o, 
     };
     p.candidates = [=](int64_t, int64_t qb, int64_t b, std::vector<int64_t>& out) {
       const auto [first, last] = query_positions(qb, b, N, M);
-      cover(floor_div(first, block) * block - memory, floor_div(last, block) * block + block + memory - 1, b, out, M);
+      cover(floor_div(first, block) * block - memory, floor_div(last, block) * block + block + memory - 1, b,
+            out, M);
     };
     return p;
   };
@@ -382,44 +412,49 @@ MechanismEntry sparse_strided_entry() {
 }
 
 MechanismEntry sparse_fixed_entry() {
-  return sparse_entry({"sparse_fixed",
-                       "Sparse Transformer fixed pattern: A1 = {floor(j/l) = floor(i/l)}, A2 = {j mod l >= l - c} "
-                       "(Child et al. 2019, sec. 4)",
-                       factorized_specs(true), fixed_maker});
+  return sparse_entry(
+      {"sparse_fixed",
+       "Sparse Transformer fixed pattern: A1 = {floor(j/l) = floor(i/l)}, A2 = {j mod l >= l - c} "
+       "(Child et al. 2019, sec. 4)",
+       factorized_specs(true), fixed_maker});
 }
 
 MechanismEntry longformer_entry() {
-  return sparse_entry({"longformer",
-                       "Longformer: dilated sliding window of w (w/2 each side) plus symmetric global positions "
-                       "(Beltagy et al. 2020)",
-                       {{"window", "int", "512", "w: keys within w/2 dilated steps on each side (causal: before)"},
-                        {"dilation", "int or list", "1", "the gap between window keys; a list gives one per head"},
-                        {"global", "list", "[]", "global positions: attend every key and are attended by every query"}},
-                       longformer_maker});
+  return sparse_entry(
+      {"longformer",
+       "Longformer: dilated sliding window of w (w/2 each side) plus symmetric global positions "
+       "(Beltagy et al. 2020)",
+       {{"window", "int", "512", "w: keys within w/2 dilated steps on each side (causal: before)"},
+        {"dilation", "int or list", "1", "the gap between window keys; a list gives one per head"},
+        {"global", "list", "[]", "global positions: attend every key and are attended by every query"}},
+       longformer_maker});
 }
 
 MechanismEntry bigbird_entry() {
-  return sparse_entry({"bigbird",
-                       "BigBird: blocks of b, a window of 3 blocks, g global blocks, r random blocks per query block "
-                       "(Zaheer et al. 2020)",
-                       {{"block", "int", "64", "b: the block length"},
-                        {"global_blocks", "int", "2", "g: the first g blocks attend and are attended by all"},
-                        {"random_blocks", "int", "3", "r: random key blocks per query block (causal: past ones)"},
-                        {"seed", "int", "0", "the random blocks' seed (layer l of a model uses seed + l)"}},
-                       bigbird_maker});
+  return sparse_entry(
+      {"bigbird",
+       "BigBird: blocks of b, a window of 3 blocks, g global blocks, r random blocks per query block "
+       "(Zaheer et al. 2020)",
+       {{"block", "int", "64", "b: the block length"},
+        {"global_blocks", "int", "2", "g: the first g blocks attend and are attended by all"},
+        {"random_blocks", "int", "3", "r: random key blocks per query block (causal: past ones)"},
+        {"seed", "int", "0", "the random blocks' seed (layer l of a model uses seed + l)"}},
+       bigbird_maker});
 }
 
 MechanismEntry local_entry() {
-  return sparse_entry({"local",
-                       "local 1-D or 2-D block attention: query blocks attend their block and the memory around "
-                       "it (Image Transformer, Parmar et al. 2018)",
-                       {{"block", "int", "64", "l_q: the query block length (1-D)"},
-                        {"memory", "int", "64", "l_m: positions before the query block it attends (after too, "
-                                                "bidirectional) (1-D)"},
-                        {"image_shape", "list", "none", "[rows, columns]: 2-D over a raster-ordered image"},
-                        {"block_shape", "list", "[8, 8]", "2-D query block [qh, qw] pixels"},
-                        {"memory_shape", "list", "[8, 8]", "2-D memory: [mh rows above, mw columns each side]"}},
-                       local_maker});
+  return sparse_entry(
+      {"local",
+       "local 1-D or 2-D block attention: query blocks attend their block and the memory around "
+       "it (Image Transformer, Parmar et al. 2018)",
+       {{"block", "int", "64", "l_q: the query block length (1-D)"},
+        {"memory", "int", "64",
+         "l_m: positions before the query block it attends (after too, "
+         "bidirectional) (1-D)"},
+        {"image_shape", "list", "none", "[rows, columns]: 2-D over a raster-ordered image"},
+        {"block_shape", "list", "[8, 8]", "2-D query block [qh, qw] pixels"},
+        {"memory_shape", "list", "[8, 8]", "2-D memory: [mh rows above, mw columns each side]"}},
+       local_maker});
 }
 
 }  // namespace eformer::attention
