@@ -33,11 +33,18 @@ CONTENDERS = {
 B, H, d = 1, 8, 64
 
 
-def worker(name, N, causal, reps, threads):
+def options_for(name, N, sqrt_l):
+    kind, opts = CONTENDERS[name]
+    if sqrt_l and kind in ("sparse_strided", "sparse_fixed"):
+        opts = dict(opts, l=int(round(N ** 0.5)))
+    return kind, opts
+
+
+def worker(name, N, causal, reps, threads, sqrt_l):
     import numpy as np
     import eformer as ef
     ef.set_num_threads(threads)
-    kind, opts = CONTENDERS[name]
+    kind, opts = options_for(name, N, sqrt_l)
     rng = np.random.default_rng(0)
     q, k, v, g = [rng.standard_normal((B, H, N, d)).astype(np.float32) for _ in range(4)]
     ge = ef.tensor(g)
@@ -72,12 +79,13 @@ def main():
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--sqrt-l", action="store_true", help="l = round(sqrt(N)) for sparse_strided and sparse_fixed")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--worker", nargs=2, metavar=("CONTENDER", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     causal = not args.bidirectional
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), causal, args.reps, args.threads)
+        worker(args.worker[0], int(args.worker[1]), causal, args.reps, args.threads, args.sqrt_l)
         return
     print(f"B={B} H={H} d={d} float32, {'causal' if causal else 'bidirectional'}, forward + backward, "
           f"{args.threads} threads, load average before: {os.getloadavg()[0]:.2f}\n")
@@ -88,7 +96,8 @@ def main():
         res = {}
         for name in args.contenders:
             cmd = [sys.executable, __file__, "--worker", name, str(N), "--reps", str(args.reps),
-                   "--threads", str(args.threads)] + (["--bidirectional"] if not causal else [])
+                   "--threads", str(args.threads)] + (["--bidirectional"] if not causal else []) + \
+                (["--sqrt-l"] if args.sqrt_l else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"| {N} | {name} | failed: {out.stderr.strip()[-200:]} |")
@@ -106,7 +115,7 @@ def main():
                 pairs, density = str(r["pairs"]), f"{r['pairs'] / all_pairs:.3f}"
             else:
                 pairs, density, rate = "-", "-", "-"
-            opts = json.dumps(CONTENDERS[name][1]) if name != "dense" else "dense layout"
+            opts = json.dumps(options_for(name, N, args.sqrt_l)[1]) if name != "dense" else "dense layout"
             print(f"| {N} | {name} | `{opts}` | {t * 1e3:.0f} | {ratio} | {pairs} | {density} | {rate} | "
                   f"{r['peak'] / 2**20:.0f} | {r['rss'] / 2**20:.0f} |", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
