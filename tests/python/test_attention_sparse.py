@@ -9,6 +9,8 @@
 3. BigBird's random blocks: r whole blocks per query block, outside the window and the global
    blocks (causal: before the window), a pure function of the seed.
 4. Bad options are ValueErrors naming the option, its value and what was expected.
+5. The layouts compute far fewer block pairs than dense and count every allowed element once.
+6. The native streaming step (KV cache) equals the parallel causal pass with sparse options.
 """
 import numpy as np
 import pytest
