@@ -258,10 +258,12 @@ std::vector<int64_t> random_blocks(const BigBirdOptions& o, uint64_t seed, int64
   for (int64_t kb = o.global_blocks; kb < end; ++kb)
     if (kb < qb - 1 || kb > qb + 1) pool.push_back(kb);
   const int64_t take = std::min<int64_t>(o.random_blocks, int64_t(pool.size()));
-  constexpr uint64_t kStream = 0xB16B12Dull;  // the random-block stream of the layer's seed
-  for (int64_t t = 0; t < take; ++t) {        // partial Fisher-Yates
-    const uint64_t counter = (uint64_t(h) << 40) ^ (uint64_t(qb + (int64_t(1) << 30)) << 8) ^ uint64_t(t);
-    const uint32_t u = rng::philox(seed, kStream, counter)[0];
+  // Head h draws from stream kStream + h of the layer's seed; draw t of query block qb is counter
+  // (qb + 2^30) 2^24 + t (distinct for |qb| < 2^30 and t < 2^24).
+  constexpr uint64_t kStream = 0xB16B12Dull;
+  for (int64_t t = 0; t < take; ++t) {  // partial Fisher-Yates
+    const uint64_t counter = (uint64_t(qb + (int64_t(1) << 30)) << 24) + uint64_t(t);
+    const uint32_t u = rng::philox(seed, kStream + uint64_t(h), counter)[0];
     std::swap(pool[size_t(t)], pool[size_t(t + int64_t(u % uint64_t(int64_t(pool.size()) - t)))]);
   }
   pool.resize(size_t(take));
