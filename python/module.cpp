@@ -1,5 +1,10 @@
 // The Python module eformer._C; python/eformer/__init__.py re-exports it.
+#include <cstdio>
+#include <string>
+#include <vector>
+
 #include "bindings.h"
+#include "common.h"  // cli/: cli::run
 
 namespace eformer::python {
 
@@ -22,6 +27,18 @@ PYBIND11_MODULE(_C, m) {
   using namespace eformer::python;
   m.doc() = "eformer: efficient Transformers on the CPU";
   m.attr("__version__") = eformer::kVersion;
+  m.def(
+      "_cli",
+      [](std::vector<std::string> args) {
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        py::gil_scoped_release release;
+        const int rc = eformer::cli::run(int(args.size()), argv.data());
+        std::fflush(nullptr);
+        return rc;
+      },
+      py::arg("argv"), "Runs the eformer command line (argv[0] is the program name); returns its exit code.");
   // Base first: pybind11 tries the most recently registered translator first.
   static py::exception<eformer::Error> error(m, "Error", PyExc_RuntimeError);
   py::register_exception<eformer::ShapeError>(m, "ShapeError", PyExc_ValueError);
