@@ -22,11 +22,20 @@ std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim) {
 
 }  // namespace eformer::python
 
-PYBIND11_MODULE(_C, m) {
+// The module's name is compiled in (CMake builds one per ISA: _C, and _C_avx512 in portable builds).
+#ifndef EFORMER_MODULE_NAME
+#define EFORMER_MODULE_NAME _C
+#endif
+#ifndef EFORMER_ISA_NAME
+#define EFORMER_ISA_NAME "unknown"
+#endif
+
+PYBIND11_MODULE(EFORMER_MODULE_NAME, m) {
   namespace py = pybind11;
   using namespace eformer::python;
   m.doc() = "eformer: efficient Transformers on the CPU";
   m.attr("__version__") = eformer::kVersion;
+  m.attr("__isa__") = EFORMER_ISA_NAME;  // what the engine in this module was compiled for
   m.def(
       "_cli",
       [](std::vector<std::string> args) {

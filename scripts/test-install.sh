@@ -49,9 +49,21 @@ check_version "the package metadata" "$("$tmp/venv/bin/python" -c 'import import
 check_version "the eformer command" "$("$tmp/venv/bin/eformer" --version | awk '{print $2}')"
 "$tmp/venv/bin/python" -m eformer train --preset tiny --steps 2 --quiet --out "$tmp/pip-run" > /dev/null
 test -f "$tmp/pip-run/checkpoint.safetensors"
-"$tmp/venv/bin/python" -c '
-import numpy as np, eformer as ef
-q = ef.randn(1, 2, 16, 8)
-assert ef.attention(q, q, q, kind="flash", causal=True).numpy().shape == (1, 2, 16, 8)
-'
+# Both engines of the wheel (x86-64-v3, and x86-64-v4 where this CPU has AVX-512) give the same numbers.
+cat > "$tmp/isa.py" <<'PY'
+import sys, numpy as np, eformer as ef
+rng = np.random.default_rng(0)
+q, k, v = (ef.tensor(rng.standard_normal((1, 2, 300, 64)).astype(np.float32)) for _ in range(3))
+outs = [ef.attention(q, k, v, kind=kind, causal=True).numpy() for kind in ("flash", "performer", "linear")]
+np.save(sys.argv[1], np.stack(outs))
+print(ef.isa)
+PY
+[ "$(EFORMER_ISA=base "$tmp/venv/bin/python" "$tmp/isa.py" "$tmp/base.npy")" = x86-64-v3 ]
+if grep -q avx512vl /proc/cpuinfo; then
+  [ "$("$tmp/venv/bin/python" "$tmp/isa.py" "$tmp/v4.npy")" = x86-64-v4 ]  # chosen by default here
+  "$tmp/venv/bin/python" -c "
+import numpy as np
+a, b = np.load('$tmp/base.npy'), np.load('$tmp/v4.npy')
+assert np.allclose(a, b, rtol=1e-4, atol=1e-5), np.abs(a - b).max()"
+fi
 echo "-- installs: ok"
