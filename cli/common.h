@@ -1,5 +1,5 @@
 // Shared helpers of the CLI's subcommands: flag values, numbers parsed strictly, the corpus and
-// thread options. Every problem is an eformer::Error, which main() prints as
+// thread options. Every problem is an eformer::Error, which run() prints as
 // "eformer: error: ..." with exit code 2.
 #pragma once
 #include <cerrno>
@@ -15,6 +15,10 @@
 #include "eformer/train/config.h"
 
 namespace eformer::cli {
+
+// The whole command line (cli/cli.cpp): argv[0] is the program, argv[1] the command. Returns the
+// exit code: 0, 2 for any eformer::Error (one line on stderr), 1 for an internal error.
+int run(int argc, char** argv);
 
 // The value after flag argv[i] (advancing i); ValueError naming the command and flag when missing.
 inline std::string flag_value(const char* command, int argc, char** argv, int& i) {

@@ -167,8 +167,8 @@ void bind_data(py::module_& m) {
       });
 
   dm.def("default_corpus_path", &default_corpus_path,
-         "$EFORMER_DATA when set, else <source root>/data/kjv.txt; OSError saying to run "
-         "scripts/prepare-data.sh when it is missing.");
+         "$EFORMER_DATA when set, else data/kjv.txt in eformer's resource folder (share/eformer beside the "
+         "installed module); OSError saying where it looked when it is missing.");
 
   dm.def(
       "batch_offsets",

@@ -7,6 +7,7 @@ packages=(
   libdnnl-dev            # oneDNN: the GEMM library (chosen by measurement, docs/BENCHMARKS.md)
   nlohmann-json3-dev     # JSON: safetensors headers, configs
   pybind11-dev python3-dev python3-numpy
+  python3-venv           # the pip install test (a fresh virtual environment)
   libgtest-dev libbenchmark-dev
   python3-pytest python3-torch   # tests and benchmarks only: the reference oracle and the peer
   bible-kjv              # the default corpus (used from the model issue on)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: install dependencies, build, run the C++ tests, the PyTorch parity suite,
-# the out-of-tree find_package(eformer) consumer, and the C++ tests again under ASan+UBSan.
+# the installs (cmake --install moved elsewhere, an out-of-tree find_package(eformer) consumer,
+# pip install . in a fresh virtual environment), and the C++ tests again under ASan+UBSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -11,12 +12,8 @@ build/eformer_tests --gtest_brief=1
 scripts/prepare-data.sh
 echo "== Python parity tests (PyTorch float64 references)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider .)
-echo "== CMake package: install, then build an out-of-tree consumer with find_package(eformer)"
-rm -rf build/install build/consumer
-cmake --install build --prefix build/install > /dev/null
-cmake -S tests/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/install" > /dev/null
-cmake --build build/consumer > /dev/null
-build/consumer/consumer
+echo "== installs: cmake --install (moved prefix: CLI, Python, find_package consumer) and pip install ."
+scripts/test-install.sh
 echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEFORMER_SANITIZE=ON -DEFORMER_PYTHON=OFF \
   -DEFORMER_BENCHMARKS=OFF -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" > /dev/null

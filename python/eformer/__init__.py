@@ -2,14 +2,48 @@
 
 The engine is C++ (eformer._C); names and arguments follow PyTorch where it has them.
 """
-from ._C import *  # noqa: F401,F403
-from ._C import Tensor, _record_custom
-from . import _C
-import builtins as _builtins
+import sys as _sys
+
+
+def _engine():
+    """The compiled module for this CPU. Portable builds (pip wheels) carry two: _C for any x86-64 with
+    AVX2 (x86-64-v3) and _C_avx512 (x86-64-v4); the second is used where the CPU has AVX-512 F, BW, CD,
+    DQ and VL. EFORMER_ISA=base forces _C, EFORMER_ISA=avx512 forces _C_avx512. A native build has _C
+    only. Whichever is chosen is registered as eformer._C, so every name below comes from it."""
+    import importlib
+    import importlib.util
+    import os
+    forced = os.environ.get("EFORMER_ISA", "")
+    if forced not in ("", "base", "avx512"):
+        raise ImportError(f"eformer: EFORMER_ISA = {forced!r}; expected base or avx512 (or unset)")
+    has_variant = importlib.util.find_spec(__name__ + "._C_avx512") is not None
+    if forced == "avx512" and not has_variant:
+        raise ImportError("eformer: EFORMER_ISA=avx512, but this build has no AVX-512 module (a native build?)")
+    if has_variant and (forced == "avx512" or (forced == "" and _cpu_has_avx512())):
+        module = importlib.import_module(__name__ + "._C_avx512")
+    else:
+        module = importlib.import_module(__name__ + "._C")
+    _sys.modules[__name__ + "._C"] = module
+    return module
+
+
+def _cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= set(flags)
+
+
+_C = _engine()
+from ._C import *  # noqa: F401,F403,E402
+from ._C import Tensor, _record_custom  # noqa: E402
+import builtins as _builtins  # noqa: E402
 
 __version__ = _C.__version__
+isa = _C.__isa__  # what the engine in use was compiled for: "native", "x86-64-v3" or "x86-64-v4"
 # `import eformer.optim`, `from eformer.nn import Linear` work like torch's.
-import sys as _sys
 for _sub in ("optim", "nn", "data", "models", "train"):
     _sys.modules[__name__ + "." + _sub] = getattr(_C, _sub)
 

@@ -16,7 +16,4 @@
 #include "eformer/ops/ops.h"
 #include "eformer/optim/optim.h"
 #include "eformer/train/train.h"
-
-namespace eformer {
-inline constexpr const char* kVersion = "0.1.0";
-}
+#include "eformer/version.h"

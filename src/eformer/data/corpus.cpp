@@ -1,5 +1,7 @@
 #include "eformer/data/corpus.h"
 
+#include "eformer/io/resources.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -16,20 +18,6 @@ namespace eformer::data {
 namespace {
 
 namespace fs = std::filesystem;
-
-// The source root, fixed at compile time: this file is <root>/src/eformer/data/corpus.cpp, so the
-// root is what remains after dropping the last four path components.
-constexpr std::string_view kThisFile = __FILE__;
-static_assert(kThisFile.ends_with("data/corpus.cpp"), "corpus.cpp must stay at src/eformer/data/");
-constexpr std::string_view source_root() {
-  std::string_view p = kThisFile;
-  for (int i = 0; i < 4; ++i) {
-    size_t k = p.find_last_of("/\\");
-    if (k == std::string_view::npos) return ".";
-    p = p.substr(0, k);
-  }
-  return p.empty() ? std::string_view("/") : p;
-}
 
 std::string read_utf8_file(const fs::path& path) {
   std::string text = io::read_file(path.string());
@@ -186,13 +174,14 @@ std::string default_corpus_path() {
   const char* env = std::getenv("EFORMER_DATA");
   if (env != nullptr && env[0] != '\0') {
     EF_CHECK(fs::exists(env), IOError, "default corpus: EFORMER_DATA='", env,
-             "' does not exist; point it at a UTF-8 text file, or unset it to use data/kjv.txt");
+             "' does not exist; point it at a UTF-8 text file, or unset it to use the installed data/kjv.txt");
     return env;
   }
-  std::string path = std::string(source_root()) + "/data/kjv.txt";
-  EF_CHECK(
-      fs::exists(path), IOError, "default corpus: '", path,
-      "' does not exist; run scripts/prepare-data.sh to extract it (or set EFORMER_DATA to a text file)");
+  std::string path = io::find_resource("data/kjv.txt");
+  EF_CHECK(!path.empty(), IOError, "default corpus: data/kjv.txt not found; looked in ",
+           io::resource_search_description(),
+           ". In a source checkout run scripts/prepare-data.sh to extract it; elsewhere set EFORMER_DATA to a "
+           "UTF-8 text file");
   return path;
 }
 

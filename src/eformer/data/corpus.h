@@ -68,9 +68,9 @@ class Corpus {
 };
 
 // Where the default corpus lives: $EFORMER_DATA (a text file or folder) when set and non-empty,
-// else <source root>/data/kjv.txt, the King James Bible that scripts/prepare-data.sh extracts.
-// The source root is fixed when the library is compiled. IOError, saying to run
-// scripts/prepare-data.sh (or to fix EFORMER_DATA), when the path does not exist.
+// else data/kjv.txt in the resource folder (io/resources.h: the installed share/eformer, or a build
+// folder's link to the source tree's data/, where scripts/prepare-data.sh extracts the King James
+// Bible). IOError naming where it looked, when neither exists.
 std::string default_corpus_path();
 
 }  // namespace eformer::data

@@ -1,5 +1,7 @@
 #include "eformer/train/config.h"
 
+#include "eformer/io/resources.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -45,19 +47,6 @@ double get_number(const json& j, const char* key) {
 std::string get_string(const json& j, const char* key) {
   EF_CHECK(j.is_string(), ValueError, "train config: '", key, "' must be a string, got ", j.dump());
   return j.get<std::string>();
-}
-
-// The source root, fixed at compile time: this file is <root>/src/eformer/train/config.cpp.
-constexpr std::string_view kThisFile = __FILE__;
-static_assert(kThisFile.ends_with("train/config.cpp"), "config.cpp must stay at src/eformer/train/");
-std::string source_root() {
-  std::string_view p = kThisFile;
-  for (int i = 0; i < 4; ++i) {
-    size_t k = p.find_last_of("/\\");
-    if (k == std::string_view::npos) return ".";
-    p = p.substr(0, k);
-  }
-  return p.empty() ? "/" : std::string(p);
 }
 
 }  // namespace
@@ -198,7 +187,10 @@ void apply_override(json& run, const std::string& assignment) {
 std::string presets_dir() {
   const char* env = std::getenv("EFORMER_PRESETS");
   if (env && *env) return env;
-  return source_root() + "/presets";
+  const std::string dir = io::find_resource("presets");
+  EF_CHECK(!dir.empty(), IOError, "presets: no presets folder found; looked in ", io::resource_search_description(),
+           " (set EFORMER_PRESETS to a folder of preset files, or EFORMER_HOME to an eformer share/eformer)");
+  return dir;
 }
 
 std::string preset_path(const std::string& name) {

@@ -58,7 +58,8 @@ nlohmann::json read_run_json(const std::string& path);
 // Applies one "key=value" override to a run file's JSON (before parse_run_config).
 void apply_override(nlohmann::json& run, const std::string& assignment);
 
-// The presets folder: $EFORMER_PRESETS when set, else <source root>/presets (fixed at compile time).
+// The presets folder: $EFORMER_PRESETS when set, else presets/ in the resource folder (io/resources.h);
+// IOError naming where it looked when there is none.
 std::string presets_dir();
 // A preset name ("small", "tiny") -> its file; a value containing '/' or ending in ".json" is taken
 // as a path. ValueError listing the available presets when there is no such file.

@@ -1,5 +1,7 @@
 // The eformer command line: one subcommand per file (train.cpp, eval.cpp, generate.cpp, info.cpp,
 // demo.cpp). Any eformer::Error is one line on stderr, "eformer: error: ...", and exit code 2.
+// cli::run is the whole CLI; the `eformer` executable (cli/eformer.cpp) and `python -m eformer`
+// (the Python module's _cli) both call it.
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -26,7 +28,7 @@ options:
 )";
 }
 
-int main(int argc, char** argv) {
+int eformer::cli::run(int argc, char** argv) {
   try {
     if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
       std::cout << kUsage;
