@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "eformer/attention/mechanisms/aft.h"
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/performer.h"
 
@@ -16,6 +17,10 @@ std::vector<MechanismEntry>& entries() {
       exact_entry("flash"),          // fused, tiled online softmax
       performer_entry("performer"),  // FAVOR+ random features
       performer_entry("linear"),     // elu + 1 features
+      aft_entry("aft_full"),         // AFT: learned pairwise bias over max_len
+      aft_entry("aft_simple"),       // AFT: no bias, O(N d)
+      aft_entry("aft_local"),        // AFT: bias in a window, 0 outside
+      aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
   };
   return all;
 }

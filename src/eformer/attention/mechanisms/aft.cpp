@@ -1,0 +1,230 @@
+#include "eformer/attention/mechanisms/aft.h"
+
+#include <algorithm>
+
+#include "eformer/autograd/autograd.h"
+#include "eformer/nn/linear.h"
+#include "eformer/ops/activation.h"
+#include "eformer/ops/elementwise.h"
+#include "eformer/ops/matmul.h"
+#include "eformer/ops/reduce.h"
+#include "eformer/ops/shape.h"
+
+namespace eformer::attention {
+namespace {
+
+std::vector<OptionSpec> aft_option_specs(const std::string& name) {
+  if (name == "aft_simple") return {};
+  std::vector<OptionSpec> specs = {
+      {"heads", "int", name == "aft_conv" ? "n_heads" : "1",
+       "heads sharing one bias each (0: the model's n_heads; AFT mixes channels one by one)"}};
+  if (name == "aft_full") {
+    specs.push_back({"factorized", "bool", "true", "w = U V^T (AFT eq. 7) instead of a free w [heads, L, L]"});
+    specs.push_back({"hidden", "int", "256", "d', the width of the factors U, V [heads, L, d']"});
+  } else if (name == "aft_local") {
+    specs.push_back({"window", "int", "32", "s: w is learned for |t - t'| < s and 0 outside (AFT eq. 4)"});
+  } else {
+    specs.push_back({"kernel", "int", "32", "s: the kernel size (causal: the s keys up to t; else centred)"});
+    specs.push_back({"reparam", "bool", "true", "u = gamma (raw - mean) / std + beta per head (AFT eq. 8)"});
+  }
+  return specs;
+}
+
+// The state of a native step: the kernel's sums and cache, and the bias computed once (eval weights).
+struct AftStreamState : RecurrentState {
+  AftState kernel;
+  Tensor w;
+  int64_t length() const override { return kernel.length; }
+};
+
+const Tensor* find_tensor(const MechanismArgs& args, const char* key) {
+  const auto it = args.tensors.find(key);
+  return it == args.tensors.end() ? nullptr : &it->second;
+}
+
+}  // namespace
+
+AftLayout aft_layout(const std::string& name, int64_t s, bool causal) {
+  AftLayout L;
+  L.causal = causal;
+  if (name == "aft_full") {
+    L.kind = AftBias::Dense;
+  } else if (name == "aft_local") {
+    L.kind = AftBias::Band;
+    L.S = causal ? s : 2 * s - 1;
+    L.p = s - 1;
+  } else if (name == "aft_conv") {
+    L.kind = AftBias::Toeplitz;
+    L.S = s;
+    L.p = causal ? s - 1 : (s - 1) / 2;
+  }
+  return L;
+}
+
+Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const AttentionOptions& opts, const MechanismArgs& args) {
+  const std::string op = "attention '" + name + "'";
+  EF_CHECK(args.options.is_object(), ValueError, op, ": options must be a JSON object");
+  for (const auto& [key, value] : args.options.items()) options::unknown(op, key, {});
+  const std::vector<std::string> allowed = name == "aft_simple"  ? std::vector<std::string>{}
+                                           : name == "aft_full" ? std::vector<std::string>{"w", "w_u", "w_v"}
+                                                                : std::vector<std::string>{"w"};
+  options::check_tensors(op, args, allowed);
+  EF_CHECK(!opts.key_mask.defined(), ValueError, op, ": key_mask given; AFT here honours no padding mask");
+  EF_CHECK(opts.scale == 0.0f, ValueError, op, ": scale = ", opts.scale, "; AFT has no q.k product to scale");
+  EF_CHECK(opts.dropout == 0.0f, ValueError, op, ": dropout = ", opts.dropout,
+           "; AFT has no attention probabilities to drop (expected 0)");
+  EF_CHECK(q.defined() && k.defined() && q.dim() == 4 && k.dim() == 4 && q.size(0) == k.size(0) &&
+               q.size(1) == k.size(1) && q.size(3) == k.size(3),
+           ShapeError, op, ": q is ", q.defined() ? q.describe() : "undefined", " and k ",
+           k.defined() ? k.describe() : "undefined", "; expected [batch, heads, N, d] and [batch, heads, M, d]");
+  const int64_t N = q.size(2), M = k.size(2);
+  const Tensor *w = find_tensor(args, "w"), *wu = find_tensor(args, "w_u"), *wv = find_tensor(args, "w_v");
+  Tensor bias;
+  AftLayout L = aft_layout(name, 1, opts.causal);
+  if (name == "aft_full") {
+    EF_CHECK(bool(w) != (wu && wv) && bool(wu) == bool(wv), ValueError, op,
+             ": give the bias w [heads, N, M] or its factors w_u [heads, N, d'] and w_v [heads, M, d']");
+    if (w) {
+      bias = *w;
+    } else {
+      EF_CHECK(wu->dim() == 3 && wv->dim() == 3 && wu->size(2) == wv->size(2) && wu->size(1) >= N && wv->size(1) >= M,
+               ShapeError, op, ": w_u is ", wu->describe(), " and w_v ", wv->describe(),
+               "; expected [heads, >= ", N, ", d'] and [heads, >= ", M, ", d']");
+      bias = bmm(*wu, *wv, false, true);
+    }
+  } else if (name != "aft_simple") {
+    EF_CHECK(w, ValueError, op, ": needs the tensor argument w (", name == "aft_local" ? "the band [heads, N, S]" : "the kernel [heads, s]", ")");
+    bias = *w;
+    EF_CHECK(bias.dim() >= 2, ShapeError, op, ": w is ", bias.describe(), "; expected ",
+             name == "aft_local" ? "[heads, N, S]" : "[heads, s]");
+    const int64_t S = bias.size(bias.dim() - 1);
+    if (name == "aft_local") {
+      EF_CHECK(opts.causal || S % 2 == 1, ShapeError, op, ": the bidirectional band w is ", bias.describe(),
+               "; its width S = 2 s - 1 must be odd");
+      L = aft_layout(name, opts.causal ? S : (S + 1) / 2, opts.causal);
+    } else {
+      L = aft_layout(name, S, opts.causal);
+    }
+  }
+  EF_CHECK(v.defined() && v.shape() == k.shape(), ShapeError, op, ": v is ", v.defined() ? v.describe() : "undefined",
+           "; expected k's shape ", k.describe(), " (sigmoid(q) gates the average of v channel by channel)");
+  return mul(sigmoid(q), aft_average(k, v, bias, L, N, op.c_str()));
+}
+
+AftOptions parse_aft_options(const std::string& name, const nlohmann::json& options) {
+  const std::string who = "attention '" + name + "'";
+  EF_CHECK(options.is_object(), ValueError, who, ": options must be a JSON object, got ", options.dump());
+  AftOptions o;
+  o.heads = name == "aft_conv" ? 0 : 1;
+  const auto specs = aft_option_specs(name);
+  for (const auto& [key, value] : options.items()) {
+    const bool known = std::any_of(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
+    if (!known) options::unknown(who, key, specs);
+    if (key == "heads") o.heads = options::get_int(who, key, value, 0);
+    if (key == "factorized") o.factorized = options::get_bool(who, key, value);
+    if (key == "hidden") o.hidden = options::get_int(who, key, value, 1);
+    if (key == "window") o.window = options::get_int(who, key, value, 1);
+    if (key == "kernel") o.kernel = options::get_int(who, key, value, 1);
+    if (key == "reparam") o.reparam = options::get_bool(who, key, value);
+  }
+  EF_CHECK(name != "aft_conv" || !o.reparam || o.kernel >= 2, ValueError, who, ": option kernel = ", o.kernel,
+           " with reparam = true; the reparameterization divides by the kernel's standard deviation, so kernel "
+           "must be >= 2 (or reparam false)");
+  return o;
+}
+
+MechanismEntry aft_entry(const std::string& name) {
+  MechanismEntry e;
+  e.name = name;
+  e.description =
+      name == "aft_full"     ? "Attention Free Transformer, learned pairwise bias w over max_len (Zhai et al. 2021, eq. 2, 7)"
+      : name == "aft_simple" ? "Attention Free Transformer without position bias, O(N d) (Zhai et al. 2021, eq. 5)"
+      : name == "aft_local"  ? "Attention Free Transformer, bias learned in a window and 0 outside (Zhai et al. 2021, eq. 4)"
+                             : "Attention Free Transformer, a per-head kernel as depthwise conv + global sum (Zhai et al. 2021, eq. 6)";
+  e.capabilities = {.causal = true,
+                    .bidirectional = true,
+                    .recurrent = true,
+                    .fixed_length = name == "aft_full" || name == "aft_local"};
+  e.reference = "aft";
+  e.options = aft_option_specs(name);
+  e.check_options = [name](const nlohmann::json& o) { parse_aft_options(name, o); };
+  e.make = [name](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {
+    return std::make_shared<AftAttention>(name, c);
+  };
+  e.functional = [name](const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                        const MechanismArgs& args) { return aft_attention(name, q, k, v, opts, args); };
+  return e;
+}
+
+AftAttention::AftAttention(std::string name, const MechanismConfig& config)
+    : AftAttention(name, config, parse_aft_options(name, config.options)) {}
+
+AftAttention::AftAttention(std::string name, const MechanismConfig& config, AftOptions options)
+    : ProjectedAttention("AftAttention", name, config, MultiHeadOptions{},
+                         ProjectionSpec{.heads = options.heads > 0 ? options.heads : config.n_heads}),
+      options_(options) {
+  options_.heads = H_;
+  const int64_t L = config.max_len;
+  if (this->name() == "aft_full" && options_.factorized) {
+    w_u_ = &register_parameter("w_u", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
+    w_v_ = &register_parameter("w_v", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
+  } else if (this->name() == "aft_full") {
+    w_ = &register_parameter("w", nn::normal_init({H_, L, L}, 1e-2f));
+  } else if (this->name() == "aft_local") {
+    w_ = &register_parameter("w", nn::normal_init({H_, L, aft_layout("aft_local", s(), config.causal).S}, 1e-2f));
+  } else if (this->name() == "aft_conv") {
+    raw_ = &register_parameter("kernel", nn::normal_init({H_, options_.kernel}, 1.0f));
+    if (options_.reparam) {
+      gamma_ = &register_parameter("gamma", Tensor::zeros({H_}));
+      beta_ = &register_parameter("beta", Tensor::zeros({H_}));
+    }
+  }
+}
+
+std::string AftAttention::describe() const {
+  std::string extra;
+  if (name() == "aft_full")
+    extra = options_.factorized ? detail::concat(", factorized, hidden=", options_.hidden) : ", w";
+  if (name() == "aft_local") extra = detail::concat(", window=", options_.window);
+  if (name() == "aft_conv")
+    extra = detail::concat(", kernel=", options_.kernel, ", reparam=", options_.reparam ? "true" : "false");
+  return detail::concat("AftAttention(name=", name(), ", d_model=", config_.d_model, ", heads=", H_,
+                        ", causal=", config_.causal ? "true" : "false", extra, ")");
+}
+
+Tensor AftAttention::bias(int64_t N) {
+  if (w_u_) return bmm(slice(*w_u_, 1, 0, N), slice(*w_v_, 1, 0, N), false, true);
+  if (w_) return *w_;
+  if (!raw_) return Tensor();
+  if (!gamma_) return *raw_;
+  // AFT eq. 8: u = gamma (raw - mean raw) / std raw + beta per head (std unbiased, as torch.std).
+  const int64_t s = raw_->size(1);
+  const Tensor centred = sub(*raw_, mean(*raw_, {1}, true));
+  const Tensor std = sqrt(mul_scalar(sum(mul(centred, centred), {1}, true), 1.0f / float(s - 1)));
+  return add(mul(reshape(*gamma_, {H_, 1}), div(centred, std)), reshape(*beta_, {H_, 1}));
+}
+
+Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor&) {
+  const Heads h = project(x, memory);
+  const int64_t N = x.size(1);
+  const AftLayout L = aft_layout(name(), s(), config_.causal);
+  return output(mul(sigmoid(h.q), aft_average(h.k, h.v, bias(N), L, N, label().c_str())));
+}
+
+std::unique_ptr<RecurrentState> AftAttention::start_native(int64_t) const {
+  return std::make_unique<AftStreamState>();
+}
+
+Tensor AftAttention::step_native(const Tensor& x_t, RecurrentState& state) {
+  auto& st = static_cast<AftStreamState&>(state);
+  const Heads h = project_step(x_t, st.length());
+  if (!st.w.defined() && name() != "aft_simple") {
+    autograd::NoGradGuard no_grad;
+    st.w = bias(config_.max_len > 0 ? config_.max_len : 1).detach();
+  }
+  const AftLayout L = aft_layout(name(), s(), true);
+  return output(mul(sigmoid(h.q), aft_average_step(h.k, h.v, st.w, L, st.kernel)));
+}
+
+}  // namespace eformer::attention
