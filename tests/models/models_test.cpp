@@ -66,7 +66,8 @@ TEST(Mechanism, RegistryErrorsListNames) {
   c.options = {{"windw", 4}};
   expect_error<ValueError>([&] { attention::make_mechanism("flash", c); },
                            {"'windw'", "rotary, rotary_base"});
-  EXPECT_EQ(attention::mechanism_names(), (std::vector<std::string>{"full", "flash", "performer", "linear"}));
+  EXPECT_EQ(attention::mechanism_names(), (std::vector<std::string>{"full", "flash", "performer", "linear", "aft_full",
+                                                                    "aft_simple", "aft_local", "aft_conv"}));
 }
 
 TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {
