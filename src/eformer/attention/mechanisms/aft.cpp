@@ -1,6 +1,8 @@
 #include "eformer/attention/mechanisms/aft.h"
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "eformer/autograd/autograd.h"
 #include "eformer/nn/linear.h"
@@ -40,6 +42,63 @@ struct AftStreamState : RecurrentState {
 const Tensor* find_tensor(const MechanismArgs& args, const char* key) {
   const auto it = args.tensors.find(key);
   return it == args.tensors.end() ? nullptr : &it->second;
+}
+
+// The largest range of K (per channel) plus w (per row) for which the GEMM form of AFT-full is used.
+constexpr float kGemmRange = 60.0f;
+
+// max - min over the allowed entries: K per (b, h, channel) over the keys; w per (head, row) over t' < M
+// (t' <= t causal). Returns the largest K range plus the largest w range.
+float value_ranges(const Tensor& k, const Tensor& w, int64_t N, bool causal) {
+  const Tensor kc = k.contiguous_data(), wc = w.contiguous_data();
+  const int64_t BH = k.size(0) * k.size(1), M = k.size(2), d = k.size(3), H = w.size(0), R = w.size(1),
+                C = w.size(2);
+  float rk = 0.f, rw = 0.f;
+  const float* pk = kc.data<float>();
+  std::vector<float> lo(static_cast<size_t>(d)), hi(static_cast<size_t>(d));
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    std::fill(lo.begin(), lo.end(), INFINITY), std::fill(hi.begin(), hi.end(), -INFINITY);
+    for (int64_t j = 0; j < M; ++j)
+      for (int64_t c = 0; c < d; ++c) {
+        const float x = pk[(bh * M + j) * d + c];
+        lo[c] = std::min(lo[c], x), hi[c] = std::max(hi[c], x);
+      }
+    for (int64_t c = 0; c < d; ++c) rk = std::max(rk, hi[c] - lo[c]);
+  }
+  const float* pw = wc.data<float>();
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t t = 0; t < N; ++t) {
+      float a = INFINITY, b = -INFINITY;
+      for (int64_t j = 0; j < (causal ? t + 1 : M); ++j) {
+        const float x = pw[(h * R + t) * C + j];
+        a = std::min(a, x), b = std::max(b, x);
+      }
+      rw = std::max(rw, b - a);
+    }
+  return rk + rw;
+}
+
+// Bidirectional AFT-full as GEMMs (the paper's form): A = E_w (E_k (.) V) / E_w E_k with E_w = exp(w - its
+// row maximum) and E_k = exp(K - its maximum over the keys), per channel; one GEMM
+// [N, M] x [M, B 2 d] per head for numerator and denominator together. Every factor is >= exp(-range),
+// so this is used only while the ranges of K and w sum below kGemmRange (no underflow, in particular
+// of a causal prefix below a later maximum); else the per-pair kernel (kernels/aft.h), exact at any range.
+Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool causal, int64_t N, const char* op) {
+  const int64_t B = k.size(0), H = k.size(1), M = k.size(2), d = k.size(3);
+  const bool shapes_ok = w.defined() && w.dim() == 3 && w.size(0) == H && w.size(1) >= N && w.size(2) >= M &&
+                         v.shape() == k.shape() && (!causal || N == M) && M >= 1;
+  AftLayout L;
+  L.kind = AftBias::Dense, L.causal = causal;
+  // Causal stays on the per-pair kernel: a maximum over all keys (or a choice of path made from them)
+  // would let later keys move earlier outputs by rounding, and causal outputs must not depend on them.
+  if (causal || !shapes_ok || value_ranges(k, w, N, causal) > kGemmRange) return aft_average(k, v, w, L, N, op);
+  const Tensor wn = slice(slice(w, 1, 0, N), 2, 0, M);  // [H, N, M]
+  const Tensor ew = exp(sub(wn, max(wn.detach(), 2, true).first));           // [H, N, M]
+  const Tensor ek = exp(sub(k, max(k.detach(), 2, true).first));             // [B, H, M, d]
+  Tensor x = reshape(permute(cat({mul(ek, v), ek}, 3), {1, 2, 0, 3}), {H, M, B * 2 * d});
+  Tensor nd = permute(reshape(bmm(ew, x), {H, N, B, 2 * d}), {2, 0, 1, 3});  // [B, H, N, 2 d]
+  const auto parts = split(nd, {d, d}, 3);
+  return div(parts[0], parts[1]);
 }
 
 }  // namespace
@@ -109,6 +168,7 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
   }
   EF_CHECK(v.defined() && v.shape() == k.shape(), ShapeError, op, ": v is ", v.defined() ? v.describe() : "undefined",
            "; expected k's shape ", k.describe(), " (sigmoid(q) gates the average of v channel by channel)");
+  if (name == "aft_full") return mul(sigmoid(q), aft_full_average(k, v, bias, opts.causal, N, op.c_str()));
   return mul(sigmoid(q), aft_average(k, v, bias, L, N, op.c_str()));
 }
 
@@ -209,6 +269,8 @@ Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor&) {
   const Heads h = project(x, memory);
   const int64_t N = x.size(1);
   const AftLayout L = aft_layout(name(), s(), config_.causal);
+  if (name() == "aft_full")
+    return output(mul(sigmoid(h.q), aft_full_average(h.k, h.v, bias(N), config_.causal, N, label().c_str())));
   return output(mul(sigmoid(h.q), aft_average(h.k, h.v, bias(N), L, N, label().c_str())));
 }
 
