@@ -265,8 +265,8 @@ TEST(Aft, BadInputIsAnErrorNamingTheArgument) {
                            {"kernel [heads, S]", "[3, 4]"});
   expect_error<ValueError>([&] { attention(q, q, q, "aft_simple", opts, with_w(Tensor::zeros({2, 4}))); },
                            {"unknown tensor argument 'w'"});
-  opts.key_mask = Tensor::zeros({1, 5}, DType::Bool);
-  expect_error<ValueError>([&] { attention(q, q, q, "aft_simple", opts, {}); }, {"key_mask", "padding"});
+  opts.key_mask = Tensor::zeros({1, 4}, DType::Bool);
+  expect_error<ShapeError>([&] { attention(q, q, q, "aft_simple", opts, {}); }, {"key_mask is", "[1, 5]"});
   opts = {};
   expect_error<ShapeError>([&] { attention(q, q, Tensor::zeros({1, 2, 5, 3}), "aft_simple", opts, {}); },
                            {"v is", "[1, 2, 5, 3]"});

@@ -149,7 +149,7 @@ def aft_dense_bias(name, bias, N, M, causal):
     return torch.where(inside[None], w, torch.zeros_like(w))
 
 
-def torch_aft(q, k, v, w, causal):
+def torch_aft(q, k, v, w, causal, key_mask=None):
     """AFT eq. 2 from the definition, float64: Y_t = sigmoid(Q_t) * sum_t' exp(K_t' + w_t,t') V_t' /
     sum_t' exp(K_t' + w_t,t') per channel (t' <= t when causal). q, k, v [B, H, N or M, d]; w [Hw, N, M]
     or None (0), shared by the channels of each of its Hw heads (channels regrouped into Hw heads)."""
@@ -164,10 +164,11 @@ def torch_aft(q, k, v, w, causal):
     logits = k2[:, :, None, :, :].expand(B, Hw, N, M, k2.shape[-1])
     if w is not None:
         logits = logits + w[None, :, :, :, None]
-    if causal:
-        future = torch.arange(M)[None, :] > torch.arange(N)[:, None]
-        logits = logits.masked_fill(future[None, None, :, :, None], -math.inf)
-    a = (torch.softmax(logits, dim=3) * v2[:, :, None]).sum(3)
+    allowed = allowed_mask(B, N, M, causal, key_mask)[..., None]  # [B, 1, N, M, 1]
+    any_key = allowed.any(3, keepdim=True)
+    logits = torch.where(allowed, logits, torch.full_like(logits, -math.inf))
+    p = torch.softmax(torch.where(any_key, logits, torch.zeros_like(logits)), dim=3) * allowed
+    a = (p * v2[:, :, None]).sum(3)
     y = torch.sigmoid(q2) * a
     return y.transpose(1, 2).reshape(B, N, H, d).transpose(1, 2)
 
@@ -206,9 +207,8 @@ class Aft:
         return {"bias": None}
 
     def heads(self, entry, q, k, v, causal, key_mask, context):
-        assert key_mask is None, "AFT declares no padding mask"
         w = aft_dense_bias(entry["name"], context["bias"], q.shape[2], k.shape[2], causal)
-        return torch_aft(q, k, v, w, causal)
+        return torch_aft(q, k, v, w, causal, key_mask)
 
 
 REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft()}

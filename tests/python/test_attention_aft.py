@@ -152,10 +152,36 @@ def test_options_and_capabilities_as_documented():
     for name in ("aft_full", "aft_simple", "aft_local", "aft_conv"):
         caps = entries[name]["capabilities"]
         assert caps["causal"] and caps["bidirectional"] and caps["recurrent"]
-        assert not caps["dropout"] and not caps["cross"] and not caps["padding_mask"]
+        assert not caps["dropout"] and not caps["cross"] and caps["padding_mask"]
         assert caps["fixed_length"] == (name in ("aft_full", "aft_local"))
     with pytest.raises(ValueError, match="unknown option 'kernel'.*heads, window"):
         ef.models.make_mechanism("aft_local", 8, 2, causal=True, max_len=8, options={"kernel": 3})
     with pytest.raises(ValueError, match="w \\[heads, N, M\\]"):
         q = ef.tensor(np.zeros((1, 1, 4, 2), dtype=np.float32))
         ef.attention(q, q, q, kind="aft_full")
+
+
+@pytest.mark.parametrize("kind", VARIANTS)
+def test_padded_keys_are_left_out_and_a_query_without_keys_gives_zero(rng, kind):
+    N, causal = 9, False
+    inputs = [rng.standard_normal((B, H, N, d)) for _ in range(3)] + bias_inputs(kind, rng, N, N, causal)
+    inputs = [x.astype(np.float32).astype(np.float64) for x in inputs]
+    mask = np.ones((B, N), dtype=bool)
+    mask[1] = False  # batch row 1: no real key at all
+    mask[0, [2, 5]] = False
+    fn = call(kind, causal)
+    ef_in = [ef.tensor(x.astype(np.float32), requires_grad=True) for x in inputs]
+    out = ef.attention(*ef_in[:3], kind="aft_full" if kind == "aft_full_factors" else kind, causal=causal,
+                       key_mask=ef.tensor(mask), **dict(zip({"aft_full_factors": ["w_u", "w_v"],
+                                                             "aft_simple": []}.get(kind, ["w"]), ef_in[3:])))
+    t_in = [torch.tensor(x) for x in inputs]
+    w = dense_w(kind, t_in[3:], N, N, causal)
+    keep = torch.tensor(mask[0])
+    ref = eq2(t_in[0][:1], t_in[1][:1, :, keep], t_in[2][:1, :, keep], w[:, :, keep], causal)
+    assert_close(out.numpy()[:1], ref.numpy(), 1e-4, 1e-5, "row 0: padded keys left out")
+    assert np.array_equal(out.numpy()[1], np.zeros_like(out.numpy()[1])), "row 1 has no key: 0"
+    out.backward(ef.tensor(rng.standard_normal(out.shape).astype(np.float32)))
+    for t in ef_in:
+        assert np.isfinite(t.grad.numpy()).all()
+    assert np.array_equal(ef_in[1].grad.numpy()[1], np.zeros((H, N, d), dtype=np.float32))
+    assert fn is not None

@@ -22,8 +22,10 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // None) read as w[t * a + t' + b] at absolute positions, and the window rule of aft.h.
 struct AftHead {
   const float *k, *v, *w;
+  const bool* km;  // key mask [M] (null: every key is real)
   int64_t k0, M, d, a, b, S, p;
   bool dense, causal;
+  bool real(int64_t j) const { return !km || km[j]; }
   int64_t lo(int64_t t) const { return dense ? 0 : t - p; }
   int64_t hi(int64_t t) const {
     const int64_t h = dense ? M - 1 : t - p + S - 1;
@@ -57,10 +59,12 @@ void average_row(const AftHead& h, int64_t t, const Running& pre, const Running*
   const int64_t d = h.d, j0 = h.first(t), j1 = h.last(t);
   for (int64_t c = 0; c < d; ++c) m[c] = suf ? std::max(pre.mx[c], suf->mx[c]) : pre.mx[c];
   for (int64_t j = j0; j < j1; ++j) {
+    if (!h.real(j)) continue;
     const float wb = h.bias(t, j);
     const float* kk = h.key(j);
     for (int64_t c = 0; c < d; ++c) m[c] = std::max(m[c], kk[c] + wb);
   }
+  for (int64_t c = 0; c < d; ++c) m[c] = m[c] == -kInf ? 0.f : m[c];  // no real key: den stays 0
   for (int64_t c = 0; c < d; ++c) {
     const float s = fast_exp(pre.mx[c] - m[c]);
     num[c] = pre.num[c] * s, den[c] = pre.den[c] * s;
@@ -71,6 +75,7 @@ void average_row(const AftHead& h, int64_t t, const Running& pre, const Running*
       num[c] += suf->num[c] * s, den[c] += suf->den[c] * s;
     }
   for (int64_t j = j0; j < j1; ++j) {
+    if (!h.real(j)) continue;
     const float wb = h.bias(t, j);
     const float *kk = h.key(j), *vv = h.value(j);
     for (int64_t c = 0; c < d; ++c) {
@@ -78,7 +83,11 @@ void average_row(const AftHead& h, int64_t t, const Running& pre, const Running*
       num[c] += e * vv[c], den[c] += e;
     }
   }
-  for (int64_t c = 0; c < d; ++c) A[c] = num[c] / den[c], lse[c] = m[c] + std::log(den[c]);
+  // A query with no real key (every key padded) outputs 0, with lse = -inf (no gradient).
+  for (int64_t c = 0; c < d; ++c) {
+    const bool any = den[c] > 0.f;
+    A[c] = any ? num[c] / den[c] : 0.f, lse[c] = any ? m[c] + std::log(den[c]) : -kInf;
+  }
 }
 
 // The causal sweep over queries [t0, t1) (A, lse [t1 - t0, d]): keys that leave the window (< lo(t))
@@ -87,7 +96,8 @@ void causal_sweep(const AftHead& h, int64_t t0, int64_t t1, int64_t& next, Runni
                   float* scratch) {
   const int64_t d = h.d;
   for (int64_t t = t0; t < t1; ++t) {
-    for (; next < h.first(t); ++next) pre.add(h.key(next), h.value(next), d);
+    for (; next < h.first(t); ++next)
+      if (h.real(next)) pre.add(h.key(next), h.value(next), d);
     average_row(h, t, pre, nullptr, A + (t - t0) * d, lse + (t - t0) * d, scratch, scratch + d, scratch + 2 * d);
   }
 }
@@ -101,7 +111,8 @@ void bidirectional_head(const AftHead& h, int64_t N, float* A, float* lse, float
   r.reset(d);
   int64_t low = h.M;  // the suffix holds keys [low, M)
   for (int64_t t = N - 1; t >= 0; --t) {
-    for (; low > h.last(t); --low) r.add(h.key(low - 1), h.value(low - 1), d);
+    for (; low > h.last(t); --low)
+      if (h.real(low - 1)) r.add(h.key(low - 1), h.value(low - 1), d);
     std::memcpy(A + t * d, r.num, size_t(d) * sizeof(float));
     std::memcpy(lse + t * d, r.den, size_t(d) * sizeof(float));
     std::memcpy(sm + t * d, r.mx, size_t(d) * sizeof(float));
@@ -109,7 +120,8 @@ void bidirectional_head(const AftHead& h, int64_t N, float* A, float* lse, float
   r.reset(d);
   int64_t next = 0;
   for (int64_t t = 0; t < N; ++t) {
-    for (; next < h.first(t); ++next) r.add(h.key(next), h.value(next), d);
+    for (; next < h.first(t); ++next)
+      if (h.real(next)) r.add(h.key(next), h.value(next), d);
     const Running suf{A + t * d, lse + t * d, sm + t * d};
     average_row(h, t, r, &suf, A + t * d, lse + t * d, scratch, scratch + d, scratch + 2 * d);
   }
@@ -123,6 +135,7 @@ struct QuerySums {
     std::fill(sr, sr + d, 0.f), std::fill(su, su + d, 0.f), std::fill(ref, ref + d, kInf);
   }
   void add(const float* r, const float* A, const float* lse, int64_t d) {
+    if (lse[0] == -kInf) return;  // a query with no real key has no gradient
     for (int64_t c = 0; c < d; ++c) {
       const float m = std::min(ref[c], lse[c]), s = fast_exp(m - ref[c]), e = fast_exp(m - lse[c]);
       sr[c] = sr[c] * s + e * r[c], su[c] = su[c] * s + e * r[c] * A[c], ref[c] = m;
@@ -148,7 +161,9 @@ void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse
   std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
   for (int64_t t = 0; t < N; ++t) {
     const float *gt = g + t * d, *At = A + t * d, *lt = lse + t * d;
+    if (lt[0] == -kInf) continue;
     for (int64_t j = h.first(t); j < h.last(t); ++j) {
+      if (!h.real(j)) continue;
       const float wb = h.bias(t, j);
       const float* kk = h.key(j);
       float *dkj = dk + j * d, *dvj = dv + j * d;
@@ -165,7 +180,7 @@ void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse
     for (int64_t j = M - 1; j >= 0; --j) {
       for (; from > 0 && h.first(from - 1) > j; --from)
         q.add(g + (from - 1) * d, A + (from - 1) * d, lse + (from - 1) * d, d);
-      q.apply(h.key(j), dv + j * d, dk + j * d, d);
+      if (h.real(j)) q.apply(h.key(j), dv + j * d, dk + j * d, d);
     }
   }
   if (!h.dense && !h.causal) {  // suffix keys: query t holds key j >= last(t)
@@ -173,7 +188,7 @@ void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse
     int64_t upto = 0;  // queries [0, upto) are held
     for (int64_t j = 0; j < M; ++j) {
       for (; upto < N && h.last(upto) <= j; ++upto) q.add(g + upto * d, A + upto * d, lse + upto * d, d);
-      q.apply(h.key(j), dv + j * d, dk + j * d, d);
+      if (h.real(j)) q.apply(h.key(j), dv + j * d, dk + j * d, d);
     }
   }
   for (int64_t j = 0; j < M; ++j)
@@ -190,7 +205,9 @@ void bias_row(const AftHead* heads, int64_t B, int64_t H, int64_t hh, int64_t N,
   for (int64_t b = 0; b < B; ++b) {
     const AftHead& h = heads[b * H + hh];
     const int64_t o = ((b * H + hh) * N + t) * d;
+    if (lse[o] == -kInf) continue;
     for (int64_t j = j0; j < j1; ++j) {
+      if (!h.real(j)) continue;
       const float wb = h.bias(t, j);
       const float *kk = h.key(j), *vv = h.value(j);
       float acc = 0.f;
@@ -255,10 +272,11 @@ AftDims validate(const char* op, AftDims s, const Tensor& w, const AftLayout& L)
 }
 
 std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float* k, const float* v, const float* w,
-                              int64_t rows, int64_t k0) {
+                              const bool* key_mask, int64_t rows, int64_t k0) {
   std::vector<AftHead> heads(size_t(s.B * s.H));
   for (int64_t bh = 0; bh < s.B * s.H; ++bh)
     heads[bh] = AftHead{k + bh * rows * s.d, v + bh * rows * s.d, w ? w + (bh % s.H) * s.head_stride : nullptr,
+                        key_mask ? key_mask + (bh / s.H) * s.M : nullptr,
                         k0, s.M, s.d, s.a, s.b, L.S, L.p, L.kind == AftBias::Dense, L.causal};
   return heads;
 }
@@ -266,13 +284,18 @@ std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float*
 }  // namespace
 
 Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, int64_t N,
-                   const char* op) {
+                   const Tensor& key_mask, const char* op) {
   validate_kv(op, k, v);
   const AftDims s = validate(op, AftDims{k.size(0), k.size(1), k.size(2), k.size(3), N}, w, layout);
+  if (key_mask.defined())
+    EF_CHECK(key_mask.dtype() == DType::Bool && key_mask.shape() == Shape({s.B, s.M}), ShapeError, op,
+             ": key_mask is ", key_mask.describe(), "; expected bool [batch, keys] = [", s.B, ", ", s.M, "]");
   Tensor kc = k.contiguous_data(), vc = v.contiguous_data(), wc = w.defined() ? w.contiguous_data() : Tensor();
+  Tensor km = key_mask.defined() ? key_mask.contiguous_data() : Tensor();
+  const bool* pm = km.defined() ? km.data<bool>() : nullptr;
   Tensor A = Tensor::empty({s.B, s.H, N, s.d}), lse = Tensor::empty({s.B, s.H, N, s.d});
   const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(), wc.defined() ? wc.data<float>() : nullptr,
-                              s.M, 0);
+                              pm, s.M, 0);
   const int64_t d = s.d;
   float *pA = A.data<float>(), *pl = lse.data<float>();
   kernels::for_each_item(s.B * s.H, 6 * d + (layout.causal ? 0 : N * d), [&](int64_t bh, float* buf) {
@@ -290,11 +313,12 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
   Tensor Ad = A.detach();
   std::vector<Tensor> inputs = {k, v};
   if (w.defined()) inputs.push_back(w);
-  return autograd::record("aft_average", A, inputs, [kc, vc, wc, Ad, lse, s, layout, N](const Tensor& g) {
+  return autograd::record("aft_average", A, inputs, [kc, vc, wc, km, Ad, lse, s, layout, N](const Tensor& g) {
     Tensor gc = g.contiguous_data();
     Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
     const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
-                                wc.defined() ? wc.data<float>() : nullptr, s.M, 0);
+                                wc.defined() ? wc.data<float>() : nullptr, km.defined() ? km.data<bool>() : nullptr,
+                                s.M, 0);
     const int64_t d = s.d;
     const float *pA = Ad.data<float>(), *pl = lse.data<float>(), *pg = gc.data<float>();
     kernels::for_each_item(s.B * s.H, 3 * d, [&](int64_t bh, float* buf) {
@@ -351,7 +375,7 @@ Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const
   const AftDims s = validate(op, AftDims{B, H, end, d, end}, w, layout);
   Tensor wc = w.defined() ? w.contiguous_data() : Tensor();
   const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
-                              wc.defined() ? wc.data<float>() : nullptr, rows, st.next);
+                              wc.defined() ? wc.data<float>() : nullptr, nullptr, rows, st.next);
   Tensor A = Tensor::empty({B, H, T, d}), lse = Tensor::empty({B, H, T, d});
   std::vector<int64_t> next(size_t(B * H), st.next);
   kernels::for_each_item(B * H, 3 * d, [&](int64_t bh, float* buf) {

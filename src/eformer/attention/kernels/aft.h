@@ -39,9 +39,11 @@ struct AftLayout {
 };
 
 // k, v [B, H, M, d]; w as the layout says (undefined for None); N queries (causal: N == M) ->
-// A [B, H, N, d]. Differentiable w.r.t. k, v and w. `op` names the caller in error messages.
+// A [B, H, N, d]. key_mask Bool [B, M] (undefined: all real): padded keys are left out of every sum and
+// get no gradient; a query with no real key outputs 0. Differentiable w.r.t. k, v and w. `op` names the
+// caller in error messages.
 Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, int64_t N,
-                   const char* op = "aft_average");
+                   const Tensor& key_mask = {}, const char* op = "aft_average");
 
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:

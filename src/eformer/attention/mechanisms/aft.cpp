@@ -83,7 +83,8 @@ float value_ranges(const Tensor& k, const Tensor& w, int64_t N, bool causal) {
 // [N, M] x [M, B 2 d] per head for numerator and denominator together. Every factor is >= exp(-range),
 // so this is used only while the ranges of K and w sum below kGemmRange (no underflow, in particular
 // of a causal prefix below a later maximum); else the per-pair kernel (kernels/aft.h), exact at any range.
-Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool causal, int64_t N, const char* op) {
+Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool causal, int64_t N,
+                        const Tensor& key_mask, const char* op) {
   const int64_t B = k.size(0), H = k.size(1), M = k.size(2), d = k.size(3);
   const bool shapes_ok = w.defined() && w.dim() == 3 && w.size(0) == H && w.size(1) >= N && w.size(2) >= M &&
                          v.shape() == k.shape() && (!causal || N == M) && M >= 1;
@@ -91,7 +92,8 @@ Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool 
   L.kind = AftBias::Dense, L.causal = causal;
   // Causal stays on the per-pair kernel: a maximum over all keys (or a choice of path made from them)
   // would let later keys move earlier outputs by rounding, and causal outputs must not depend on them.
-  if (causal || !shapes_ok || value_ranges(k, w, N, causal) > kGemmRange) return aft_average(k, v, w, L, N, op);
+  if (causal || key_mask.defined() || !shapes_ok || value_ranges(k, w, N, causal) > kGemmRange)
+    return aft_average(k, v, w, L, N, key_mask, op);
   const Tensor wn = slice(slice(w, 1, 0, N), 2, 0, M);  // [H, N, M]
   const Tensor ew = exp(sub(wn, max(wn.detach(), 2, true).first));           // [H, N, M]
   const Tensor ek = exp(sub(k, max(k.detach(), 2, true).first));             // [B, H, M, d]
@@ -129,7 +131,6 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
                                            : name == "aft_full" ? std::vector<std::string>{"w", "w_u", "w_v"}
                                                                 : std::vector<std::string>{"w"};
   options::check_tensors(op, args, allowed);
-  EF_CHECK(!opts.key_mask.defined(), ValueError, op, ": key_mask given; AFT here honours no padding mask");
   EF_CHECK(opts.scale == 0.0f, ValueError, op, ": scale = ", opts.scale, "; AFT has no q.k product to scale");
   EF_CHECK(opts.dropout == 0.0f, ValueError, op, ": dropout = ", opts.dropout,
            "; AFT has no attention probabilities to drop (expected 0)");
@@ -168,8 +169,9 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
   }
   EF_CHECK(v.defined() && v.shape() == k.shape(), ShapeError, op, ": v is ", v.defined() ? v.describe() : "undefined",
            "; expected k's shape ", k.describe(), " (sigmoid(q) gates the average of v channel by channel)");
-  if (name == "aft_full") return mul(sigmoid(q), aft_full_average(k, v, bias, opts.causal, N, op.c_str()));
-  return mul(sigmoid(q), aft_average(k, v, bias, L, N, op.c_str()));
+  if (name == "aft_full")
+    return mul(sigmoid(q), aft_full_average(k, v, bias, opts.causal, N, opts.key_mask, op.c_str()));
+  return mul(sigmoid(q), aft_average(k, v, bias, L, N, opts.key_mask, op.c_str()));
 }
 
 AftOptions parse_aft_options(const std::string& name, const nlohmann::json& options) {
@@ -204,6 +206,7 @@ MechanismEntry aft_entry(const std::string& name) {
                              : "Attention Free Transformer, a per-head kernel as depthwise conv + global sum (Zhai et al. 2021, eq. 6)";
   e.capabilities = {.causal = true,
                     .bidirectional = true,
+                    .padding_mask = true,
                     .recurrent = true,
                     .fixed_length = name == "aft_full" || name == "aft_local"};
   e.reference = "aft";
@@ -265,13 +268,14 @@ Tensor AftAttention::bias(int64_t N) {
   return add(mul(reshape(*gamma_, {H_, 1}), div(centred, std)), reshape(*beta_, {H_, 1}));
 }
 
-Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor&) {
+Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) {
   const Heads h = project(x, memory);
   const int64_t N = x.size(1);
   const AftLayout L = aft_layout(name(), s(), config_.causal);
   if (name() == "aft_full")
-    return output(mul(sigmoid(h.q), aft_full_average(h.k, h.v, bias(N), config_.causal, N, label().c_str())));
-  return output(mul(sigmoid(h.q), aft_average(h.k, h.v, bias(N), L, N, label().c_str())));
+    return output(
+        mul(sigmoid(h.q), aft_full_average(h.k, h.v, bias(N), config_.causal, N, key_mask, label().c_str())));
+  return output(mul(sigmoid(h.q), aft_average(h.k, h.v, bias(N), L, N, key_mask, label().c_str())));
 }
 
 std::unique_ptr<RecurrentState> AftAttention::start_native(int64_t) const {

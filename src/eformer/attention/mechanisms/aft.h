@@ -19,7 +19,7 @@
 // AFT-conv one kernel per head (default: the model's n_heads). Projections q, k, v, out are named as in
 // every projected mechanism. Initialization: U, V, and the local band from N(0, 1e-2) (standard
 // deviation 0.01), the conv kernel's raw values from N(0, 1). No rotary (AFT has no q.k product), no
-// padding mask, no cross form, no attention dropout (no probabilities).
+// cross form, no attention dropout (no probabilities). Padding masks: padded keys are left out of every sum.
 //
 // Streaming (native): the prefix sums of the keys that left every window plus a cache of the keys still
 // inside one (kernels/aft.h AftState): aft_simple O(d) per token, aft_local and aft_conv O(s d),
@@ -42,7 +42,7 @@ MechanismEntry aft_entry(const std::string& name);
 //   aft_local   "w" the band [H, >= N, S]: w_t,t' = w[h, t, t' - t + p], p = S - 1 causal (S = s) and
 //               (S - 1) / 2 bidirectional (S = 2 s - 1, odd)
 //   aft_conv    "w" the (reparameterized) kernel [H, s], p = s - 1 causal, (s - 1) / 2 bidirectional
-// No JSON options. No key mask, scale or dropout (ValueError).
+// No JSON options. opts.key_mask is honoured; no scale or dropout (ValueError).
 Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, const Tensor& v,
                      const AttentionOptions& opts, const MechanismArgs& args = {});
 
