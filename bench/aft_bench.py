@@ -14,6 +14,13 @@ calls, the median reported.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/aft_bench.py [--ts 1024 2048 4096 8192 16384]
         [--variants aft_simple aft_local aft_conv aft_full] [--repeats 3] [--bidirectional]
+    PYTHONPATH=build/python /usr/bin/python3 bench/aft_bench.py --generation [--contexts 1024 8192 65536]
+
+--generation: per-token latency of the native streaming step of ef.models.make_mechanism(name, 256, 1,
+causal=True, max_len = the largest context + the timed steps) for aft_simple, aft_local (window 32) and
+aft_conv (kernel 32): the context is fed through start/step in chunks of 1024 tokens under no_grad, then
+--gen-steps single-token steps are timed at that context (median). One state per mechanism grows through
+the contexts in increasing order.
 """
 import argparse
 import json
@@ -144,8 +151,40 @@ def worker(lib, variant, T, causal, repeats, threads):
     print(json.dumps({"time": statistics.median(times), "rss": rss, "alloc": alloc}))
 
 
+def generation(contexts, steps, threads):
+    import eformer as ef
+    ef.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    print(f"per-token step latency (ms, median of {steps}), d_model=256, one head, threads={threads}")
+    print("| mechanism | " + " | ".join(f"context {c}" for c in contexts) + " | max / min |")
+    print("|---|" + "---|" * (len(contexts) + 1))
+    for name in ("aft_simple", "aft_local", "aft_conv"):
+        opts = {"window": 32} if name == "aft_local" else {"kernel": 32} if name == "aft_conv" else {}
+        mech = ef.models.make_mechanism(name, 256, 1, causal=True, max_len=max(contexts) + 8 * steps, options=opts)
+        mech.eval()
+        state, at, lat = mech.start(1), 0, []
+        with ef.no_grad():
+            for c in contexts:
+                while at < c:
+                    n = min(1024, c - at)
+                    mech.step(state, ef.tensor(rng.standard_normal((1, n, 256)).astype(np.float32)))
+                    at += n
+                times = []
+                for _ in range(steps):
+                    x = ef.tensor(rng.standard_normal((1, 1, 256)).astype(np.float32))
+                    t0 = time.perf_counter()
+                    mech.step(state, x)
+                    times.append(time.perf_counter() - t0)
+                    at += 1
+                lat.append(statistics.median(times) * 1e3)
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in lat) + f" | {max(lat) / min(lat):.2f}x |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--generation", action="store_true")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 65536])
+    ap.add_argument("--gen-steps", type=int, default=50)
     ap.add_argument("--ts", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--variants", nargs="+", default=["aft_simple", "aft_local", "aft_conv", "aft_full"])
     ap.add_argument("--repeats", type=int, default=3)
@@ -155,6 +194,9 @@ def main():
     ap.add_argument("--worker", nargs=4)
     args = ap.parse_args()
     causal = not args.bidirectional
+    if args.generation:
+        generation(args.contexts, args.gen_steps, args.threads)
+        return
     if args.worker:
         lib, variant, T, c = args.worker
         worker(lib, variant, int(T), c == "1", args.repeats, args.threads)

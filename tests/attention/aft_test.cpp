@@ -4,6 +4,8 @@
 // with the banded w, AFT-conv equals AFT-local with the Toeplitz band; streaming in pieces equals the
 // parallel causal pass with windows short enough that the prefix sums are used; bad input errors.
 // Inputs are drawn from a fresh seed each run ("[ seed ]"); EFORMER_TEST_SEED=<n> replays one.
+#include "eformer/attention/kernels/aft.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "../test_util.h"
-#include "eformer/attention/kernels/aft.h"
 #include "eformer/attention/mechanisms/aft.h"
 #include "eformer/eformer.h"
 
@@ -58,7 +59,8 @@ Reference reference(const std::vector<float>& k, const std::vector<float>& v, co
           const int64_t kv = (b * H + h) * M, o = ((b * H + h) * N + t) * d + c;
           const int64_t end = causal ? t + 1 : M;
           double mx = -INFINITY, den = 0, num = 0;
-          for (int64_t j = 0; j < end; ++j) mx = std::max(mx, double(k[(kv + j) * d + c]) + w[(h * N + t) * M + j]);
+          for (int64_t j = 0; j < end; ++j)
+            mx = std::max(mx, double(k[(kv + j) * d + c]) + w[(h * N + t) * M + j]);
           for (int64_t j = 0; j < end; ++j) {
             e[j] = std::exp(double(k[(kv + j) * d + c]) + w[(h * N + t) * M + j] - mx);
             den += e[j], num += e[j] * v[(kv + j) * d + c];
@@ -109,8 +111,8 @@ TEST(Aft, AverageMatchesTheFloat64DefinitionIncludingLargeKeys) {
     for (bool causal : {false, true})
       for (const char* kind : {"dense", "band", "toeplitz", "none"}) {
         const int64_t N = 23, M = causal ? N : 17, s = 3;
-        SCOPED_TRACE(seed.str() + " " + kind + (causal ? " causal" : " bidirectional") +
-                     " |K| scale " + std::to_string(kscale));
+        SCOPED_TRACE(seed.str() + " " + kind + (causal ? " causal" : " bidirectional") + " |K| scale " +
+                     std::to_string(kscale));
         // K uniform-ish in [-kscale, kscale]: normal clamped, so |K| reaches the scale.
         Tensor k = normal({B, H, M, d}, gen, kscale);
         for (int64_t i = 0; i < k.numel(); ++i)
@@ -183,7 +185,8 @@ TEST(Aft, LocalEqualsFullWithTheBandedBiasAndConvEqualsLocalWithItsBand) {
     const auto local = run("aft_local", band);
     const auto full = run("aft_full", dense_of(band, N, N, L.p));
     for (size_t i = 0; i < local.size(); ++i)
-      for (size_t j = 0; j < local[i].size(); ++j) ASSERT_NEAR(local[i][j], full[i][j], 2e-5) << "tensor " << i;
+      for (size_t j = 0; j < local[i].size(); ++j)
+        ASSERT_NEAR(local[i][j], full[i][j], 2e-5) << "tensor " << i;
     // AFT-conv with kernel u is AFT-local with the band u repeated at every t (causal: same window).
     const AftLayout C = aft_layout("aft_conv", causal ? s : 2 * s - 1, causal);
     ASSERT_EQ(C.p, L.p);
@@ -193,7 +196,8 @@ TEST(Aft, LocalEqualsFullWithTheBandedBiasAndConvEqualsLocalWithItsBand) {
     const auto conv = run("aft_conv", u);
     const auto as_local = run("aft_local", repeated);
     for (size_t i = 0; i < conv.size(); ++i)
-      for (size_t j = 0; j < conv[i].size(); ++j) ASSERT_NEAR(conv[i][j], as_local[i][j], 2e-5) << "tensor " << i;
+      for (size_t j = 0; j < conv[i].size(); ++j)
+        ASSERT_NEAR(conv[i][j], as_local[i][j], 2e-5) << "tensor " << i;
   }
 }
 
@@ -205,7 +209,7 @@ TEST(Aft, StreamingInPiecesEqualsTheParallelPassBeyondTheWindow) {
     SCOPED_TRACE(seed.str() + " " + name);
     MechanismConfig c;
     c.d_model = D, c.n_heads = 2, c.causal = true, c.max_len = 48;
-    c.options = name == "aft_local" ? nlohmann::json{{"window", 3}}
+    c.options = name == "aft_local"  ? nlohmann::json{{"window", 3}}
                 : name == "aft_conv" ? nlohmann::json{{"kernel", 4}}
                 : name == "aft_full" ? nlohmann::json{{"hidden", 8}}
                                      : nlohmann::json::object();
@@ -245,7 +249,8 @@ TEST(Aft, BadInputIsAnErrorNamingTheArgument) {
   c.options = {{"heads", 3}};
   expect_error<ValueError>([&] { make_mechanism("aft_full", c); }, {"not divisible", "3"});
   c.options = {{"window", 2}};
-  expect_error<ValueError>([&] { make_mechanism("aft_full", c); }, {"unknown option 'window'", "factorized, hidden"});
+  expect_error<ValueError>([&] { make_mechanism("aft_full", c); },
+                           {"unknown option 'window'", "factorized, hidden"});
   c.max_len = 0, c.options = nlohmann::json::object();
   expect_error<ValueError>([&] { make_mechanism("aft_full", c); }, {"fixed-length", "max_len"});
   c.max_len = 16;
@@ -257,19 +262,34 @@ TEST(Aft, BadInputIsAnErrorNamingTheArgument) {
   Tensor q = Tensor::zeros({1, 2, 5, 4});
   AttentionOptions opts;
   expect_error<ValueError>([&] { attention(q, q, q, "aft_full", opts, {}); }, {"w [heads, N, M]", "w_u"});
-  expect_error<ShapeError>([&] { attention(q, q, q, "aft_full", opts, with_w(Tensor::zeros({2, 4, 5}))); },
-                           {"w is", "[2, 4, 5]", ">= 5"});
-  expect_error<ShapeError>([&] { attention(q, q, q, "aft_local", opts, with_w(Tensor::zeros({2, 5, 4}))); },
-                           {"band", "odd"});
-  expect_error<ShapeError>([&] { attention(q, q, q, "aft_conv", opts, with_w(Tensor::zeros({3, 4}))); },
-                           {"kernel [heads, S]", "[3, 4]"});
-  expect_error<ValueError>([&] { attention(q, q, q, "aft_simple", opts, with_w(Tensor::zeros({2, 4}))); },
-                           {"unknown tensor argument 'w'"});
+  expect_error<ShapeError>(
+      [&] {
+        attention(q, q, q, "aft_full", opts, with_w(Tensor::zeros({2, 4, 5})));
+      },
+      {"w is", "[2, 4, 5]", ">= 5"});
+  expect_error<ShapeError>(
+      [&] {
+        attention(q, q, q, "aft_local", opts, with_w(Tensor::zeros({2, 5, 4})));
+      },
+      {"band", "odd"});
+  expect_error<ShapeError>(
+      [&] {
+        attention(q, q, q, "aft_conv", opts, with_w(Tensor::zeros({3, 4})));
+      },
+      {"kernel [heads, S]", "[3, 4]"});
+  expect_error<ValueError>(
+      [&] {
+        attention(q, q, q, "aft_simple", opts, with_w(Tensor::zeros({2, 4})));
+      },
+      {"unknown tensor argument 'w'"});
   opts.key_mask = Tensor::zeros({1, 4}, DType::Bool);
   expect_error<ShapeError>([&] { attention(q, q, q, "aft_simple", opts, {}); }, {"key_mask is", "[1, 5]"});
   opts = {};
-  expect_error<ShapeError>([&] { attention(q, q, Tensor::zeros({1, 2, 5, 3}), "aft_simple", opts, {}); },
-                           {"v is", "[1, 2, 5, 3]"});
+  expect_error<ShapeError>(
+      [&] {
+        attention(q, q, Tensor::zeros({1, 2, 5, 3}), "aft_simple", opts, {});
+      },
+      {"v is", "[1, 2, 5, 3]"});
 }
 
 }  // namespace

@@ -98,7 +98,8 @@ void causal_sweep(const AftHead& h, int64_t t0, int64_t t1, int64_t& next, Runni
   for (int64_t t = t0; t < t1; ++t) {
     for (; next < h.first(t); ++next)
       if (h.real(next)) pre.add(h.key(next), h.value(next), d);
-    average_row(h, t, pre, nullptr, A + (t - t0) * d, lse + (t - t0) * d, scratch, scratch + d, scratch + 2 * d);
+    average_row(h, t, pre, nullptr, A + (t - t0) * d, lse + (t - t0) * d, scratch, scratch + d,
+                scratch + 2 * d);
   }
 }
 
@@ -211,7 +212,8 @@ void bias_row(const AftHead* heads, int64_t B, int64_t H, int64_t hh, int64_t N,
       const float wb = h.bias(t, j);
       const float *kk = h.key(j), *vv = h.value(j);
       float acc = 0.f;
-      for (int64_t c = 0; c < d; ++c) acc += fast_exp(kk[c] + wb - lse[o + c]) * g[o + c] * (vv[c] - A[o + c]);
+      for (int64_t c = 0; c < d; ++c)
+        acc += fast_exp(kk[c] + wb - lse[o + c]) * g[o + c] * (vv[c] - A[o + c]);
       row[j - j0] += acc;
     }
   }
@@ -232,7 +234,8 @@ struct AftDims {
 
 void validate_kv(const char* op, const Tensor& k, const Tensor& v) {
   EF_CHECK(k.defined() && k.dtype() == DType::Float32 && k.dim() == 4, ShapeError, op, ": k is ",
-           k.defined() ? k.describe() : std::string("undefined"), "; expected float32 [batch, heads, keys, dim]");
+           k.defined() ? k.describe() : std::string("undefined"),
+           "; expected float32 [batch, heads, keys, dim]");
   EF_CHECK(v.defined() && v.dtype() == DType::Float32 && v.shape() == k.shape(), ShapeError, op, ": v is ",
            v.defined() ? v.describe() : std::string("undefined"), "; expected float32 ", k.describe(),
            " (AFT's values have the keys' shape)");
@@ -251,8 +254,9 @@ AftDims validate(const char* op, AftDims s, const Tensor& w, const AftLayout& L)
   EF_CHECK(w.defined() && w.dtype() == DType::Float32, ShapeError, op, ": w is ",
            w.defined() ? w.describe() : std::string("undefined"), "; expected a float32 position bias");
   if (L.kind == AftBias::Dense) {
-    EF_CHECK(w.dim() == 3 && w.size(0) == s.H && w.size(1) >= N && w.size(2) >= s.M, ShapeError, op, ": w is ",
-             w.describe(), "; expected [heads, >= N, >= M] = [", s.H, ", >= ", N, ", >= ", s.M, "]");
+    EF_CHECK(w.dim() == 3 && w.size(0) == s.H && w.size(1) >= N && w.size(2) >= s.M, ShapeError, op,
+             ": w is ", w.describe(), "; expected [heads, >= N, >= M] = [", s.H, ", >= ", N, ", >= ", s.M,
+             "]");
     s.a = w.size(2), s.b = 0, s.head_stride = w.size(1) * w.size(2);
     return s;
   }
@@ -260,8 +264,9 @@ AftDims validate(const char* op, AftDims s, const Tensor& w, const AftLayout& L)
   EF_CHECK(!L.causal || L.p == L.S - 1, ValueError, op, ": a causal window must end at the query: p = ", L.p,
            ", S = ", L.S, "; expected p = S - 1");
   if (L.kind == AftBias::Band) {
-    EF_CHECK(w.dim() == 3 && w.size(0) == s.H && w.size(1) >= N && w.size(2) == L.S, ShapeError, op, ": w is ",
-             w.describe(), "; expected a band [heads, >= N, S] = [", s.H, ", >= ", N, ", ", L.S, "]");
+    EF_CHECK(w.dim() == 3 && w.size(0) == s.H && w.size(1) >= N && w.size(2) == L.S, ShapeError, op,
+             ": w is ", w.describe(), "; expected a band [heads, >= N, S] = [", s.H, ", >= ", N, ", ", L.S,
+             "]");
     s.a = L.S - 1, s.b = L.p, s.head_stride = w.size(1) * L.S;
   } else {
     EF_CHECK(w.dim() == 2 && w.size(0) == s.H && w.size(1) == L.S, ShapeError, op, ": w is ", w.describe(),
@@ -271,13 +276,23 @@ AftDims validate(const char* op, AftDims s, const Tensor& w, const AftLayout& L)
   return s;
 }
 
-std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float* k, const float* v, const float* w,
-                              const bool* key_mask, int64_t rows, int64_t k0) {
+std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float* k, const float* v,
+                              const float* w, const bool* key_mask, int64_t rows, int64_t k0) {
   std::vector<AftHead> heads(size_t(s.B * s.H));
   for (int64_t bh = 0; bh < s.B * s.H; ++bh)
-    heads[bh] = AftHead{k + bh * rows * s.d, v + bh * rows * s.d, w ? w + (bh % s.H) * s.head_stride : nullptr,
+    heads[bh] = AftHead{k + bh * rows * s.d,
+                        v + bh * rows * s.d,
+                        w ? w + (bh % s.H) * s.head_stride : nullptr,
                         key_mask ? key_mask + (bh / s.H) * s.M : nullptr,
-                        k0, s.M, s.d, s.a, s.b, L.S, L.p, L.kind == AftBias::Dense, L.causal};
+                        k0,
+                        s.M,
+                        s.d,
+                        s.a,
+                        s.b,
+                        L.S,
+                        L.p,
+                        L.kind == AftBias::Dense,
+                        L.causal};
   return heads;
 }
 
@@ -290,12 +305,13 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
   if (key_mask.defined())
     EF_CHECK(key_mask.dtype() == DType::Bool && key_mask.shape() == Shape({s.B, s.M}), ShapeError, op,
              ": key_mask is ", key_mask.describe(), "; expected bool [batch, keys] = [", s.B, ", ", s.M, "]");
-  Tensor kc = k.contiguous_data(), vc = v.contiguous_data(), wc = w.defined() ? w.contiguous_data() : Tensor();
+  Tensor kc = k.contiguous_data(), vc = v.contiguous_data(),
+         wc = w.defined() ? w.contiguous_data() : Tensor();
   Tensor km = key_mask.defined() ? key_mask.contiguous_data() : Tensor();
   const bool* pm = km.defined() ? km.data<bool>() : nullptr;
   Tensor A = Tensor::empty({s.B, s.H, N, s.d}), lse = Tensor::empty({s.B, s.H, N, s.d});
-  const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(), wc.defined() ? wc.data<float>() : nullptr,
-                              pm, s.M, 0);
+  const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
+                              wc.defined() ? wc.data<float>() : nullptr, pm, s.M, 0);
   const int64_t d = s.d;
   float *pA = A.data<float>(), *pl = lse.data<float>();
   kernels::for_each_item(s.B * s.H, 6 * d + (layout.causal ? 0 : N * d), [&](int64_t bh, float* buf) {
@@ -316,9 +332,9 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
   return autograd::record("aft_average", A, inputs, [kc, vc, wc, km, Ad, lse, s, layout, N](const Tensor& g) {
     Tensor gc = g.contiguous_data();
     Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
-    const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
-                                wc.defined() ? wc.data<float>() : nullptr, km.defined() ? km.data<bool>() : nullptr,
-                                s.M, 0);
+    const auto heads =
+        heads_of(s, layout, kc.data<float>(), vc.data<float>(), wc.defined() ? wc.data<float>() : nullptr,
+                 km.defined() ? km.data<bool>() : nullptr, s.M, 0);
     const int64_t d = s.d;
     const float *pA = Ad.data<float>(), *pl = lse.data<float>(), *pg = gc.data<float>();
     kernels::for_each_item(s.B * s.H, 3 * d, [&](int64_t bh, float* buf) {
@@ -356,7 +372,8 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
   });
 }
 
-Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, AftState& st) {
+Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout,
+                        AftState& st) {
   const char* op = "aft_average_step";
   EF_CHECK(layout.causal, ValueError, op, ": streaming is causal; the layout is bidirectional");
   validate_kv(op, k, v);
@@ -379,7 +396,8 @@ Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const
   Tensor A = Tensor::empty({B, H, T, d}), lse = Tensor::empty({B, H, T, d});
   std::vector<int64_t> next(size_t(B * H), st.next);
   kernels::for_each_item(B * H, 3 * d, [&](int64_t bh, float* buf) {
-    kernels::Running pre{st.num.data<float>() + bh * d, st.den.data<float>() + bh * d, st.mx.data<float>() + bh * d};
+    kernels::Running pre{st.num.data<float>() + bh * d, st.den.data<float>() + bh * d,
+                         st.mx.data<float>() + bh * d};
     kernels::causal_sweep(heads[bh], pos, end, next[bh], pre, A.data<float>() + bh * T * d,
                           lse.data<float>() + bh * T * d, buf);
   });

@@ -55,6 +55,7 @@ struct AftState {
 };
 // Consumes T new tokens (k, v [B, H, T, d]) and returns their A [B, H, T, d], equal to the parallel
 // causal pass over everything consumed so far; O(T S d) whatever the length (Dense: O(T L d)). No gradient.
-Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, AftState& state);
+Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout,
+                        AftState& state);
 
 }  // namespace eformer::attention

@@ -21,7 +21,8 @@ std::vector<OptionSpec> aft_option_specs(const std::string& name) {
       {"heads", "int", name == "aft_conv" ? "n_heads" : "1",
        "heads sharing one bias each (0: the model's n_heads; AFT mixes channels one by one)"}};
   if (name == "aft_full") {
-    specs.push_back({"factorized", "bool", "true", "w = U V^T (AFT eq. 7) instead of a free w [heads, L, L]"});
+    specs.push_back(
+        {"factorized", "bool", "true", "w = U V^T (AFT eq. 7) instead of a free w [heads, L, L]"});
     specs.push_back({"hidden", "int", "256", "d', the width of the factors U, V [heads, L, d']"});
   } else if (name == "aft_local") {
     specs.push_back({"window", "int", "32", "s: w is learned for |t - t'| < s and 0 outside (AFT eq. 4)"});
@@ -94,9 +95,9 @@ Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool 
   // would let later keys move earlier outputs by rounding, and causal outputs must not depend on them.
   if (causal || key_mask.defined() || !shapes_ok || value_ranges(k, w, N, causal) > kGemmRange)
     return aft_average(k, v, w, L, N, key_mask, op);
-  const Tensor wn = slice(slice(w, 1, 0, N), 2, 0, M);  // [H, N, M]
-  const Tensor ew = exp(sub(wn, max(wn.detach(), 2, true).first));           // [H, N, M]
-  const Tensor ek = exp(sub(k, max(k.detach(), 2, true).first));             // [B, H, M, d]
+  const Tensor wn = slice(slice(w, 1, 0, N), 2, 0, M);              // [H, N, M]
+  const Tensor ew = exp(sub(wn, max(wn.detach(), 2, true).first));  // [H, N, M]
+  const Tensor ek = exp(sub(k, max(k.detach(), 2, true).first));    // [B, H, M, d]
   Tensor x = reshape(permute(cat({mul(ek, v), ek}, 3), {1, 2, 0, 3}), {H, M, B * 2 * d});
   Tensor nd = permute(reshape(bmm(ew, x), {H, N, B, 2 * d}), {2, 0, 1, 3});  // [B, H, N, 2 d]
   const auto parts = split(nd, {d, d}, 3);
@@ -127,7 +128,7 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
   const std::string op = "attention '" + name + "'";
   EF_CHECK(args.options.is_object(), ValueError, op, ": options must be a JSON object");
   for (const auto& [key, value] : args.options.items()) options::unknown(op, key, {});
-  const std::vector<std::string> allowed = name == "aft_simple"  ? std::vector<std::string>{}
+  const std::vector<std::string> allowed = name == "aft_simple" ? std::vector<std::string>{}
                                            : name == "aft_full" ? std::vector<std::string>{"w", "w_u", "w_v"}
                                                                 : std::vector<std::string>{"w"};
   options::check_tensors(op, args, allowed);
@@ -137,7 +138,8 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
   EF_CHECK(q.defined() && k.defined() && q.dim() == 4 && k.dim() == 4 && q.size(0) == k.size(0) &&
                q.size(1) == k.size(1) && q.size(3) == k.size(3),
            ShapeError, op, ": q is ", q.defined() ? q.describe() : "undefined", " and k ",
-           k.defined() ? k.describe() : "undefined", "; expected [batch, heads, N, d] and [batch, heads, M, d]");
+           k.defined() ? k.describe() : "undefined",
+           "; expected [batch, heads, N, d] and [batch, heads, M, d]");
   const int64_t N = q.size(2), M = k.size(2);
   const Tensor *w = find_tensor(args, "w"), *wu = find_tensor(args, "w_u"), *wv = find_tensor(args, "w_v");
   Tensor bias;
@@ -148,13 +150,15 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
     if (w) {
       bias = *w;
     } else {
-      EF_CHECK(wu->dim() == 3 && wv->dim() == 3 && wu->size(2) == wv->size(2) && wu->size(1) >= N && wv->size(1) >= M,
+      EF_CHECK(wu->dim() == 3 && wv->dim() == 3 && wu->size(2) == wv->size(2) && wu->size(1) >= N &&
+                   wv->size(1) >= M,
                ShapeError, op, ": w_u is ", wu->describe(), " and w_v ", wv->describe(),
                "; expected [heads, >= ", N, ", d'] and [heads, >= ", M, ", d']");
       bias = bmm(*wu, *wv, false, true);
     }
   } else if (name != "aft_simple") {
-    EF_CHECK(w, ValueError, op, ": needs the tensor argument w (", name == "aft_local" ? "the band [heads, N, S]" : "the kernel [heads, s]", ")");
+    EF_CHECK(w, ValueError, op, ": needs the tensor argument w (",
+             name == "aft_local" ? "the band [heads, N, S]" : "the kernel [heads, s]", ")");
     bias = *w;
     EF_CHECK(bias.dim() >= 2, ShapeError, op, ": w is ", bias.describe(), "; expected ",
              name == "aft_local" ? "[heads, N, S]" : "[heads, s]");
@@ -167,8 +171,9 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
       L = aft_layout(name, S, opts.causal);
     }
   }
-  EF_CHECK(v.defined() && v.shape() == k.shape(), ShapeError, op, ": v is ", v.defined() ? v.describe() : "undefined",
-           "; expected k's shape ", k.describe(), " (sigmoid(q) gates the average of v channel by channel)");
+  EF_CHECK(v.defined() && v.shape() == k.shape(), ShapeError, op, ": v is ",
+           v.defined() ? v.describe() : "undefined", "; expected k's shape ", k.describe(),
+           " (sigmoid(q) gates the average of v channel by channel)");
   if (name == "aft_full")
     return mul(sigmoid(q), aft_full_average(k, v, bias, opts.causal, N, opts.key_mask, op.c_str()));
   return mul(sigmoid(q), aft_average(k, v, bias, L, N, opts.key_mask, op.c_str()));
@@ -181,7 +186,8 @@ AftOptions parse_aft_options(const std::string& name, const nlohmann::json& opti
   o.heads = name == "aft_conv" ? 0 : 1;
   const auto specs = aft_option_specs(name);
   for (const auto& [key, value] : options.items()) {
-    const bool known = std::any_of(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
+    const bool known =
+        std::any_of(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
     if (!known) options::unknown(who, key, specs);
     if (key == "heads") o.heads = options::get_int(who, key, value, 0);
     if (key == "factorized") o.factorized = options::get_bool(who, key, value);
@@ -190,9 +196,10 @@ AftOptions parse_aft_options(const std::string& name, const nlohmann::json& opti
     if (key == "kernel") o.kernel = options::get_int(who, key, value, 1);
     if (key == "reparam") o.reparam = options::get_bool(who, key, value);
   }
-  EF_CHECK(name != "aft_conv" || !o.reparam || o.kernel >= 2, ValueError, who, ": option kernel = ", o.kernel,
-           " with reparam = true; the reparameterization divides by the kernel's standard deviation, so kernel "
-           "must be >= 2 (or reparam false)");
+  EF_CHECK(
+      name != "aft_conv" || !o.reparam || o.kernel >= 2, ValueError, who, ": option kernel = ", o.kernel,
+      " with reparam = true; the reparameterization divides by the kernel's standard deviation, so kernel "
+      "must be >= 2 (or reparam false)");
   return o;
 }
 
@@ -200,10 +207,14 @@ MechanismEntry aft_entry(const std::string& name) {
   MechanismEntry e;
   e.name = name;
   e.description =
-      name == "aft_full"     ? "Attention Free Transformer, learned pairwise bias w over max_len (Zhai et al. 2021, eq. 2, 7)"
-      : name == "aft_simple" ? "Attention Free Transformer without position bias, O(N d) (Zhai et al. 2021, eq. 5)"
-      : name == "aft_local"  ? "Attention Free Transformer, bias learned in a window and 0 outside (Zhai et al. 2021, eq. 4)"
-                             : "Attention Free Transformer, a per-head kernel as depthwise conv + global sum (Zhai et al. 2021, eq. 6)";
+      name == "aft_full"
+          ? "Attention Free Transformer, learned pairwise bias w over max_len (Zhai et al. 2021, eq. 2, 7)"
+      : name == "aft_simple"
+          ? "Attention Free Transformer without position bias, O(N d) (Zhai et al. 2021, eq. 5)"
+      : name == "aft_local"
+          ? "Attention Free Transformer, bias learned in a window and 0 outside (Zhai et al. 2021, eq. 4)"
+          : "Attention Free Transformer, a per-head kernel as depthwise conv + global sum (Zhai et al. 2021, "
+            "eq. 6)";
   e.capabilities = {.causal = true,
                     .bidirectional = true,
                     .padding_mask = true,
@@ -235,7 +246,8 @@ AftAttention::AftAttention(std::string name, const MechanismConfig& config, AftO
   } else if (this->name() == "aft_full") {
     w_ = &register_parameter("w", nn::normal_init({H_, L, L}, 1e-2f));
   } else if (this->name() == "aft_local") {
-    w_ = &register_parameter("w", nn::normal_init({H_, L, aft_layout("aft_local", s(), config.causal).S}, 1e-2f));
+    w_ = &register_parameter("w",
+                             nn::normal_init({H_, L, aft_layout("aft_local", s(), config.causal).S}, 1e-2f));
   } else if (this->name() == "aft_conv") {
     raw_ = &register_parameter("kernel", nn::normal_init({H_, options_.kernel}, 1.0f));
     if (options_.reparam) {

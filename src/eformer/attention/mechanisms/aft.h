@@ -47,7 +47,7 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
                      const AttentionOptions& opts, const MechanismArgs& args = {});
 
 struct AftOptions {
-  int64_t heads = 1;     // 0: the model's n_heads
+  int64_t heads = 1;       // 0: the model's n_heads
   bool factorized = true;  // aft_full
   int64_t hidden = 256;    // aft_full: d'
   int64_t window = 32;     // aft_local: s
@@ -77,7 +77,8 @@ class AftAttention : public ProjectedAttention {
   int64_t s() const { return name() == "aft_conv" ? options_.kernel : options_.window; }
 
   AftOptions options_;
-  Tensor *w_ = nullptr, *w_u_ = nullptr, *w_v_ = nullptr, *raw_ = nullptr, *gamma_ = nullptr, *beta_ = nullptr;
+  Tensor *w_ = nullptr, *w_u_ = nullptr, *w_v_ = nullptr, *raw_ = nullptr, *gamma_ = nullptr,
+         *beta_ = nullptr;
 };
 
 }  // namespace eformer::attention
