@@ -45,6 +45,13 @@ struct AftLayout {
 Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, int64_t N,
                    const Tensor& key_mask = {}, const char* op = "aft_average");
 
+// Causal AFT-full with GEMMs (kernels/aft_full.cpp): k, v [B, H, N, d], w [H, >= N, >= N] -> A [B, H, N, d],
+// equal to aft_average with the Dense causal layout. Query blocks of 128: the keys before a block in one
+// GEMM on exp(w - a) and exp(K - b) (.) V with references from those earlier keys only (so causal outputs
+// never depend on later keys), while the range of K plus w stays below 60; the block's own keys, and any
+// block past that range, pair by pair. Differentiable w.r.t. k, v and w (the backward likewise by GEMMs).
+Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const char* op = "aft_full_causal");
+
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:
 // the last p keys for Band and Toeplitz, all of them for Dense, none for None).

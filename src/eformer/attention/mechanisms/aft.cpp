@@ -91,8 +91,9 @@ Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool 
                          v.shape() == k.shape() && (!causal || N == M) && M >= 1;
   AftLayout L;
   L.kind = AftBias::Dense, L.causal = causal;
-  // Causal stays on the per-pair kernel: a maximum over all keys (or a choice of path made from them)
-  // would let later keys move earlier outputs by rounding, and causal outputs must not depend on them.
+  // Causal: blocked GEMMs with references from earlier keys only (kernels/aft_full.cpp); a maximum over
+  // all keys (or a choice of path made from them) would let later keys move earlier outputs by rounding.
+  if (causal && shapes_ok && !key_mask.defined()) return aft_full_causal(k, v, w, op);
   if (causal || key_mask.defined() || !shapes_ok || value_ranges(k, w, N, causal) > kGemmRange)
     return aft_average(k, v, w, L, N, key_mask, op);
   const Tensor wn = slice(slice(w, 1, 0, N), 2, 0, M);              // [H, N, M]
