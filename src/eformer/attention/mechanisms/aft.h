@@ -3,8 +3,8 @@
 //     Y_t = sigma(Q_t) (.) sum_t' exp(K_t' + w_t,t') (.) V_t' / sum_t' exp(K_t' + w_t,t')   (t' <= t causal)
 // Registered names:
 //   "aft_full"    w [H, L, L] over max_len L (fixed-length), by default factorized w = U V^T (eq. 7) with
-//                 U, V [H, L, d'] (option hidden = d', 256; factorized false: w itself); bidirectional
-//                 as one GEMM on exp(w) and exp(K) (.) V while the ranges allow, else (and causal) per pair
+//                 U, V [H, L, d'] (option hidden = d', 256; factorized false: w itself); GEMMs on exp(w) and
+//                 exp(K) (.) V while the ranges allow (causal: blocked, kernels/aft_full.cpp), else per pair
 //   "aft_simple"  w = 0 (eq. 5): O(N d)
 //   "aft_local"   w learned inside the window |t - t'| < s and 0 outside (eq. 4, *not* -inf: global
 //                 connectivity is kept); the band is stored directly, w [H, L, S] (fixed-length; S = s
