@@ -185,3 +185,71 @@ def test_padded_keys_are_left_out_and_a_query_without_keys_gives_zero(rng, kind)
         assert np.isfinite(t.grad.numpy()).all()
     assert np.array_equal(ef_in[1].grad.numpy()[1], np.zeros((H, N, d), dtype=np.float32))
     assert fn is not None
+
+
+def dense_w2d(u, height, width):
+    """The w [H, N, N] of 2-D AFT-conv by its definition: u[h, dy + p, dx + p] where key (y', x') is within the
+    kernel's footprint of query (y, x) (dy = y' - y, dx = x' - x, p = (s - 1) // 2), 0 elsewhere."""
+    Hh, s = u.shape[0], u.shape[1]
+    p = (s - 1) // 2
+    N = height * width
+    w = torch.zeros(Hh, N, N)
+    for t in range(N):
+        y, x = divmod(t, width)
+        for a in range(s):
+            for b in range(s):
+                yy, xx = y + a - p, x + b - p
+                if 0 <= yy < height and 0 <= xx < width:
+                    w[:, t, yy * width + xx] = u[:, a, b]
+    return w
+
+
+@pytest.mark.parametrize("s", [3, 4])
+def test_conv2d_functional_form_matches_eq2(rng, s):
+    height, width = 5, 6
+    N = height * width
+    inputs = [rng.standard_normal((B, H, N, d)) for _ in range(3)] + [rng.standard_normal((H, s, s))]
+    inputs = [x.astype(np.float32).astype(np.float64) for x in inputs]
+    check(lambda q, k, v, u: ef.attention(q, k, v, kind="aft_conv", w=u, image_shape=[height, width]),
+          lambda q, k, v, u: eq2(q, k, v, dense_w2d(u, height, width), False), inputs, rng)
+
+
+def test_conv2d_module_with_reparameterization_matches_eq2(rng):
+    D, heads, height, width, s = 8, 2, 4, 5, 3
+    N = height * width
+    mech = ef.models.make_mechanism("aft_conv", D, heads, options={"kernel": s, "image_shape": [height, width]})
+    state = {n: t.numpy() for n, t in mech.state_dict().items()}
+    state["gamma"] = np.array([0.8, -0.6], dtype=np.float32)
+    state["beta"] = np.array([0.3, 0.1], dtype=np.float32)
+    mech.load_state_dict({n: ef.tensor(np.ascontiguousarray(a)) for n, a in state.items()})
+    p = {n: torch.tensor(t.numpy().astype(np.float64), requires_grad=True) for n, t in mech.named_parameters()}
+    assert p["kernel"].shape == (heads, s, s)
+    x = rng.standard_normal((B, N, D))
+
+    def proj(n, src):
+        return (src @ p[n + ".weight"].T + p[n + ".bias"]).view(B, N, heads, -1).transpose(1, 2)
+
+    def reference(x):
+        kern = p["kernel"].reshape(heads, -1)
+        u = p["gamma"][:, None] * (kern - kern.mean(1, keepdim=True)) / kern.std(1, keepdim=True) \
+            + p["beta"][:, None]
+        y = eq2(proj("q_proj", x), proj("k_proj", x), proj("v_proj", x),
+                dense_w2d(u.reshape(heads, s, s), height, width), False)
+        return y.transpose(1, 2).reshape(B, N, D) @ p["out_proj.weight"].T + p["out_proj.bias"]
+
+    e_x = ef.tensor(x.astype(np.float32), requires_grad=True)
+    t_x = torch.tensor(x, requires_grad=True)
+    out, t_out = mech(e_x), reference(t_x)
+    assert_close(out.numpy(), t_out.detach().numpy(), 1e-4, 1e-5, "forward")
+    up = rng.standard_normal(tuple(t_out.shape))
+    out.backward(ef.tensor(up.astype(np.float32)))
+    (t_out * torch.tensor(up)).sum().backward()
+    assert_close(e_x.grad.numpy(), t_x.grad.numpy(), 1e-3, 1e-4, "grad x")
+    for n, t in mech.named_parameters():
+        assert_close(t.grad.numpy(), p[n].grad.numpy(), 1e-3, 1e-4, f"grad {n}")
+    with pytest.raises(ValueError, match="image_shape"):
+        ef.models.make_mechanism("aft_conv", D, heads, causal=True, options={"image_shape": [4, 5]})
+    with pytest.raises(ValueError, match="image_shape = \\[4\\]"):
+        ef.models.make_mechanism("aft_conv", D, heads, options={"image_shape": [4]})
+    with pytest.raises(Exception, match="21 positions"):
+        mech(ef.tensor(rng.standard_normal((1, 21, D)).astype(np.float32)))

@@ -7,6 +7,7 @@
 #include "eformer/autograd/autograd.h"
 #include "eformer/nn/linear.h"
 #include "eformer/ops/activation.h"
+#include "eformer/ops/conv1d.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/matmul.h"
 #include "eformer/ops/reduce.h"
@@ -29,6 +30,9 @@ std::vector<OptionSpec> aft_option_specs(const std::string& name) {
   } else {
     specs.push_back({"kernel", "int", "32", "s: the kernel size (causal: the s keys up to t; else centred)"});
     specs.push_back({"reparam", "bool", "true", "u = gamma (raw - mean) / std + beta per head (AFT eq. 8)"});
+    specs.push_back(
+        {"image_shape", "[int, int]", "none (1-D)",
+         "[height, width]: 2-D, a kernel [s, s] per head over the raster-ordered image (bidirectional)"});
   }
   return specs;
 }
@@ -105,7 +109,56 @@ Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool 
   return div(parts[0], parts[1]);
 }
 
+// Rows y + dy of img [B, h, w, C] (zero outside the image).
+Tensor shift_rows(const Tensor& img, int64_t dy) {
+  const int64_t B = img.size(0), h = img.size(1), w = img.size(2), C = img.size(3);
+  if (dy == 0) return img;
+  if (std::abs(dy) >= h) return Tensor::zeros(img.shape());
+  const Tensor zeros = Tensor::zeros({B, std::abs(dy), w, C});
+  return dy > 0 ? cat({slice(img, 1, dy, h), zeros}, 1) : cat({zeros, slice(img, 1, 0, h + dy)}, 1);
+}
+
 }  // namespace
+
+Tensor aft_conv2d_average(const Tensor& k, const Tensor& v, const Tensor& u, int64_t height, int64_t width,
+                          const char* op) {
+  EF_CHECK(k.dim() == 4 && v.shape() == k.shape(), ShapeError, op, ": k is ", k.describe(), " and v ",
+           v.describe(), "; expected [batch, heads, height * width, dim], one shape");
+  const int64_t B = k.size(0), H = k.size(1), N = k.size(2), d = k.size(3);
+  EF_CHECK(N == height * width, ShapeError, op, ": the sequence has ", N, " positions but image_shape = [",
+           height, ", ", width, "] has ", height * width);
+  EF_CHECK(u.defined() && u.dtype() == DType::Float32 && u.dim() == 3 && u.size(0) == H &&
+               u.size(1) == u.size(2) && u.size(1) >= 1,
+           ShapeError, op, ": w is ", u.defined() ? u.describe() : "undefined", "; expected a 2-D kernel [",
+           H, ", s, s]");
+  const int64_t s = u.size(1), p = (s - 1) / 2, C = H * 2 * d;
+  // Shift c_h = max(0, max u_h) per head (a constant): exp(u - c) <= 1 and F = exp(-c) <= 1.
+  Tensor shift = Tensor::empty({H, 1, 1}), F = Tensor::empty({1, H, 1, 1});
+  {
+    const Tensor uc = u.contiguous_data();
+    for (int64_t h = 0; h < H; ++h) {
+      float c = 0.f;
+      for (int64_t i = 0; i < s * s; ++i) c = std::max(c, uc.data<float>()[h * s * s + i]);
+      shift.data<float>()[h] = c, F.data<float>()[h] = std::exp(-c);
+    }
+  }
+  // AFT eq. 6: [F sum_t' X_t' + conv2d(X, exp(u - c) - F)], X = [exp(K - mk) (.) V | exp(K - mk)].
+  const Tensor ek = exp(sub(k, max(k.detach(), 2, true).first));
+  const Tensor x = cat({mul(ek, v), ek}, 3);                                    // [B, H, N, 2d]
+  const Tensor ku = sub(exp(sub(u, shift)), reshape(F, {H, 1, 1}));             // [H, s, s]
+  const Tensor img = reshape(permute(x, {0, 2, 1, 3}), {B, height, width, C});  // channels last
+  Tensor conv;
+  for (int64_t a = 0; a < s; ++a) {  // kernel row a: image rows y + a - p, a 1-D conv along each row
+    const Tensor wa =
+        reshape(contiguous(expand(reshape(slice(ku, 1, a, a + 1), {H, 1, s}), {H, 2 * d, s})), {C, s});
+    const Tensor r = depthwise_conv1d(reshape(shift_rows(img, a - p), {B * height, width, C}), wa);
+    conv = conv.defined() ? add(conv, r) : r;
+  }
+  const Tensor local = permute(reshape(conv, {B, N, H, 2 * d}), {0, 2, 1, 3});
+  const Tensor nd = add(local, mul(sum(x, {2}, true), F));
+  const auto parts = split(nd, {d, d}, 3);
+  return div(parts[0], parts[1]);
+}
 
 AftLayout aft_layout(const std::string& name, int64_t s, bool causal) {
   AftLayout L;
@@ -128,7 +181,14 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
                      const AttentionOptions& opts, const MechanismArgs& args) {
   const std::string op = "attention '" + name + "'";
   EF_CHECK(args.options.is_object(), ValueError, op, ": options must be a JSON object");
-  for (const auto& [key, value] : args.options.items()) options::unknown(op, key, {});
+  int64_t image_h = 0, image_w = 0;
+  for (const auto& [key, value] : args.options.items()) {
+    if (name != "aft_conv" || key != "image_shape")
+      options::unknown(op, key,
+                       name == "aft_conv" ? std::vector<OptionSpec>{{"image_shape", "", "", ""}}
+                                          : std::vector<OptionSpec>{});
+    parse_image_shape(op, value, image_h, image_w);
+  }
   const std::vector<std::string> allowed = name == "aft_simple" ? std::vector<std::string>{}
                                            : name == "aft_full" ? std::vector<std::string>{"w", "w_u", "w_v"}
                                                                 : std::vector<std::string>{"w"};
@@ -177,7 +237,20 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
            " (sigmoid(q) gates the average of v channel by channel)");
   if (name == "aft_full")
     return mul(sigmoid(q), aft_full_average(k, v, bias, opts.causal, N, opts.key_mask, op.c_str()));
+  if (image_h > 0) {
+    EF_CHECK(!opts.causal && !opts.key_mask.defined(), ValueError, op,
+             ": the 2-D form (image_shape) is bidirectional and takes no key_mask");
+    return mul(sigmoid(q), aft_conv2d_average(k, v, bias, image_h, image_w, op.c_str()));
+  }
   return mul(sigmoid(q), aft_average(k, v, bias, L, N, opts.key_mask, op.c_str()));
+}
+
+void parse_image_shape(const std::string& who, const nlohmann::json& v, int64_t& height, int64_t& width) {
+  EF_CHECK(v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer() &&
+               v[0].get<int64_t>() >= 1 && v[1].get<int64_t>() >= 1,
+           ValueError, who, ": option image_shape = ", v.dump(),
+           "; expected [height, width], two integers >= 1");
+  height = v[0].get<int64_t>(), width = v[1].get<int64_t>();
 }
 
 AftOptions parse_aft_options(const std::string& name, const nlohmann::json& options) {
@@ -196,6 +269,7 @@ AftOptions parse_aft_options(const std::string& name, const nlohmann::json& opti
     if (key == "window") o.window = options::get_int(who, key, value, 1);
     if (key == "kernel") o.kernel = options::get_int(who, key, value, 1);
     if (key == "reparam") o.reparam = options::get_bool(who, key, value);
+    if (key == "image_shape") parse_image_shape(who, value, o.image_h, o.image_w);
   }
   EF_CHECK(
       name != "aft_conv" || !o.reparam || o.kernel >= 2, ValueError, who, ": option kernel = ", o.kernel,
@@ -250,7 +324,12 @@ AftAttention::AftAttention(std::string name, const MechanismConfig& config, AftO
     w_ = &register_parameter("w",
                              nn::normal_init({H_, L, aft_layout("aft_local", s(), config.causal).S}, 1e-2f));
   } else if (this->name() == "aft_conv") {
-    raw_ = &register_parameter("kernel", nn::normal_init({H_, options_.kernel}, 1.0f));
+    EF_CHECK(options_.image_h == 0 || !config.causal, ValueError, label(),
+             ": image_shape (the 2-D form) is bidirectional; it cannot be causal");
+    raw_ = &register_parameter(
+        "kernel", nn::normal_init(options_.image_h > 0 ? Shape{H_, options_.kernel, options_.kernel}
+                                                       : Shape{H_, options_.kernel},
+                                  1.0f));
     if (options_.reparam) {
       gamma_ = &register_parameter("gamma", Tensor::zeros({H_}));
       beta_ = &register_parameter("beta", Tensor::zeros({H_}));
@@ -264,7 +343,10 @@ std::string AftAttention::describe() const {
     extra = options_.factorized ? detail::concat(", factorized, hidden=", options_.hidden) : ", w";
   if (name() == "aft_local") extra = detail::concat(", window=", options_.window);
   if (name() == "aft_conv")
-    extra = detail::concat(", kernel=", options_.kernel, ", reparam=", options_.reparam ? "true" : "false");
+    extra = detail::concat(", kernel=", options_.kernel, ", reparam=", options_.reparam ? "true" : "false",
+                           options_.image_h > 0 ? detail::concat(", image_shape=[", options_.image_h, ", ",
+                                                                 options_.image_w, "]")
+                                                : std::string());
   return detail::concat("AftAttention(name=", name(), ", d_model=", config_.d_model, ", heads=", H_,
                         ", causal=", config_.causal ? "true" : "false", extra, ")");
 }
@@ -274,17 +356,25 @@ Tensor AftAttention::bias(int64_t N) {
   if (w_) return *w_;
   if (!raw_) return Tensor();
   if (!gamma_) return *raw_;
-  // AFT eq. 8: u = gamma (raw - mean raw) / std raw + beta per head (std unbiased, as torch.std).
-  const int64_t s = raw_->size(1);
-  const Tensor centred = sub(*raw_, mean(*raw_, {1}, true));
+  // AFT eq. 8: u = gamma (raw - mean raw) / std raw + beta per head (std unbiased, as torch.std), over
+  // the kernel's s (1-D) or s x s (2-D) values.
+  const Tensor raw = reshape(*raw_, {H_, raw_->numel() / H_});
+  const int64_t s = raw.size(1);
+  const Tensor centred = sub(raw, mean(raw, {1}, true));
   const Tensor std = sqrt(mul_scalar(sum(mul(centred, centred), {1}, true), 1.0f / float(s - 1)));
-  return add(mul(reshape(*gamma_, {H_, 1}), div(centred, std)), reshape(*beta_, {H_, 1}));
+  return reshape(add(mul(reshape(*gamma_, {H_, 1}), div(centred, std)), reshape(*beta_, {H_, 1})),
+                 raw_->shape());
 }
 
 Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) {
   const Heads h = project(x, memory);
   const int64_t N = x.size(1);
   const AftLayout L = aft_layout(name(), s(), config_.causal);
+  if (options_.image_h > 0) {
+    EF_CHECK(!key_mask.defined(), ValueError, label(), ": the 2-D form (image_shape) takes no key_mask");
+    return output(mul(sigmoid(h.q), aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w,
+                                                       label().c_str())));
+  }
   if (name() == "aft_full")
     return output(
         mul(sigmoid(h.q), aft_full_average(h.k, h.v, bias(N), config_.causal, N, key_mask, label().c_str())));

@@ -13,7 +13,8 @@
 //                 a depthwise convolution with exp(u) - 1 plus the global sum), reparameterized per head
 //                 as u = gamma (raw - mean raw) / std raw + beta (eq. 8, gamma = beta = 0 at init, so the
 //                 layer starts as AFT-simple). Causal: the s keys t - s + 1 .. t; bidirectional: centred,
-//                 p = (s - 1) / 2 (torch's padding "same"). Option kernel = s (32), reparam (true). 1-D only.
+//                 p = (s - 1) / 2 (torch's padding "same"). Option kernel = s (32), reparam (true);
+//                 image_shape [h, w]: 2-D, a kernel [s, s] per head (bidirectional; aft_conv2d_average).
 // Heads: AFT mixes each channel on its own; heads only say which channels share a bias. The paper's
 // AFT-full and AFT-local have one (option heads, default 1: the model's n_heads does not apply), its
 // AFT-conv one kernel per head (default: the model's n_heads). Projections q, k, v, out are named as in
@@ -47,14 +48,26 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
                      const AttentionOptions& opts, const MechanismArgs& args = {});
 
 struct AftOptions {
-  int64_t heads = 1;       // 0: the model's n_heads
-  bool factorized = true;  // aft_full
-  int64_t hidden = 256;    // aft_full: d'
-  int64_t window = 32;     // aft_local: s
-  int64_t kernel = 32;     // aft_conv: s
-  bool reparam = true;     // aft_conv
+  int64_t heads = 1;                 // 0: the model's n_heads
+  bool factorized = true;            // aft_full
+  int64_t hidden = 256;              // aft_full: d'
+  int64_t window = 32;               // aft_local: s
+  int64_t kernel = 32;               // aft_conv: s
+  bool reparam = true;               // aft_conv
+  int64_t image_h = 0, image_w = 0;  // aft_conv: 2-D over a raster-ordered [image_h, image_w] image
 };
 AftOptions parse_aft_options(const std::string& name, const nlohmann::json& options);
+// "image_shape": [height, width], two integers >= 1 (ValueError naming `who` otherwise).
+void parse_image_shape(const std::string& who, const nlohmann::json& value, int64_t& height, int64_t& width);
+
+// 2-D AFT-conv (eq. 6 as written, bidirectional): k, v [B, H, h w, d] in raster order, u [H, s, s] ->
+// A [B, H, h w, d] = (F sum_t' X_t' + conv2d(X, exp(u - c) - F)) / (the same with V = 1), X = exp(K - max K)
+// (.) V, c = max(0, max u) per head, F = exp(-c); the conv is centred (torch padding "same"), one kernel
+// per head shared by its channels. Composed of differentiable ops (s depthwise 1-D convs, one per kernel
+// row). Caveat: where u is very negative the window's terms (exp(u) - 1 ~ -1) cancel part of the global
+// sum, so a tiny image whose keys all fall in the window loses float32 precision.
+Tensor aft_conv2d_average(const Tensor& k, const Tensor& v, const Tensor& u, int64_t height, int64_t width,
+                          const char* op = "aft_conv2d");
 
 // The window layout of `name` for s (window or kernel) in a causal or bidirectional pass.
 AftLayout aft_layout(const std::string& name, int64_t s, bool causal);
