@@ -239,14 +239,18 @@ TEST(Aft, StreamingInPiecesEqualsTheParallelPassBeyondTheWindow) {
   Seed seed;
   rng::Generator gen(seed.value);
   const int64_t B = 2, N = 41, D = 16;
-  for (const std::string name : {"aft_full", "aft_simple", "aft_local", "aft_conv"}) {
-    SCOPED_TRACE(seed.str() + " " + name);
+  for (const std::string variant :
+       {"aft_full", "aft_simple", "aft_local", "aft_local_factorized", "aft_conv"}) {
+    SCOPED_TRACE(seed.str() + " " + variant);
+    const std::string name = variant == "aft_local_factorized" ? "aft_local" : variant;
     MechanismConfig c;
     c.d_model = D, c.n_heads = 2, c.causal = true, c.max_len = 48;
-    c.options = name == "aft_local"  ? nlohmann::json{{"window", 3}}
-                : name == "aft_conv" ? nlohmann::json{{"kernel", 4}}
-                : name == "aft_full" ? nlohmann::json{{"hidden", 8}}
-                                     : nlohmann::json::object();
+    c.options = variant == "aft_local" ? nlohmann::json{{"window", 3}}
+                : variant == "aft_local_factorized"
+                    ? nlohmann::json{{"window", 3}, {"factorized", true}, {"hidden", 4}}
+                : variant == "aft_conv" ? nlohmann::json{{"kernel", 4}}
+                : variant == "aft_full" ? nlohmann::json{{"hidden", 8}}
+                                        : nlohmann::json::object();
     rng::manual_seed(seed.value);
     auto mech = make_mechanism(name, c);
     mech->eval();

@@ -200,6 +200,12 @@ class Aft:
         p, name = params, entry["name"]
         if name == "aft_full":
             return {"bias": p["w_u"] @ p["w_v"].transpose(1, 2) if "w_u" in p else p["w"]}
+        if name == "aft_local" and "w_u" in p:  # factorized: U V^T inside the window |t - t'| < s
+            s = int(option_default(entry, "window"))
+            dense = p["w_u"] @ p["w_v"].transpose(1, 2)
+            L = dense.shape[1]
+            near = (torch.arange(L)[None, :] - torch.arange(L)[:, None]).abs() < s
+            return {"bias": dense * near, "dense": True}
         if name == "aft_local":
             return {"bias": p["w"]}
         if name == "aft_conv":
@@ -207,7 +213,9 @@ class Aft:
         return {"bias": None}
 
     def heads(self, entry, q, k, v, causal, key_mask, context):
-        w = aft_dense_bias(entry["name"], context["bias"], q.shape[2], k.shape[2], causal)
+        N, M = q.shape[2], k.shape[2]
+        w = context["bias"][:, :N, :M] if context.get("dense") else \
+            aft_dense_bias(entry["name"], context["bias"], N, M, causal)
         return torch_aft(q, k, v, w, causal, key_mask)
 
 

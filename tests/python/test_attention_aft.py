@@ -102,15 +102,17 @@ def test_local_keeps_global_connectivity(rng):
     assert np.abs(moved[:, :, -1] - base[:, :, -1]).max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["aft_full", "aft_local", "aft_conv"])
+@pytest.mark.parametrize("name", ["aft_full", "aft_local", "aft_local_factorized", "aft_conv"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_module_bias_parameters_get_eq2_gradients(rng, name, causal):
     """The module, its bias parameters set to visible values: forward and every parameter gradient
     against eq. 2 with the bias rebuilt from them (factorization eq. 7, band, reparameterization eq. 8)."""
     D, N, heads = 8, 11, 2
     opts = {"aft_full": {"hidden": 3, "heads": heads}, "aft_local": {"window": 3, "heads": heads},
+            "aft_local_factorized": {"window": 3, "heads": heads, "factorized": True, "hidden": 4},
             "aft_conv": {"kernel": 4}}[name]
-    mech = ef.models.make_mechanism(name, D, heads, causal=causal, max_len=16, options=opts)
+    mech = ef.models.make_mechanism(name.replace("_factorized", ""), D, heads, causal=causal, max_len=16,
+                                    options=opts)
     state = {n: t.numpy() for n, t in mech.state_dict().items()}
     for n in ("w", "w_u", "w_v", "gamma", "beta"):
         if n in state:
@@ -127,6 +129,9 @@ def test_module_bias_parameters_get_eq2_gradients(rng, name, causal):
             w = (p["w_u"] @ p["w_v"].transpose(1, 2))[:, :N, :N]
         elif name == "aft_local":
             w = dense_w("aft_local", [p["w"]], N, N, causal)
+        elif name == "aft_local_factorized":  # eq. 7 inside the window |t - t'| < s = 3, 0 outside
+            near = (torch.arange(N)[None, :] - torch.arange(N)[:, None]).abs() < 3
+            w = (p["w_u"] @ p["w_v"].transpose(1, 2))[:, :N, :N] * near
         else:
             kern = p["kernel"]
             u = p["gamma"][:, None] * (kern - kern.mean(1, keepdim=True)) / kern.std(1, keepdim=True) \

@@ -27,6 +27,10 @@ std::vector<OptionSpec> aft_option_specs(const std::string& name) {
     specs.push_back({"hidden", "int", "256", "d', the width of the factors U, V [heads, L, d']"});
   } else if (name == "aft_local") {
     specs.push_back({"window", "int", "32", "s: w is learned for |t - t'| < s and 0 outside (AFT eq. 4)"});
+    specs.push_back(
+        {"factorized", "bool", "false", "the band from U V^T (AFT eq. 7) instead of a free band"});
+    specs.push_back(
+        {"hidden", "int", "256", "d', the width of the factors U, V [heads, L, d'] (factorized)"});
   } else {
     specs.push_back({"kernel", "int", "32", "s: the kernel size (causal: the s keys up to t; else centred)"});
     specs.push_back({"reparam", "bool", "true", "u = gamma (raw - mean) / std + beta per head (AFT eq. 8)"});
@@ -258,6 +262,7 @@ AftOptions parse_aft_options(const std::string& name, const nlohmann::json& opti
   EF_CHECK(options.is_object(), ValueError, who, ": options must be a JSON object, got ", options.dump());
   AftOptions o;
   o.heads = name == "aft_conv" ? 0 : 1;
+  o.factorized = name == "aft_full";
   const auto specs = aft_option_specs(name);
   for (const auto& [key, value] : options.items()) {
     const bool known =
@@ -320,6 +325,9 @@ AftAttention::AftAttention(std::string name, const MechanismConfig& config, AftO
     w_v_ = &register_parameter("w_v", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
   } else if (this->name() == "aft_full") {
     w_ = &register_parameter("w", nn::normal_init({H_, L, L}, 1e-2f));
+  } else if (this->name() == "aft_local" && options_.factorized) {
+    w_u_ = &register_parameter("w_u", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
+    w_v_ = &register_parameter("w_v", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
   } else if (this->name() == "aft_local") {
     w_ = &register_parameter("w",
                              nn::normal_init({H_, L, aft_layout("aft_local", s(), config.causal).S}, 1e-2f));
@@ -341,7 +349,10 @@ std::string AftAttention::describe() const {
   std::string extra;
   if (name() == "aft_full")
     extra = options_.factorized ? detail::concat(", factorized, hidden=", options_.hidden) : ", w";
-  if (name() == "aft_local") extra = detail::concat(", window=", options_.window);
+  if (name() == "aft_local")
+    extra =
+        detail::concat(", window=", options_.window,
+                       options_.factorized ? detail::concat(", factorized, hidden=", options_.hidden) : "");
   if (name() == "aft_conv")
     extra = detail::concat(", kernel=", options_.kernel, ", reparam=", options_.reparam ? "true" : "false",
                            options_.image_h > 0 ? detail::concat(", image_shape=[", options_.image_h, ", ",
@@ -351,7 +362,28 @@ std::string AftAttention::describe() const {
                         ", causal=", config_.causal ? "true" : "false", extra, ")");
 }
 
+Tensor AftAttention::local_band_from_factors(int64_t N) const {
+  // band[h, t, j] = U_t . V_{t + j - p} (eq. 7 restricted to the window), 0 where that key does not exist.
+  const AftLayout L = aft_layout("aft_local", s(), config_.causal);
+  std::vector<Tensor> cols;
+  for (int64_t j = 0; j < L.S; ++j) {
+    const int64_t off = j - L.p, lo = std::max<int64_t>(0, -off), hi = std::min(N, N - off);  // rows [lo, hi)
+    if (hi <= lo) {
+      cols.push_back(Tensor::zeros({H_, N, 1}));
+      continue;
+    }
+    const Tensor prod = sum(mul(slice(*w_u_, 1, lo, hi), slice(*w_v_, 1, lo + off, hi + off)), {2}, true);
+    std::vector<Tensor> parts;
+    if (lo > 0) parts.push_back(Tensor::zeros({H_, lo, 1}));
+    parts.push_back(prod);
+    if (hi < N) parts.push_back(Tensor::zeros({H_, N - hi, 1}));
+    cols.push_back(parts.size() == 1 ? prod : cat(parts, 1));
+  }
+  return cat(cols, 2);  // [H, N, S]
+}
+
 Tensor AftAttention::bias(int64_t N) {
+  if (w_u_ && name() == "aft_local") return local_band_from_factors(N);
   if (w_u_) return bmm(slice(*w_u_, 1, 0, N), slice(*w_v_, 1, 0, N), false, true);
   if (w_) return *w_;
   if (!raw_) return Tensor();

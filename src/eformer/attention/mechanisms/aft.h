@@ -8,7 +8,8 @@
 //   "aft_simple"  w = 0 (eq. 5): O(N d)
 //   "aft_local"   w learned inside the window |t - t'| < s and 0 outside (eq. 4, *not* -inf: global
 //                 connectivity is kept); the band is stored directly, w [H, L, S] (fixed-length; S = s
-//                 causal, 2 s - 1 bidirectional; option window = s, 32)
+//                 causal, 2 s - 1 bidirectional; option window = s, 32), or, with factorized true, from
+//                 U, V [H, L, d'] as the paper does (band_t,j = U_t . V_t+j-p; option hidden = d')
 //   "aft_conv"    w_t,t' = u[t' - t + p], one kernel u of size s per head shared by its channels (eq. 6:
 //                 a depthwise convolution with exp(u) - 1 plus the global sum), reparameterized per head
 //                 as u = gamma (raw - mean raw) / std raw + beta (eq. 8, gamma = beta = 0 at init, so the
@@ -49,7 +50,7 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
 
 struct AftOptions {
   int64_t heads = 1;                 // 0: the model's n_heads
-  bool factorized = true;            // aft_full
+  bool factorized = true;            // aft_full (default true), aft_local (default false)
   int64_t hidden = 256;              // aft_full: d'
   int64_t window = 32;               // aft_local: s
   int64_t kernel = 32;               // aft_conv: s
@@ -88,6 +89,7 @@ class AftAttention : public ProjectedAttention {
  private:
   AftAttention(std::string name, const MechanismConfig& config, AftOptions options);
   int64_t s() const { return name() == "aft_conv" ? options_.kernel : options_.window; }
+  Tensor local_band_from_factors(int64_t N) const;  // aft_local, factorized: the band [H, N, S]
 
   AftOptions options_;
   Tensor *w_ = nullptr, *w_u_ = nullptr, *w_v_ = nullptr, *raw_ = nullptr, *gamma_ = nullptr,
