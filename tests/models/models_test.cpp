@@ -68,7 +68,8 @@ TEST(Mechanism, RegistryErrorsListNames) {
                            {"'windw'", "rotary, rotary_base"});
   EXPECT_EQ(attention::mechanism_names(),
             (std::vector<std::string>{"full", "flash", "performer", "linear", "sparse_strided", "sparse_fixed",
-                                      "longformer", "bigbird", "local"}));
+                                      "longformer", "bigbird", "local", "aft_full", "aft_simple", "aft_local",
+                                      "aft_conv"}));
 }
 
 TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {

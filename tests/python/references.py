@@ -2,11 +2,13 @@
 (test_contract.py), keyed by the `reference` a registry entry declares (eformer.mechanisms()).
 
 A reference is a class with
-  functional_kwargs(entry, d, rng) -> (kwargs for eformer.attention, context)   for the functional form
-  module_context(entry, mech)      -> context                                    for a mechanism module
+  functional_kwargs(entry, d, rng, dims) -> (kwargs for eformer.attention, context)  for the functional form
+  module_context(entry, mech, params)    -> context                                  for a mechanism module
   heads(entry, q, k, v, causal, key_mask, context) -> out [B, H, N, d_v]         (torch float64)
-q, k, v are [B, H, N or M, d] torch tensors; key_mask is a numpy bool [B, M] or None. A mechanism
-whose reference is not in REFERENCES fails the suite.
+q, k, v are [B, H, N or M, d] torch tensors; key_mask is a numpy bool [B, M] or None; dims is
+{B, H, N, M, causal} of the call; params are the module's parameters as float64 torch leaves (a
+reference that uses a learned parameter, such as AFT's position bias, builds it from them so its
+gradient is checked too). A mechanism whose reference is not in REFERENCES fails the suite.
 """
 import math
 
@@ -82,10 +84,10 @@ def option_default(entry, name):
 class SoftmaxPattern:
     """Exact softmax attention restricted to the mechanism's exact pattern (eformer.attention_pattern)."""
 
-    def functional_kwargs(self, entry, d, rng):
+    def functional_kwargs(self, entry, d, rng, dims=None):
         return {}, {}
 
-    def module_context(self, entry, mech):
+    def module_context(self, entry, mech, params=None):
         return {}
 
     def heads(self, entry, q, k, v, causal, key_mask, context):
@@ -105,14 +107,14 @@ class Kernelized:
         return (option_default(entry, "kernel"), option_default(entry, "features"),
                 option_default(entry, "projection") == "true")
 
-    def functional_kwargs(self, entry, d, rng):
+    def functional_kwargs(self, entry, d, rng, dims=None):
         kernel, features, projection = self.feature_map(entry)
         if not projection:
             return {}, {"omega": None}
         omega = ef.draw_omega(round(d * math.log(d)), d, seed=int(rng.integers(1 << 30)))
         return {"omega": omega}, {"omega": torch.tensor(omega.numpy().astype(np.float64))}
 
-    def module_context(self, entry, mech):
+    def module_context(self, entry, mech, params=None):
         state = mech.state_dict()
         omega = state.get("omega")
         return {"omega": None if omega is None else torch.tensor(omega.numpy().astype(np.float64))}
@@ -122,4 +124,99 @@ class Kernelized:
         return torch_kernelized(q, k, v, context["omega"], kernel, features, projection, causal, key_mask)
 
 
-REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized()}
+def aft_window_start(name, S, causal):
+    """p of the AFT band: the window of query t starts at key t - p (aft_local: S = s or 2 s - 1)."""
+    return S - 1 if causal else (S - 1) // 2
+
+
+def aft_dense_bias(name, bias, N, M, causal):
+    """The dense position bias w [H, N, M] of an AFT mechanism from its tensor form (torch float64):
+    aft_full w [H, >= N, >= M]; aft_local the band [H, >= N, S] (w_t,t' = band[t, t' - t + p], 0 outside);
+    aft_conv the kernel [H, s] (the same band at every t); aft_simple None (w = 0)."""
+    if bias is None:
+        return None
+    if name == "aft_full":
+        return bias[:, :N, :M]
+    S = bias.shape[-1]
+    p = aft_window_start(name, S, causal)
+    rel = torch.arange(M)[None, :] - torch.arange(N)[:, None] + p  # [N, M]: index into the band
+    inside = (rel >= 0) & (rel < S)
+    idx = rel.clamp(0, S - 1)
+    if name == "aft_conv":
+        w = bias[:, idx]  # [H, N, M]
+    else:
+        w = torch.gather(bias[:, :N, :], 2, idx[None].expand(bias.shape[0], N, M))
+    return torch.where(inside[None], w, torch.zeros_like(w))
+
+
+def torch_aft(q, k, v, w, causal, key_mask=None):
+    """AFT eq. 2 from the definition, float64: Y_t = sigmoid(Q_t) * sum_t' exp(K_t' + w_t,t') V_t' /
+    sum_t' exp(K_t' + w_t,t') per channel (t' <= t when causal). q, k, v [B, H, N or M, d]; w [Hw, N, M]
+    or None (0), shared by the channels of each of its Hw heads (channels regrouped into Hw heads)."""
+    B, H, N, d = q.shape
+    M = k.shape[2]
+    Hw = 1 if w is None else w.shape[0]
+
+    def regroup(x):
+        return x.transpose(1, 2).reshape(B, x.shape[2], Hw, -1).transpose(1, 2)
+
+    q2, k2, v2 = regroup(q), regroup(k), regroup(v)
+    logits = k2[:, :, None, :, :].expand(B, Hw, N, M, k2.shape[-1])
+    if w is not None:
+        logits = logits + w[None, :, :, :, None]
+    allowed = allowed_mask(B, N, M, causal, key_mask)[..., None]  # [B, 1, N, M, 1]
+    any_key = allowed.any(3, keepdim=True)
+    logits = torch.where(allowed, logits, torch.full_like(logits, -math.inf))
+    p = torch.softmax(torch.where(any_key, logits, torch.zeros_like(logits)), dim=3) * allowed
+    a = (p * v2[:, :, None]).sum(3)
+    y = torch.sigmoid(q2) * a
+    return y.transpose(1, 2).reshape(B, N, H, d).transpose(1, 2)
+
+
+def aft_reparam(kernel, gamma, beta):
+    """AFT eq. 8: u = gamma (raw - mean raw) / std raw + beta per head (torch's unbiased std)."""
+    mean = kernel.mean(1, keepdim=True)
+    return gamma[:, None] * (kernel - mean) / kernel.std(1, keepdim=True) + beta[:, None]
+
+
+class Aft:
+    """The Attention Free Transformer (AFT eq. 2) with the mechanism's position bias."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        name, H, N, M, causal = entry["name"], dims["H"], dims["N"], dims["M"], dims["causal"]
+        if name == "aft_simple":
+            return {}, {"bias": None}
+        if name == "aft_full":
+            w = rng.standard_normal((H, N, M))
+        elif name == "aft_local":
+            s = 3
+            w = rng.standard_normal((H, N, s if causal else 2 * s - 1))
+        else:
+            w = rng.standard_normal((H, 4))
+        w32 = w.astype(np.float32)
+        return {"w": ef.tensor(w32)}, {"bias": torch.tensor(w32.astype(np.float64))}
+
+    def module_context(self, entry, mech, params=None):
+        p, name = params, entry["name"]
+        if name == "aft_full":
+            return {"bias": p["w_u"] @ p["w_v"].transpose(1, 2) if "w_u" in p else p["w"]}
+        if name == "aft_local" and "w_u" in p:  # factorized: U V^T inside the window |t - t'| < s
+            s = int(option_default(entry, "window"))
+            dense = p["w_u"] @ p["w_v"].transpose(1, 2)
+            L = dense.shape[1]
+            near = (torch.arange(L)[None, :] - torch.arange(L)[:, None]).abs() < s
+            return {"bias": dense * near, "dense": True}
+        if name == "aft_local":
+            return {"bias": p["w"]}
+        if name == "aft_conv":
+            return {"bias": aft_reparam(p["kernel"], p["gamma"], p["beta"]) if "gamma" in p else p["kernel"]}
+        return {"bias": None}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        N, M = q.shape[2], k.shape[2]
+        w = context["bias"][:, :N, :M] if context.get("dense") else \
+            aft_dense_bias(entry["name"], context["bias"], N, M, causal)
+        return torch_aft(q, k, v, w, causal, key_mask)
+
+
+REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft()}

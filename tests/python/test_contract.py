@@ -49,7 +49,7 @@ def test_functional_form_matches_the_float64_reference(rng, name):
         for N, M in ([(37, 37)] if causal else [(37, 37), (20, 45)]):
             masked = entry["capabilities"]["padding_mask"]
             km = random_padding(rng, B, M) if masked else None
-            kwargs, ctx = ref.functional_kwargs(entry, d, rng)
+            kwargs, ctx = ref.functional_kwargs(entry, d, rng, dict(B=B, H=H, N=N, M=M, causal=causal))
             q, k, v = rng.standard_normal((B, H, N, d)), rng.standard_normal((B, H, M, d)), \
                 rng.standard_normal((B, H, M, d))
             check(lambda q, k, v: ef.attention(q, k, v, kind=name, causal=causal,
@@ -70,7 +70,7 @@ def test_module_matches_the_float64_reference(rng, name):
             pytest.fail(f"{name}: the module reference projects with q/k/v/out_proj; "
                         f"add a module formulation for parameters {sorted(params)}")
         p = {n: torch.tensor(t.numpy().astype(np.float64), requires_grad=True) for n, t in params.items()}
-        ctx = ref.module_context(entry, mech)
+        ctx = ref.module_context(entry, mech, p)
         x = rng.standard_normal((B, N, D))
         memory = rng.standard_normal((B, M, D)) if cross else None
         km = random_padding(rng, B, M) if entry["capabilities"]["padding_mask"] else None

@@ -43,7 +43,7 @@ ProjectedAttention::ProjectedAttention(std::string type_name, const std::string&
   const int64_t D = config.d_model;
   if (spec_.qk_width == 0) spec_.qk_width = D;
   if (spec_.v_width == 0) spec_.v_width = D;
-  H_ = config.n_heads;
+  H_ = spec_.heads > 0 ? spec_.heads : config.n_heads;
   for (const auto& [what, width] : {std::pair<const char*, int64_t>{"d_model", D},
                                     {"the q/k width", spec_.qk_width},
                                     {"the v width", spec_.v_width}})

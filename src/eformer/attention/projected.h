@@ -19,6 +19,7 @@ struct ProjectionSpec {
   bool shared_qk = false;  // k is q's projection (Reformer's shared-QK); no k_proj
   int64_t qk_width = 0;    // total width of q and k across heads (0: d_model)
   int64_t v_width = 0;     // total width of v across heads (0: d_model); out_proj maps it to d_model
+  int64_t heads = 0;       // heads the projections are split into (0: the model's n_heads; AFT: its own)
 };
 
 // Rotary embeddings on q and k (self-attention only): on when the model's positions are "rotary"

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "eformer/attention/mechanisms/aft.h"
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/attention/mechanisms/sparse.h"
@@ -22,6 +23,10 @@ std::vector<MechanismEntry>& entries() {
       longformer_entry(),            // sliding window + global
       bigbird_entry(),               // window + global + random blocks
       local_entry(),                 // Image Transformer local 1-D blocks
+      aft_entry("aft_full"),         // AFT: learned pairwise bias over max_len
+      aft_entry("aft_simple"),       // AFT: no bias, O(N d)
+      aft_entry("aft_local"),        // AFT: bias in a window, 0 outside
+      aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
   };
   return all;
 }

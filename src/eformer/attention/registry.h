@@ -45,7 +45,7 @@ struct MechanismEntry {
   std::string description;  // one line: what it is, the paper and equation
   Capabilities capabilities;
   // The float64 formulation the contract suites check it against: "softmax-pattern" (exact
-  // softmax attention restricted to its pattern: needs `pattern`) or "kernelized" (normalized
+  // softmax attention restricted to its pattern: needs `pattern`), "aft" (AFT eq. 2) or "kernelized" (normalized
   // feature-map attention, tests/python/references.py). A new formulation is added to the suites'
   // references; an entry whose reference they do not know fails them.
   std::string reference;

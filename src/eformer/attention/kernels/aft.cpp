@@ -1,0 +1,413 @@
+#include "eformer/attention/kernels/aft.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "eformer/attention/kernels/scratch.h"
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/error.h"
+#include "eformer/core/parallel.h"
+#include "eformer/ops/activation.h"
+#include "eformer/ops/shape.h"
+
+namespace eformer::kernels {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// One (batch, head): keys and values [rows, d] starting at absolute key k0, the head's bias (null for
+// None) read as w[t * a + t' + b] at absolute positions, and the window rule of aft.h.
+struct AftHead {
+  const float *k, *v, *w;
+  const bool* km;  // key mask [M] (null: every key is real)
+  int64_t k0, M, d, a, b, S, p;
+  bool dense, causal;
+  bool real(int64_t j) const { return !km || km[j]; }
+  int64_t lo(int64_t t) const { return dense ? 0 : t - p; }
+  int64_t hi(int64_t t) const {
+    const int64_t h = dense ? M - 1 : t - p + S - 1;
+    return causal ? std::min(h, t) : h;
+  }
+  int64_t first(int64_t t) const { return std::clamp<int64_t>(lo(t), 0, M); }     // window start
+  int64_t last(int64_t t) const { return std::clamp<int64_t>(hi(t) + 1, 0, M); }  // window end (excl.)
+  float bias(int64_t t, int64_t j) const { return w ? w[t * a + j + b] : 0.f; }
+  const float* key(int64_t j) const { return k + (j - k0) * d; }
+  const float* value(int64_t j) const { return v + (j - k0) * d; }
+};
+
+// A running sum over keys with bias 0: num = sum exp(K - mx) V, den = sum exp(K - mx), mx = max K.
+struct Running {
+  float *num, *den, *mx;
+  void reset(int64_t d) {
+    std::fill(num, num + d, 0.f), std::fill(den, den + d, 0.f), std::fill(mx, mx + d, -kInf);
+  }
+  void add(const float* kk, const float* vv, int64_t d) {
+    for (int64_t c = 0; c < d; ++c) {
+      const float m = std::max(mx[c], kk[c]), s = fast_exp(mx[c] - m), e = fast_exp(kk[c] - m);
+      num[c] = num[c] * s + e * vv[c], den[c] = den[c] * s + e, mx[c] = m;
+    }
+  }
+};
+
+// Query t's average from the prefix sums `pre`, the suffix sums `suf` (null: none) and its window:
+// A [d], lse [d]; m, num, den: scratch [d].
+void average_row(const AftHead& h, int64_t t, const Running& pre, const Running* suf, float* A, float* lse,
+                 float* m, float* num, float* den) {
+  const int64_t d = h.d, j0 = h.first(t), j1 = h.last(t);
+  for (int64_t c = 0; c < d; ++c) m[c] = suf ? std::max(pre.mx[c], suf->mx[c]) : pre.mx[c];
+  for (int64_t j = j0; j < j1; ++j) {
+    if (!h.real(j)) continue;
+    const float wb = h.bias(t, j);
+    const float* kk = h.key(j);
+    for (int64_t c = 0; c < d; ++c) m[c] = std::max(m[c], kk[c] + wb);
+  }
+  for (int64_t c = 0; c < d; ++c) m[c] = m[c] == -kInf ? 0.f : m[c];  // no real key: den stays 0
+  for (int64_t c = 0; c < d; ++c) {
+    const float s = fast_exp(pre.mx[c] - m[c]);
+    num[c] = pre.num[c] * s, den[c] = pre.den[c] * s;
+  }
+  if (suf)
+    for (int64_t c = 0; c < d; ++c) {
+      const float s = fast_exp(suf->mx[c] - m[c]);
+      num[c] += suf->num[c] * s, den[c] += suf->den[c] * s;
+    }
+  for (int64_t j = j0; j < j1; ++j) {
+    if (!h.real(j)) continue;
+    const float wb = h.bias(t, j);
+    const float *kk = h.key(j), *vv = h.value(j);
+    for (int64_t c = 0; c < d; ++c) {
+      const float e = fast_exp(kk[c] + wb - m[c]);
+      num[c] += e * vv[c], den[c] += e;
+    }
+  }
+  // A query with no real key (every key padded) outputs 0, with lse = -inf (no gradient).
+  for (int64_t c = 0; c < d; ++c) {
+    const bool any = den[c] > 0.f;
+    A[c] = any ? num[c] / den[c] : 0.f, lse[c] = any ? m[c] + std::log(den[c]) : -kInf;
+  }
+}
+
+// The causal sweep over queries [t0, t1) (A, lse [t1 - t0, d]): keys that leave the window (< lo(t))
+// move into the prefix sums; `next` is the first key not yet in them. Serves forward and step.
+void causal_sweep(const AftHead& h, int64_t t0, int64_t t1, int64_t& next, Running& pre, float* A, float* lse,
+                  float* scratch) {
+  const int64_t d = h.d;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (; next < h.first(t); ++next)
+      if (h.real(next)) pre.add(h.key(next), h.value(next), d);
+    average_row(h, t, pre, nullptr, A + (t - t0) * d, lse + (t - t0) * d, scratch, scratch + d,
+                scratch + 2 * d);
+  }
+}
+
+// Bidirectional: a reverse pass stores each query's suffix sums (keys after its window) in A, lse and
+// sm [N, d]; the forward pass then adds the prefix sums and the window.
+void bidirectional_head(const AftHead& h, int64_t N, float* A, float* lse, float* sm, float* scratch) {
+  const int64_t d = h.d;
+  float* run = scratch + 3 * d;  // [3 d]
+  Running r{run, run + d, run + 2 * d};
+  r.reset(d);
+  int64_t low = h.M;  // the suffix holds keys [low, M)
+  for (int64_t t = N - 1; t >= 0; --t) {
+    for (; low > h.last(t); --low)
+      if (h.real(low - 1)) r.add(h.key(low - 1), h.value(low - 1), d);
+    std::memcpy(A + t * d, r.num, size_t(d) * sizeof(float));
+    std::memcpy(lse + t * d, r.den, size_t(d) * sizeof(float));
+    std::memcpy(sm + t * d, r.mx, size_t(d) * sizeof(float));
+  }
+  r.reset(d);
+  int64_t next = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    for (; next < h.first(t); ++next)
+      if (h.real(next)) r.add(h.key(next), h.value(next), d);
+    const Running suf{A + t * d, lse + t * d, sm + t * d};
+    average_row(h, t, r, &suf, A + t * d, lse + t * d, scratch, scratch + d, scratch + 2 * d);
+  }
+}
+
+// A reverse-accumulated sum over queries, per channel: sr = sum exp(ref - lse_t) r_t and su likewise
+// with u_t, ref = min lse_t of the queries held (so every factor is <= 1).
+struct QuerySums {
+  float *sr, *su, *ref;
+  void reset(int64_t d) {
+    std::fill(sr, sr + d, 0.f), std::fill(su, su + d, 0.f), std::fill(ref, ref + d, kInf);
+  }
+  void add(const float* r, const float* A, const float* lse, int64_t d) {
+    if (lse[0] == -kInf) return;  // a query with no real key has no gradient
+    for (int64_t c = 0; c < d; ++c) {
+      const float m = std::min(ref[c], lse[c]), s = fast_exp(m - ref[c]), e = fast_exp(m - lse[c]);
+      sr[c] = sr[c] * s + e * r[c], su[c] = su[c] * s + e * r[c] * A[c], ref[c] = m;
+    }
+  }
+  // Key j with bias 0 toward every held query: dv += exp(K - ref) sr, dk -= exp(K - ref) su.
+  void apply(const float* kk, float* dv, float* dk, int64_t d) const {
+    for (int64_t c = 0; c < d; ++c) {
+      const float e = fast_exp(kk[c] - ref[c]);
+      dv[c] += e * sr[c], dk[c] -= e * su[c];
+    }
+  }
+};
+
+// Backward of one (batch, head) for k and v. With r_t = dA_t and u_t = dA_t (.) A_t per channel and the
+// weights P_t,t' = exp(K_t' + w_t,t' - lse_t):  dV_t' = sum_t P_t,t' r_t,
+// dK_t' = V_t' (.) dV_t' - sum_t P_t,t' u_t.  Window pairs directly; prefix and suffix keys through
+// QuerySums (the queries that see key t' with bias 0 are those whose window starts after it, or ends
+// before it).
+void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse, const float* g, float* dk,
+                   float* dv, float* scratch) {
+  const int64_t d = h.d, M = h.M;
+  std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
+  for (int64_t t = 0; t < N; ++t) {
+    const float *gt = g + t * d, *At = A + t * d, *lt = lse + t * d;
+    if (lt[0] == -kInf) continue;
+    for (int64_t j = h.first(t); j < h.last(t); ++j) {
+      if (!h.real(j)) continue;
+      const float wb = h.bias(t, j);
+      const float* kk = h.key(j);
+      float *dkj = dk + j * d, *dvj = dv + j * d;
+      for (int64_t c = 0; c < d; ++c) {
+        const float pw = fast_exp(kk[c] + wb - lt[c]);
+        dvj[c] += pw * gt[c], dkj[c] -= pw * gt[c] * At[c];
+      }
+    }
+  }
+  QuerySums q{scratch, scratch + d, scratch + 2 * d};
+  if (!h.dense) {  // prefix keys: query t holds key j < first(t); first is non-decreasing in t
+    q.reset(d);
+    int64_t from = N;  // queries [from, N) are held
+    for (int64_t j = M - 1; j >= 0; --j) {
+      for (; from > 0 && h.first(from - 1) > j; --from)
+        q.add(g + (from - 1) * d, A + (from - 1) * d, lse + (from - 1) * d, d);
+      if (h.real(j)) q.apply(h.key(j), dv + j * d, dk + j * d, d);
+    }
+  }
+  if (!h.dense && !h.causal) {  // suffix keys: query t holds key j >= last(t)
+    q.reset(d);
+    int64_t upto = 0;  // queries [0, upto) are held
+    for (int64_t j = 0; j < M; ++j) {
+      for (; upto < N && h.last(upto) <= j; ++upto) q.add(g + upto * d, A + upto * d, lse + upto * d, d);
+      if (h.real(j)) q.apply(h.key(j), dv + j * d, dk + j * d, d);
+    }
+  }
+  for (int64_t j = 0; j < M; ++j)
+    for (int64_t c = 0; c < d; ++c) dk[j * d + c] += h.value(j)[c] * dv[j * d + c];
+}
+
+// The bias gradient of query row t of head `hh`, summed over the batch in order:
+// dw_t,t' = sum_b sum_c P_t,t' dA_t (V_t' - A_t). Written at row[t' - first] for the window's keys.
+void bias_row(const AftHead* heads, int64_t B, int64_t H, int64_t hh, int64_t N, int64_t t, const float* A,
+              const float* lse, const float* g, float* row) {
+  const AftHead& h0 = heads[hh];
+  const int64_t d = h0.d, j0 = h0.first(t), j1 = h0.last(t);
+  for (int64_t j = j0; j < j1; ++j) row[j - j0] = 0.f;
+  for (int64_t b = 0; b < B; ++b) {
+    const AftHead& h = heads[b * H + hh];
+    const int64_t o = ((b * H + hh) * N + t) * d;
+    if (lse[o] == -kInf) continue;
+    for (int64_t j = j0; j < j1; ++j) {
+      if (!h.real(j)) continue;
+      const float wb = h.bias(t, j);
+      const float *kk = h.key(j), *vv = h.value(j);
+      float acc = 0.f;
+      for (int64_t c = 0; c < d; ++c)
+        acc += fast_exp(kk[c] + wb - lse[o + c]) * g[o + c] * (vv[c] - A[o + c]);
+      row[j - j0] += acc;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace eformer::kernels
+
+namespace eformer::attention {
+namespace {
+
+using kernels::AftHead;
+
+struct AftDims {
+  int64_t B, H, M, d, N;
+  int64_t a = 0, b = 0, head_stride = 0;  // the bias index of aft.h's layouts
+};
+
+void validate_kv(const char* op, const Tensor& k, const Tensor& v) {
+  EF_CHECK(k.defined() && k.dtype() == DType::Float32 && k.dim() == 4, ShapeError, op, ": k is ",
+           k.defined() ? k.describe() : std::string("undefined"),
+           "; expected float32 [batch, heads, keys, dim]");
+  EF_CHECK(v.defined() && v.dtype() == DType::Float32 && v.shape() == k.shape(), ShapeError, op, ": v is ",
+           v.defined() ? v.describe() : std::string("undefined"), "; expected float32 ", k.describe(),
+           " (AFT's values have the keys' shape)");
+}
+
+// Sizes B, H, M keys, d; N queries; the bias against the layout.
+AftDims validate(const char* op, AftDims s, const Tensor& w, const AftLayout& L) {
+  const int64_t N = s.N;
+  EF_CHECK(s.M >= 1 && N >= 0, ShapeError, op, ": ", s.M, " keys and ", N, " queries; expected >= 1 key");
+  EF_CHECK(!L.causal || N == s.M, ShapeError, op, ": causal needs as many queries as keys; got N = ", N,
+           " and M = ", s.M);
+  if (L.kind == AftBias::None) {
+    EF_CHECK(!w.defined(), ValueError, op, ": a bias w was given to the bias-free form (AFT-simple)");
+    return s;
+  }
+  EF_CHECK(w.defined() && w.dtype() == DType::Float32, ShapeError, op, ": w is ",
+           w.defined() ? w.describe() : std::string("undefined"), "; expected a float32 position bias");
+  if (L.kind == AftBias::Dense) {
+    EF_CHECK(w.dim() == 3 && w.size(0) == s.H && w.size(1) >= N && w.size(2) >= s.M, ShapeError, op,
+             ": w is ", w.describe(), "; expected [heads, >= N, >= M] = [", s.H, ", >= ", N, ", >= ", s.M,
+             "]");
+    s.a = w.size(2), s.b = 0, s.head_stride = w.size(1) * w.size(2);
+    return s;
+  }
+  EF_CHECK(L.S >= 1, ValueError, op, ": window width S = ", L.S, "; expected >= 1");
+  EF_CHECK(!L.causal || L.p == L.S - 1, ValueError, op, ": a causal window must end at the query: p = ", L.p,
+           ", S = ", L.S, "; expected p = S - 1");
+  if (L.kind == AftBias::Band) {
+    EF_CHECK(w.dim() == 3 && w.size(0) == s.H && w.size(1) >= N && w.size(2) == L.S, ShapeError, op,
+             ": w is ", w.describe(), "; expected a band [heads, >= N, S] = [", s.H, ", >= ", N, ", ", L.S,
+             "]");
+    s.a = L.S - 1, s.b = L.p, s.head_stride = w.size(1) * L.S;
+  } else {
+    EF_CHECK(w.dim() == 2 && w.size(0) == s.H && w.size(1) == L.S, ShapeError, op, ": w is ", w.describe(),
+             "; expected a kernel [heads, S] = [", s.H, ", ", L.S, "]");
+    s.a = -1, s.b = L.p, s.head_stride = L.S;
+  }
+  return s;
+}
+
+std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float* k, const float* v,
+                              const float* w, const bool* key_mask, int64_t rows, int64_t k0) {
+  std::vector<AftHead> heads(size_t(s.B * s.H));
+  for (int64_t bh = 0; bh < s.B * s.H; ++bh)
+    heads[bh] = AftHead{k + bh * rows * s.d,
+                        v + bh * rows * s.d,
+                        w ? w + (bh % s.H) * s.head_stride : nullptr,
+                        key_mask ? key_mask + (bh / s.H) * s.M : nullptr,
+                        k0,
+                        s.M,
+                        s.d,
+                        s.a,
+                        s.b,
+                        L.S,
+                        L.p,
+                        L.kind == AftBias::Dense,
+                        L.causal};
+  return heads;
+}
+
+}  // namespace
+
+Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, int64_t N,
+                   const Tensor& key_mask, const char* op) {
+  validate_kv(op, k, v);
+  const AftDims s = validate(op, AftDims{k.size(0), k.size(1), k.size(2), k.size(3), N}, w, layout);
+  if (key_mask.defined())
+    EF_CHECK(key_mask.dtype() == DType::Bool && key_mask.shape() == Shape({s.B, s.M}), ShapeError, op,
+             ": key_mask is ", key_mask.describe(), "; expected bool [batch, keys] = [", s.B, ", ", s.M, "]");
+  Tensor kc = k.contiguous_data(), vc = v.contiguous_data(),
+         wc = w.defined() ? w.contiguous_data() : Tensor();
+  Tensor km = key_mask.defined() ? key_mask.contiguous_data() : Tensor();
+  const bool* pm = km.defined() ? km.data<bool>() : nullptr;
+  Tensor A = Tensor::empty({s.B, s.H, N, s.d}), lse = Tensor::empty({s.B, s.H, N, s.d});
+  const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
+                              wc.defined() ? wc.data<float>() : nullptr, pm, s.M, 0);
+  const int64_t d = s.d;
+  float *pA = A.data<float>(), *pl = lse.data<float>();
+  kernels::for_each_item(s.B * s.H, 6 * d + (layout.causal ? 0 : N * d), [&](int64_t bh, float* buf) {
+    const AftHead& h = heads[bh];
+    float *Ah = pA + bh * N * d, *lh = pl + bh * N * d;
+    if (layout.causal) {
+      kernels::Running pre{buf + 3 * d, buf + 4 * d, buf + 5 * d};
+      pre.reset(d);
+      int64_t next = 0;
+      kernels::causal_sweep(h, 0, N, next, pre, Ah, lh, buf);
+    } else {
+      kernels::bidirectional_head(h, N, Ah, lh, buf + 6 * d, buf);
+    }
+  });
+  Tensor Ad = A.detach();
+  std::vector<Tensor> inputs = {k, v};
+  if (w.defined()) inputs.push_back(w);
+  return autograd::record("aft_average", A, inputs, [kc, vc, wc, km, Ad, lse, s, layout, N](const Tensor& g) {
+    Tensor gc = g.contiguous_data();
+    Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+    const auto heads =
+        heads_of(s, layout, kc.data<float>(), vc.data<float>(), wc.defined() ? wc.data<float>() : nullptr,
+                 km.defined() ? km.data<bool>() : nullptr, s.M, 0);
+    const int64_t d = s.d;
+    const float *pA = Ad.data<float>(), *pl = lse.data<float>(), *pg = gc.data<float>();
+    kernels::for_each_item(s.B * s.H, 3 * d, [&](int64_t bh, float* buf) {
+      kernels::backward_head(heads[bh], N, pA + bh * N * d, pl + bh * N * d, pg + bh * N * d,
+                             dk.data<float>() + bh * s.M * d, dv.data<float>() + bh * s.M * d, buf);
+    });
+    std::vector<Tensor> grads = {dk, dv};
+    if (!wc.defined()) return grads;
+    // dw: one row (head, query) per work item, the batch summed in order (no thread-dependent sum).
+    Tensor dw = Tensor::zeros(wc.shape());
+    const bool toeplitz = layout.kind == AftBias::Toeplitz, dense = layout.kind == AftBias::Dense;
+    const int64_t width = dense ? wc.size(2) : layout.S;
+    Tensor rows = toeplitz ? Tensor::zeros({s.H, N, width}) : Tensor();
+    parallel::parallel_for(s.H * N, 8, [&](int64_t from, int64_t to) {
+      std::vector<float> row(static_cast<size_t>(width));
+      for (int64_t item = from; item < to; ++item) {
+        const int64_t hh = item / N, t = item % N;
+        const AftHead& h0 = heads[hh];
+        const int64_t j0 = h0.first(t), j1 = h0.last(t);
+        kernels::bias_row(heads.data(), s.B, s.H, hh, N, t, pA, pl, pg, row.data());
+        float* out = toeplitz ? rows.data<float>() + item * width : dw.data<float>() + hh * s.head_stride;
+        for (int64_t j = j0; j < j1; ++j)  // the bias index of (t, j), in the band's row for Toeplitz
+          out[toeplitz ? j - t + layout.p : t * s.a + j + s.b] = row[j - j0];
+      }
+    });
+    if (toeplitz) {
+      const float* r = rows.data<float>();
+      float* out = dw.data<float>();
+      for (int64_t hh = 0; hh < s.H; ++hh)
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t j = 0; j < width; ++j) out[hh * width + j] += r[(hh * N + t) * width + j];
+    }
+    grads.push_back(dw);
+    return grads;
+  });
+}
+
+Tensor aft_average_step(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout,
+                        AftState& st) {
+  const char* op = "aft_average_step";
+  EF_CHECK(layout.causal, ValueError, op, ": streaming is causal; the layout is bidirectional");
+  validate_kv(op, k, v);
+  const int64_t B = k.size(0), H = k.size(1), T = k.size(2), d = k.size(3);
+  if (!st.num.defined()) {
+    st.num = Tensor::zeros({B, H, d}), st.den = Tensor::zeros({B, H, d});
+    st.mx = Tensor::full({B, H, d}, -std::numeric_limits<double>::infinity());
+  }
+  EF_CHECK(st.num.shape() == Shape({B, H, d}), ShapeError, op, ": the state holds sums ", st.num.describe(),
+           " but the new tokens are ", k.describe());
+  Tensor kn = k.detach(), vn = v.detach();
+  Tensor kc = st.k.defined() ? cat({st.k, kn}, 2) : contiguous(kn);
+  Tensor vc = st.v.defined() ? cat({st.v, vn}, 2) : contiguous(vn);
+  const int64_t pos = st.length, end = pos + T, rows = kc.size(2);
+  // Validate the bias against the full length so far (queries [pos, end), keys [0, end)).
+  const AftDims s = validate(op, AftDims{B, H, end, d, end}, w, layout);
+  Tensor wc = w.defined() ? w.contiguous_data() : Tensor();
+  const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
+                              wc.defined() ? wc.data<float>() : nullptr, nullptr, rows, st.next);
+  Tensor A = Tensor::empty({B, H, T, d}), lse = Tensor::empty({B, H, T, d});
+  std::vector<int64_t> next(size_t(B * H), st.next);
+  kernels::for_each_item(B * H, 3 * d, [&](int64_t bh, float* buf) {
+    kernels::Running pre{st.num.data<float>() + bh * d, st.den.data<float>() + bh * d,
+                         st.mx.data<float>() + bh * d};
+    kernels::causal_sweep(heads[bh], pos, end, next[bh], pre, A.data<float>() + bh * T * d,
+                          lse.data<float>() + bh * T * d, buf);
+  });
+  // Keep only the keys a future window can still reach.
+  // Keep only the keys not yet in the prefix sums (the last p + 1; all for Dense; none for None).
+  st.k = contiguous(slice(kc, 2, next[0] - st.next, rows));
+  st.v = contiguous(slice(vc, 2, next[0] - st.next, rows));
+  st.next = next[0];
+  st.length = end;
+  return A;
+}
+
+}  // namespace eformer::attention

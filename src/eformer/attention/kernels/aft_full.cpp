@@ -1,0 +1,273 @@
+// Causal AFT-full with GEMMs (kernels/aft.h, aft_full_causal): the queries in blocks of kBlock rows. For
+// block [i0, i1) the keys before it (t' < i0, every one visible to every query of the block) are one GEMM
+//     [num | den] = E [exp(K - b) (.) V | exp(K - b)],   E_t,t' = exp(w_t,t' - a_t)   ([C, i0] x [i0, 2 B d])
+// with a_t = max_t'<i0 w_t,t' and b = the maximum of K over those keys per (batch, channel): references
+// from earlier keys only, so no later key moves an output (not even by rounding). The block's own keys
+// (the diagonal, t' in [i0, t]) are summed pair by pair with the exact per-(t, channel) maximum, and the two
+// parts are combined in log space. Every factor of the GEMM is >= exp(-(range of K + range of w)), so the
+// GEMM is used for a block only while that range (over the earlier keys and the block's w rows) is below
+// kRange; otherwise the earlier keys are summed pair by pair too (exact at any range). The backward is the
+// same split: dV, dK and dw of the earlier keys by GEMMs with the saved log-normalizer, the diagonal pair by
+// pair. Columns are (batch, channel) pairs, so one GEMM serves the whole batch of a head.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "eformer/attention/kernels/aft.h"
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/blas.h"
+#include "eformer/core/error.h"
+#include "eformer/core/parallel.h"
+#include "eformer/ops/activation.h"
+
+namespace eformer::kernels {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kBlock = 128;
+constexpr float kRange = 60.0f;
+
+// One head in column layout: K, V [N, BD] (row t', column b d + c); w rows [N, ldw].
+struct FullHead {
+  const float *K, *V, *w;
+  int64_t N, BD, ldw;
+};
+
+// Per block: whether the GEMM serves the earlier keys, and its references a [C], b [BD].
+struct BlockRefs {
+  bool gemm = false;
+  std::vector<float> a, b;
+};
+
+// The references of block [i0, i1), from the running minimum / maximum of K over keys < i0 (kmin, kmax).
+BlockRefs block_refs(const FullHead& h, int64_t i0, int64_t i1, const float* kmin, const float* kmax) {
+  BlockRefs r;
+  if (i0 == 0) return r;
+  float rk = 0.f, rw = 0.f;
+  for (int64_t c = 0; c < h.BD; ++c) rk = std::max(rk, kmax[c] - kmin[c]);
+  r.a.resize(size_t(i1 - i0));
+  for (int64_t t = i0; t < i1; ++t) {
+    const float* wr = h.w + t * h.ldw;
+    float lo = kInf, hi = -kInf;
+    for (int64_t j = 0; j < i0; ++j) lo = std::min(lo, wr[j]), hi = std::max(hi, wr[j]);
+    r.a[t - i0] = hi, rw = std::max(rw, hi - lo);
+  }
+  r.gemm = rk + rw < kRange;
+  r.b.assign(kmax, kmax + h.BD);
+  return r;
+}
+
+// X [i0, 2 BD] = [exp(K - b) (.) V | exp(K - b)] over keys < i0; E [C, i0] = exp(w - a).
+void gemm_operands(const FullHead& h, int64_t i0, int64_t i1, const BlockRefs& r, float* X, float* E) {
+  const int64_t BD = h.BD;
+  parallel::parallel_for(i0, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+      for (int64_t c = 0; c < BD; ++c) {
+        const float e = fast_exp(h.K[j * BD + c] - r.b[c]);
+        X[j * 2 * BD + c] = e * h.V[j * BD + c], X[j * 2 * BD + BD + c] = e;
+      }
+  });
+  for (int64_t t = i0; t < i1; ++t)
+    for (int64_t j = 0; j < i0; ++j) E[(t - i0) * i0 + j] = fast_exp(h.w[t * h.ldw + j] - r.a[t - i0]);
+}
+
+// Keys [j0, j1) of row t pair by pair, folded into (num, den, ref) per column with the exact maximum.
+void exact_pairs(const FullHead& h, int64_t t, int64_t j0, int64_t j1, float* num, float* den, float* ref) {
+  const int64_t BD = h.BD;
+  std::vector<float> m(ref, ref + BD);
+  for (int64_t c = 0; c < BD; ++c) m[c] = den[c] > 0.f ? m[c] : -kInf;
+  for (int64_t j = j0; j < j1; ++j)
+    for (int64_t c = 0; c < BD; ++c) m[c] = std::max(m[c], h.K[j * BD + c] + h.w[t * h.ldw + j]);
+  for (int64_t c = 0; c < BD; ++c) {
+    const float s = den[c] > 0.f ? fast_exp(ref[c] - m[c]) : 0.f;
+    num[c] *= s, den[c] *= s, ref[c] = m[c];
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    const float wb = h.w[t * h.ldw + j];
+    for (int64_t c = 0; c < BD; ++c) {
+      const float e = fast_exp(h.K[j * BD + c] + wb - m[c]);
+      num[c] += e * h.V[j * BD + c], den[c] += e;
+    }
+  }
+}
+
+void running_range(const FullHead& h, int64_t j0, int64_t j1, float* kmin, float* kmax) {
+  for (int64_t j = j0; j < j1; ++j)
+    for (int64_t c = 0; c < h.BD; ++c)
+      kmin[c] = std::min(kmin[c], h.K[j * h.BD + c]), kmax[c] = std::max(kmax[c], h.K[j * h.BD + c]);
+}
+
+// Forward: A, L [N, BD] (the average and its log-normalizer).
+void full_causal_forward(const FullHead& h, float* A, float* L) {
+  const int64_t N = h.N, BD = h.BD;
+  std::vector<float> kmin(static_cast<size_t>(BD), kInf), kmax(static_cast<size_t>(BD), -kInf), X, E, P;
+  for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+    const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
+    const BlockRefs r = block_refs(h, i0, i1, kmin.data(), kmax.data());
+    if (r.gemm) {
+      X.resize(size_t(i0 * 2 * BD)), E.resize(size_t(C * i0)), P.resize(size_t(C * 2 * BD));
+      gemm_operands(h, i0, i1, r, X.data(), E.data());
+      blas::sgemm(false, false, C, 2 * BD, i0, 1.f, E.data(), i0, X.data(), 2 * BD, 0.f, P.data(), 2 * BD);
+    }
+    parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+      std::vector<float> num(static_cast<size_t>(BD)), den(static_cast<size_t>(BD)),
+          ref(static_cast<size_t>(BD));
+      for (int64_t t = i0 + from; t < i0 + to; ++t) {
+        if (r.gemm) {
+          for (int64_t c = 0; c < BD; ++c) {
+            num[c] = P[(t - i0) * 2 * BD + c], den[c] = P[(t - i0) * 2 * BD + BD + c];
+            ref[c] = r.a[t - i0] + r.b[c];
+          }
+        } else {
+          std::fill(num.begin(), num.end(), 0.f), std::fill(den.begin(), den.end(), 0.f);
+          std::fill(ref.begin(), ref.end(), -kInf);
+          exact_pairs(h, t, 0, i0, num.data(), den.data(), ref.data());
+        }
+        exact_pairs(h, t, i0, t + 1, num.data(), den.data(), ref.data());
+        for (int64_t c = 0; c < BD; ++c)
+          A[t * BD + c] = num[c] / den[c], L[t * BD + c] = ref[c] + std::log(den[c]);
+      }
+    });
+    running_range(h, i0, i1, kmin.data(), kmax.data());
+  }
+}
+
+// Backward: with r = dA, u = dA (.) A and P_t,t' = exp(w + K - L): dV = sum_t P r, dK = sum_t P (r V - u),
+// dw_t,t' = sum over columns of P (r V_t' - u).
+void full_causal_backward(const FullHead& h, const float* A, const float* L, const float* G, float* dK,
+                          float* dV, float* dw) {
+  const int64_t N = h.N, BD = h.BD;
+  std::fill(dK, dK + N * BD, 0.f), std::fill(dV, dV + N * BD, 0.f);
+  std::vector<float> kmin(static_cast<size_t>(BD), kInf), kmax(static_cast<size_t>(BD), -kInf), X, E, GH, Q,
+      R;
+  const int64_t chunk = 64;  // columns per work item of the pair loops
+  for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+    const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
+    const BlockRefs r = block_refs(h, i0, i1, kmin.data(), kmax.data());
+    running_range(h, i0, i1, kmin.data(), kmax.data());
+    const int64_t j_exact = r.gemm ? i0 : 0;  // pairs (t, t' >= j_exact) go pair by pair
+    if (r.gemm) {
+      X.resize(size_t(i0 * 2 * BD)), E.resize(size_t(C * i0)), GH.resize(size_t(C * 2 * BD));
+      Q.resize(size_t(i0 * 2 * BD)), R.resize(size_t(C * i0));
+      gemm_operands(h, i0, i1, r, X.data(), E.data());
+      // [G | -H], G = r exp(a + b - L), H = u exp(a + b - L): the weights' factor left out of E and X.
+      for (int64_t t = i0; t < i1; ++t)
+        for (int64_t c = 0; c < BD; ++c) {
+          const int64_t o = t * BD + c;
+          const float f = fast_exp(r.a[t - i0] + r.b[c] - L[o]);
+          GH[(t - i0) * 2 * BD + c] = G[o] * f, GH[(t - i0) * 2 * BD + BD + c] = -G[o] * A[o] * f;
+        }
+      // Q [i0, 2 BD] = E^T [G | -H]: dV = e_k (.) Q_G, dK = V (.) dV + e_k (.) Q_H.
+      blas::sgemm(true, false, i0, 2 * BD, C, 1.f, E.data(), i0, GH.data(), 2 * BD, 0.f, Q.data(), 2 * BD);
+      parallel::parallel_for(i0, 16, [&](int64_t from, int64_t to) {
+        for (int64_t j = from; j < to; ++j)
+          for (int64_t c = 0; c < BD; ++c) {
+            const float ek = X[j * 2 * BD + BD + c], vg = ek * Q[j * 2 * BD + c];
+            dV[j * BD + c] += vg, dK[j * BD + c] += h.V[j * BD + c] * vg + ek * Q[j * 2 * BD + BD + c];
+          }
+      });
+      // dw [C, i0] = E (.) ([G | -H] X^T).
+      blas::sgemm(false, true, C, i0, 2 * BD, 1.f, GH.data(), 2 * BD, X.data(), 2 * BD, 0.f, R.data(), i0);
+      for (int64_t t = i0; t < i1; ++t)
+        for (int64_t j = 0; j < i0; ++j) dw[t * h.ldw + j] = E[(t - i0) * i0 + j] * R[(t - i0) * i0 + j];
+    }
+    // Pair by pair: dK, dV by column chunks (each column's sums in one order), dw by rows.
+    parallel::parallel_for((BD + chunk - 1) / chunk, 1, [&](int64_t from, int64_t to) {
+      for (int64_t cc = from; cc < to; ++cc) {
+        const int64_t c0 = cc * chunk, c1 = std::min(BD, c0 + chunk);
+        for (int64_t t = i0; t < i1; ++t)
+          for (int64_t j = j_exact; j <= t; ++j) {
+            const float wb = h.w[t * h.ldw + j];
+            for (int64_t c = c0; c < c1; ++c) {
+              const int64_t o = t * BD + c;
+              const float p = fast_exp(h.K[j * BD + c] + wb - L[o]);
+              dV[j * BD + c] += p * G[o], dK[j * BD + c] += p * G[o] * (h.V[j * BD + c] - A[o]);
+            }
+          }
+      }
+    });
+    parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+      for (int64_t t = i0 + from; t < i0 + to; ++t)
+        for (int64_t j = j_exact; j <= t; ++j) {
+          const float wb = h.w[t * h.ldw + j];
+          float acc = 0.f;
+          for (int64_t c = 0; c < BD; ++c) {
+            const int64_t o = t * BD + c;
+            acc += fast_exp(h.K[j * BD + c] + wb - L[o]) * G[o] * (h.V[j * BD + c] - A[o]);
+          }
+          dw[t * h.ldw + j] = acc;
+        }
+    });
+  }
+}
+
+// [B, H, N, d] head h <-> [N, B d].
+void to_columns(const float* x, int64_t B, int64_t H, int64_t N, int64_t d, int64_t h, float* out) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < N; ++t)
+      std::memcpy(out + t * B * d + b * d, x + ((b * H + h) * N + t) * d, size_t(d) * sizeof(float));
+}
+void from_columns(const float* in, int64_t B, int64_t H, int64_t N, int64_t d, int64_t h, float* x) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < N; ++t)
+      std::memcpy(x + ((b * H + h) * N + t) * d, in + t * B * d + b * d, size_t(d) * sizeof(float));
+}
+
+}  // namespace
+}  // namespace eformer::kernels
+
+namespace eformer::attention {
+
+Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const char* op) {
+  EF_CHECK(k.defined() && v.defined() && k.dim() == 4 && v.shape() == k.shape() &&
+               k.dtype() == DType::Float32 && v.dtype() == DType::Float32,
+           ShapeError, op, ": k and v must be float32 [batch, heads, seq, dim] of one shape; got ",
+           k.defined() ? k.describe() : "undefined", " and ", v.defined() ? v.describe() : "undefined");
+  const int64_t B = k.size(0), H = k.size(1), N = k.size(2), d = k.size(3), BD = B * d;
+  EF_CHECK(w.defined() && w.dtype() == DType::Float32 && w.dim() == 3 && w.size(0) == H && w.size(1) >= N &&
+               w.size(2) >= N,
+           ShapeError, op, ": w is ", w.defined() ? w.describe() : "undefined", "; expected [", H, ", >= ", N,
+           ", >= ", N, "]");
+  Tensor kc = k.contiguous_data(), vc = v.contiguous_data(), wc = w.contiguous_data();
+  const int64_t R = wc.size(1), ldw = wc.size(2);
+  Tensor A = Tensor::empty({B, H, N, d});
+  // Per head, in column layout: K, V, A, L [N, BD] (L kept for the backward).
+  std::vector<Tensor> Ls;
+  for (int64_t h = 0; h < H; ++h) {
+    Tensor Kh = Tensor::empty({N, BD}), Vh = Tensor::empty({N, BD}), Ah = Tensor::empty({N, BD}),
+           Lh = Tensor::empty({N, BD});
+    kernels::to_columns(kc.data<float>(), B, H, N, d, h, Kh.data<float>());
+    kernels::to_columns(vc.data<float>(), B, H, N, d, h, Vh.data<float>());
+    const kernels::FullHead fh{
+        Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, N, BD, ldw};
+    kernels::full_causal_forward(fh, Ah.data<float>(), Lh.data<float>());
+    kernels::from_columns(Ah.data<float>(), B, H, N, d, h, A.data<float>());
+    Ls.push_back(Lh);
+  }
+  Tensor Ad = A.detach();
+  return autograd::record(
+      "aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls, B, H, N, d, R, ldw](const Tensor& g) {
+        const int64_t BD = B * d;
+        Tensor gc = g.contiguous_data();
+        Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
+        Tensor Kh = Tensor::empty({N, BD}), Vh = Tensor::empty({N, BD}), Ah = Tensor::empty({N, BD}),
+               Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({N, BD}), dVh = Tensor::empty({N, BD});
+        for (int64_t h = 0; h < H; ++h) {
+          kernels::to_columns(kc.data<float>(), B, H, N, d, h, Kh.data<float>());
+          kernels::to_columns(vc.data<float>(), B, H, N, d, h, Vh.data<float>());
+          kernels::to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
+          kernels::to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
+          const kernels::FullHead fh{
+              Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, N, BD, ldw};
+          kernels::full_causal_backward(fh, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(),
+                                        dKh.data<float>(), dVh.data<float>(), dw.data<float>() + h * R * ldw);
+          kernels::from_columns(dKh.data<float>(), B, H, N, d, h, dk.data<float>());
+          kernels::from_columns(dVh.data<float>(), B, H, N, d, h, dv.data<float>());
+        }
+        return std::vector<Tensor>{dk, dv, dw};
+      });
+}
+
+}  // namespace eformer::attention
