@@ -39,7 +39,9 @@ struct Problem {
         M(layout.keys),
         d(d_),
         dp(tile::round_up(d_)),
-        Mp(tile::round_up(layout.keys)),
+        // A score tile reads round_up(cols) columns of K^T from column j0 = kb b; with a block that is
+        // not a multiple of the vector width the last tile's read reaches past round_up(M): pad for it.
+        Mp(tile::round_up(layout.keys + tile::kWidth - 1)),
         b(layout.block),
         bp(tile::round_up(layout.block)),
         offset(layout.keys - layout.rows),
