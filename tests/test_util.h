@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/rng.h"
 #include "eformer/core/tensor.h"
 
 namespace eformer::testing {
@@ -61,6 +63,28 @@ struct Seed {
   }
   std::string str() const { return "seed " + std::to_string(value); }
 };
+
+// N(mean, stddev²) values drawn from `gen`.
+inline Tensor normal(const Shape& shape, rng::Generator& gen, float stddev = 1.0f, float mean = 0.0f) {
+  Tensor t = Tensor::empty(shape);
+  float* p = t.data<float>();
+  rng::normal_(p, t.numel(), gen);
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = mean + stddev * p[i];
+  return t;
+}
+
+// A fresh leaf: a copy of t's values that requires gradients.
+inline Tensor leaf(const Tensor& t) {
+  Tensor c = t.clone_data();
+  set_requires_grad(c, true);
+  return c;
+}
+
+// The values of t, in order.
+inline std::vector<float> values(const Tensor& t) {
+  Tensor c = t.contiguous_data();
+  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
+}
 
 // Deterministic values in [-2, 2] (a 64-bit LCG of `seed`), for tests that want fixed inputs.
 inline Tensor randn(const Shape& shape, uint64_t seed) {

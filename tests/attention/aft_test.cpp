@@ -19,26 +19,11 @@
 namespace eformer::attention {
 namespace {
 
+using testing::normal;
+using testing::leaf;
+using testing::values;
 using testing::expect_error;
 using testing::Seed;
-
-Tensor normal(const Shape& shape, rng::Generator& gen, float scale = 1.0f) {
-  Tensor t = Tensor::empty(shape);
-  rng::normal_(t.data<float>(), t.numel(), gen);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] *= scale;
-  return t;
-}
-
-Tensor leaf(const Tensor& t) {
-  Tensor c = t.clone_data();
-  set_requires_grad(c, true);
-  return c;
-}
-
-std::vector<float> values(const Tensor& t) {
-  Tensor c = t.contiguous_data();
-  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
-}
 
 // Float64 eq. 2 without the gate, from the definition: A [B, H, N, d] and, for the upstream g, the
 // gradients of sum(A * g) w.r.t. k, v [B, H, M, d] and the dense w [H, N, M].

@@ -19,24 +19,11 @@ namespace eformer::attention {
 namespace {
 
 using kernels::BlockSparseLayout;
+using testing::normal;
+using testing::leaf;
+using testing::values;
 using testing::expect_error;
 using testing::Seed;
-
-Tensor normal(const Shape& shape, rng::Generator& gen) {
-  Tensor t = Tensor::empty(shape);
-  rng::normal_(t.data<float>(), t.numel(), gen);
-  return t;
-}
-
-Tensor leaf(Tensor t) {
-  set_requires_grad(t, true);
-  return t;
-}
-
-std::vector<float> values(const Tensor& t) {
-  Tensor c = t.contiguous_data();
-  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
-}
 
 // A random element pattern: each (h, i, j) allowed with probability `density`, a pure function of
 // the seed; rows of whole blocks and empty blocks appear too (density 0 or 1 on some query blocks).

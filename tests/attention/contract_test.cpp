@@ -26,27 +26,14 @@
 namespace eformer::attention {
 namespace {
 
+using testing::normal;
+using testing::leaf;
+using testing::values;
 using testing::expect_error;
 using testing::Seed;
 using testing::TempDir;
 
 constexpr int64_t B = 2, N = 11, D = 32, H = 4, kMaxLen = 64;
-
-Tensor normal(const Shape& shape, rng::Generator& gen) {
-  Tensor t = Tensor::empty(shape);
-  rng::normal_(t.data<float>(), t.numel(), gen);
-  return t;
-}
-
-Tensor leaf(Tensor t) {
-  set_requires_grad(t, true);
-  return t;
-}
-
-std::vector<float> values(const Tensor& t) {
-  Tensor c = t.contiguous_data();
-  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
-}
 
 // Key mask [B, M]: batch 0 all real, batch 1 with every third key padded (key 0 stays real).
 Tensor padding(int64_t M) {

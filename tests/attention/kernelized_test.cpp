@@ -30,20 +30,14 @@
 namespace eformer::attention {
 namespace {
 
+using testing::normal;
+using testing::leaf;
 using testing::error_of;
 using testing::Seed;
 using testing::expect_error;
 using testing::TempDir;
 
 // ---- helpers ----
-
-Tensor normal(const Shape& shape, rng::Generator& gen, float stddev = 1.0f, float mean = 0.0f) {
-  Tensor t = Tensor::empty(shape);
-  float* p = t.data<float>();
-  rng::normal_(p, t.numel(), gen);
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = mean + stddev * p[i];
-  return t;
-}
 
 // Non-negative features, as positive / relu / elu + 1 maps give: exp(N(0, 1) / 2).
 Tensor positive(const Shape& shape, rng::Generator& gen) {
@@ -57,11 +51,6 @@ MechanismArgs json_args(nlohmann::json options) {
   MechanismArgs a;
   a.options = std::move(options);
   return a;
-}
-
-Tensor leaf(Tensor t) {
-  set_requires_grad(t, true);
-  return t;
 }
 
 Tensor bool_mask(int64_t B, int64_t M, const std::function<bool(int64_t, int64_t)>& real) {

@@ -15,7 +15,9 @@
 namespace eformer::attention {
 namespace {
 
+using testing::normal;
 using testing::Seed;
+using testing::values;
 
 constexpr int64_t B = 2, N = 150, D = 32, H = 4;
 
@@ -32,17 +34,6 @@ std::vector<Case> cases() {
           {"bigbird", {{"block", 8}, {"global_blocks", 1}, {"random_blocks", 2}, {"seed", 4}}},
           {"local", {{"block", 16}, {"memory", 24}}},
           {"local", {{"image_shape", {10, 15}}, {"block_shape", {3, 5}}, {"memory_shape", {2, 2}}}}};
-}
-
-Tensor normal(const Shape& shape, rng::Generator& gen) {
-  Tensor t = Tensor::empty(shape);
-  rng::normal_(t.data<float>(), t.numel(), gen);
-  return t;
-}
-
-std::vector<float> values(const Tensor& t) {
-  Tensor c = t.contiguous_data();
-  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
 }
 
 std::shared_ptr<Mechanism> make(const Case& c, bool causal, float dropout) {
