@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -84,6 +85,18 @@ inline Tensor leaf(const Tensor& t) {
 inline std::vector<float> values(const Tensor& t) {
   Tensor c = t.contiguous_data();
   return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
+}
+
+// Every actual value finite and within tol * max(1, max |expected|) of the float64 expectation.
+inline void expect_near_all(const std::vector<float>& actual, const std::vector<double>& expected, double tol,
+                            const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  double scale = 1.0;
+  for (double e : expected) scale = std::max(scale, std::abs(e));
+  for (size_t i = 0; i < actual.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(actual[i])) << what << " at " << i;
+    ASSERT_NEAR(actual[i], expected[i], tol * scale) << what << " at " << i;
+  }
 }
 
 // Deterministic values in [-2, 2] (a 64-bit LCG of `seed`), for tests that want fixed inputs.

@@ -19,6 +19,7 @@
 namespace eformer::attention {
 namespace {
 
+using testing::expect_near_all;
 using testing::normal;
 using testing::leaf;
 using testing::values;
@@ -60,17 +61,6 @@ Reference reference(const std::vector<float>& k, const std::vector<float>& v, co
           }
         }
   return r;
-}
-
-void expect_near_all(const std::vector<float>& actual, const std::vector<double>& expected, double tol,
-                     const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  double scale = 1.0;
-  for (double x : expected) scale = std::max(scale, std::abs(x));
-  for (size_t i = 0; i < actual.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(actual[i])) << what << " at " << i;
-    ASSERT_NEAR(actual[i], expected[i], tol * scale) << what << " at " << i;
-  }
 }
 
 // The dense w [H, N, M] of a band [H, N, S] (window start p) or of a kernel [H, S].

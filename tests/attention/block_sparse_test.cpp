@@ -19,6 +19,7 @@ namespace eformer::attention {
 namespace {
 
 using kernels::BlockSparseLayout;
+using testing::expect_near_all;
 using testing::normal;
 using testing::leaf;
 using testing::values;
@@ -81,15 +82,6 @@ Dense dense_reference(const std::vector<float>& q, const std::vector<float>& k, 
       }
     }
   return r;
-}
-
-void expect_near_all(const std::vector<float>& actual, const std::vector<double>& expected, double tol,
-                     const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  double scale = 1.0;
-  for (double e : expected) scale = std::max(scale, std::abs(e));
-  for (size_t i = 0; i < actual.size(); ++i)
-    ASSERT_NEAR(actual[i], expected[i], tol * scale) << what << " at " << i;
 }
 
 struct Case {

@@ -26,6 +26,7 @@
 namespace eformer::attention {
 namespace {
 
+using testing::expect_near_all;
 using testing::normal;
 using testing::leaf;
 using testing::values;
@@ -131,15 +132,6 @@ DenseReference dense_softmax(const std::vector<float>& q, const std::vector<floa
       }
     }
   return r;
-}
-
-void expect_near_all(const std::vector<float>& actual, const std::vector<double>& expected, double tol,
-                     const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  double scale = 1.0;
-  for (double e : expected) scale = std::max(scale, std::abs(e));
-  for (size_t i = 0; i < actual.size(); ++i)
-    ASSERT_NEAR(actual[i], expected[i], tol * scale) << what << " at " << i;
 }
 
 TEST_P(Contract, FunctionalFormMatchesTheFloat64PatternReference) {
@@ -385,6 +377,32 @@ TEST_P(Contract, BadOptionsAreRejectedWithTheirName) {
     args.options = {{"no_such_option", 1}};
     Tensor q = Tensor::zeros({1, 1, 4, 8});
     expect_error<ValueError>([&] { entry().functional(q, q, q, {}, args); }, {"no_such_option"});
+  }
+}
+
+// A hostile size (2^62, -1) in any integer option is a ValueError naming it, or, for options where a
+// huge value means something (seeds, step counts), a mechanism that runs: never a crash, never an
+// internal error.
+TEST_P(Contract, HostileIntegerOptionsAreErrorsOrHarmless) {
+  for (const OptionSpec& o : entry().options) {
+    if (o.type != "int") continue;
+    for (int64_t value : {int64_t(1) << 62, int64_t(-1)}) {
+      SCOPED_TRACE(o.name + " = " + std::to_string(value));
+      MechanismConfig c = config_for(GetParam(), caps().causal);
+      c.options = {{o.name, value}};
+      std::shared_ptr<Mechanism> m;
+      try {
+        m = make_mechanism(GetParam(), c);
+      } catch (const ValueError& e) {
+        EXPECT_NE(std::string(e.what()).find(o.name), std::string::npos) << e.what();
+        continue;
+      }
+      m->eval();
+      try {
+        m->forward(Tensor::zeros({1, 5, D}));
+      } catch (const ValueError&) {  // a clear error at the call is fine too
+      }
+    }
   }
 }
 

@@ -161,6 +161,11 @@ def test_options_and_capabilities_as_documented():
         assert caps["fixed_length"] == (name in ("aft_full", "aft_local"))
     with pytest.raises(ValueError, match="unknown option 'kernel'.*heads, window"):
         ef.models.make_mechanism("aft_local", 8, 2, causal=True, max_len=8, options={"kernel": 3})
+    for name, option in (("aft_local", "window"), ("aft_conv", "kernel"), ("aft_full", "hidden")):
+        with pytest.raises(ValueError, match=f"option {option} = 4611686018427387904; expected an integer"):
+            ef.models.make_mechanism(name, 8, 2, causal=True, max_len=8, options={option: 2**62})
+        with pytest.raises(ValueError, match=f"option {option} = 100000; expected at most 65536"):
+            ef.models.make_mechanism(name, 8, 2, causal=True, max_len=8, options={option: 100000})
     with pytest.raises(ValueError, match="w \\[heads, N, M\\]"):
         q = ef.tensor(np.zeros((1, 1, 4, 2), dtype=np.float32))
         ef.attention(q, q, q, kind="aft_full")

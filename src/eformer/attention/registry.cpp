@@ -106,9 +106,10 @@ bool get_bool(const std::string& who, const std::string& key, const nlohmann::js
   return v.get<bool>();
 }
 
-int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min) {
-  EF_CHECK(v.is_number_integer() && v.get<int64_t>() >= min, ValueError, who, ": option ", key, " = ",
-           v.dump(), "; expected an integer >= ", min);
+int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min,
+                int64_t max) {
+  EF_CHECK(v.is_number_integer() && v.get<int64_t>() >= min && v.get<int64_t>() <= max, ValueError, who,
+           ": option ", key, " = ", v.dump(), "; expected an integer >= ", min, " and <= ", max);
   return v.get<int64_t>();
 }
 

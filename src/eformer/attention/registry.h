@@ -81,7 +81,12 @@ namespace options {
 [[noreturn]] void unknown(const std::string& who, const std::string& key,
                           const std::vector<OptionSpec>& specs);
 bool get_bool(const std::string& who, const std::string& key, const nlohmann::json& v);
-int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min);
+// Integers are sizes, counts or positions unless a caller says otherwise: at most kMaxOptionInt, so a
+// hostile 2^62 is a message, never an overflow in the shape arithmetic (seeds and step counts pass a
+// larger max).
+inline constexpr int64_t kMaxOptionInt = int64_t(1) << 24;
+int64_t get_int(const std::string& who, const std::string& key, const nlohmann::json& v, int64_t min,
+                int64_t max = kMaxOptionInt);
 double get_number(const std::string& who, const std::string& key, const nlohmann::json& v);
 std::string get_string(const std::string& who, const std::string& key, const nlohmann::json& v,
                        const std::vector<std::string>& valid);

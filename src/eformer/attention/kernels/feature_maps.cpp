@@ -183,7 +183,9 @@ bool parse_feature_option(const std::string& who, const std::string& key, const 
     if (!value.is_boolean()) fail("true or false");
     fm.projection = value.get<bool>();
   } else if (key == "m") {
-    if (!value.is_number_integer() || value.get<int64_t>() <= 0) fail("an integer > 0");
+    // Bounded, so a hostile m never reaches the shape arithmetic: 2^20 features are far beyond use.
+    if (!value.is_number_integer() || value.get<int64_t>() <= 0 || value.get<int64_t>() > (int64_t(1) << 20))
+      fail("an integer in [1, 1048576]");
     fm.m = value.get<int64_t>();
   } else if (key == "ortho") {
     if (!value.is_boolean()) fail("true or false");

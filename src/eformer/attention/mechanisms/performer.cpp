@@ -1,6 +1,7 @@
 #include "eformer/attention/mechanisms/performer.h"
 
 #include <cmath>
+#include <limits>
 
 #include "eformer/autograd/autograd.h"
 #include "eformer/ops/elementwise.h"
@@ -115,7 +116,7 @@ PerformerOptions parse_performer_options(const std::string& name, const nlohmann
     if (parse_feature_option(who, key, value, o.features)) continue;
     if (parse_multi_head_option(who, key, value, o.multi_head)) continue;
     if (key == "redraw")
-      o.redraw = options::get_int(who, key, value, 0);
+      o.redraw = options::get_int(who, key, value, 0, std::numeric_limits<int64_t>::max());
     else
       options::unknown(who, key, performer_option_specs(name));
   }

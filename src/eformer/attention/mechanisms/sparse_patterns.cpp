@@ -3,6 +3,7 @@
 // p = i + M - N and key j; the causal pattern is the bidirectional one with j <= p.
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <memory>
 
 #include "eformer/attention/mechanisms/sparse.h"
@@ -283,7 +284,7 @@ SparsePatternMaker bigbird_maker(const std::string& who, const nlohmann::json& o
     else if (key == "random_blocks")
       b.random_blocks = options::get_int(who, key, value, 0);
     else if (key == "seed")
-      b.seed = options::get_int(who, key, value, 0);
+      b.seed = options::get_int(who, key, value, 0, std::numeric_limits<int64_t>::max());
     else
       options::unknown(who, key, v);
   }
