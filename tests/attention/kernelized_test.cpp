@@ -261,8 +261,9 @@ TEST(PerformerOptions, ParseErrorsNameTheOption) {
         parse({{"kernel", "gaussian"}, {"projection", false}});
       },
       {"projection", "gaussian"});
-  expect_error<ValueError>([&] { parse({{"m", 0}}); }, {"m = 0", "> 0"});
-  expect_error<ValueError>([&] { parse({{"m", -3}}); }, {"m = -3", "> 0"});
+  expect_error<ValueError>([&] { parse({{"m", 0}}); }, {"m = 0", "[1, 1048576]"});
+  expect_error<ValueError>([&] { parse({{"m", -3}}); }, {"m = -3", "[1, 1048576]"});
+  expect_error<ValueError>([&] { parse({{"m", int64_t(1) << 62}}); }, {"m = 4611686018427387904", "[1, 1048576]"});
   expect_error<ValueError>([&] { parse({{"m", 2.5}}); }, {"m = 2.5"});
   expect_error<ValueError>([&] { parse({{"norms", "bar"}}); }, {"norms", "bar", "chi", "fixed"});
   expect_error<ValueError>([&] { parse({{"redraw", -1}}); }, {"redraw", "-1"});
