@@ -163,7 +163,12 @@ void bind_models(py::module_& m) {
       .def_property_readonly("config", &LanguageModel::config)
       .def("forward", lm_fwd, py::arg("ids"))
       .def("__call__", lm_fwd, py::arg("ids"), "ids Int64 [B, N] -> logits [B, N, vocab].")
-      .def("loss", &LanguageModel::loss, py::arg("ids"), py::arg("targets"))
+      .def(
+          "loss",
+          [](LanguageModel& m, const Tensor& ids, const Tensor& targets, const std::string& reduction) {
+            return m.loss(ids, targets, parse_reduction(reduction));
+          },
+          py::arg("ids"), py::arg("targets"), py::arg("reduction") = "mean")
       .def(
           "start_decoding",
           [](LanguageModel& lm, int64_t batch) {

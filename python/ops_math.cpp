@@ -50,6 +50,17 @@ void bind_ops_math(py::module_& m) {
       },
       py::arg("input"), py::arg("target"), py::arg("ignore_index") = -100, py::arg("reduction") = "mean",
       "Fused log_softmax + NLL over input [N, C] and int64 target [N]; mean is over non-ignored targets.");
+
+  m.def(
+      "linear_cross_entropy",
+      [](const Tensor& h, const Tensor& weight, const Tensor& target, int64_t ignore_index,
+         const std::string& reduction, int64_t chunk_rows) {
+        return linear_cross_entropy(h, weight, target, ignore_index, parse_reduction(reduction), chunk_rows);
+      },
+      py::arg("h"), py::arg("weight"), py::arg("target"), py::arg("ignore_index") = -100,
+      py::arg("reduction") = "mean", py::arg("chunk_rows") = 0,
+      "cross_entropy(h @ weight.T, target) in row chunks, never materializing the [N, C] logits (the "
+      "Reformer's chunked LM head): h [N, D], weight [C, D]; chunk_rows 0 = automatic (16 MiB of logits).");
 }
 
 }  // namespace eformer::python

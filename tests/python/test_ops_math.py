@@ -230,6 +230,33 @@ def test_cross_entropy(shape, reduction, rng):
           lambda t, y: F.cross_entropy(t, y, reduction=reduction), [x, target], rng)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n,d,c,chunk_rows", [(1, 3, 2, 0), (13, 8, 7, 3), (40, 16, 256, 0), (33, 5, 300, 8)])
+def test_linear_cross_entropy(n, d, c, chunk_rows, reduction, rng):
+    # The chunked LM head and loss: cross_entropy(h @ w.T, target), forward and both gradients.
+    h, w = rng.standard_normal((n, d)), rng.standard_normal((c, d)) / np.sqrt(d)
+    target = rng.integers(0, c, n).astype(np.int64)
+    if n > 2:
+        target[rng.choice(n, n // 3, replace=False)] = -100
+    check(lambda x, y, t: ef.linear_cross_entropy(x, y, t, reduction=reduction, chunk_rows=chunk_rows),
+          lambda x, y, t: F.cross_entropy(x @ y.T, t, reduction=reduction), [h, w, target], rng)
+
+
+def test_linear_cross_entropy_chunks_agree_and_errors(rng):
+    h, w = ef.tensor(rng.standard_normal((50, 8)).astype(np.float32)), ef.tensor(rng.standard_normal((11, 8)).astype(np.float32))
+    t = ef.tensor(rng.integers(0, 11, 50).astype(np.int64))
+    whole = ef.linear_cross_entropy(h, w, t, reduction="none").numpy()
+    for rows in (1, 7, 50, 1000):
+        np.testing.assert_allclose(ef.linear_cross_entropy(h, w, t, reduction="none", chunk_rows=rows).numpy(), whole,
+                                   rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"h \[N, D\] and weight \[C, D\]"):
+        ef.linear_cross_entropy(h, ef.zeros(11, 9), t)
+    with pytest.raises(ValueError, match="chunk_rows = -1"):
+        ef.linear_cross_entropy(h, w, t, chunk_rows=-1)
+    with pytest.raises(IndexError, match="target 11 at position 0"):
+        ef.linear_cross_entropy(h, w, ef.tensor(np.full(50, 11, dtype=np.int64)))
+
+
 def test_cross_entropy_custom_ignore_index(rng):
     x = rng.standard_normal((6, 4))
     target = np.array([0, 3, 2, 3, 1, 3], dtype=np.int64)

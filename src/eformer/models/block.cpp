@@ -2,9 +2,17 @@
 
 #include "eformer/attention/registry.h"
 #include "eformer/autograd/autograd.h"
+#include "eformer/models/reversible.h"
 #include "eformer/ops/elementwise.h"
 
 namespace eformer::models {
+
+BlockPolicy parse_block_policy(const std::string& name) {
+  if (name == "plain") return BlockPolicy::Plain;
+  if (name == "recompute") return BlockPolicy::Recompute;
+  if (name == "reversible") return BlockPolicy::Reversible;
+  throw ValueError("block policy '" + name + "' is unknown; expected one of 'plain', 'recompute', 'reversible'");
+}
 
 attention::MechanismConfig mechanism_config(const ModelConfig& config, const AttentionChoice& choice,
                                             bool causal, bool cross, int64_t layer) {
@@ -23,8 +31,11 @@ attention::MechanismConfig mechanism_config(const ModelConfig& config, const Att
 
 TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<attention::Mechanism> self_attn,
                                    std::shared_ptr<attention::Mechanism> cross_attn)
-    : Module("TransformerBlock"), pre_ln_(c.pre_ln), recompute_(c.block == "recompute") {
+    : Module("TransformerBlock"), pre_ln_(c.pre_ln), policy_(parse_block_policy(c.block)) {
   EF_CHECK(self_attn != nullptr, ValueError, "TransformerBlock: no self-attention mechanism");
+  EF_CHECK(policy_ != BlockPolicy::Reversible || pre_ln_, ValueError,
+           "TransformerBlock: block = 'reversible' needs pre_ln = true (a post-LN block normalizes after the "
+           "residual, which cannot be inverted)");
   ln1_ = register_module("ln1", std::make_shared<nn::LayerNorm>(c.d_model));
   attn_ = register_module("attn", std::move(self_attn));
   if (cross_attn) {
@@ -39,7 +50,10 @@ TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<attenti
 }
 
 std::string TransformerBlock::describe() const {
-  return detail::concat("TransformerBlock(", pre_ln_ ? "pre-LN" : "post-LN", recompute_ ? ", recompute" : "",
+  return detail::concat("TransformerBlock(", pre_ln_ ? "pre-LN" : "post-LN",
+                        policy_ == BlockPolicy::Recompute    ? ", recompute"
+                        : policy_ == BlockPolicy::Reversible ? ", reversible"
+                                                             : "",
                         ", attn=", attn_->describe(),
                         cross_ ? ", cross_attn=" + cross_->describe() : std::string(), ")");
 }
@@ -57,6 +71,17 @@ Tensor TransformerBlock::cross_branch(const Tensor& x, const Tensor& memory,
 
 Tensor TransformerBlock::ffn_branch(const Tensor& x) const {
   return dropout_->forward(ffn_->forward(pre_ln_ ? ln2_->forward(x) : x));
+}
+
+Tensor TransformerBlock::attention_step_branch(const Tensor& x, attention::RecurrentState& state) const {
+  return dropout_->forward(attn_->step(pre_ln_ ? ln1_->forward(x) : x, state));
+}
+
+Tensor TransformerBlock::mixing_branch(const Tensor& x, const std::function<Tensor(const Tensor&)>& attend,
+                                       const Tensor& memory, const Tensor& memory_mask) const {
+  Tensor a = attend(x);
+  if (!cross_) return a;
+  return add(a, cross_branch(add(x, a), memory, memory_mask));
 }
 
 // pre-LN x + branch, post-LN ln(x + branch).
@@ -77,17 +102,17 @@ Tensor TransformerBlock::forward(const Tensor& x, const Tensor& key_mask, const 
     return compose(
         in[0], [&](const Tensor& y) { return attention_branch(y, key_mask); }, in[1], memory_mask);
   };
-  if (!recompute_) return plain({x, memory});
+  EF_CHECK(policy_ != BlockPolicy::Reversible, ValueError, where(),
+           "a reversible block couples with the others of its stack; run the stack with models::run_blocks");
+  if (policy_ == BlockPolicy::Plain) return plain({x, memory});
   // Parameters are captured by `plain`; checkpoint replays the generator, so dropout matches.
   return autograd::checkpoint(plain, {x, memory});
 }
 
 Tensor TransformerBlock::step(const Tensor& x_t, attention::RecurrentState& state, const Tensor& memory,
                               const Tensor& memory_mask) const {
-  auto attend = [&](const Tensor& y) {
-    return dropout_->forward(attn_->step(pre_ln_ ? ln1_->forward(y) : y, state));
-  };
-  return compose(x_t, attend, memory, memory_mask);
+  return compose(
+      x_t, [&](const Tensor& y) { return attention_step_branch(y, state); }, memory, memory_mask);
 }
 
 std::shared_ptr<nn::ModuleList> build_blocks(const ModelConfig& c, int64_t n_layers, Stack stack) {
@@ -104,6 +129,32 @@ std::shared_ptr<nn::ModuleList> build_blocks(const ModelConfig& c, int64_t n_lay
     blocks->push_back(std::make_shared<TransformerBlock>(c, std::move(self), std::move(cross)));
   }
   return blocks;
+}
+
+namespace {
+bool reversible(const nn::ModuleList& blocks) {
+  return blocks.size() > 0 && blocks.get<TransformerBlock>(0).policy() == BlockPolicy::Reversible;
+}
+}  // namespace
+
+Tensor run_blocks(const nn::ModuleList& blocks, const Tensor& x, const Tensor& key_mask, const Tensor& memory,
+                  const Tensor& memory_mask) {
+  if (reversible(blocks)) return reversible_forward(blocks, x, key_mask, memory, memory_mask);
+  Tensor h = x;
+  for (int64_t i = 0; i < blocks.size(); ++i) h = blocks.get<TransformerBlock>(i).forward(h, key_mask, memory, memory_mask);
+  return h;
+}
+
+Tensor step_blocks(const nn::ModuleList& blocks, const Tensor& x_t,
+                   std::vector<std::unique_ptr<attention::RecurrentState>>& states, const Tensor& memory,
+                   const Tensor& memory_mask) {
+  EF_CHECK(int64_t(states.size()) == blocks.size(), ValueError, "step: the state has ", states.size(),
+           " layers; expected ", blocks.size(), " (use this model's start_decoding)");
+  if (reversible(blocks)) return reversible_step(blocks, x_t, states, memory, memory_mask);
+  Tensor h = x_t;
+  for (int64_t i = 0; i < blocks.size(); ++i)
+    h = blocks.get<TransformerBlock>(i).step(h, *states[size_t(i)], memory, memory_mask);
+  return h;
 }
 
 }  // namespace eformer::models

@@ -69,6 +69,15 @@ AttentionChoice get_attention(const std::string& key, const json& v) {
   return a;
 }
 
+// [] or [a, b] of integers.
+std::vector<int64_t> get_pair(const std::string& key, const json& v) {
+  EF_CHECK(v.is_array() && (v.empty() || v.size() == 2), ValueError, "model config: ", key, " = ", v.dump(),
+           "; expected [] (automatic) or two integers");
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < v.size(); ++i) out.push_back(get_int(detail::concat(key, "[", i, "]"), v[i]));
+  return out;
+}
+
 json attention_json(const AttentionChoice& a) { return json{{"kind", a.kind}, {"options", a.options}}; }
 
 // A float as the shortest decimal that reads back to it (0.1f -> 0.1, not 0.10000000149).
@@ -107,6 +116,8 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"attention_dropout",
        [](ModelConfig& c, const json& v) { c.attention_dropout = get_float("attention_dropout", v); }},
       {"block", [](ModelConfig& c, const json& v) { c.block = get_string("block", v); }},
+      {"axial_shape", [](ModelConfig& c, const json& v) { c.axial_shape = get_pair("axial_shape", v); }},
+      {"axial_dims", [](ModelConfig& c, const json& v) { c.axial_dims = get_pair("axial_dims", v); }},
       {"layer_attention",
        [](ModelConfig& c, const json& v) {
          EF_CHECK(v.is_array(), ValueError, "model config: layer_attention = ", v.dump(),
@@ -140,9 +151,12 @@ ModelConfig parse_model_config(const json& j) {
 
 void validate_model_config(const ModelConfig& c) {
   check_one_of("arch", c.arch, {"decoder", "encoder", "encoder-decoder"});
-  check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary"});
+  check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary", "axial"});
   check_one_of("activation", c.activation, {"gelu", "gelu_tanh", "relu"});
-  check_one_of("block", c.block, {"plain", "recompute"});
+  check_one_of("block", c.block, {"plain", "recompute", "reversible"});
+  EF_CHECK(c.block != "reversible" || c.pre_ln, ValueError,
+           "model config: block = 'reversible' needs pre_ln = true (a post-LN block normalizes after the "
+           "residual, which cannot be inverted)");
   auto positive = [](const char* key, int64_t v) {
     EF_CHECK(v >= 1, ValueError, "model config: ", key, " = ", v, "; expected >= 1");
   };
@@ -158,6 +172,19 @@ void validate_model_config(const ModelConfig& c) {
   EF_CHECK(c.positions != "rotary" || (c.d_model / c.n_heads) % 2 == 0, ValueError,
            "model config: positions = 'rotary' needs an even head dim; d_model / n_heads = ",
            c.d_model / c.n_heads);
+  EF_CHECK(c.positions == "axial" || (c.axial_shape.empty() && c.axial_dims.empty()), ValueError,
+           "model config: axial_shape and axial_dims are for positions = 'axial' (positions is '", c.positions,
+           "')");
+  if (c.positions == "axial") {
+    const AxialLayout a = axial_layout(c);
+    EF_CHECK(a.shape[0] >= 1 && a.shape[1] >= 1 && a.shape[0] <= c.max_len && a.shape[1] <= c.max_len &&
+                 a.shape[0] * a.shape[1] >= c.max_len,
+             ValueError, "model config: axial_shape = [", a.shape[0], ", ", a.shape[1],
+             "]; expected two positive integers, each <= max_len, whose product covers max_len = ", c.max_len);
+    EF_CHECK(a.dims[0] >= 1 && a.dims[1] >= 1 && a.dims[0] + a.dims[1] == c.d_model, ValueError,
+             "model config: axial_dims = [", a.dims[0], ", ", a.dims[1],
+             "]; expected two positive widths that sum to d_model = ", c.d_model);
+  }
   EF_CHECK(c.dropout >= 0.0f && c.dropout < 1.0f, ValueError, "model config: dropout = ", c.dropout,
            "; expected a value in [0, 1)");
   EF_CHECK(c.attention_dropout >= 0.0f && c.attention_dropout < 1.0f, ValueError,
@@ -208,7 +235,23 @@ json to_json(const ModelConfig& c) {
               {"layer_attention", layers},
               {"cross_attention", attention_json(c.cross_attention)},
               {"attention_dropout", tidy(c.attention_dropout)},
-              {"block", c.block}};
+              {"block", c.block},
+              {"axial_shape", c.axial_shape},
+              {"axial_dims", c.axial_dims}};
+}
+
+AxialLayout axial_layout(const ModelConfig& c) {
+  AxialLayout a{};
+  if (c.axial_shape.size() == 2) {
+    a.shape = {c.axial_shape[0], c.axial_shape[1]};
+  } else {
+    int64_t n2 = 1;
+    while (n2 * n2 < c.max_len) n2 *= 2;  // the smallest power of two with n2^2 >= max_len
+    a.shape = {(c.max_len + n2 - 1) / n2, n2};
+  }
+  a.dims = c.axial_dims.size() == 2 ? std::array<int64_t, 2>{c.axial_dims[0], c.axial_dims[1]}
+                                    : std::array<int64_t, 2>{c.d_model / 2, c.d_model - c.d_model / 2};
+  return a;
 }
 
 const AttentionChoice& attention_for_layer(const ModelConfig& c, int64_t layer) {

@@ -1,6 +1,8 @@
 // Model configuration: parsed from JSON (presets/*.json, checkpoints), strict: unknown keys,
 // wrong types and invalid values are ValueErrors naming the key, the value and what is valid.
 #pragma once
+#include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -25,7 +27,10 @@ struct ModelConfig {
   int64_t max_len = 256;  // context length
   float dropout = 0.1f;
   bool pre_ln = true;                 // false: post-LN (the original Transformer)
-  std::string positions = "learned";  // "learned" | "sinusoidal" | "rotary"
+  std::string positions = "learned";  // "learned" | "sinusoidal" | "rotary" | "axial"
+  // positions "axial" (the Reformer's): the grid [n1, n2] (n1 n2 >= max_len) and the widths
+  // [d1, d2] (d1 + d2 = d_model) of its two tables; empty = automatic (axial_layout).
+  std::vector<int64_t> axial_shape, axial_dims;
   bool tie_weights = true;            // LM head shares the token embedding
   int64_t num_classes = 0;            // "encoder" classifier head
   int64_t ffn_chunks = 1;
@@ -39,6 +44,13 @@ struct ModelConfig {
   // backward pass, every dropout draw replayed; memory per block drops to its input).
   std::string block = "plain";
 };
+
+// The axial grid and widths of `c` (positions "axial"): axial_shape, or n2 = the smallest power
+// of two with n2^2 >= max_len and n1 = ceil(max_len / n2); axial_dims, or [d_model / 2, d_model - d_model / 2].
+struct AxialLayout {
+  std::array<int64_t, 2> shape, dims;
+};
+AxialLayout axial_layout(const ModelConfig& c);
 
 // Keys missing from `j` keep the defaults above. Also validates the result (validate_model_config).
 ModelConfig parse_model_config(const nlohmann::json& j);

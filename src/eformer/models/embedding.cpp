@@ -16,6 +16,11 @@ TokenEmbedding::TokenEmbedding(const ModelConfig& c)
     copy_into(learned_->weight(), nn::normal_init(learned_->weight().shape(), 0.02f));
   } else if (positions_ == "sinusoidal") {
     sinusoidal_ = nn::sinusoidal_positions(c.max_len, c.d_model);
+  } else if (positions_ == "axial") {
+    const AxialLayout a = axial_layout(c);
+    axial_ = register_module("positions", std::make_shared<nn::AxialPositions>(a.shape, a.dims));
+    copy_into(axial_->rows(), nn::normal_init(axial_->rows().shape(), 0.02f));
+    copy_into(axial_->cols(), nn::normal_init(axial_->cols().shape(), 0.02f));
   }
   dropout_ = register_module("dropout", std::make_shared<nn::Dropout>(c.dropout));
 }
@@ -34,6 +39,8 @@ Tensor TokenEmbedding::forward(const Tensor& ids, int64_t offset) const {
     EF_CHECK(offset + N <= max_len_, IndexError, where(), "positions ", offset, "..", offset + N - 1,
              " exceed max_len = ", max_len_, " (learned positions)");
     x = learned_->forward(x, offset);
+  } else if (axial_) {
+    x = axial_->forward(x, offset);
   } else if (positions_ == "sinusoidal") {
     Tensor table = offset + N <= max_len_
                        ? narrow(sinusoidal_, 0, offset, N)

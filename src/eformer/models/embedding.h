@@ -1,5 +1,5 @@
-// The input side of every model: token embedding + absolute positions (learned or sinusoidal;
-// none for rotary, which the attention applies to q and k) + dropout.
+// The input side of every model: token embedding + absolute positions (learned, sinusoidal or
+// axial; none for rotary, which the attention applies to q and k) + dropout.
 #pragma once
 #include <memory>
 
@@ -15,7 +15,7 @@ class TokenEmbedding : public nn::Module {
   std::string describe() const override;
 
   // ids Int64 [B, N] at positions offset .. offset + N - 1 -> [B, N, d_model]. Learned positions
-  // need offset + N <= max_len (IndexError otherwise).
+  // need offset + N <= max_len, axial ones offset + N <= n1 n2 (IndexError otherwise).
   Tensor forward(const Tensor& ids, int64_t position_offset = 0) const;
 
   const std::shared_ptr<nn::Embedding>& tokens() const { return tokens_; }
@@ -26,6 +26,7 @@ class TokenEmbedding : public nn::Module {
   int64_t max_len_, d_model_;
   std::shared_ptr<nn::Embedding> tokens_;
   std::shared_ptr<nn::LearnedPositions> learned_;  // positions == "learned"
+  std::shared_ptr<nn::AxialPositions> axial_;      // positions == "axial"
   Tensor sinusoidal_;                              // positions == "sinusoidal": [max_len, d], not saved
   std::shared_ptr<nn::Dropout> dropout_;
 };

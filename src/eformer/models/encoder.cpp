@@ -42,8 +42,7 @@ std::string Encoder::describe() const {
 Tensor Encoder::forward(const Tensor& ids, const Tensor& key_mask) const {
   check_ids(where(), ids, config_.max_len, "ids");
   check_mask(where(), key_mask, ids);
-  Tensor h = embed_->forward(ids);
-  for (int64_t i = 0; i < blocks_->size(); ++i) h = blocks_->get<TransformerBlock>(i).forward(h, key_mask);
+  Tensor h = run_blocks(*blocks_, embed_->forward(ids), key_mask);
   return ln_f_ ? ln_f_->forward(h) : h;
 }
 
@@ -111,9 +110,7 @@ Tensor EncoderDecoder::encode(const Tensor& src, const Tensor& src_mask) const {
 
 Tensor EncoderDecoder::decode(const Tensor& tgt, const Tensor& memory, const Tensor& src_mask) const {
   check_ids(where(), tgt, config_.max_len, "tgt");
-  Tensor h = encoder_->embedding()->forward(tgt);
-  for (int64_t i = 0; i < decoder_->size(); ++i)
-    h = decoder_->get<TransformerBlock>(i).forward(h, {}, memory, src_mask);
+  Tensor h = run_blocks(*decoder_, encoder_->embedding()->forward(tgt), {}, memory, src_mask);
   if (ln_f_) h = ln_f_->forward(h);
   return lm_logits(h, *encoder_->embedding(), head_.get());
 }

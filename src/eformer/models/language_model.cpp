@@ -30,27 +30,30 @@ std::string LanguageModel::describe() const {
                         ")");
 }
 
-Tensor LanguageModel::head(const Tensor& h) const {
-  return lm_logits(ln_f_ ? ln_f_->forward(h) : h, *embed_, head_.get());
-}
+Tensor LanguageModel::final_norm(const Tensor& h) const { return ln_f_ ? ln_f_->forward(h) : h; }
 
-Tensor LanguageModel::forward(const Tensor& ids) {
+Tensor LanguageModel::head(const Tensor& h) const { return lm_logits(final_norm(h), *embed_, head_.get()); }
+
+const Tensor& LanguageModel::head_weight() const { return head_ ? head_->weight() : embed_->tokens()->weight(); }
+
+Tensor LanguageModel::forward(const Tensor& ids) { return head(hidden(ids)); }
+
+Tensor LanguageModel::hidden(const Tensor& ids) {
   EF_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::Int64, ShapeError, where(), "ids are ",
            ids.defined() ? ids.describe() : std::string("undefined"), "; expected Int64 [batch, seq]");
   EF_CHECK(ids.size(1) <= config_.max_len, ValueError, where(), "sequence length ", ids.size(1),
            " exceeds max_len = ", config_.max_len);
-  Tensor h = embed_->forward(ids);
-  for (int64_t i = 0; i < blocks_->size(); ++i) h = block(i).forward(h);
-  return head(h);
+  return run_blocks(*blocks_, embed_->forward(ids));
 }
 
-Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets) {
+Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, Reduction reduction) {
   EF_CHECK(targets.defined() && targets.dtype() == DType::Int64 && targets.shape() == ids.shape(), ShapeError,
            where(), "loss: targets are ", targets.defined() ? targets.describe() : std::string("undefined"),
            "; expected Int64 of the ids' shape ", shape_str(ids.shape()));
-  Tensor logits = forward(ids);
+  Tensor h = final_norm(hidden(ids));
   const int64_t rows = ids.numel();
-  return cross_entropy(reshape(logits, {rows, config_.vocab_size}), reshape(targets, {rows}));
+  return linear_cross_entropy(reshape(h, {rows, config_.d_model}), head_weight(), reshape(targets, {rows}), -100,
+                              reduction);
 }
 
 DecodeState LanguageModel::start_decoding(int64_t batch) {
@@ -74,10 +77,7 @@ std::string LanguageModel::streaming_summary() const {
 }
 
 Tensor LanguageModel::step(DecodeState& state, const Tensor& ids) {
-  EF_CHECK(int64_t(state.layers.size()) == blocks_->size(), ValueError, where(), "step: the state has ",
-           state.layers.size(), " layers; expected ", blocks_->size(), " (use this model's start_decoding)");
-  Tensor h = embed_->forward(ids, state.position);
-  for (int64_t i = 0; i < blocks_->size(); ++i) h = block(i).step(h, *state.layers[size_t(i)]);
+  Tensor h = step_blocks(*blocks_, embed_->forward(ids, state.position), state.layers);
   state.position += ids.size(1);
   return head(h);
 }

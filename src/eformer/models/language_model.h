@@ -8,6 +8,7 @@
 #include "eformer/models/config.h"
 #include "eformer/models/embedding.h"
 #include "eformer/nn/module.h"
+#include "eformer/ops/loss.h"
 
 namespace eformer::models {
 
@@ -27,9 +28,10 @@ class LanguageModel : public nn::Module {
   const ModelConfig& config() const { return config_; }
   // ids Int64 [B, N] (N <= max_len, ValueError otherwise) -> logits [B, N, vocab].
   Tensor forward(const Tensor& ids);
-  // Mean cross-entropy of next-token prediction: logits of ids vs targets, both [B, N]; targets
-  // equal to -100 are ignored.
-  Tensor loss(const Tensor& ids, const Tensor& targets);
+  // Cross-entropy of next-token prediction: logits of ids vs targets, both [B, N]; targets equal
+  // to -100 are ignored; mean over the others by default. The logits are never materialized
+  // whole: the head and the loss run in row chunks (linear_cross_entropy).
+  Tensor loss(const Tensor& ids, const Tensor& targets, Reduction reduction = Reduction::Mean);
   // Incremental decoding: feed T new tokens [B, T], get their logits [B, T, vocab]; equals the
   // corresponding rows of forward() on the whole sequence. Learned positions need
   // state.position + T <= max_len (IndexError otherwise); sinusoidal and rotary do not.
@@ -44,7 +46,10 @@ class LanguageModel : public nn::Module {
   TransformerBlock& block(int64_t i) const { return blocks_->get<TransformerBlock>(i); }
 
  private:
-  Tensor head(const Tensor& h) const;  // final LayerNorm (pre-LN) and LM head
+  Tensor hidden(const Tensor& ids);                // embedding and blocks: [B, N, D]
+  Tensor final_norm(const Tensor& h) const;        // the final LayerNorm (pre-LN), else h
+  Tensor head(const Tensor& h) const;              // final LayerNorm (pre-LN) and LM head
+  const Tensor& head_weight() const;               // [vocab, D]: the head's, or the tied embedding's
 
   ModelConfig config_;
   std::shared_ptr<TokenEmbedding> embed_;

@@ -7,6 +7,7 @@
 #include "eformer/core/parallel.h"
 #include "eformer/nn/linear.h"
 #include "eformer/ops/elementwise.h"
+#include "eformer/ops/embedding.h"
 #include "eformer/ops/shape.h"
 
 namespace eformer::nn {
@@ -126,6 +127,39 @@ Tensor LearnedPositions::positions(int64_t n, int64_t position_offset) const {
 Tensor LearnedPositions::forward(const Tensor& x, int64_t position_offset) const {
   EF_CHECK(x.dim() >= 2 && x.size(-1) == d_, ShapeError, where(), "input ", x.describe(),
            " must be [..., N, d] with d = ", d_);
+  return add(x, positions(x.size(-2), position_offset));
+}
+
+AxialPositions::AxialPositions(std::array<int64_t, 2> shape, std::array<int64_t, 2> dims)
+    : Module("AxialPositions"), shape_(shape), dims_(dims) {
+  EF_CHECK(shape_[0] > 0 && shape_[1] > 0 && dims_[0] > 0 && dims_[1] > 0, ValueError,
+           "AxialPositions: shape = [", shape_[0], ", ", shape_[1], "] and dims = [", dims_[0], ", ", dims_[1],
+           "]; expected all > 0");
+  rows_ = register_parameter("rows", normal_init({shape_[0], dims_[0]}));
+  cols_ = register_parameter("cols", normal_init({shape_[1], dims_[1]}));
+}
+
+std::string AxialPositions::describe() const {
+  return detail::concat("AxialPositions(shape=[", shape_[0], ", ", shape_[1], "], dims=[", dims_[0], ", ",
+                        dims_[1], "])");
+}
+
+Tensor AxialPositions::positions(int64_t n, int64_t position_offset) const {
+  EF_CHECK(n >= 0 && position_offset >= 0 && position_offset + n <= capacity(), IndexError, where(),
+           "positions [", position_offset, ", ", position_offset + n, ") are outside the ", shape_[0], " x ",
+           shape_[1], " grid; expected offset + n <= ", capacity());
+  Tensor row_ids = Tensor::empty({n}, DType::Int64), col_ids = Tensor::empty({n}, DType::Int64);
+  int64_t *r = row_ids.data<int64_t>(), *c = col_ids.data<int64_t>();
+  for (int64_t t = 0; t < n; ++t) {
+    r[t] = (position_offset + t) / shape_[1];
+    c[t] = (position_offset + t) % shape_[1];
+  }
+  return cat({embedding(row_ids, rows_), embedding(col_ids, cols_)}, -1);
+}
+
+Tensor AxialPositions::forward(const Tensor& x, int64_t position_offset) const {
+  EF_CHECK(x.dim() >= 2 && x.size(-1) == dim(), ShapeError, where(), "input ", x.describe(),
+           " must be [..., N, d] with d = ", dim());
   return add(x, positions(x.size(-2), position_offset));
 }
 

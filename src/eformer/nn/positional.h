@@ -11,6 +11,7 @@
 // adjacent features 2i, 2i+1 instead; weights trained one way do not transfer to the other.)
 // Because rotations compose, q_m . k_n after rotation depends on m and n only through m - n.
 #pragma once
+#include <array>
 #include <cstdint>
 
 #include "eformer/nn/module.h"
@@ -44,6 +45,31 @@ class LearnedPositions : public Module {
  private:
   int64_t max_len_, d_;
   Tensor weight_;
+};
+
+// Axial position embeddings (the Reformer's, after Ho et al. 2019's axial layout): position p of
+// a sequence laid out as an n1 x n2 grid gets concat(E1[p / n2], E2[p % n2]), E1 [n1, d1] and
+// E2 [n2, d2], d1 + d2 = d. Two small tables instead of one [n1 n2, d]: at a million positions and
+// d = 256, 2 x 1024 x 128 floats instead of 256 M. Initialised N(0, 1) like LearnedPositions.
+class AxialPositions : public Module {
+ public:
+  // shape {n1, n2} and dims {d1, d2}, all > 0 (ValueError otherwise).
+  AxialPositions(std::array<int64_t, 2> shape, std::array<int64_t, 2> dims);
+  std::string describe() const override;
+
+  // x [..., N, d] -> x + the embeddings of positions offset .. offset + N - 1; beyond n1 n2 is an IndexError.
+  Tensor forward(const Tensor& x, int64_t position_offset = 0) const;
+  // The embeddings [n, d] of positions offset .. offset + n - 1 (differentiable).
+  Tensor positions(int64_t n, int64_t position_offset = 0) const;
+
+  int64_t capacity() const { return shape_[0] * shape_[1]; }
+  int64_t dim() const { return dims_[0] + dims_[1]; }
+  const Tensor& rows() const { return rows_; }  // E1 [n1, d1]
+  const Tensor& cols() const { return cols_; }  // E2 [n2, d2]
+
+ private:
+  std::array<int64_t, 2> shape_, dims_;
+  Tensor rows_, cols_;
 };
 
 namespace kernels {

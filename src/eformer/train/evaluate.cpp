@@ -30,12 +30,8 @@ EvalResult evaluate(models::LanguageModel& model, const data::TokenSource& token
     for (int64_t i = 0; i < n; ++i) {
       int64_t index = n == total ? i : i * total / n;
       data::Batch b = windows.batch(index);
-      Tensor logits = model.forward(b.inputs);
-      const int64_t vocab = logits.shape().back();
-      Tensor flat_targets = reshape(b.targets, {-1});
-      Tensor loss = cross_entropy(reshape(logits, {-1, vocab}), flat_targets, -100, Reduction::Sum);
-      sum += double(loss.item());
-      targets += flat_targets.numel();
+      sum += double(model.loss(b.inputs, b.targets, Reduction::Sum).item());
+      targets += b.targets.numel();
     }
   } catch (...) {
     model.train(was_training);
