@@ -171,6 +171,15 @@ void bind_data(py::module_& m) {
          "installed module); OSError saying where it looked when it is missing.");
 
   dm.def(
+      "duplication_batch",
+      [](uint64_t seed, uint64_t index, int64_t batch, int64_t half, int64_t vocab) {
+        return batch_tuple(duplication_batch(seed, index, batch, half, vocab));
+      },
+      py::arg("seed"), py::arg("index"), py::arg("batch"), py::arg("half"), py::arg("vocab") = 128,
+      "The Reformer's duplication task: (inputs, targets), inputs [batch, 2 half] = 0 w 0 w with w of half - 1 "
+      "symbols in 1 .. vocab - 1, targets the next tokens on the second w and -100 elsewhere; a pure function of "
+      "(seed, index).");
+  dm.def(
       "batch_offsets",
       [](int64_t split_size, int64_t batch_size, int64_t context, uint64_t seed, uint64_t step) {
         return batch_offsets(split_size, batch_size, context, seed, step);

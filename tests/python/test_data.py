@@ -403,3 +403,23 @@ def test_default_corpus(monkeypatch):
     c.check_context(4096)
     x, y = data.batch(c, 4, 256, seed=0, step=0)
     assert x.shape == (4, 256)
+
+
+def test_duplication_task():
+    x, y = (t.numpy() for t in ef.data.duplication_batch(seed=3, index=7, batch=4, half=9, vocab=5))
+    assert x.shape == y.shape == (4, 18)
+    assert (x[:, 0] == 0).all() and (x[:, 9] == 0).all()
+    assert ((x[:, 1:9] >= 1) & (x[:, 1:9] <= 4)).all()
+    np.testing.assert_array_equal(x[:, 1:9], x[:, 10:])  # 0 w 0 w
+    np.testing.assert_array_equal(y[:, 9:17], x[:, 10:])  # only the second w is scored
+    assert (y[:, :9] == -100).all() and (y[:, 17] == -100).all()
+    again = ef.data.duplication_batch(seed=3, index=7, batch=4, half=9, vocab=5)[0].numpy()
+    np.testing.assert_array_equal(again, x)
+    other = ef.data.duplication_batch(seed=3, index=8, batch=4, half=9, vocab=5)[0].numpy()
+    assert (other != x).any()
+    counts = np.bincount(ef.data.duplication_batch(0, 0, 64, 512, 128)[0].numpy().ravel(), minlength=128)
+    assert counts[1:].min() > 0.6 * counts[1:].mean()  # uniform over 1 .. 127
+    with pytest.raises(ValueError, match="half = 1"):
+        ef.data.duplication_batch(0, 0, 1, 1)
+    with pytest.raises(ValueError, match="vocab = 1"):
+        ef.data.duplication_batch(0, 0, 1, 4, vocab=1)

@@ -3,4 +3,5 @@
 #pragma once
 #include "eformer/data/batches.h"
 #include "eformer/data/corpus.h"
+#include "eformer/data/duplication.h"
 #include "eformer/data/tokenizer.h"
