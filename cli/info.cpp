@@ -90,9 +90,9 @@ int run_info(int argc, char** argv) {
   std::printf("model       %s: %lld layers, d_model %lld, %lld heads, d_ff %lld, context %lld, vocab %lld\n",
               m.arch.c_str(), (long long)m.n_layers, (long long)m.d_model, (long long)m.n_heads, (long long)m.d_ff,
               (long long)m.max_len, (long long)m.vocab_size);
-  std::printf("            %s positions, %s, dropout %g, %s, %s, ffn_chunks %lld\n", m.positions.c_str(),
-              m.pre_ln ? "pre-LN" : "post-LN", double(m.dropout), m.activation.c_str(),
-              m.tie_weights ? "tied embedding" : "untied head", (long long)m.ffn_chunks);
+  std::printf("            %s positions, %s, dropout %g, %s, %s, ffn_chunks %lld, %s blocks\n",
+              m.positions.c_str(), m.pre_ln ? "pre-LN" : "post-LN", double(m.dropout), m.activation.c_str(),
+              m.tie_weights ? "tied embedding" : "untied head", (long long)m.ffn_chunks, m.block.c_str());
   std::printf("parameters  %s\n", with_commas(model->num_parameters()).c_str());
   for (int64_t i = 0; i < m.n_layers; ++i)
     std::printf("%s %lld: %s\n", i == 0 ? "attention   layer" : "            layer", (long long)i,
