@@ -1,17 +1,20 @@
 """The Reformer's duplication task (Kitaev et al. 2020, sec. 5, Table 2): train on 0 w 0 w with one attention,
 evaluate the trained model with others (full, LSH with 8, 4, 2, 1 hashes), and print the table.
 
-    PYTHONPATH=build/python /usr/bin/python3 bench/duplication.py [--half 128] [--minutes 20]
-        [--train full lsh-4] [--threads 2] [--json out.json]
+    PYTHONPATH=build/python /usr/bin/python3 bench/duplication.py [--half 128] [--steps 3000]
+        [--train full lsh-4] [--threads 2] [--json out.json] [--models DIR]
 
 Model (the paper's): 1 layer, d_model 256, 4 heads, d_ff 512, learned positions, symbols 1..127 (vocab 128),
 the loss on the second half only. Training batches and evaluation batches are pure functions of their seeds
 (ef.data.duplication_batch). LSH uses chunks of 64 and buckets of 64 (n_buckets = 2 half / 64), as the paper
 uses for its length-1024 runs; a model trained with one attention is evaluated with another by loading its
 weights into a model built with that attention (LSH has no parameters of its own: rotations are drawn).
+Every trained model gets the same number of steps (and the same batches); with --models DIR, a trained model is
+saved there and a later run evaluates it without training again.
 """
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -53,8 +56,8 @@ def train(name, args):
     lm = ef.models.LanguageModel(model_config(name, args.half))
     opt = ef.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=0.0)
     start, step, losses = time.perf_counter(), 0, []
-    while time.perf_counter() - start < args.minutes * 60:
-        opt.lr = ef.optim.warmup_cosine(step, 200, args.max_steps, args.lr, args.lr / 10)
+    while step < args.steps:
+        opt.lr = ef.optim.warmup_cosine(step, 200, args.steps, args.lr, args.lr / 10)
         x, y = ef.data.duplication_batch(seed=0, index=step, batch=args.batch, half=args.half)
         loss = lm.loss(x, y)
         loss.backward()
@@ -72,11 +75,11 @@ def train(name, args):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--half", type=int, default=128, help="w has half - 1 symbols; sequences are 2 half long")
-    p.add_argument("--minutes", type=float, default=20.0, help="training time per trained model")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per trained model")
     p.add_argument("--train", nargs="+", default=["full", "lsh-4"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-steps", type=int, default=20000, help="the schedule's length (cosine to lr/10)")
+    p.add_argument("--models", help="a folder: trained models are saved there, and loaded instead of retrained")
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json")
@@ -84,9 +87,22 @@ def main():
     ef.set_num_threads(args.threads)
     results = {}
     for name in args.train:
-        lm, steps, seconds = train(name, args)
+        saved = os.path.join(args.models, f"duplication-{name}-{args.half}-{args.steps}.safetensors") if args.models else None
+        if saved and os.path.exists(saved):
+            lm = ef.models.LanguageModel(model_config(name, args.half))
+            lm.load(saved)
+            with open(saved + ".json") as f:
+                row = json.load(f)
+        else:
+            lm, steps, seconds = train(name, args)
+            row = {"steps": steps, "seconds": seconds}
+            if saved:
+                os.makedirs(args.models, exist_ok=True)
+                lm.save(saved)
+                with open(saved + ".json", "w") as f:
+                    json.dump(row, f)
+        steps, seconds = row["steps"], row["seconds"]
         state = lm.state_dict()
-        row = {"steps": steps, "seconds": seconds}
         for e in EVAL:
             ef.manual_seed(1)
             other = ef.models.LanguageModel(model_config(e, args.half))
@@ -101,7 +117,7 @@ def main():
         print(f"| {name} | " + " | ".join(f"{100 * row[e]:.1f}%" for e in EVAL) + f" | {row['steps']} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"half": args.half, "minutes": args.minutes, "results": results}, f, indent=1)
+            json.dump({"half": args.half, "steps": args.steps, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
