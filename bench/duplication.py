@@ -57,7 +57,7 @@ def train(name, args):
     opt = ef.optim.AdamW(lm.parameters(), lr=args.lr, weight_decay=0.0)
     start, step, losses = time.perf_counter(), 0, []
     while step < args.steps:
-        opt.lr = ef.optim.warmup_cosine(step, 200, args.steps, args.lr, args.lr / 10)
+        opt.lr = ef.optim.warmup_cosine(step, min(200, args.steps), args.steps, args.lr, args.lr / 10)
         x, y = ef.data.duplication_batch(seed=0, index=step, batch=args.batch, half=args.half)
         loss = lm.loss(x, y)
         loss.backward()
