@@ -1,5 +1,6 @@
 #include "eformer/attention/projected.h"
 
+#include "eformer/attention/kernels/head_projection.h"
 #include "eformer/nn/positional.h"
 #include "eformer/ops/shape.h"
 
@@ -62,27 +63,26 @@ ProjectedAttention::ProjectedAttention(std::string type_name, const std::string&
   out_proj_ = register_module("out_proj", std::make_shared<nn::Linear>(spec_.v_width, D));
 }
 
-Tensor ProjectedAttention::split_heads(const Tensor& x, int64_t head_width) const {
-  return transpose(reshape(x, {x.size(0), x.size(1), H_, head_width}), 1, 2);
+Tensor ProjectedAttention::to_heads(const nn::Linear& proj, const Tensor& x) const {
+  return project_to_heads(x, proj.weight(), proj.bias(), H_);
 }
 
 Tensor ProjectedAttention::output(const Tensor& heads) {
-  return out_proj_->forward(reshape(transpose(heads, 1, 2), {heads.size(0), heads.size(2), spec_.v_width}));
+  return project_from_heads(heads, out_proj_->weight(), out_proj_->bias());
 }
 
 ProjectedAttention::Heads ProjectedAttention::project_at(const Tensor& x, const Tensor& source, bool rotary,
                                                          int64_t offset) {
   Heads h;
   if (spec_.query_key) {
-    h.q = split_heads(q_proj_->forward(x), d_);
-    h.k = spec_.shared_qk ? (source.is_same(x) ? h.q : split_heads(q_proj_->forward(source), d_))
-                          : split_heads(k_proj_->forward(source), d_);
+    h.q = to_heads(*q_proj_, x);
+    h.k = spec_.shared_qk ? (source.is_same(x) ? h.q : to_heads(*q_proj_, source)) : to_heads(*k_proj_, source);
     if (rotary) {
       h.q = nn::apply_rotary(h.q, offset, heads_.rotary_base);
       h.k = spec_.shared_qk && source.is_same(x) ? h.q : nn::apply_rotary(h.k, offset, heads_.rotary_base);
     }
   }
-  h.v = split_heads(v_proj_->forward(source), dv_);
+  h.v = to_heads(*v_proj_, source);
   return h;
 }
 

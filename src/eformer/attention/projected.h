@@ -65,7 +65,8 @@ class ProjectedAttention : public Mechanism {
 
  private:
   Heads project_at(const Tensor& x, const Tensor& source, bool rotary, int64_t offset);
-  Tensor split_heads(const Tensor& x, int64_t head_width) const;  // [B, N, H*w] -> [B, H, N, w]
+  // x [B, N, D] projected by `proj` straight into heads [B, H, N, w] (kernels/head_projection.h).
+  Tensor to_heads(const nn::Linear& proj, const Tensor& x) const;
   std::shared_ptr<nn::Linear> q_proj_, k_proj_, v_proj_, out_proj_;
 };
 

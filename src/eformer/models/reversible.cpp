@@ -80,6 +80,8 @@ Tensor reversible_forward(const nn::ModuleList& blocks, const Tensor& x, const T
     Tensor y1 = y1_d, y2 = y2_d;
     Tensor dy1 = mul_scalar(grad_out, 0.5f), dy2 = dy1;
     Tensor dmemory;
+    // Each step drops what it no longer needs at once: at a million tokens every [N, d] tensor is a
+    // GiB, and the peak is set here (y1, x2, dy1, dy2 plus one branch's recomputation).
     for (int64_t i = n - 1; i >= 0; --i) {
       const TransformerBlock& b = block(i);
       // y2 = x2 + F(y1): F's gradient flows into y1; x2 = y2 - F(y1).
@@ -87,20 +89,20 @@ Tensor reversible_forward(const nn::ModuleList& blocks, const Tensor& x, const T
       Tensor f;
       BranchGrads gf = recompute_and_backprop([&b](const Tensor& in, const Tensor&) { return b.ffn_branch(in); },
                                               y1, Tensor(), false, dy2, &f);
-      Tensor x2 = sub(y2, f);
-      Tensor dy1_total = add(dy1, gf.input);
+      y2 = sub(y2, f);  // now x2
+      f = Tensor();
+      dy1 = add(dy1, gf.input);  // now the total gradient of y1
+      gf = BranchGrads{};
       // y1 = x1 + G(x2): G's gradient flows into x2 (and the memory); x1 = y1 - G(x2).
       gen.set_state(before_g[size_t(i)]);
       Tensor g;
       BranchGrads gg = recompute_and_backprop(
-          [&](const Tensor& in, const Tensor& mem) { return mixing(b, in, key_mask_d, mem, memory_mask_d); }, x2,
-          memory_d, memory_needs_grad, dy1_total, &g);
-      Tensor x1 = sub(y1, g);
+          [&](const Tensor& in, const Tensor& mem) { return mixing(b, in, key_mask_d, mem, memory_mask_d); }, y2,
+          memory_d, memory_needs_grad, dy1, &g);
+      y1 = sub(y1, g);  // now x1
+      g = Tensor();
       if (gg.memory.defined()) dmemory = dmemory.defined() ? add(dmemory, gg.memory) : gg.memory;
       dy2 = add(dy2, gg.input);
-      dy1 = dy1_total;
-      y1 = x1;
-      y2 = x2;
     }
     gen.set_state(now);
     // x1 = x2 = x at the bottom.
