@@ -1,0 +1,87 @@
+// LSH attention (Reformer, Kitaev et al. 2020, sec. 2) as graph-free kernels and the differentiable op
+// on them. Keys are normalized, k^_j = k_j / sqrt(|k_j|^2 + eps) (shared-QK: with k = q, eq. before
+// sec. 2.1), hashed by angular LSH h(x) = argmax([x R; -x R]) with random rotations R [d, b/2], one
+// per round and head; each round sorts the positions stably by (bucket, position) and cuts the
+// sorted order into chunks of c:
+//   bidirectional  a query attends every key of its own chunk and of the chunk before it (the
+//                  paper's P~_i, no wrap-around: chunk 0 has no previous chunk);
+//   causal         a query at sorted index s attends the keys of its own bucket among the sorted
+//                  indices [s - 2c + 1, s]: the last <= 2c - 1 earlier keys of its bucket, a set
+//                  that no later token can change (plain causal chunking leaks: a later token moves
+//                  the chunk boundaries). docs/MECHANISMS.md, "lsh".
+// A token's own key gets the constant score kLshSelfScore (no gradient): weight 0 whenever any
+// other key is visible in some round, weight 1 when it is the only one (HF's self mask). Masked
+// keys (key_mask false) go to a bucket of their own after the real ones and are never attended.
+// Rounds are combined by their log-sum-exp weights, o = sum_r exp(lse_r - logsumexp_r lse_r) o_r:
+// one softmax over the rounds' candidates where a key seen in several rounds counts once per round.
+//
+// Memory: the output, its log-sum-exp [B, H, N] and per round the buckets and the sort order
+// (int32 [n_hashes, B, H, N]); the backward recomputes score tiles. Rounds run one after the other
+// (each position is in exactly one chunk per round, so no two threads touch the same row), in
+// parallel over (b, h, chunk) inside a round: bits do not depend on the thread count.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "eformer/attention/options.h"
+#include "eformer/core/tensor.h"
+
+namespace eformer::attention {
+
+// q, k, v [B, H, N, d] float32, rotations [n_hashes, H, d, n_buckets / 2] (n_buckets a power of two
+// >= 2; it receives no gradient), chunk >= 1 -> [B, H, N, d]. opts.causal and opts.key_mask as
+// above; opts.scale multiplies q . k^ (0: 1 / sqrt(d)); opts.dropout must be 0. Gradients reach q,
+// k (through the normalization) and v.
+Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rotations, int64_t chunk,
+                     const AttentionOptions& opts = {});
+
+}  // namespace eformer::attention
+
+namespace eformer::kernels {
+
+inline constexpr float kLshSelfScore = -1e5f;  // a token's score for its own key (HF's self_mask_value)
+inline constexpr float kLshNormEps = 1e-12f;   // k^ = k / sqrt(|k|^2 + eps)
+
+// kn = k / sqrt(|k|^2 + eps) for one row of d; returns 1 / sqrt(|k|^2 + eps). The one normalization of
+// the parallel pass and the streaming step (the hash of the normalized key must agree bit for bit).
+inline float lsh_normalize_row(const float* k, float* kn, int64_t d) {
+  float sq = 0.0f;
+  for (int64_t c = 0; c < d; ++c) sq += k[c] * k[c];
+  const float inv = 1.0f / std::sqrt(sq + kLshNormEps);
+  for (int64_t c = 0; c < d; ++c) kn[c] = k[c] * inv;
+  return inv;
+}
+
+struct LshSizes {
+  int64_t B = 0, H = 0, N = 0, d = 0;
+  int64_t n_hashes = 0, n_buckets = 0, chunk = 0;
+  float scale = 0.0f;
+  bool causal = false;
+};
+
+// x [rows, d] . R [d, n_buckets / 2] -> bucket[rows] = argmax([x R; -x R]) (the first maximum). The
+// one hashing routine of the parallel pass and the streaming step, so both hash alike bit for bit.
+void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotation, int64_t n_buckets,
+                   int32_t* bucket);
+
+// kn [B*H, N, d] (normalized keys), rotations [n_hashes, H, d, n_buckets / 2], key_mask [B, N] or
+// null -> bucket [n_hashes, B*H, N] by position (masked keys: n_buckets) and order [n_hashes, B*H, N]:
+// the positions sorted stably by bucket (order[s] = the position at sorted index s).
+void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,
+              const LshSizes& s);
+
+// q, kn, v [B*H, N, d] -> out [B*H, N, d] and lse [B*H, N] (+inf for a row with no visible key, whose
+// output is 0).
+void lsh_attention_forward(const float* q, const float* kn, const float* v, const bool* key_mask,
+                           const int32_t* bucket, const int32_t* order, float* out, float* lse,
+                           const LshSizes& s);
+
+// The gradients of the forward above for dout: dq, dkn (of the normalized keys), dv [B*H, N, d]. With
+// P = exp(S - L) recomputed per tile and D_i = dO_i . O_i: dS = P o (dO V^T - D) (0 at the self score),
+// dV = P^T dO, dK^ = scale dS^T Q, dQ = scale dS K^. Per round one pass by key chunk (dK^, dV) and
+// one by query chunk (dQ).
+void lsh_attention_backward(const float* q, const float* kn, const float* v, const bool* key_mask,
+                            const int32_t* bucket, const int32_t* order, const float* out, const float* lse,
+                            const float* dout, float* dq, float* dkn, float* dv, const LshSizes& s);
+
+}  // namespace eformer::kernels
