@@ -28,7 +28,7 @@ MechanismConfig lsh_config(nlohmann::json options, int64_t max_len = 256) {
   c.n_heads = 4;
   c.causal = true;
   c.max_len = max_len;
-  c.options = std::move(options);
+  c.options = options.is_null() ? nlohmann::json::object() : std::move(options);
   return c;
 }
 
