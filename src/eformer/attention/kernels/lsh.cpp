@@ -34,24 +34,21 @@ Tile query_tile(const LshSizes& s, int64_t a) {
 // Key chunk b and every query that may see one of its keys.
 Tile key_tile(const LshSizes& s, int64_t b) {
   const int64_t c = s.chunk, k0 = b * c, cols = std::min(c, s.N - k0);
-  const int64_t q1 = std::min(s.N, s.causal ? k0 + cols + 2 * c - 2 : k0 + 2 * c);
+  const int64_t q1 = std::min(s.N, s.causal ? k0 + cols + 2 * c - 1 : k0 + 2 * c);
   return {k0, q1 - k0, k0, cols};
 }
 int64_t max_tile_keys(const LshSizes& s) { return s.causal ? 3 * s.chunk - 1 : 2 * s.chunk; }
 
-enum class Seen { Hidden, Visible, Self };
-// May the query at sorted index sq see the key at sorted index sk (of one round of one head)?
-inline Seen visibility(int64_t sq, int64_t sk, const int32_t* order, const int32_t* bucket, const bool* km,
+// May the query at sorted index sq see the key at sorted index sk (of one round of one head)? Its
+// own key is never seen here: a row that sees nothing else in any round takes its own value after the
+// rounds (the self score -1e5 of the definition, whose weight is exactly 0 or 1).
+inline bool visible(int64_t sq, int64_t sk, const int32_t* order, const int32_t* bucket, const bool* km,
                        const LshSizes& s) {
   const int32_t pk = order[sk];
-  if (km && !km[pk]) return Seen::Hidden;
-  if (s.causal) {
-    if (sk > sq || sq - sk > 2 * s.chunk - 1 || bucket[pk] != bucket[order[sq]]) return Seen::Hidden;
-  } else {
-    const int64_t a = sq / s.chunk, b = sk / s.chunk;
-    if (b != a && b != a - 1) return Seen::Hidden;
-  }
-  return sk == sq ? Seen::Self : Seen::Visible;
+  if (sk == sq || (km && !km[pk])) return false;
+  if (s.causal) return sk < sq && sq - sk <= 2 * s.chunk - 1 && bucket[pk] == bucket[order[sq]];
+  const int64_t a = sq / s.chunk, b = sk / s.chunk;
+  return b == a || b == a - 1;
 }
 
 // Rows `order[i0 ..)` of x [N, d] gathered into dst [rows, ld] (columns d..ld zero).
@@ -72,19 +69,15 @@ void gather_transposed(const float* x, const int32_t* order, int64_t i0, int64_t
   for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ld + rows, dst + (c + 1) * ld, 0.0f);
 }
 
-// The score tile S [t.rows, ld] = scale Q K^T with the rule applied: hidden -inf, self kLshSelfScore.
+// The score tile S [t.rows, ld] = scale Q K^T with the rule applied (hidden: -inf).
 void mask_scores(float* S, int64_t ld, const Tile& t, const int32_t* order, const int32_t* bucket, const bool* km,
                  const LshSizes& s) {
   for (int64_t i = 0; i < t.rows; ++i)
-    for (int64_t j = 0; j < t.cols; ++j) {
-      const Seen seen = visibility(t.q0 + i, t.k0 + j, order, bucket, km, s);
-      if (seen == Seen::Hidden) S[i * ld + j] = kNegInf;
-      if (seen == Seen::Self) S[i * ld + j] = kLshSelfScore;
-    }
+    for (int64_t j = 0; j < t.cols; ++j)
+      if (!visible(t.q0 + i, t.k0 + j, order, bucket, km, s)) S[i * ld + j] = kNegInf;
 }
 
-// P = exp(S - L) and dS = P o (dP - D) of a tile (in place: S becomes P, dP becomes dS), 0 where hidden;
-// the self score is a constant, so dS is 0 there.
+// P = exp(S - L) and dS = P o (dP - D) of a tile (in place: S becomes P, dP becomes dS), 0 where hidden.
 void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const Tile& t, const float* L, const float* D,
                                    const int32_t* order, const int32_t* bucket, const bool* km,
                                    const LshSizes& s) {
@@ -92,17 +85,10 @@ void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const Tile& 
     for (int64_t j = 0; j < t.cols; ++j) {
       float& p = S[i * ld + j];
       float& ds = dP[i * ld + j];
-      switch (visibility(t.q0 + i, t.k0 + j, order, bucket, km, s)) {
-        case Seen::Hidden:
-          p = 0.0f, ds = 0.0f;
-          break;
-        case Seen::Self:
-          p = fast_exp(kLshSelfScore - L[i]), ds = 0.0f;
-          break;
-        case Seen::Visible:
-          p = fast_exp(p - L[i]), ds = p * (ds - D[i]);
-          break;
-      }
+      if (visible(t.q0 + i, t.k0 + j, order, bucket, km, s))
+        p = fast_exp(p - L[i]), ds = p * (ds - D[i]);
+      else
+        p = 0.0f, ds = 0.0f;
     }
 }
 
@@ -124,11 +110,9 @@ void merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d)
     L = lse_r;
     return;
   }
-  const float m = std::max(L, lse_r);
-  const float total = m + std::log(std::exp(L - m) + std::exp(lse_r - m));
-  const float a = std::exp(L - total), b = std::exp(lse_r - total);
-  for (int64_t c = 0; c < d; ++c) acc[c] = acc[c] * a + o_r[c] * b;
-  L = total;
+  const float m = std::max(L, lse_r), a = std::exp(L - m), b = std::exp(lse_r - m), inv = 1.0f / (a + b);
+  for (int64_t c = 0; c < d; ++c) acc[c] = (acc[c] * a + o_r[c] * b) * inv;
+  L = m + std::log(a + b);
 }
 
 }  // namespace
@@ -227,8 +211,15 @@ void lsh_attention_forward(const float* q, const float* kn, const float* v, cons
         merge_round(out + pos * d, lse[pos], o, row_lse[size_t(i)], d);
       }
     });
-  for (int64_t i = 0; i < BH * N; ++i)
-    if (lse[i] == kNegInf) lse[i] = std::numeric_limits<float>::infinity();  // empty: exp(s - L) = 0
+  // Rows that saw no other key in any round: their own value if their key is real (L stays -inf, the
+  // backward's mark), else 0 (L = +inf, so that exp(s - L) = 0).
+  for (int64_t i = 0; i < BH * N; ++i) {
+    if (lse[i] != kNegInf) continue;
+    if (!key_mask || key_mask[(i / (s.H * N)) * N + i % N])
+      std::memcpy(out + i * d, v + i * d, size_t(d) * sizeof(float));
+    else
+      lse[i] = std::numeric_limits<float>::infinity();
+  }
 }
 
 void lsh_attention_backward(const float* q, const float* kn, const float* v, const bool* key_mask,
@@ -291,6 +282,10 @@ void lsh_attention_backward(const float* q, const float* kn, const float* v, con
         }
       });
   }
+  // Rows that took their own value: dV_i += dO_i.
+  for (int64_t i = 0; i < BH * N; ++i)
+    if (lse[i] == kNegInf)
+      for (int64_t x = 0; x < d; ++x) dv[i * d + x] += dout[i * d + x];
 }
 
 }  // namespace eformer::kernels

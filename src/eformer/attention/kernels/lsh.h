@@ -9,8 +9,10 @@
 //                  indices [s - 2c + 1, s]: the last <= 2c - 1 earlier keys of its bucket, a set
 //                  that no later token can change (plain causal chunking leaks: a later token moves
 //                  the chunk boundaries). docs/MECHANISMS.md, "lsh".
-// A token's own key gets the constant score kLshSelfScore (no gradient): weight 0 whenever any
-// other key is visible in some round, weight 1 when it is the only one (HF's self mask). Masked
+// A token's own key has the constant score kLshSelfScore = -1e5 (HF's self mask; no gradient): its
+// weight is exactly 0 whenever any other key is visible in some round (exp underflows) and 1 when it is
+// the only one. Computed so: the own key is left out of every tile, and a row that saw nothing else
+// takes its own value (-1e5 itself would cost float32 its precision in the log-sum-exp). Masked
 // keys (key_mask false) go to a bucket of their own after the real ones and are never attended.
 // Rounds are combined by their log-sum-exp weights, o = sum_r exp(lse_r - logsumexp_r lse_r) o_r:
 // one softmax over the rounds' candidates where a key seen in several rounds counts once per round.
@@ -70,15 +72,16 @@ void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotatio
 void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,
               const LshSizes& s);
 
-// q, kn, v [B*H, N, d] -> out [B*H, N, d] and lse [B*H, N] (+inf for a row with no visible key, whose
-// output is 0).
+// q, kn, v [B*H, N, d] -> out [B*H, N, d] and lse [B*H, N] over the keys other than the row's own:
+// -inf marks a row that saw no other key and took its own value, +inf a row that saw nothing (a padded
+// token), whose output is 0.
 void lsh_attention_forward(const float* q, const float* kn, const float* v, const bool* key_mask,
                            const int32_t* bucket, const int32_t* order, float* out, float* lse,
                            const LshSizes& s);
 
 // The gradients of the forward above for dout: dq, dkn (of the normalized keys), dv [B*H, N, d]. With
 // P = exp(S - L) recomputed per tile and D_i = dO_i . O_i: dS = P o (dO V^T - D) (0 at the self score),
-// dV = P^T dO, dK^ = scale dS^T Q, dQ = scale dS K^. Per round one pass by key chunk (dK^, dV) and
+// dV = P^T dO, dK^ = scale dS^T Q, dQ = scale dS K^; a row that took its own value adds dO_i to dV_i. Per round one pass by key chunk (dK^, dV) and
 // one by query chunk (dQ).
 void lsh_attention_backward(const float* q, const float* kn, const float* v, const bool* key_mask,
                             const int32_t* bucket, const int32_t* order, const float* out, const float* lse,

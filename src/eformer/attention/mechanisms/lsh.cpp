@@ -47,26 +47,23 @@ bool parse_shared_option(const std::string& who, const std::string& key, const n
   return true;
 }
 
-// One token's attention in one round over the cached keys of its bucket and itself (the self score
-// kLshSelfScore), as the parallel causal pass computes it: o_r [d] and its log-sum-exp.
-float attend_cached(const float* q, const float* kn_cache, const float* v_cache, int64_t cached, const float* v_self,
-                    int64_t d, float scale, float* o) {
-  std::vector<float> s(size_t(cached + 1));
+// One token's attention in one round over the cached keys of its bucket (its own key left out, as in
+// the parallel pass): o [d] and the log-sum-exp (-inf, o = 0, when the bucket held nothing yet).
+float attend_cached(const float* q, const float* kn_cache, const float* v_cache, int64_t cached, int64_t d,
+                    float scale, float* o) {
+  std::fill(o, o + d, 0.0f);
+  if (cached == 0) return -std::numeric_limits<float>::infinity();
+  std::vector<float> s(static_cast<size_t>(cached));
+  float m = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < cached; ++j) {
     float dot = 0.0f;
     for (int64_t c = 0; c < d; ++c) dot += q[c] * kn_cache[j * d + c];
-    s[size_t(j)] = scale * dot;
+    m = std::max(m, s[size_t(j)] = scale * dot);
   }
-  s[size_t(cached)] = kernels::kLshSelfScore;
-  float m = -std::numeric_limits<float>::infinity();
-  for (float x : s) m = std::max(m, x);
   float sum = 0.0f;
   for (float& x : s) sum += (x = std::exp(x - m));
-  std::fill(o, o + d, 0.0f);
-  for (int64_t j = 0; j <= cached; ++j) {
-    const float* vj = j < cached ? v_cache + j * d : v_self;
-    for (int64_t c = 0; c < d; ++c) o[c] += s[size_t(j)] / sum * vj[c];
-  }
+  for (int64_t j = 0; j < cached; ++j)
+    for (int64_t c = 0; c < d; ++c) o[c] += s[size_t(j)] / sum * v_cache[j * d + c];
   return m + std::log(sum);
 }
 
@@ -224,16 +221,16 @@ Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
           kernels::lsh_hash_rows(kn.data(), 1, d, R.data<float>() + (r * H_ + hd) * d * half, n_buckets_, &bucket);
           LshState::Slot& slot = st.slots[((b * H_ + hd) * nh + r) * n_buckets_ + bucket];
           const int64_t cached = int64_t(slot.kn.size()) / d;
-          const float lse_r = attend_cached(qi, slot.kn.data(), slot.v.data(), cached, vi, d, scale, o_r.data());
+          const float lse_r = attend_cached(qi, slot.kn.data(), slot.v.data(), cached, d, scale, o_r.data());
           // Fold the round in by log-sum-exp weights (as the parallel pass, rounds in order).
-          if (L == -std::numeric_limits<float>::infinity()) {
+          if (lse_r == -std::numeric_limits<float>::infinity()) {
+          } else if (L == -std::numeric_limits<float>::infinity()) {
             std::copy(o_r.begin(), o_r.end(), o);
             L = lse_r;
           } else {
-            const float m = std::max(L, lse_r), total = m + std::log(std::exp(L - m) + std::exp(lse_r - m));
-            const float wa = std::exp(L - total), wb = std::exp(lse_r - total);
-            for (int64_t c = 0; c < d; ++c) o[c] = o[c] * wa + o_r[size_t(c)] * wb;
-            L = total;
+            const float m = std::max(L, lse_r), a = std::exp(L - m), b = std::exp(lse_r - m), inv = 1.0f / (a + b);
+            for (int64_t c = 0; c < d; ++c) o[c] = (o[c] * a + o_r[size_t(c)] * b) * inv;
+            L = m + std::log(a + b);
           }
           slot.kn.insert(slot.kn.end(), kn.begin(), kn.end());
           slot.v.insert(slot.v.end(), vi, vi + d);
@@ -242,6 +239,7 @@ Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
             slot.v.erase(slot.v.begin(), slot.v.begin() + d);
           }
         }
+        if (L == -std::numeric_limits<float>::infinity()) std::copy(vi, vi + d, o);  // nothing else: itself
       }
   st.tokens += T;
   return output(out);
