@@ -7,8 +7,8 @@
 #include <memory>
 #include <vector>
 
-#include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
+#include "eformer/ops/activation.h"
 #include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/allocator.h"
@@ -90,6 +90,25 @@ void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const Tile& 
       else
         p = 0.0f, ds = 0.0f;
     }
+}
+
+// p = exp(s - max) in place over one row of n scores, with 1 / sum p and the row's log-sum-exp (-inf and
+// inv = 0 when every score is -inf). The sum runs in column order: hidden keys add exact zeros, so the
+// result does not depend on where the visible keys sit in the tile (a causal tile's place in the sorted
+// order moves with later tokens; the outputs must not, bit for bit).
+void row_softmax(float* s, int64_t n, float& inv, float& lse) {
+  float m = kNegInf;
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  if (m == kNegInf) {
+    std::fill(s, s + n, 0.0f);
+    inv = 0.0f, lse = kNegInf;
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) s[j] = fast_exp(s[j] - m);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += s[j];
+  inv = 1.0f / sum, lse = m + std::log(sum);
 }
 
 // Adds src [rows, ld] to rows order[i0 ..) of x [N, d].
@@ -194,14 +213,8 @@ void lsh_attention_forward(const float* q, const float* kn, const float* v, cons
       // S = scale Q K^T [rows, cols], the rule applied; one online-softmax block per row.
       tile::gemm(t.rows, cp, d, Q, d, 1, KT, cp, S, cp, s.scale, false);
       mask_scores(S, cp, t, ord, bkt, km, s);
-      attention::OnlineSoftmax state[1];
       std::vector<float> inv(size_t(t.rows)), row_lse(size_t(t.rows));
-      for (int64_t i = 0; i < t.rows; ++i) {
-        state[0] = {};
-        state[0].update(S + i * cp, t.cols);
-        inv[size_t(i)] = state[0].inverse_sum();
-        row_lse[size_t(i)] = state[0].sum > 0.0f ? state[0].log_sum_exp() : kNegInf;
-      }
+      for (int64_t i = 0; i < t.rows; ++i) row_softmax(S + i * cp, t.cols, inv[size_t(i)], row_lse[size_t(i)]);
       // O = P V [rows, dp], then o_r = O / l folded into the running output at the query's position.
       tile::gemm(t.rows, dp, t.cols, S, cp, 1, V, dp, O, dp, 1.0f, false);
       for (int64_t i = 0; i < t.rows; ++i) {
