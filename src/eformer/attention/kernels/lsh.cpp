@@ -39,16 +39,40 @@ Tile key_tile(const LshSizes& s, int64_t b) {
 }
 int64_t max_tile_keys(const LshSizes& s) { return s.causal ? 3 * s.chunk - 1 : 2 * s.chunk; }
 
-// May the query at sorted index sq see the key at sorted index sk (of one round of one head)? Its
-// own key is never seen here: a row that sees nothing else in any round takes its own value after the
-// rounds (the self score -1e5 of the definition, whose weight is exactly 0 or 1).
-inline bool visible(int64_t sq, int64_t sk, const int32_t* order, const int32_t* bucket, const bool* km,
-                       const LshSizes& s) {
-  const int32_t pk = order[sk];
-  if (sk == sq || (km && !km[pk])) return false;
-  if (s.causal) return sk < sq && sq - sk <= 2 * s.chunk - 1 && bucket[pk] == bucket[order[sq]];
-  const int64_t a = sq / s.chunk, b = sk / s.chunk;
-  return b == a || b == a - 1;
+// Which keys of a tile a query row sees: the visibility rule of kernels/lsh.h in a form loops can run
+// fast. Per tile the buckets of its key columns (-1: a masked key, never seen) and of its query rows;
+// query row i sees column j iff lo(i) <= j < hi(i), j is not its own key, and (causal) the buckets agree.
+// Its own key is never seen here: a row that sees nothing else in any round takes its own value after
+// the rounds (the self score -1e5 of the definition, whose weight is exactly 0 or 1).
+struct TileRule {
+  const Tile& t;
+  const LshSizes& s;
+  const int32_t* key_bucket;    // [t.cols]
+  const int32_t* query_bucket;  // [t.rows]
+  // The column range of row i: causal, the 2c - 1 sorted keys before it; bidirectional, the chunk of
+  // the query and the one before.
+  void range(int64_t i, int64_t& lo, int64_t& hi) const {
+    const int64_t sq = t.q0 + i, c = s.chunk;
+    if (s.causal) {
+      lo = sq - 2 * c + 1 - t.k0, hi = sq + 1 - t.k0;
+    } else {
+      lo = (sq / c - 1) * c - t.k0, hi = (sq / c + 1) * c - t.k0;
+    }
+    lo = std::max<int64_t>(lo, 0), hi = std::min(hi, t.cols);
+  }
+  bool sees(int64_t i, int64_t j) const {
+    return j != t.q0 + i - t.k0 && key_bucket[j] >= 0 && (!s.causal || key_bucket[j] == query_bucket[i]);
+  }
+};
+
+// Fills the tile's bucket arrays from the round's order and buckets (by position).
+void tile_buckets(const Tile& t, const int32_t* order, const int32_t* bucket, const bool* km, int32_t* key_bucket,
+                  int32_t* query_bucket) {
+  for (int64_t j = 0; j < t.cols; ++j) {
+    const int32_t p = order[t.k0 + j];
+    key_bucket[j] = km && !km[p] ? -1 : bucket[p];
+  }
+  for (int64_t i = 0; i < t.rows; ++i) query_bucket[i] = bucket[order[t.q0 + i]];
 }
 
 // Rows `order[i0 ..)` of x [N, d] gathered into dst [rows, ld] (columns d..ld zero).
@@ -70,26 +94,32 @@ void gather_transposed(const float* x, const int32_t* order, int64_t i0, int64_t
 }
 
 // The score tile S [t.rows, ld] = scale Q K^T with the rule applied (hidden: -inf).
-void mask_scores(float* S, int64_t ld, const Tile& t, const int32_t* order, const int32_t* bucket, const bool* km,
-                 const LshSizes& s) {
-  for (int64_t i = 0; i < t.rows; ++i)
-    for (int64_t j = 0; j < t.cols; ++j)
-      if (!visible(t.q0 + i, t.k0 + j, order, bucket, km, s)) S[i * ld + j] = kNegInf;
+void mask_scores(float* S, int64_t ld, const TileRule& rule) {
+  for (int64_t i = 0; i < rule.t.rows; ++i) {
+    float* row = S + i * ld;
+    int64_t lo, hi;
+    rule.range(i, lo, hi);
+    for (int64_t j = 0; j < rule.t.cols; ++j)
+      if (j < lo || j >= hi || !rule.sees(i, j)) row[j] = kNegInf;
+  }
 }
 
 // P = exp(S - L) and dS = P o (dP - D) of a tile (in place: S becomes P, dP becomes dS), 0 where hidden.
-void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const Tile& t, const float* L, const float* D,
-                                   const int32_t* order, const int32_t* bucket, const bool* km,
-                                   const LshSizes& s) {
-  for (int64_t i = 0; i < t.rows; ++i)
-    for (int64_t j = 0; j < t.cols; ++j) {
-      float& p = S[i * ld + j];
-      float& ds = dP[i * ld + j];
-      if (visible(t.q0 + i, t.k0 + j, order, bucket, km, s))
-        p = fast_exp(p - L[i]), ds = p * (ds - D[i]);
-      else
-        p = 0.0f, ds = 0.0f;
+void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const TileRule& rule, const float* L,
+                                   const float* D) {
+  for (int64_t i = 0; i < rule.t.rows; ++i) {
+    float *p = S + i * ld, *ds = dP + i * ld;
+    int64_t lo, hi;
+    rule.range(i, lo, hi);
+    for (int64_t j = 0; j < rule.t.cols; ++j) {
+      if (j >= lo && j < hi && rule.sees(i, j)) {
+        p[j] = fast_exp(p[j] - L[i]);
+        ds[j] = p[j] * (ds[j] - D[i]);
+      } else {
+        p[j] = 0.0f, ds[j] = 0.0f;
+      }
     }
+  }
 }
 
 // p = exp(s - max) in place over one row of n scores, with 1 / sum p and the row's log-sum-exp (-inf and
@@ -200,6 +230,7 @@ void lsh_attention_forward(const float* q, const float* kn, const float* v, cons
   const int64_t scratch = c * d + d * Wp + Wp * dp + c * Wp + c * dp;
   for (int64_t r = 0; r < s.n_hashes; ++r)
     for_each_item(BH * chunks, scratch, [&](int64_t item, float* buf) {
+      std::vector<int32_t> kb(static_cast<size_t>(max_tile_keys(s))), qb(static_cast<size_t>(c));
       const int64_t bh = item / chunks;
       const Tile t = query_tile(s, item % chunks);
       const int32_t* ord = order + (r * BH + bh) * N;
@@ -212,7 +243,8 @@ void lsh_attention_forward(const float* q, const float* kn, const float* v, cons
       gather_rows(v + bh * N * d, ord, t.k0, t.cols, d, V, dp);
       // S = scale Q K^T [rows, cols], the rule applied; one online-softmax block per row.
       tile::gemm(t.rows, cp, d, Q, d, 1, KT, cp, S, cp, s.scale, false);
-      mask_scores(S, cp, t, ord, bkt, km, s);
+      tile_buckets(t, ord, bkt, km, kb.data(), qb.data());
+      mask_scores(S, cp, TileRule{t, s, kb.data(), qb.data()});
       std::vector<float> inv(size_t(t.rows)), row_lse(size_t(t.rows));
       for (int64_t i = 0; i < t.rows; ++i) row_softmax(S + i * cp, t.cols, inv[size_t(i)], row_lse[size_t(i)]);
       // O = P V [rows, dp], then o_r = O / l folded into the running output at the query's position.
@@ -260,6 +292,7 @@ void lsh_attention_backward(const float* q, const float* kn, const float* v, con
     const int32_t* bkt_r = bucket + r * BH * N;
     for (const bool by_keys : {true, false})
       for_each_item(BH * chunks, scratch, [&](int64_t item, float* buf) {
+        std::vector<int32_t> kb(static_cast<size_t>(W)), qb(static_cast<size_t>(W));
         const int64_t bh = item / chunks;
         const Tile t = by_keys ? key_tile(s, item % chunks) : query_tile(s, item % chunks);
         const int32_t* ord = ord_r + bh * N;
@@ -280,7 +313,8 @@ void lsh_attention_backward(const float* q, const float* kn, const float* v, con
         // S = scale Q K^T, dP = dO V^T [rows, cols]; then P and dS in place.
         tile::gemm(t.rows, cp, d, Q, dp, 1, KT, cp, S, cp, s.scale, false);
         tile::gemm(t.rows, cp, d, dO, dp, 1, VT, cp, dS, cp, 1.0f, false);
-        probabilities_and_score_grads(S, dS, cp, t, L, Dt, ord, bkt, km, s);
+        tile_buckets(t, ord, bkt, km, kb.data(), qb.data());
+        probabilities_and_score_grads(S, dS, cp, TileRule{t, s, kb.data(), qb.data()}, L, Dt);
         if (by_keys) {
           // dV = P^T dO, dK^ = scale dS^T Q   [cols, dp]
           tile::gemm(t.cols, dp, t.rows, S, 1, cp, dO, dp, R1, dp, 1.0f, false);
