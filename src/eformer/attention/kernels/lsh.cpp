@@ -151,8 +151,9 @@ void scatter_add(const float* src, int64_t ld, const int32_t* order, int64_t i0,
   }
 }
 
-// Folds round output o_r (row lse_r) into the running (acc, L): the log-sum-exp weighting of rounds.
-void merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d) {
+}  // namespace
+
+void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d) {
   if (lse_r == kNegInf) return;
   if (L == kNegInf) {
     std::memcpy(acc, o_r, size_t(d) * sizeof(float));
@@ -163,8 +164,6 @@ void merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d)
   for (int64_t c = 0; c < d; ++c) acc[c] = (acc[c] * a + o_r[c] * b) * inv;
   L = m + std::log(a + b);
 }
-
-}  // namespace
 
 void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotation, int64_t n_buckets,
                    int32_t* bucket) {
@@ -241,7 +240,7 @@ void lsh_attention_forward(const float* q, const float* kn, const float* v, cons
       gather_rows(q + bh * N * d, ord, t.q0, t.rows, d, Q, d);
       gather_transposed(kn + bh * N * d, ord, t.k0, t.cols, d, KT, cp);
       gather_rows(v + bh * N * d, ord, t.k0, t.cols, d, V, dp);
-      // S = scale Q K^T [rows, cols], the rule applied; one online-softmax block per row.
+      // S = scale Q K^T [rows, cols], the rule applied, a softmax per row.
       tile::gemm(t.rows, cp, d, Q, d, 1, KT, cp, S, cp, s.scale, false);
       tile_buckets(t, ord, bkt, km, kb.data(), qb.data());
       mask_scores(S, cp, TileRule{t, s, kb.data(), qb.data()});
@@ -253,7 +252,7 @@ void lsh_attention_forward(const float* q, const float* kn, const float* v, cons
         float* o = O + i * dp;
         for (int64_t x = 0; x < d; ++x) o[x] *= inv[size_t(i)];
         const int64_t pos = bh * N + ord[t.q0 + i];
-        merge_round(out + pos * d, lse[pos], o, row_lse[size_t(i)], d);
+        lsh_merge_round(out + pos * d, lse[pos], o, row_lse[size_t(i)], d);
       }
     });
   // Rows that saw no other key in any round: their own value if their key is real (L stays -inf, the

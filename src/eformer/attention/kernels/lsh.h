@@ -66,6 +66,11 @@ struct LshSizes {
 void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotation, int64_t n_buckets,
                    int32_t* bucket);
 
+// Folds one round's output o_r [d] (log-sum-exp lse_r; -inf: the round saw nothing) into the running
+// (acc [d], L; L = -inf before any): acc = (acc e^(L - m) + o_r e^(lse_r - m)) / (e^(L - m) + e^(lse_r - m)),
+// L = logaddexp(L, lse_r), m = max(L, lse_r). Rounds are folded in order.
+void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d);
+
 // kn [B*H, N, d] (normalized keys), rotations [n_hashes, H, d, n_buckets / 2], key_mask [B, N] or
 // null -> bucket [n_hashes, B*H, N] by position (masked keys: n_buckets) and order [n_hashes, B*H, N]:
 // the positions sorted stably by bucket (order[s] = the position at sorted index s).

@@ -222,16 +222,7 @@ Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
           LshState::Slot& slot = st.slots[((b * H_ + hd) * nh + r) * n_buckets_ + bucket];
           const int64_t cached = int64_t(slot.kn.size()) / d;
           const float lse_r = attend_cached(qi, slot.kn.data(), slot.v.data(), cached, d, scale, o_r.data());
-          // Fold the round in by log-sum-exp weights (as the parallel pass, rounds in order).
-          if (lse_r == -std::numeric_limits<float>::infinity()) {
-          } else if (L == -std::numeric_limits<float>::infinity()) {
-            std::copy(o_r.begin(), o_r.end(), o);
-            L = lse_r;
-          } else {
-            const float m = std::max(L, lse_r), a = std::exp(L - m), b = std::exp(lse_r - m), inv = 1.0f / (a + b);
-            for (int64_t c = 0; c < d; ++c) o[c] = (o[c] * a + o_r[size_t(c)] * b) * inv;
-            L = m + std::log(a + b);
-          }
+          kernels::lsh_merge_round(o, L, o_r.data(), lse_r, d);  // rounds in order, as the parallel pass
           slot.kn.insert(slot.kn.end(), kn.begin(), kn.end());
           slot.v.insert(slot.v.end(), vi, vi + d);
           if (cached + 1 > capacity) {  // keep the last 2c - 1
