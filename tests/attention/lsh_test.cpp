@@ -4,6 +4,7 @@
 // gradients against float64 PyTorch are in tests/python/test_attention_lsh.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -60,21 +61,23 @@ TEST(LshOptions, BadValuesAreErrorsNamingThem) {
 TEST(LshKernel, BucketsOfRandomKeysAreBalancedAndSorted) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t N = 8192, d = 16, nb = 8;
-  kernels::LshSizes s{1, 1, N, d, 2, nb, 64, 0.25f, false};
-  Tensor k = normal({N, d}, gen), R = normal({2, 1, d, nb / 2}, gen);
+  const int64_t N = 4096, d = 16, nb = 8, rounds = 32;
+  kernels::LshSizes s{1, 1, N, d, rounds, nb, 64, 0.25f, false};
+  Tensor k = normal({N, d}, gen), R = normal({rounds, 1, d, nb / 2}, gen);
   std::vector<float> kn(size_t(N * d));
   for (int64_t i = 0; i < N; ++i) kernels::lsh_normalize_row(k.data<float>() + i * d, kn.data() + i * d, d);
-  std::vector<int32_t> bucket(size_t(2 * N)), order(size_t(2 * N));
+  std::vector<int32_t> bucket(size_t(rounds * N)), order(size_t(rounds * N));
   kernels::lsh_sort(kn.data(), R.data<float>(), nullptr, bucket.data(), order.data(), s);
-  for (int64_t r = 0; r < 2; ++r) {
+  // Isotropic keys: one rotation's buckets are unequal cones, but over random rotations every bucket's
+  // expected share is 1 / nb (the hash is symmetric in the columns and in the sign); over 32 rounds
+  // each bucket holds its share to within a third, and no round leaves a bucket empty.
+  std::vector<int64_t> total(nb, 0);
+  for (int64_t r = 0; r < rounds; ++r) {
     std::vector<int64_t> count(nb, 0);
     for (int64_t i = 0; i < N; ++i) ++count[size_t(bucket[size_t(r * N + i)])];
-    // Isotropic keys: each bucket gets about N / nb (the buckets of one rotation are not equal cones,
-    // so allow a factor of 2 either way).
     for (int64_t b = 0; b < nb; ++b) {
-      EXPECT_GT(count[size_t(b)], N / nb / 2) << seed.str() << " round " << r << " bucket " << b;
-      EXPECT_LT(count[size_t(b)], 2 * N / nb) << seed.str() << " round " << r << " bucket " << b;
+      EXPECT_GT(count[size_t(b)], 0) << seed.str() << " round " << r << " bucket " << b;
+      total[size_t(b)] += count[size_t(b)];
     }
     // The order sorts by (bucket, position).
     for (int64_t i = 1; i < N; ++i) {
@@ -83,12 +86,44 @@ TEST(LshKernel, BucketsOfRandomKeysAreBalancedAndSorted) {
       ASSERT_TRUE(ba < bb || (ba == bb && a < b)) << "sorted index " << i;
     }
   }
+  for (int64_t b = 0; b < nb; ++b) {
+    EXPECT_GT(total[size_t(b)], rounds * N / nb * 2 / 3) << seed.str() << " bucket " << b;
+    EXPECT_LT(total[size_t(b)], rounds * N / nb * 4 / 3) << seed.str() << " bucket " << b;
+  }
   // Hashing one row at a time gives the same buckets (the streaming step hashes so).
   for (int64_t i = 0; i < 50; ++i) {
     int32_t b = -1;
     kernels::lsh_hash_rows(kn.data() + i * d, 1, d, R.data<float>(), nb, &b);
     EXPECT_EQ(b, bucket[size_t(i)]);
   }
+}
+
+TEST(LshKernel, FactorizedBucketsCombineTheFactorsHashes) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t n = 300, d = 8, nb = 1024;  // factors 32 x 32: 16 + 16 columns
+  ASSERT_EQ(kernels::lsh_rotation_columns(nb), 32);
+  ASSERT_EQ(kernels::lsh_rotation_columns(512), 24);  // 32 x 16
+  ASSERT_EQ(kernels::lsh_rotation_columns(256), 128);  // not factorized
+  Tensor x = normal({n, d}, gen), R = normal({d, 32}, gen);
+  std::vector<float> R1(size_t(d * 16)), R2(size_t(d * 16));
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t j = 0; j < 16; ++j) {
+      R1[size_t(c * 16 + j)] = R.data<float>()[c * 32 + j];
+      R2[size_t(c * 16 + j)] = R.data<float>()[c * 32 + 16 + j];
+    }
+  std::vector<int32_t> both(n), first(n), second(n);
+  kernels::lsh_hash_rows(x.data<float>(), n, d, R.data<float>(), nb, both.data());
+  kernels::lsh_hash_rows(x.data<float>(), n, d, R1.data(), 32, first.data());
+  kernels::lsh_hash_rows(x.data<float>(), n, d, R2.data(), 32, second.data());
+  std::vector<int64_t> used_first(32, 0), used_second(32, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    EXPECT_EQ(both[size_t(i)], first[size_t(i)] + 32 * second[size_t(i)]) << seed.str() << " row " << i;
+    ++used_first[size_t(first[size_t(i)])], ++used_second[size_t(second[size_t(i)])];
+  }
+  auto distinct = [](const std::vector<int64_t>& u) { return std::count_if(u.begin(), u.end(), [](int64_t c) { return c > 0; }); };
+  EXPECT_GE(distinct(used_first), 8) << seed.str();  // both factors really vary
+  EXPECT_GE(distinct(used_second), 8) << seed.str();
 }
 
 // Forward and the three gradients of the functional form, on `threads` threads.
@@ -99,7 +134,7 @@ std::vector<std::vector<float>> run_lsh(const Tensor& q, const Tensor& k, const 
   Tensor ql = leaf(q), kl = leaf(k), vl = leaf(v);
   AttentionOptions opts;
   opts.causal = causal;
-  Tensor out = lsh_attention(ql, kl, vl, R, 16, opts);
+  Tensor out = lsh_attention(ql, kl, vl, R, 16, 16, opts);
   backward(out, g);
   parallel::set_num_threads(before);
   return {values(out), values(grad(ql)), values(grad(kl)), values(grad(vl))};
@@ -127,7 +162,7 @@ int64_t peak_bytes(int64_t N) {
   const int64_t live = allocator::stats().live_bytes;
   AttentionOptions opts;
   opts.causal = true;
-  backward(lsh_attention(q, q, v, R, 32, opts), g);
+  backward(lsh_attention(q, q, v, R, 32, 32, opts), g);
   return allocator::stats().peak_bytes - live;
 }
 

@@ -9,13 +9,14 @@ import torch
 
 import eformer as ef
 from conftest import assert_close, check
-from references import LSH_SELF_SCORE, torch_lsh
+from references import LSH_SELF_SCORE, lsh_bucket_factors, torch_lsh
 
 models = ef.models
 
 
-def lsh(q, k, v, rotations, chunk, causal=False, key_mask=None):
-    return ef.attention(q, k, v, kind="lsh", causal=causal, key_mask=key_mask, rotations=rotations, chunk=chunk)
+def lsh(q, k, v, rotations, chunk, causal=False, key_mask=None, n_buckets=None):
+    return ef.attention(q, k, v, kind="lsh", causal=causal, key_mask=key_mask, rotations=rotations, chunk=chunk,
+                        n_buckets=n_buckets)
 
 
 def exact_shared_qk(q, k, v, causal):
@@ -41,19 +42,20 @@ def test_one_bucket_one_chunk_is_exact_shared_qk_attention(rng, causal, n_hashes
           lambda q, k, v: exact_shared_qk(q, k, v, causal), [q, k, v], rng)
 
 
-SETTINGS = [  # (n_hashes, n_buckets, chunk, N): N not a multiple of chunk in most
-    (1, 4, 4, 32), (2, 8, 5, 37), (4, 2, 8, 50), (3, 16, 3, 41), (2, 4, 64, 29)]
+SETTINGS = [  # (n_hashes, n_buckets, chunk, N): N not a multiple of chunk in most; 512: factorized, 32 x 16
+    (1, 4, 4, 32), (2, 8, 5, 37), (4, 2, 8, 50), (3, 16, 3, 41), (2, 4, 64, 29), (2, 512, 2, 40)]
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_hashes,n_buckets,chunk,N", SETTINGS)
 def test_fixed_rotations_match_the_float64_algorithm(rng, causal, n_hashes, n_buckets, chunk, N):
     B, H, d = 2, 2, 8
-    r = rng.standard_normal((n_hashes, H, d, n_buckets // 2)).astype(np.float32)
+    columns = sum(b // 2 for b in lsh_bucket_factors(n_buckets))
+    r = rng.standard_normal((n_hashes, H, d, columns)).astype(np.float32)
     rotations, r64 = ef.tensor(r), torch.tensor(r.astype(np.float64))
     q, k, v = (rng.standard_normal((B, H, N, d)) for _ in range(3))
-    check(lambda q, k, v: lsh(q, k, v, rotations, chunk, causal),
-          lambda q, k, v: torch_lsh(q, k, v, r64, chunk, causal), [q, k, v], rng)
+    check(lambda q, k, v: lsh(q, k, v, rotations, chunk, causal, n_buckets=n_buckets),
+          lambda q, k, v: torch_lsh(q, k, v, r64, chunk, causal, n_buckets=n_buckets), [q, k, v], rng)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -151,6 +153,10 @@ def test_bad_input_is_a_clear_error(rng):
         ef.attention(q, q, q, kind="lsh", rotations=ef.tensor(np.zeros((1, 3, 4, 2), np.float32)))
     with pytest.raises(ValueError, match="power of two"):
         ef.attention(q, q, q, kind="lsh", rotations=ef.tensor(np.zeros((1, 2, 4, 3), np.float32)))
+    with pytest.raises(ValueError, match="pass n_buckets"):
+        ef.attention(q, q, q, kind="lsh", rotations=ef.tensor(np.zeros((1, 2, 4, 256), np.float32)))
+    with pytest.raises(ValueError, match="columns"):  # 512 buckets take 24 columns
+        ef.attention(q, q, q, kind="lsh", rotations=ef.tensor(np.zeros((1, 2, 4, 256), np.float32)), n_buckets=512)
     with pytest.raises(ValueError, match="n_hashes = 2"):
         ef.attention(q, q, q, kind="lsh", rotations=r, n_hashes=2)
     with pytest.raises(ValueError, match="dropout"):

@@ -167,36 +167,45 @@ void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_
 
 void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotation, int64_t n_buckets,
                    int32_t* bucket) {
-  const int64_t half = n_buckets / 2, hp = tile::round_up(half);
-  ScratchBuffer rp(d * hp), proj(kHashRows * hp);
+  int64_t factors[2], count;
+  lsh_bucket_factors(n_buckets, factors, count);
+  const int64_t cols = lsh_rotation_columns(n_buckets), cp = tile::round_up(cols);
+  ScratchBuffer rp(d * cp), proj(kHashRows * cp);
   for (int64_t c = 0; c < d; ++c) {
-    std::memcpy(rp.data + c * hp, rotation + c * half, size_t(half) * sizeof(float));
-    std::fill(rp.data + c * hp + half, rp.data + (c + 1) * hp, 0.0f);
+    std::memcpy(rp.data + c * cp, rotation + c * cols, size_t(cols) * sizeof(float));
+    std::fill(rp.data + c * cp + cols, rp.data + (c + 1) * cp, 0.0f);
   }
   for (int64_t i0 = 0; i0 < rows; i0 += kHashRows) {
     const int64_t n = std::min(kHashRows, rows - i0);
-    tile::gemm(n, hp, d, x + i0 * d, d, 1, rp.data, hp, proj.data, hp, 1.0f, false);
+    tile::gemm(n, cp, d, x + i0 * d, d, 1, rp.data, cp, proj.data, cp, 1.0f, false);
     for (int64_t i = 0; i < n; ++i) {
-      const float* p = proj.data + i * hp;
-      float best = kNegInf;
-      int32_t arg = 0;
-      for (int64_t j = 0; j < half; ++j)  // argmax over [x R; -x R], the first maximum
-        if (p[j] > best) best = p[j], arg = int32_t(j);
-      for (int64_t j = 0; j < half; ++j)
-        if (-p[j] > best) best = -p[j], arg = int32_t(half + j);
-      bucket[i0 + i] = arg;
+      int64_t combined = 0, scale = 1;
+      const float* p = proj.data + i * cp;
+      for (int64_t f = 0; f < count; ++f) {
+        const int64_t half = factors[f] / 2;
+        float best = kNegInf;
+        int64_t arg = 0;
+        for (int64_t j = 0; j < half; ++j)  // argmax over [x R; -x R], the first maximum
+          if (p[j] > best) best = p[j], arg = j;
+        for (int64_t j = 0; j < half; ++j)
+          if (-p[j] > best) best = -p[j], arg = half + j;
+        combined += arg * scale;
+        scale *= factors[f];
+        p += half;
+      }
+      bucket[i0 + i] = int32_t(combined);
     }
   }
 }
 
 void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,
               const LshSizes& s) {
-  const int64_t BH = s.B * s.H, N = s.N, d = s.d, blocks = (N + 255) / 256, half = s.n_buckets / 2;
+  const int64_t BH = s.B * s.H, N = s.N, d = s.d, blocks = (N + 255) / 256, cols = lsh_rotation_columns(s.n_buckets);
   parallel::parallel_for(s.n_hashes * BH * blocks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t r = item / (BH * blocks), bh = item / blocks % BH, blk = item % blocks;
       const int64_t n0 = blk * 256, rows = std::min<int64_t>(256, N - n0);
-      const float* R = rotations + (r * s.H + bh % s.H) * d * half;
+      const float* R = rotations + (r * s.H + bh % s.H) * d * cols;
       int32_t* out = bucket + (r * BH + bh) * N + n0;
       lsh_hash_rows(kn + (bh * N + n0) * d, rows, d, R, s.n_buckets, out);
       if (key_mask)
@@ -353,8 +362,8 @@ struct IndexBuffer {
 
 }  // namespace
 
-Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rotations, int64_t chunk,
-                     const AttentionOptions& opts) {
+Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rotations, int64_t n_buckets,
+                     int64_t chunk, const AttentionOptions& opts) {
   const char* op = "lsh_attention";
   const AttentionDims dims = validate_attention(op, q, k, v, opts);
   EF_CHECK(dims.N == dims.M, ShapeError, op, ": LSH attention is self-attention; q has N = ", dims.N,
@@ -363,15 +372,15 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
            "; LSH attention has no attention dropout (expected 0)");
   EF_CHECK(chunk >= 1, ValueError, op, ": chunk = ", chunk, "; expected >= 1");
   EF_CHECK(dims.N < (int64_t(1) << 31), ValueError, op, ": N = ", dims.N, "; expected < 2^31");
+  EF_CHECK(n_buckets >= 2 && n_buckets <= (int64_t(1) << 30) && (n_buckets & (n_buckets - 1)) == 0, ValueError, op,
+           ": n_buckets = ", n_buckets, "; expected a power of two >= 2");
+  const int64_t columns = kernels::lsh_rotation_columns(n_buckets);
   EF_CHECK(rotations.defined() && rotations.dtype() == DType::Float32 && rotations.dim() == 4 &&
                rotations.size(0) >= 1 && rotations.size(1) == dims.H && rotations.size(2) == dims.d &&
-               rotations.size(3) >= 1,
+               rotations.size(3) == columns,
            ShapeError, op, ": rotations is ", rotations.defined() ? rotations.describe() : std::string("undefined"),
-           "; expected float32 [n_hashes, heads, head_dim, n_buckets / 2] = [n_hashes, ", dims.H, ", ", dims.d,
-           ", n_buckets / 2]");
-  const int64_t n_buckets = 2 * rotations.size(3);
-  EF_CHECK((n_buckets & (n_buckets - 1)) == 0, ValueError, op, ": rotations give n_buckets = ", n_buckets,
-           "; expected a power of two");
+           "; expected float32 [n_hashes, heads, head_dim, columns] = [n_hashes, ", dims.H, ", ", dims.d, ", ",
+           columns, "] for n_buckets = ", n_buckets);
   kernels::LshSizes s{dims.B, dims.H, dims.N, dims.d, rotations.size(0), n_buckets, chunk, dims.scale, opts.causal};
   const int64_t BH = s.B * s.H, rows = BH * s.N;
   Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();

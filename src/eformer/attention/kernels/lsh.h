@@ -30,12 +30,12 @@
 
 namespace eformer::attention {
 
-// q, k, v [B, H, N, d] float32, rotations [n_hashes, H, d, n_buckets / 2] (n_buckets a power of two
-// >= 2; it receives no gradient), chunk >= 1 -> [B, H, N, d]. opts.causal and opts.key_mask as
+// q, k, v [B, H, N, d] float32, rotations [n_hashes, H, d, lsh_rotation_columns(n_buckets)] (n_buckets
+// a power of two >= 2; the rotations receive no gradient), chunk >= 1 -> [B, H, N, d]. opts.causal and opts.key_mask as
 // above; opts.scale multiplies q . k^ (0: 1 / sqrt(d)); opts.dropout must be 0. Gradients reach q,
 // k (through the normalization) and v.
-Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rotations, int64_t chunk,
-                     const AttentionOptions& opts = {});
+Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rotations, int64_t n_buckets,
+                     int64_t chunk, const AttentionOptions& opts = {});
 
 }  // namespace eformer::attention
 
@@ -61,8 +61,32 @@ struct LshSizes {
   bool causal = false;
 };
 
-// x [rows, d] . R [d, n_buckets / 2] -> bucket[rows] = argmax([x R; -x R]) (the first maximum). The
-// one hashing routine of the parallel pass and the streaming step, so both hash alike bit for bit.
+// Buckets are factorized above kMaxUnfactoredBuckets (HF/trax's num_buckets = [b1, b2]): b = b1 b2 with
+// b1 = 2^ceil(log2(b) / 2), each factor an angular hash of its own rotation columns, bucket = i1 + b1 i2.
+// Hashing then costs (b1 + b2) / 2 columns per key instead of b / 2 (at 2^20 tokens and 64 keys a
+// bucket: 128 instead of 8192).
+inline constexpr int64_t kMaxUnfactoredBuckets = 256;
+// The factors of n_buckets ({n_buckets} up to kMaxUnfactoredBuckets) and the rotation columns they
+// take (the sum of factor / 2).
+inline void lsh_bucket_factors(int64_t n_buckets, int64_t factors[2], int64_t& count) {
+  if (n_buckets <= kMaxUnfactoredBuckets) {
+    factors[0] = n_buckets, count = 1;
+    return;
+  }
+  int64_t e = 0;
+  while ((int64_t(1) << e) < n_buckets) ++e;
+  factors[0] = int64_t(1) << ((e + 1) / 2), factors[1] = n_buckets / factors[0], count = 2;
+}
+inline int64_t lsh_rotation_columns(int64_t n_buckets) {
+  int64_t f[2], count, columns = 0;
+  lsh_bucket_factors(n_buckets, f, count);
+  for (int64_t i = 0; i < count; ++i) columns += f[i] / 2;
+  return columns;
+}
+
+// x [rows, d] . R [d, lsh_rotation_columns(n_buckets)] -> bucket[rows]: per factor b_f over its b_f / 2
+// columns, argmax([x R_f; -x R_f]) (the first maximum), combined as i1 + b1 i2. The one hashing routine
+// of the parallel pass and the streaming step, so both hash alike bit for bit.
 void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotation, int64_t n_buckets,
                    int32_t* bucket);
 
@@ -71,7 +95,7 @@ void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotatio
 // L = logaddexp(L, lse_r), m = max(L, lse_r). Rounds are folded in order.
 void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d);
 
-// kn [B*H, N, d] (normalized keys), rotations [n_hashes, H, d, n_buckets / 2], key_mask [B, N] or
+// kn [B*H, N, d] (normalized keys), rotations [n_hashes, H, d, columns], key_mask [B, N] or
 // null -> bucket [n_hashes, B*H, N] by position (masked keys: n_buckets) and order [n_hashes, B*H, N]:
 // the positions sorted stably by bucket (order[s] = the position at sorted index s).
 void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,

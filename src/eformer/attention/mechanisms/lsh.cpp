@@ -87,7 +87,7 @@ int64_t lsh_default_buckets(int64_t n, int64_t bucket_size) {
 }
 
 Tensor draw_lsh_rotations(int64_t n_hashes, int64_t heads, int64_t d, int64_t n_buckets, rng::Generator& gen) {
-  Tensor r = Tensor::empty({n_hashes, heads, d, n_buckets / 2});
+  Tensor r = Tensor::empty({n_hashes, heads, d, kernels::lsh_rotation_columns(n_buckets)});
   rng::normal_(r.data<float>(), r.numel(), gen);
   return r;
 }
@@ -125,19 +125,22 @@ Tensor lsh_attention_functional(const Tensor& q, const Tensor& k, const Tensor& 
   const AttentionDims dims = validate_attention(who.c_str(), q, k, v, opts);
   const auto given = args.tensors.find("rotations");
   Tensor rotations;
+  int64_t n_buckets = buckets_given ? o.n_buckets : lsh_default_buckets(dims.N, o.bucket_size);
   if (given != args.tensors.end()) {
     rotations = given->second.detach();
     EF_CHECK(rotations.dim() == 4, ShapeError, who, ": rotations is ", rotations.describe(),
-             "; expected [n_hashes, heads, head_dim, n_buckets / 2]");
+             "; expected [n_hashes, heads, head_dim, columns]");
     EF_CHECK(!hashes_given || rotations.size(0) == o.n_hashes, ValueError, who, ": option n_hashes = ",
              o.n_hashes, " but rotations has ", rotations.size(0), " rounds");
-    EF_CHECK(!buckets_given || 2 * rotations.size(3) == o.n_buckets, ValueError, who, ": option n_buckets = ",
-             o.n_buckets, " but rotations gives ", 2 * rotations.size(3));
+    // Without n_buckets, unfactored rotations say it: n_buckets = 2 columns.
+    if (!buckets_given) n_buckets = 2 * rotations.size(3);
+    EF_CHECK(buckets_given || n_buckets <= kernels::kMaxUnfactoredBuckets, ValueError, who, ": rotations has ",
+             rotations.size(3), " columns; above ", kernels::kMaxUnfactoredBuckets,
+             " buckets they are factorized: pass n_buckets");
   } else {
-    const int64_t nb = buckets_given ? o.n_buckets : lsh_default_buckets(dims.N, o.bucket_size);
-    rotations = draw_lsh_rotations(o.n_hashes, dims.H, dims.d, nb, rng::default_generator());
+    rotations = draw_lsh_rotations(o.n_hashes, dims.H, dims.d, n_buckets, rng::default_generator());
   }
-  return lsh_attention(q, k, v, rotations, o.chunk, opts);
+  return lsh_attention(q, k, v, rotations, n_buckets, o.chunk, opts);
 }
 
 MechanismEntry lsh_entry() {
@@ -192,7 +195,7 @@ Tensor LshAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& ke
   AttentionOptions opts;
   opts.causal = config_.causal;
   opts.key_mask = key_mask;
-  return output(lsh_attention(h.q, h.k, h.v, rotations_now(), options_.chunk, opts));
+  return output(lsh_attention(h.q, h.k, h.v, rotations_now(), n_buckets_, options_.chunk, opts));
 }
 
 std::unique_ptr<RecurrentState> LshAttention::start_native(int64_t) const { return std::make_unique<LshState>(); }
@@ -202,7 +205,8 @@ Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
   const Heads h = project_step(x_t, st.length());
   const Tensor q = h.q.contiguous_data(), v = h.v.contiguous_data();
   const Tensor R = rotations_->contiguous_data();
-  const int64_t B = q.size(0), T = q.size(2), d = d_, nh = options_.n_hashes, half = n_buckets_ / 2;
+  const int64_t B = q.size(0), T = q.size(2), d = d_, nh = options_.n_hashes;
+  const int64_t columns = kernels::lsh_rotation_columns(n_buckets_);
   const int64_t capacity = 2 * options_.chunk - 1;
   const float scale = 1.0f / std::sqrt(float(d));
   Tensor out = Tensor::empty({B, H_, T, d});
@@ -218,7 +222,8 @@ Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
         std::fill(o, o + d, 0.0f);
         for (int64_t r = 0; r < nh; ++r) {
           int32_t bucket = 0;
-          kernels::lsh_hash_rows(kn.data(), 1, d, R.data<float>() + (r * H_ + hd) * d * half, n_buckets_, &bucket);
+          kernels::lsh_hash_rows(kn.data(), 1, d, R.data<float>() + (r * H_ + hd) * d * columns, n_buckets_,
+                                 &bucket);
           LshState::Slot& slot = st.slots[((b * H_ + hd) * nh + r) * n_buckets_ + bucket];
           const int64_t cached = int64_t(slot.kn.size()) / d;
           const float lse_r = attend_cached(qi, slot.kn.data(), slot.v.data(), cached, d, scale, o_r.data());

@@ -11,7 +11,7 @@
 //                false: the rotations drawn once from the layer's seed are kept
 //   seed         the layer's rotation seed (default: drawn from the default generator at construction)
 //   rotary, rotary_base  as for "flash"
-// Buffer "rotations" [n_hashes, H, d, n_buckets / 2]: the rotations of the latest training forward
+// Buffer "rotations" [n_hashes, H, d, columns] (n_buckets / 2 columns, fewer when factorized, kernels/lsh.h): the rotations of the latest training forward
 // (or, before any, the seed's draw); evaluation, streaming and redraw = false use it, so a checkpoint
 // reproduces them. A training forward reserves its draw from rng::default_generator(), so
 // autograd::checkpoint (the recompute policy) and any policy that restores the generator replay it.
@@ -41,13 +41,14 @@ struct LshOptions {
 LshOptions parse_lsh_options(const nlohmann::json& options, const std::string& positions = "none");
 // 2^round(log2(n / bucket_size)), at least 2 and at most 2^20.
 int64_t lsh_default_buckets(int64_t n, int64_t bucket_size);
-// Standard normal rotations [n_hashes, heads, d, n_buckets / 2] drawn from `gen` (one reservation).
+// Standard normal rotations [n_hashes, heads, d, lsh_rotation_columns(n_buckets)] (n_buckets / 2 up to 256
+// buckets, factorized above: kernels/lsh.h) drawn from `gen` (one reservation).
 Tensor draw_lsh_rotations(int64_t n_hashes, int64_t heads, int64_t d, int64_t n_buckets, rng::Generator& gen);
 
 // Functional form on q, k, v [B, H, N, d] (kind "lsh" of attention()): keys are k normalized (pass k =
-// q for shared-QK). args.options: bucket_size, n_buckets (default from N), n_hashes, chunk;
-// args.tensors["rotations"] [n_hashes, H, d, n_buckets / 2] is used as given, else rotations are
-// drawn from the default generator.
+// q for shared-QK). args.options: bucket_size, n_buckets (default from N; with rotations given, 2 x their
+// columns unless said), n_hashes, chunk; args.tensors["rotations"] [n_hashes, H, d, columns] is used as
+// given, else rotations are drawn from the default generator.
 Tensor lsh_attention_functional(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                                 const MechanismArgs& args = {});
 
