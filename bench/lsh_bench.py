@@ -6,6 +6,7 @@ n_buckets (2^round(log2(N / 64))); rotations are drawn inside each call, as in t
 reported, with the allocator peak (eformer.memory_stats()["peak_bytes"] above the inputs).
 
     PYTHONPATH=build/python /usr/bin/python3 bench/lsh_bench.py [--sizes 4096 16384 65536] [--reps 3]
+        [--contenders lsh flash]
 """
 import argparse
 import json
@@ -59,6 +60,7 @@ def main():
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--n-hashes", type=int, default=4)
     p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--contenders", nargs="+", default=["lsh", "flash"], choices=["lsh", "flash"])
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -72,16 +74,17 @@ def main():
           f"{'lsh s / (N log2 N) ns':>22}")
     for N in a.sizes:
         res = {}
-        for contender in ("lsh", "flash"):
+        for contender in a.contenders:
             cmd = [sys.executable, __file__, "--worker", contender, str(N), "--reps", str(a.reps),
                    "--threads", str(a.threads), "--heads", str(a.heads), "--head-dim", str(a.head_dim),
                    "--n-hashes", str(a.n_hashes), "--chunk", str(a.chunk)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[contender] = json.loads(out.strip().splitlines()[-1])
-        for contender in ("lsh", "flash"):
+        for contender in a.contenders:
             r = res[contender]
             med = statistics.median(r["times"])
-            ratio = statistics.median(res["flash"]["times"]) / statistics.median(res["lsh"]["times"])
+            ratio = (statistics.median(res["flash"]["times"]) / statistics.median(res["lsh"]["times"])
+                     if len(res) == 2 else float("nan"))
             per = med / (N * math.log2(N)) * 1e9 if contender == "lsh" else float("nan")
             print(f"{N:>7} {contender:>9} {med:>9.3f} {r['peak'] / 2**20:>9.1f} {r['rss'] / 2**20:>8.0f} "
                   f"{ratio if contender == 'lsh' else float('nan'):>9.2f} {per:>22.2f}", flush=True)

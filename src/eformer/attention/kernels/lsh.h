@@ -1,8 +1,8 @@
 // LSH attention (Reformer, Kitaev et al. 2020, sec. 2) as graph-free kernels and the differentiable op
 // on them. Keys are normalized, k^_j = k_j / sqrt(|k_j|^2 + eps) (shared-QK: with k = q, eq. before
 // sec. 2.1), hashed by angular LSH h(x) = argmax([x R; -x R]) with random rotations R [d, b/2], one
-// per round and head; each round sorts the positions stably by (bucket, position) and cuts the
-// sorted order into chunks of c:
+// per round and head (factorized above 256 buckets, below); each round sorts the positions stably by
+// (bucket, position) and cuts the sorted order into chunks of c:
 //   bidirectional  a query attends every key of its own chunk and of the chunk before it (the
 //                  paper's P~_i, no wrap-around: chunk 0 has no previous chunk);
 //   causal         a query at sorted index s attends the keys of its own bucket among the sorted
