@@ -132,7 +132,7 @@ Tensor lsh_attention_functional(const Tensor& q, const Tensor& k, const Tensor& 
              "; expected [n_hashes, heads, head_dim, columns]");
     EF_CHECK(!hashes_given || rotations.size(0) == o.n_hashes, ValueError, who, ": option n_hashes = ",
              o.n_hashes, " but rotations has ", rotations.size(0), " rounds");
-    // Without n_buckets, unfactored rotations say it: n_buckets = 2 columns.
+    // Without n_buckets, unfactored rotations say it: n_buckets = 2 x their columns.
     if (!buckets_given) n_buckets = 2 * rotations.size(3);
     EF_CHECK(buckets_given || n_buckets <= kernels::kMaxUnfactoredBuckets, ValueError, who, ": rotations has ",
              rotations.size(3), " columns; above ", kernels::kMaxUnfactoredBuckets,
