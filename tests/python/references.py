@@ -219,4 +219,83 @@ class Aft:
         return torch_aft(q, k, v, w, causal, key_mask)
 
 
-REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft()}
+LSH_SELF_SCORE = -1e5  # a token's score for its own key (kernels/lsh.h, HF's self_mask_value)
+
+
+def lsh_bucket_factors(n_buckets):
+    """Buckets above 256 are factorized (kernels/lsh.h): b = b1 b2, b1 = 2^ceil(log2(b) / 2)."""
+    if n_buckets <= 256:
+        return [n_buckets]
+    b1 = 1 << ((int(math.log2(n_buckets)) + 1) // 2)
+    return [b1, n_buckets // b1]
+
+
+def lsh_buckets(kn, rotations, n_buckets):
+    """Angular LSH (Reformer sec. 2): argmax([x R; -x R]) per round, the first maximum, per factor of
+    n_buckets over its own rotation columns, combined as i1 + b1 i2. kn [B, H, N, d], rotations
+    [n_hashes, H, d, columns] -> Int [n_hashes, B, H, N]."""
+    proj = torch.einsum("bhnd,rhdk->rbhnk", kn.detach(), rotations)
+    bucket, scale, at = 0, 1, 0
+    for b in lsh_bucket_factors(n_buckets):
+        p = proj[..., at:at + b // 2]
+        bucket = bucket + scale * torch.argmax(torch.cat([p, -p], -1), -1)
+        scale, at = scale * b, at + b // 2
+    return bucket
+
+
+def torch_lsh(q, k, v, rotations, chunk, causal, key_mask=None, scale=None, n_buckets=None):
+    """LSH attention from its definition (docs/MECHANISMS.md, "lsh"), float64, dense over position pairs.
+    Keys k^ = k / sqrt(|k|^2 + 1e-12). Per round: buckets, masked keys in a bucket of their own after the
+    real ones, a stable sort by (bucket, position) giving each position its sorted index s; query i sees
+    key j iff (bidirectional) chunk(s_j) is chunk(s_i) or the one before, or (causal) s_j <= s_i,
+    s_i - s_j <= 2c - 1 and bucket_j == bucket_i; masked keys never. The self score is LSH_SELF_SCORE.
+    One softmax over the rounds' candidates (a key visible in r rounds counts r times); a row with no
+    candidate gives 0. q, k, v [B, H, N, d]; rotations [n_hashes, H, d, columns] (float64); n_buckets
+    defaults to 2 x columns (unfactored)."""
+    B, H, N, d = q.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    kn = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-12)
+    n_buckets = 2 * rotations.shape[-1] if n_buckets is None else n_buckets
+    real = torch.ones(B, N, dtype=torch.bool) if key_mask is None else torch.as_tensor(np.asarray(key_mask))
+    positions = torch.arange(N)
+    own = torch.eye(N, dtype=torch.bool)
+    base = torch.where(own, torch.full((N, N), LSH_SELF_SCORE), scale * (q @ kn.transpose(-1, -2)))
+    scores = []
+    for buckets in lsh_buckets(kn, rotations, n_buckets):
+        buckets = torch.where(real[:, None, :], buckets, torch.full_like(buckets, n_buckets))
+        order = torch.argsort(buckets * N + positions, -1)  # distinct keys: a stable sort
+        rank = torch.argsort(order, -1)                      # the sorted index of each position
+        si, sj = rank[..., :, None], rank[..., None, :]
+        if causal:
+            allowed = (sj <= si) & (si - sj <= 2 * chunk - 1) & (buckets[..., :, None] == buckets[..., None, :])
+        else:
+            allowed = (sj // chunk == si // chunk) | (sj // chunk == si // chunk - 1)
+        allowed = allowed & real[:, None, None, :]
+        scores.append(base.masked_fill(~allowed, -math.inf))
+    s = torch.cat(scores, -1)
+    any_key = (s > -math.inf).any(-1, keepdim=True)
+    p = torch.softmax(torch.where(any_key, s, torch.zeros_like(s)), -1) * any_key
+    return p @ torch.cat([v] * len(scores), -2)
+
+
+class Lsh:
+    """LSH attention with explicit rotations (functional form: drawn here; module: its buffer
+    `rotations`, which holds the rotations of its latest forward, read after the call)."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        n_hashes, n_buckets, chunk = int(rng.integers(1, 4)), 4, 8
+        r = rng.standard_normal((n_hashes, dims["H"], d, n_buckets // 2)).astype(np.float32)
+        return {"rotations": ef.tensor(r), "chunk": chunk}, {"rotations": torch.tensor(r.astype(np.float64)),
+                                                             "chunk": chunk}
+
+    def module_context(self, entry, mech, params=None):
+        return {"mech": mech, "chunk": int(option_default(entry, "chunk"))}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        rotations = context.get("rotations")
+        if rotations is None:
+            rotations = torch.tensor(context["mech"].state_dict()["rotations"].numpy().astype(np.float64))
+        return torch_lsh(q, k, v, rotations, context["chunk"], causal, key_mask)
+
+
+REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft(), "lsh": Lsh()}

@@ -6,6 +6,7 @@
 
 #include "eformer/attention/mechanisms/aft.h"
 #include "eformer/attention/mechanisms/exact.h"
+#include "eformer/attention/mechanisms/lsh.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/attention/mechanisms/sparse.h"
 
@@ -27,6 +28,7 @@ std::vector<MechanismEntry>& entries() {
       aft_entry("aft_simple"),       // AFT: no bias, O(N d)
       aft_entry("aft_local"),        // AFT: bias in a window, 0 outside
       aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
+      lsh_entry(),                   // Reformer: shared-QK LSH buckets, sorted chunks
   };
   return all;
 }
