@@ -57,12 +57,14 @@ Tensor reversible_forward(const nn::ModuleList& blocks, const Tensor& x, const T
       y2 = add(y2, block(i).ffn_branch(y1));
     }
   }
-  Tensor out;
+  // The node gives y1 + y2 and the mean is taken outside it: the gradient the node receives is then
+  // dy1 = dy2 itself, with no half-scaled copy beside the engine's (a GiB at a million tokens).
+  Tensor sum;
   {
     autograd::NoGradGuard no_grad;
-    out = mul_scalar(add(y1, y2), 0.5f);
+    sum = add(y1, y2);
   }
-  if (!autograd::is_grad_enabled()) return out;
+  if (!autograd::is_grad_enabled()) return mul_scalar(sum, 0.5f);
 
   const bool memory_needs_grad = memory.defined() && requires_grad(memory);
   Tensor key_mask_d = key_mask.defined() ? key_mask.detach() : Tensor();
@@ -78,7 +80,7 @@ Tensor reversible_forward(const nn::ModuleList& blocks, const Tensor& x, const T
     rng::Generator& gen = rng::default_generator();
     const rng::Generator::State now = gen.state();
     Tensor y1 = y1_d, y2 = y2_d;
-    Tensor dy1 = mul_scalar(grad_out, 0.5f), dy2 = dy1;
+    Tensor dy1 = grad_out, dy2 = grad_out;  // never written in place
     Tensor dmemory;
     // Each step drops what it no longer needs at once: at a million tokens every [N, d] tensor is a
     // GiB, and the peak is set here (y1, x2, dy1, dy2 plus one branch's recomputation).
@@ -109,7 +111,7 @@ Tensor reversible_forward(const nn::ModuleList& blocks, const Tensor& x, const T
     return std::vector<Tensor>{add(dy1, dy2), dmemory};
   };
   // force: the parameters reached through the blocks are invisible to record.
-  return autograd::record("reversible", out, {x, memory}, backward_fn, /*force=*/true);
+  return mul_scalar(autograd::record("reversible", sum, {x, memory}, backward_fn, /*force=*/true), 0.5f);
 }
 
 Tensor reversible_step(const nn::ModuleList& blocks, const Tensor& x_t,
