@@ -74,12 +74,17 @@ Tensor reversible_forward(const nn::ModuleList& blocks, const Tensor& x, const T
   // The blocks are captured by reference: the model owns them and outlives its graphs, as with
   // the parameters every other node reaches through its closure.
   const nn::ModuleList* stack = &blocks;
+  // mutable: the backward moves the saved outputs out of the closure, so that they are freed as the
+  // walk replaces them with each block's inputs (the graph is freed after one backward anyway).
   auto backward_fn = [stack, n, before_g, before_f, y1_d, y2_d, key_mask_d, memory_d, memory_mask_d,
-                      memory_needs_grad](const Tensor& grad_out) {
+                      memory_needs_grad](const Tensor& grad_out) mutable {
+    EF_CHECK(y1_d.defined(), ValueError,
+             "reversible: the stack's backward ran already; a reversible stack cannot backpropagate twice "
+             "(retain_graph) because it keeps only its outputs");
     auto block = [stack](int64_t i) -> const TransformerBlock& { return stack->get<TransformerBlock>(i); };
     rng::Generator& gen = rng::default_generator();
     const rng::Generator::State now = gen.state();
-    Tensor y1 = y1_d, y2 = y2_d;
+    Tensor y1 = std::move(y1_d), y2 = std::move(y2_d);
     Tensor dy1 = grad_out, dy2 = grad_out;  // never written in place
     Tensor dmemory;
     // Each step drops what it no longer needs at once: at a million tokens every [N, d] tensor is a
