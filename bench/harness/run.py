@@ -28,21 +28,23 @@ sys.path.insert(0, os.path.dirname(HERE))
 from harness import inputs, machine, report  # noqa: E402
 from harness.peers import PEERS, peers_for  # noqa: E402
 
-QUICK = {"sizes": [1024, 4096], "reps": 2, "warmup": 1, "rounds": 1, "call_limit": 8.0, "budget": 9.0}
-FULL = {"sizes": [512, 1024, 2048, 4096, 8192, 16384], "reps": 3, "warmup": 1, "rounds": 1,
+QUICK = {"sizes": [1024, 4096], "modes": "fwdbwd", "reps": 2, "warmup": 1, "rounds": 1, "call_limit": 8.0,
+         "budget": 9.0}
+FULL = {"sizes": [512, 1024, 2048, 4096, 8192, 16384], "modes": "fwd,fwdbwd", "reps": 3, "warmup": 1, "rounds": 1,
         "call_limit": 30.0, "budget": 60.0}
 
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="N in {1024, 4096}, 2 timed calls, 9 minutes")
+    p.add_argument("--quick", action="store_true",
+                   help="N in {1024, 4096}, forward + backward only, 2 timed calls, 9 minutes")
     p.add_argument("--budget", type=float, help="minutes for the whole run (quick 9, full 60)")
     p.add_argument("--sizes", type=int, nargs="+")
     p.add_argument("--mechanisms", nargs="+", help="default: every registered mechanism with a functional form")
     p.add_argument("--peers", nargs="+", help="default: every peer that applies and imports")
     p.add_argument("--directions", nargs="+", choices=["causal", "bidirectional"],
                    default=["bidirectional", "causal"])
-    p.add_argument("--modes", default="fwd,fwdbwd")
+    p.add_argument("--modes", help="fwd, fwdbwd or both, comma-separated (quick: fwdbwd; full: both)")
     p.add_argument("--reps", type=int)
     p.add_argument("--warmup", type=int)
     p.add_argument("--rounds", type=int)
@@ -52,6 +54,8 @@ def parse():
     p.add_argument("--out", default=None, help="JSON file (default bench-out/bench.json)")
     p.add_argument("--plots", default=None, help="folder for PNG plots (default: the JSON's folder)")
     p.add_argument("--docs", action="store_true", help="regenerate docs/BENCHMARKS.md's section from the JSON")
+    p.add_argument("--section", default="bench",
+                   help="the docs section to regenerate: between <!-- SECTION:begin --> and <!-- SECTION:end -->")
     a = p.parse_args()
     preset = QUICK if a.quick else FULL
     for key, value in preset.items():
@@ -83,6 +87,19 @@ class Predictor:
             slope_m = min(2.5, max(1.0, math.log(m1 / m0) / math.log(n1 / n0))) if m0 > 0 and m1 > 0 else 2.0
         r = N / n1
         return t1 * r ** slope_t, m1 * r ** slope_m
+
+
+def remaining(jobs, current, a, predictor, startup):
+    """Seconds left: each contender still to run, startup plus its calls at its extrapolated time per call."""
+    left, seen = 0.0, False
+    for N, causal, e, contenders in jobs:
+        for c in contenders:
+            seen = seen or (N, causal, e["name"], c) == current
+            if seen:
+                t, _ = predictor.predict((e["name"], c, causal), N)
+                if t is None or t <= a.call_limit:
+                    left += startup + (a.warmup + a.reps) * 1.4 * (t if t is not None else 0.2)
+    return left * a.rounds
 
 
 def median(times):
@@ -146,7 +163,7 @@ def main():
     jobs = plan(a, entries, available)
     total = sum(len(c) for *_, c in jobs) * a.rounds
     predictor, results, skipped = Predictor(), [], []
-    done, spent_workers, startup = 0, 0.0, 3.0
+    done, startup = 0, 3.0
     budget_s = a.budget * 60
     tmp = tempfile.mkdtemp(prefix="eformer-bench-")
     for N, causal, e, contenders in jobs:
@@ -156,7 +173,7 @@ def main():
                 key = (e["name"], c, causal)
                 t_pred, m_pred = predictor.predict(key, N)
                 reason = None
-                if c != "eformer" and (merged["eformer"] is None or "fwd" not in merged["eformer"]):
+                if c != "eformer" and merged["eformer"] is None:
                     reason = "ours did not run at this N (nothing to check the peer against)"
                 elif t_pred is not None and t_pred > a.call_limit:
                     reason = f"predicted {t_pred:.0f} s per call > --call-limit {a.call_limit:g}"
@@ -172,13 +189,11 @@ def main():
                                         "why": reason})
                     continue
                 elapsed = time.time() - start
-                rate = spent_workers / max(1, done - 1 - len(skipped)) if done > 1 else est
-                eta = min(budget_s - elapsed, rate * (total - done + 1))
+                eta = min(budget_s - elapsed, remaining(jobs, (N, causal, e["name"], c), a, predictor, startup))
                 print(f"\r[{done}/{total}] N={N} {'causal' if causal else 'bidir '} {e['name']:>14} {c:<18} "
                       f"elapsed {elapsed / 60:4.1f} min, ETA {max(0, eta) / 60:4.1f} min   ",
                       end="", file=sys.stderr, flush=True)
                 r, wall = run_worker(a, e, c, N, causal, tmp)
-                spent_workers += wall
                 if "error" in r or r.get("refused"):
                     if rnd == 0:
                         r.update({"mechanism": e["name"], "contender": c, "N": N, "causal": causal})
@@ -217,7 +232,7 @@ def main():
     for path in report.plots(data, a.plots):
         print(f"plot: {path}", file=sys.stderr)
     if a.docs:
-        report.update_docs(data, os.path.join(ROOT, "docs", "BENCHMARKS.md"), a.out, a.plots)
+        report.update_docs(data, os.path.join(ROOT, "docs", "BENCHMARKS.md"), a.out, a.plots, a.section)
     print(f"wrote {a.out}", file=sys.stderr)
 
 
