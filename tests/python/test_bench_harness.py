@@ -65,7 +65,8 @@ def fake_result(mech, contender, N, causal, seconds, rss):
 
 def test_the_report_shows_targets_and_rewrites_only_its_section(tmp_path):
     data = {"command": "scripts/bench.sh --quick", "date": "today", "minutes": 1.0,
-            "shape": dict(inputs.SHAPE), "dtype": "float32", "modes": ["fwd", "fwdbwd"], "reps": 2, "warmup": 1, "rounds": 1,
+            "shape": dict(inputs.SHAPE), "dtype": "float32", "modes": ["fwd", "fwdbwd"], "reps": 2, "warmup": 1,
+            "rounds": 1,
             "call_limit_s": 8, "mem_limit_bytes": 1e9, "budget_minutes": 9,
             "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "load_average": [3.0, 3.0, 3.0],
                         "load_average_after": [3.0, 3.0, 3.0], "eformer_sgemm_gflops": 100.0, "eformer": "0",
