@@ -227,8 +227,8 @@ def docs_section(data, json_path, plots_dir, docs_dir, section="bench"):
         f"{', '.join(data['modes'])} (fwd: the forward under no_grad; fwd+bwd: forward then backward to q, k, v). "
         "Each contender in a fresh process, ours first, then its "
         f"peers on the same inputs; median of {data['reps']} timed calls after {data['warmup']} warm-up "
-        f"(x {data['rounds']} rounds). Peak RSS: VmHWM above the RSS with the inputs made (reset before the "
-        "mode; the same measure for both libraries); alloc peak: eformer's allocator peak above its live bytes. "
+        f"(x {data['rounds']} rounds). Peak RSS: VmHWM above the RSS with the inputs made and the peer set up, "
+        "before any call (reset before each mode; the same measure for both libraries); alloc peak: eformer's allocator peak above its live bytes. "
         "A peer is timed only after its forward matched ours on the same inputs (last column). "
         f"Not run: an N whose extrapolated time passed {data['call_limit_s']:g} s per call or whose memory "
         f"passed {data['mem_limit_bytes'] / 1e9:.1f} GB, or past the {data['budget_minutes']:g}-minute budget.",

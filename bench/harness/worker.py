@@ -9,8 +9,8 @@ forward output to DIR; a peer first computes its forward on the same inputs and 
 Per mode (fwd: the forward under no_grad; fwdbwd: forward with q, k, v requiring gradients, then backward of a
 fixed random upstream gradient; w, omega are constants), `warmup` untimed calls then up to `reps` timed ones
 (fewer when a call takes more than a third of --call-budget seconds). Memory per mode: peak RSS above the RSS
-with the inputs made (VmHWM reset through /proc/self/clear_refs before the mode's first call), and for eformer
-also its allocator's peak above the live bytes (eformer.memory_stats()).
+with the inputs made and the peer set up, before any call (VmHWM reset through /proc/self/clear_refs before the
+mode's first call), and for eformer also its allocator's peak above the live bytes (eformer.memory_stats()).
 """
 import argparse
 import json
@@ -121,6 +121,7 @@ def main():
     if a.contender == "eformer":
         ef.set_num_threads(a.threads)
         fwd, fwdbwd, to_numpy = eformer_calls(entry, causal, inp)
+        base = rss_bytes()  # before any call: memory a call leaves cached (ours) or in the heap (glibc) counts
         np.save(ours_path, to_numpy(fwd()))
         meter = ef
     else:
@@ -128,6 +129,7 @@ def main():
         ef.set_num_threads(1)  # eformer only builds inputs and patterns here
         peer = BY_NAME[a.contender]
         fwd, fwdbwd, to_numpy = torch_calls(peer, entry, causal, inp, a.threads)
+        base = rss_bytes()
         result["check"] = check(to_numpy(fwd()), ours_path, peer.tolerance)
         result["check"]["how"] = peer.check
         meter = None
@@ -135,7 +137,6 @@ def main():
             result["refused"] = "output differs from ours: not timed"
             print(json.dumps(result))
             return
-    base = rss_bytes()
     result["rss_inputs"] = base
     for mode in a.modes.split(","):
         m = time_mode(fwd if mode == "fwd" else fwdbwd, a.warmup, a.reps, a.call_budget, meter)
