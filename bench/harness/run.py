@@ -73,7 +73,11 @@ class Predictor:
         self.points = {}  # key -> [(N, seconds per call, peak bytes)]
 
     def add(self, key, N, seconds, peak):
-        self.points.setdefault(key, []).append((N, seconds, peak))
+        pts = self.points.setdefault(key, [])
+        if pts and pts[-1][0] == N:  # another round at the same N: keep the larger figures
+            seconds, peak = max(seconds, pts[-1][1]), max(peak, pts[-1][2])
+            pts.pop()
+        pts.append((N, seconds, peak))
 
     def predict(self, key, N):
         pts = self.points.get(key)

@@ -91,3 +91,16 @@ def test_the_report_shows_targets_and_rewrites_only_its_section(tmp_path):
     assert text.startswith("# Benchmarks\nbefore\n") and text.endswith("\nafter\n") and "old" not in text
     assert "**a loaded machine**" in text and "BLAS_INFO=mkl" in text and "flash / torch-sdpa at 16384 bidir" in text
     json.dumps(data)
+
+
+def test_the_predictor_extrapolates_by_the_measured_slope_and_merges_rounds():
+    p = run.Predictor()
+    key = ("flash", "eformer", False)
+    assert p.predict(key, 1024) == (None, None)
+    p.add(key, 1024, 1.0, 100)
+    assert p.predict(key, 2048) == (4.0, 400)  # one point: N^2
+    p.add(key, 2048, 2.0, 200)
+    p.add(key, 2048, 3.0, 150)  # a second round at the same N
+    t, m = p.predict(key, 4096)
+    assert abs(t - 9.0) < 1e-9  # 1 s -> 3 s for 2x N: slope log2(3), so 9 s at 4096
+    assert abs(m - 400) < 1e-9  # 100 -> 200: slope 1
