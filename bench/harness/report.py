@@ -201,8 +201,9 @@ def docs_section(data, json_path, plots_dir, docs_dir, section="bench"):
     mkldnn = "yes" if "USE_MKLDNN=ON" in tp.get("config", "") or "MKL-DNN" in tp.get("config", "") else "?"
     rel = lambda p: os.path.relpath(os.path.abspath(p), docs_dir)  # noqa: E731
     peers = [f"- `{n}` ({s['package']} {s['version'] or 'not installed'}): "
-             + (f"serves {', '.join(s['serves']) or 'no registered mechanism'}; check: {s['check']}"
-                if s["available"] else f"**not available**: {s['why']}") for n, s in data["peers"].items()]
+             + (f"serves {', '.join(s['serves'])}; check: {s['check']}"
+                if s["available"] else f"**not available**: {s['why']}") for n, s in data["peers"].items()
+             if s["serves"] or not s["available"]]
     shape = data["shape"]
     begin, end = markers(section)
     lines = [
@@ -275,7 +276,7 @@ def main():
     a = p.parse_args()
     with open(a.json) as f:
         data = json.load(f)
-    plots_dir = a.plots or os.path.dirname(os.path.abspath(a.json))
+    plots_dir = a.plots or os.path.splitext(os.path.abspath(a.json))[0]
     print(table(data))
     print()
     print(targets(data))

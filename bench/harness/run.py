@@ -52,7 +52,7 @@ def parse():
     p.add_argument("--call-limit", type=float, help="seconds per call beyond which an N is not run")
     p.add_argument("--mem-limit-gb", type=float, help="default: 60%% of MemAvailable at the start")
     p.add_argument("--out", default=None, help="JSON file (default bench-out/bench.json)")
-    p.add_argument("--plots", default=None, help="folder for PNG plots (default: the JSON's folder)")
+    p.add_argument("--plots", default=None, help="folder for PNG plots (default: the JSON's path without .json)")
     p.add_argument("--docs", action="store_true", help="regenerate docs/BENCHMARKS.md's section from the JSON")
     p.add_argument("--section", default="bench",
                    help="the docs section to regenerate: between <!-- SECTION:begin --> and <!-- SECTION:end -->")
@@ -62,7 +62,7 @@ def parse():
         if getattr(a, key) is None:
             setattr(a, key, value)
     a.out = a.out or os.path.join(ROOT, "bench-out", "quick.json" if a.quick else "bench.json")
-    a.plots = a.plots or os.path.dirname(os.path.abspath(a.out))
+    a.plots = a.plots or os.path.splitext(os.path.abspath(a.out))[0]  # x/quick.json -> x/quick/
     return a
 
 
