@@ -5,8 +5,9 @@ forward and forward + backward, B = 1, H = 8, d = 64, float32, the same thread c
 For each (N, direction, mechanism) the contenders run back to back, ours first (the peers check their output
 against it), each in a fresh process (worker.py), `--rounds` times interleaved; times are medians of every
 timed call. A contender is not run at an N where its time or memory, extrapolated from its previous N (the
-measured log-log slope, or N^2 from one point), would pass --call-limit seconds per call or --mem-limit-gb,
-nor once the --budget would be exceeded; the JSON and the table say which and why.
+measured log-log slope, else an assumed one), would pass --call-limit seconds per call or --mem-limit-gb,
+nor once the --budget would be exceeded; the JSON and the table say which and why. From one point the
+exponent is 2 for ours and for peers that materialize N x N, 1.2 for the others.
 
     scripts/bench.sh [--quick] [--budget MIN] [--sizes N ...] [--mechanisms NAME ...] [--out FILE] [--docs]
 """
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from harness import inputs, machine, report  # noqa: E402
-from harness.peers import PEERS, peers_for  # noqa: E402
+from harness.peers import BY_NAME, PEERS, peers_for  # noqa: E402
 
 QUICK = {"sizes": [1024, 4096], "modes": "fwdbwd", "reps": 2, "warmup": 1, "rounds": 1, "call_limit": 8.0,
          "budget": 9.0}
@@ -72,8 +73,10 @@ class Predictor:
 
     def __init__(self):
         self.points = {}  # key -> [(N, seconds per call, peak bytes)]
+        self.first_slope = {}  # key -> the exponent assumed from one point
 
-    def add(self, key, N, seconds, peak):
+    def add(self, key, N, seconds, peak, first_slope=2.0):
+        self.first_slope[key] = first_slope
         pts = self.points.setdefault(key, [])
         if pts and pts[-1][0] == N:  # another round at the same N: keep the larger figures
             seconds, peak = max(seconds, pts[-1][1]), max(peak, pts[-1][2])
@@ -85,7 +88,7 @@ class Predictor:
         if not pts:
             return None, None
         (n1, t1, m1) = pts[-1]
-        slope_t, slope_m = 2.0, 2.0
+        slope_t = slope_m = self.first_slope.get(key, 2.0)
         if len(pts) >= 2:
             n0, t0, m0 = pts[-2]
             slope_t = min(2.5, max(1.0, math.log(t1 / t0) / math.log(n1 / n0))) if t0 > 0 and t1 > 0 else 2.0
@@ -213,7 +216,9 @@ def main():
                 last = r.get("fwdbwd") or r.get("fwd")
                 if last and last["times"]:
                     startup = 0.8 * startup + 0.2 * max(0.5, wall - sum(last["times"]) * 1.5)
-                    predictor.add(key, N, median(last["times"]), max(1, last["rss_peak"]))
+                    # from one point: N^2 for ours (its cost is not in the registry) and quadratic peers
+                    slope = 2.0 if c == "eformer" or BY_NAME[c].quadratic else 1.2
+                    predictor.add(key, N, median(last["times"]), max(1, last["rss_peak"]), slope)
         for c, r in merged.items():
             if r is None:
                 continue

@@ -104,3 +104,5 @@ def test_the_predictor_extrapolates_by_the_measured_slope_and_merges_rounds():
     t, m = p.predict(key, 4096)
     assert abs(t - 9.0) < 1e-9  # 1 s -> 3 s for 2x N: slope log2(3), so 9 s at 4096
     assert abs(m - 400) < 1e-9  # 100 -> 200: slope 1
+    p.add(("linear", "torch-cumsum", True), 1024, 1.0, 100, first_slope=1.0)
+    assert p.predict(("linear", "torch-cumsum", True), 4096) == (4.0, 400)

@@ -66,6 +66,7 @@ def paper_aft(name, q, k, v, w, causal):
 
 class TorchPaper(Peer):
     name = "torch-paper"
+    quadratic = True  # AFT-full and AFT-local through the dense N x N bias (AFT-simple, AFT-conv are linear)
 
     def applies(self, entry):
         return entry["reference"] == "aft"
@@ -89,6 +90,7 @@ class _Const:
 class AftPytorch(Peer):
     name = "aft-pytorch"
     package = "aft-pytorch"
+    quadratic = True
     CLASSES = {"aft_full": "AFTFull", "aft_simple": "AFTSimple", "aft_local": "AFTLocal"}
 
     def applies(self, entry):
