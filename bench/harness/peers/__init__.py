@@ -1,0 +1,15 @@
+"""The peer adapters. A mechanism's peers are those whose `applies(entry)` accepts its registry entry, so a
+new mechanism with a known reference gets its peers with no line written here (a peer of one paper applies by
+the mechanism's name)."""
+from .aft import AftPytorch, TorchPaper
+from .kernelized import PerformerPytorch, TorchCumsum
+from .local_attention import LocalAttentionPeer
+from .sdpa import TorchSDPA, TorchSDPAMasked
+
+PEERS = [TorchSDPA(), TorchSDPAMasked(), TorchCumsum(), PerformerPytorch(), TorchPaper(), AftPytorch(),
+         LocalAttentionPeer()]
+BY_NAME = {p.name: p for p in PEERS}
+
+
+def peers_for(entry):
+    return [p for p in PEERS if p.applies(entry)]
