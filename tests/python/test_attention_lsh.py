@@ -32,6 +32,17 @@ def exact_shared_qk(q, k, v, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_n_buckets_1_is_exact_shared_qk_attention(rng, causal):
+    # The option form of the degenerate case: no hashing at all (the Reformer's "full attention" rows).
+    B, H, N, d = 1, 2, 19, 8
+    q, k, v = (rng.standard_normal((B, H, N, d)) for _ in range(3))
+    check(lambda q, k, v: ef.attention(q, k, v, kind="lsh", causal=causal, n_buckets=1, n_hashes=1, chunk=N),
+          lambda q, k, v: exact_shared_qk(q, k, v, causal), [q, k, v], rng)
+    mech = models.make_mechanism("lsh", 16, 2, causal=causal, max_len=32, options={"n_buckets": 1, "chunk": 32})
+    assert tuple(mech.forward(ef.randn(1, 32, 16)).shape) == (1, 32, 16)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_hashes", [1, 3])
 def test_one_bucket_one_chunk_is_exact_shared_qk_attention(rng, causal, n_hashes):
     B, H, N, d = 2, 3, 23, 8

@@ -167,6 +167,10 @@ void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_
 
 void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotation, int64_t n_buckets,
                    int32_t* bucket) {
+  if (n_buckets == 1) {  // no hashing: one bucket (exact shared-QK attention within the chunks)
+    std::fill(bucket, bucket + rows, 0);
+    return;
+  }
   int64_t factors[2], count;
   lsh_bucket_factors(n_buckets, factors, count);
   const int64_t cols = lsh_rotation_columns(n_buckets), cp = tile::round_up(cols);
@@ -372,8 +376,8 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
            "; LSH attention has no attention dropout (expected 0)");
   EF_CHECK(chunk >= 1, ValueError, op, ": chunk = ", chunk, "; expected >= 1");
   EF_CHECK(dims.N < (int64_t(1) << 31), ValueError, op, ": N = ", dims.N, "; expected < 2^31");
-  EF_CHECK(n_buckets >= 2 && n_buckets <= (int64_t(1) << 30) && (n_buckets & (n_buckets - 1)) == 0, ValueError, op,
-           ": n_buckets = ", n_buckets, "; expected a power of two >= 2");
+  EF_CHECK(n_buckets >= 1 && n_buckets <= (int64_t(1) << 30) && (n_buckets & (n_buckets - 1)) == 0, ValueError, op,
+           ": n_buckets = ", n_buckets, "; expected a power of two (1: no hashing)");
   const int64_t columns = kernels::lsh_rotation_columns(n_buckets);
   EF_CHECK(rotations.defined() && rotations.dtype() == DType::Float32 && rotations.dim() == 4 &&
                rotations.size(0) >= 1 && rotations.size(1) == dims.H && rotations.size(2) == dims.d &&

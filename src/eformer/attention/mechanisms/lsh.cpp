@@ -17,7 +17,7 @@ constexpr int64_t kMaxBuckets = int64_t(1) << 20;
 std::vector<OptionSpec> lsh_option_specs() {
   std::vector<OptionSpec> specs = {
       {"bucket_size", "int", "64", "target keys per bucket: n_buckets = 2^round(log2(max_len / bucket_size)), >= 2"},
-      {"n_buckets", "int", "from bucket_size", "hash buckets, a power of two >= 2 (overrides bucket_size)"},
+      {"n_buckets", "int", "from bucket_size", "hash buckets, a power of two (overrides bucket_size; 1: no hashing, so with chunk >= N exact shared-QK attention)"},
       {"n_hashes", "int", "4", "hashing rounds, combined by log-sum-exp (Reformer sec. 2)"},
       {"chunk", "int", "64", "sorted chunk length c (bidirectional: own + previous chunk; causal: own bucket "
                              "within 2c - 1 earlier sorted keys)"},
@@ -34,7 +34,7 @@ bool parse_shared_option(const std::string& who, const std::string& key, const n
   if (key == "bucket_size")
     o.bucket_size = options::get_int(who, key, value, 1);
   else if (key == "n_buckets")
-    o.n_buckets = options::get_int(who, key, value, 2, kMaxBuckets);
+    o.n_buckets = options::get_int(who, key, value, 1, kMaxBuckets);
   else if (key == "n_hashes")
     o.n_hashes = options::get_int(who, key, value, 1, 64);
   else if (key == "chunk")
