@@ -36,7 +36,7 @@ MechanismConfig lsh_config(nlohmann::json options, int64_t max_len = 256) {
 TEST(LshOptions, BadValuesAreErrorsNamingThem) {
   expect_error<ValueError>([] { make_mechanism("lsh", lsh_config({{"n_buckets", 12}})); },
                            {"n_buckets = 12", "power of two"});
-  expect_error<ValueError>([] { make_mechanism("lsh", lsh_config({{"n_buckets", 1}})); }, {"n_buckets"});
+  expect_error<ValueError>([] { make_mechanism("lsh", lsh_config({{"n_buckets", 0}})); }, {"n_buckets"});
   expect_error<ValueError>([] { make_mechanism("lsh", lsh_config({{"chunk", 0}})); }, {"chunk = 0"});
   expect_error<ValueError>([] { make_mechanism("lsh", lsh_config({{"n_hashes", 65}})); }, {"n_hashes = 65"});
   expect_error<ValueError>([] { make_mechanism("lsh", lsh_config({{"redraw", 1}})); }, {"redraw"});

@@ -409,12 +409,19 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                                    order->data, out.data<float>(), lse.data<float>(), s);
   }
   Tensor od = out.detach();
+  // Shared QK (k is q itself): the op's inputs are then (q, v) and the key gradient is added into dq
+  // here, so the backward holds no separate dk and the engine sums nothing (a GiB each at 2^20 tokens,
+  // d = 256).
+  const bool shared_qk = q.is_same(k);
   return autograd::record(
-      op, out, {q, k, v}, [qc, kn, vc, km, inv_norm, bucket, order, od, lse, s](const Tensor& g) {
+      op, out, shared_qk ? std::vector<Tensor>{q, v} : std::vector<Tensor>{q, k, v},
+      [qc, kn, vc, km, inv_norm, bucket, order, od, lse, s, shared_qk](const Tensor& g) {
         Tensor gc = g.contiguous_data();
-        Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kn.shape()), dv = Tensor::zeros(vc.shape());
+        Tensor dq = Tensor::zeros(qc.shape()), dv = Tensor::zeros(vc.shape());
+        Tensor dk = shared_qk ? dq : Tensor::zeros(kn.shape());
+        auto grads = [&] { return shared_qk ? std::vector<Tensor>{dq, dv} : std::vector<Tensor>{dq, dk, dv}; };
         const int64_t n = s.B * s.H * s.N;
-        if (n == 0) return std::vector<Tensor>{dq, dk, dv};
+        if (n == 0) return grads();
         Tensor dkn = Tensor::empty(kn.shape());
         kernels::lsh_attention_backward(qc.data<float>(), kn.data<float>(), vc.data<float>(),
                                         km.defined() ? km.data<bool>() : nullptr, bucket->data, order->data,
@@ -427,10 +434,10 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
           for (int64_t i = i0; i < i1; ++i) {
             float dot = 0.0f;
             for (int64_t c = 0; c < s.d; ++c) dot += KN[i * s.d + c] * dKN[i * s.d + c];
-            for (int64_t c = 0; c < s.d; ++c) DK[i * s.d + c] = (dKN[i * s.d + c] - KN[i * s.d + c] * dot) * inv[i];
+            for (int64_t c = 0; c < s.d; ++c) DK[i * s.d + c] += (dKN[i * s.d + c] - KN[i * s.d + c] * dot) * inv[i];
           }
         });
-        return std::vector<Tensor>{dq, dk, dv};
+        return grads();
       });
 }
 
