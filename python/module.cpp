@@ -54,6 +54,7 @@ PYBIND11_MODULE(EFORMER_MODULE_NAME, m) {
   py::register_exception<eformer::ValueError>(m, "ValueError", PyExc_ValueError);
   py::register_exception<eformer::IndexError>(m, "IndexError", PyExc_IndexError);
   py::register_exception<eformer::IOError>(m, "IOError", PyExc_OSError);
+  py::register_exception<eformer::MemoryError>(m, "MemoryError", PyExc_MemoryError);
   bind_tensor(m);
   bind_ops_core(m);
   bind_ops_math(m);

@@ -7,6 +7,8 @@
 #include <new>
 #include <vector>
 
+#include "eformer/core/error.h"
+
 namespace eformer::allocator {
 namespace {
 
@@ -46,7 +48,8 @@ Cache& cache() {
 void* system_allocate(size_t bytes) {
   size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
   void* p = std::aligned_alloc(kAlign, rounded ? rounded : kAlign);
-  if (!p) throw std::bad_alloc();
+  EF_CHECK(p, MemoryError, "out of memory: cannot allocate ", bytes, " bytes (", bytes >> 20,
+           " MiB); reduce the sizes (batch, context, model) or free memory");
   return p;
 }
 

@@ -143,16 +143,21 @@ void validate_model_config(const ModelConfig& c) {
   check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary"});
   check_one_of("activation", c.activation, {"gelu", "gelu_tanh", "relu"});
   check_one_of("block", c.block, {"plain", "recompute"});
-  auto positive = [](const char* key, int64_t v) {
-    EF_CHECK(v >= 1, ValueError, "model config: ", key, " = ", v, "; expected >= 1");
+  // Upper bounds far above any model this engine can train, so that sizes from a config or a
+  // checkpoint never overflow the products that size tensors (the memory estimate judges the rest).
+  auto in_range = [](const char* key, int64_t v, int64_t max) {
+    EF_CHECK(v >= 1 && v <= max, ValueError, "model config: ", key, " = ", v, "; expected 1 to ", max);
   };
-  positive("vocab_size", c.vocab_size);
-  positive("d_model", c.d_model);
-  positive("n_heads", c.n_heads);
-  positive("n_layers", c.n_layers);
-  positive("d_ff", c.d_ff);
-  positive("max_len", c.max_len);
-  positive("ffn_chunks", c.ffn_chunks);
+  in_range("vocab_size", c.vocab_size, int64_t(1) << 24);
+  in_range("d_model", c.d_model, int64_t(1) << 20);
+  in_range("n_heads", c.n_heads, int64_t(1) << 20);
+  in_range("n_layers", c.n_layers, int64_t(1) << 16);
+  in_range("d_ff", c.d_ff, int64_t(1) << 24);
+  in_range("max_len", c.max_len, int64_t(1) << 24);
+  in_range("ffn_chunks", c.ffn_chunks, int64_t(1) << 24);
+  EF_CHECK(c.n_encoder_layers <= (int64_t(1) << 16) && c.num_classes <= (int64_t(1) << 24), ValueError,
+           "model config: n_encoder_layers = ", c.n_encoder_layers, ", num_classes = ", c.num_classes,
+           "; expected at most 65536 and 16777216");
   EF_CHECK(c.d_model % c.n_heads == 0, ValueError, "model config: d_model = ", c.d_model,
            " is not divisible by n_heads = ", c.n_heads);
   EF_CHECK(c.positions != "rotary" || (c.d_model / c.n_heads) % 2 == 0, ValueError,

@@ -144,7 +144,6 @@ double Trainer::evaluate_valid() {
 }
 
 TrainResult Trainer::run(int64_t stop_at_step) {
-  stop_requested().store(false);
   run_start_ = now_s();
   open_log(resumed_);
   const int64_t B = config_.batch_size, context = model_->config().max_len;
@@ -300,6 +299,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
        {"tokens_per_s", result.tokens_per_s},
        {"bits_per_char", result.valid_bits_per_char}});
   print_progress(true);
+  stop_requested().store(false);  // this run answered the request; the next one starts afresh
   if (log_) {
     std::fclose(log_);
     log_ = nullptr;
