@@ -1,6 +1,7 @@
 #include "eformer/core/allocator.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -115,6 +116,19 @@ void empty_cache() {
     for (void* p : blocks) std::free(p);
   c.free_blocks.clear();
   c.cached = 0;
+}
+
+int64_t available_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kib = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
+  std::fclose(f);
+  if (kib < 0) return -1;
+  std::lock_guard<std::mutex> lock(cache().mutex);
+  return int64_t(kib) * 1024 + int64_t(cache().cached);
 }
 
 }  // namespace eformer::allocator
