@@ -12,6 +12,7 @@
 #include "stop_signals.h"
 #include "eformer/train/checkpoint.h"
 #include "eformer/train/config.h"
+#include "eformer/train/memory.h"
 #include "eformer/train/trainer.h"
 
 namespace eformer::cli {
@@ -51,6 +52,8 @@ step and writes the checkpoint (exit code 130 or 143); a second one ends the pro
   --eval-every K       a validation estimate every K steps (train.eval_every)
   --checkpoint-every K a checkpoint every K steps (train.checkpoint_every)
   --quiet              no progress line
+  --no-memory-check    train even when the memory estimate (printed at the start) exceeds the
+                       memory available
 )";
 
 std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
@@ -84,7 +87,7 @@ int run_train(int argc, char** argv) {
   StopOnSignals stop_on_signals;  // first, before any worker thread exists
   std::string preset, config_file, resume, init, data_path, out, steps, minutes, seed;
   std::vector<std::string> sets;
-  bool quiet = false, data_given = false;
+  bool quiet = false, data_given = false, memory_check = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -94,6 +97,10 @@ int run_train(int argc, char** argv) {
     }
     if (a == "--quiet") {
       quiet = true;
+      continue;
+    }
+    if (a == "--no-memory-check") {
+      memory_check = false;
       continue;
     }
     if (a.size() < 3 || a.rfind("--", 0) != 0)
@@ -184,6 +191,8 @@ int run_train(int argc, char** argv) {
   train::RunConfig rc = train::parse_run_config(run);
   EF_CHECK(rc.train.steps > 0 || rc.train.time_budget_s > 0, ValueError,
            "train: no run length: give --steps N or --minutes M (or set train.steps in the config)");
+  const train::MemoryEstimate memory = train::estimate_memory(rc.model, rc.train.batch_size, /*training=*/true);
+  if (memory_check) train::check_memory(memory, "train", "pass --no-memory-check to try anyway");
   data::Corpus corpus = load_corpus(rc.train.data);
 
   std::unique_ptr<train::Trainer> trainer;
@@ -204,7 +213,8 @@ int run_train(int argc, char** argv) {
   const auto& mc = trainer->model().config();
   std::fprintf(stderr,
                "eformer train: %s%lld layers, d_model %lld, %lld heads, context %lld, %lld parameters; "
-               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; out %s\n",
+               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; memory estimate %s; "
+               "out %s\n",
                !resume.empty() ? ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ").c_str()
                : !init.empty() ? ("initialised from " + init + " (step " + std::to_string(init_step) + "); ").c_str()
                                : "",
@@ -216,7 +226,7 @@ int run_train(int argc, char** argv) {
                          .c_str()
                    : (std::to_string(rc.train.time_budget_s / 60.0).substr(0, 5) + " minutes").c_str(),
                corpus.source().c_str(), (long long)corpus.split_size(data::Split::Train), parallel::num_threads(),
-               out.c_str());
+               train::bytes_str(memory.total_bytes()).c_str(), out.c_str());
   train::TrainResult r = trainer->run();  // a signal since the start stops it (stop_signals.h)
 
   std::printf("trained %lld steps (%s) in %.1f min at %.0f tokens/s; valid bits/char %.4f (estimate)\n",
