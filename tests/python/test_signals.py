@@ -57,8 +57,8 @@ def test_a_signal_at_any_moment_of_training_leaves_a_loadable_checkpoint(corpus,
         assert p.returncode == 128 + sig, where
         assert "corrupted" not in stderr and "free()" not in stderr and "error" not in stderr, where
         if ckpt.exists():
-            c = ef.train.load_checkpoint(ckpt)  # a whole checkpoint: its checksums verify
-            assert c["step"] >= 0, where
+            model, info = ef.train.load_checkpoint(ckpt)  # a whole checkpoint: its checksums verify
+            assert info["step"] >= 0, where
             outcomes["checkpoint"] = outcomes.get("checkpoint", 0) + 1
         else:  # only when a second signal ended the process before the first checkpoint
             assert "interrupted" not in stdout, where

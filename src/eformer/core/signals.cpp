@@ -3,10 +3,13 @@
 #include <omp.h>
 #include <pthread.h>
 
+#include <initializer_list>
+
 namespace eformer::signals {
 namespace {
 
 thread_local bool t_blocked_for_good = false;  // an OpenMP worker after block_workers
+thread_local int t_depth = 0;                  // DeferSignals alive in this thread (nested: no syscall)
 thread_local int t_workers_blocked = 0;        // the largest team this thread has blocked
 
 // Blocks the asynchronous signals in the workers of a team of `threads` (not in the caller).
@@ -30,9 +33,10 @@ sigset_t asynchronous_signals() {
 }
 
 DeferSignals::DeferSignals() {
-  if (t_blocked_for_good) return;
+  if (t_blocked_for_good || t_depth > 0) return;
   const sigset_t set = asynchronous_signals();
   active_ = pthread_sigmask(SIG_BLOCK, &set, &previous_) == 0;
+  t_depth += active_;
   const int threads = omp_get_max_threads();
   if (threads > t_workers_blocked && !omp_in_parallel()) {
     block_workers(threads);
@@ -41,7 +45,9 @@ DeferSignals::DeferSignals() {
 }
 
 DeferSignals::~DeferSignals() {
-  if (active_) pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  if (!active_) return;
+  --t_depth;
+  pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
 }
 
 }  // namespace eformer::signals

@@ -11,7 +11,8 @@ namespace eformer::signals {
 
 // Blocks every asynchronous signal in the calling thread while it lives (the synchronous ones,
 // SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS, stay deliverable), and for good in
-// the OpenMP workers of the calling thread's pool (they run the GEMM's parallel parts).
+// the OpenMP workers of the calling thread's pool (they run the GEMM's parallel parts). Nested
+// guards cost nothing: an op that runs many GEMMs takes one around them all.
 class DeferSignals {
  public:
   DeferSignals();

@@ -147,8 +147,8 @@ std::vector<int64_t> generate(models::LanguageModel& model, const std::vector<in
 
 std::string generate_text(models::LanguageModel& model, const std::string& prompt, const GenerateOptions& options,
                           const std::function<bool(int64_t)>& on_token) {
-  EF_CHECK(model.config().vocab_size == data::Tokenizer::kVocabSize, ValueError,
-           "generate_text: text is bytes, so the model's vocab_size must be ", data::Tokenizer::kVocabSize,
+  EF_CHECK(model.config().vocab_size == data::ByteTokenizer::kVocabSize, ValueError,
+           "generate_text: text is bytes, so the model's vocab_size must be ", data::ByteTokenizer::kVocabSize,
            ", got ", model.config().vocab_size, "; use generate() with token ids");
   std::vector<int64_t> ids(prompt.size());
   for (size_t i = 0; i < prompt.size(); ++i) ids[i] = int64_t(uint8_t(prompt[i]));

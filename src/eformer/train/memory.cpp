@@ -27,7 +27,7 @@ int64_t block_parameters(const models::ModelConfig& c, bool cross) {
 std::string bytes_str(int64_t bytes) {
   char buf[32];
   if (bytes >= (int64_t(1) << 30)) std::snprintf(buf, sizeof buf, "%.1f GiB", double(bytes) / double(1 << 30));
-  else std::snprintf(buf, sizeof buf, "%.0f MiB", double(bytes) / double(1 << 20));
+  else std::snprintf(buf, sizeof buf, bytes >= (10 << 20) ? "%.0f MiB" : "%.1f MiB", double(bytes) / double(1 << 20));
   return buf;
 }
 

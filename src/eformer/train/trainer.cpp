@@ -58,8 +58,8 @@ std::atomic<bool>& Trainer::stop_requested() {
 namespace {
 // The corpus is bytes: a model of another vocabulary would fail later (ids >= 256 in generation).
 void check_byte_vocabulary(const models::ModelConfig& c) {
-  EF_CHECK(c.vocab_size == data::Tokenizer::kVocabSize, ValueError, "train: the corpus is bytes, so vocab_size must be ",
-           data::Tokenizer::kVocabSize, ", got ", c.vocab_size);
+  EF_CHECK(c.vocab_size == data::ByteTokenizer::kVocabSize, ValueError, "train: the corpus is bytes, so vocab_size must be ",
+           data::ByteTokenizer::kVocabSize, ", got ", c.vocab_size);
 }
 }  // namespace
 
