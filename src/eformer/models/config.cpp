@@ -126,7 +126,7 @@ ModelConfig parse_model_config(const json& j) {
   ModelConfig c;
   for (const auto& [key, value] : j.items()) {
     const auto& s = setters();
-    auto it = std::find_if(s.begin(), s.end(), [&](const auto& e) { return e.first == key; });
+    auto it = std::find_if(s.begin(), s.end(), [&k = key](const auto& e) { return e.first == k; });
     if (it == s.end()) {
       std::vector<std::string> valid;
       for (const auto& e : s) valid.push_back(e.first);
