@@ -219,3 +219,13 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(trained, t
     alive.write_bytes(b"being written")
     ef.train.save_checkpoint(target, model)
     assert target.exists() and not stale.exists() and alive.exists()
+
+
+def test_bad_python_arguments_name_the_argument():
+    x = ef.randn(2, 3)
+    with pytest.raises(ValueError, match="dim: expected an int or a sequence of ints, got 'a'"):
+        ef.sum(x, dim="a")
+    with pytest.raises(ValueError, match="shape: expected sizes"):
+        ef.zeros("a")
+    with pytest.raises(TypeError, match="(?s)attention\\(\\): incompatible function arguments.*kind: str"):
+        ef.attention(x, x, x, kind=3)

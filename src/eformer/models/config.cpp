@@ -146,7 +146,7 @@ void validate_model_config(const ModelConfig& c) {
   // Upper bounds far above any model this engine can train, so that sizes from a config or a
   // checkpoint never overflow the products that size tensors (the memory estimate judges the rest).
   auto in_range = [](const char* key, int64_t v, int64_t max) {
-    EF_CHECK(v >= 1 && v <= max, ValueError, "model config: ", key, " = ", v, "; expected 1 to ", max);
+    EF_CHECK(v >= 1 && v <= max, ValueError, "model config: ", key, " = ", v, "; expected >= 1 and at most ", max);
   };
   in_range("vocab_size", c.vocab_size, int64_t(1) << 24);
   in_range("d_model", c.d_model, int64_t(1) << 20);
