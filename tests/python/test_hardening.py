@@ -37,13 +37,8 @@ def assert_error(args, *fragments):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    words = "and the of to in that he shall unto for his a they be is him lord not them it with all".split()
-    lines = [" ".join(words[int(k)] for k in rng.integers(0, len(words), 8)) + "." for _ in range(800)]
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def corpus(word_corpus):
+    return word_corpus
 
 
 @pytest.fixture(scope="module")

@@ -13,25 +13,13 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 import eformer as ef
 
 CLI = os.path.normpath(os.path.join(os.path.dirname(ef.__file__), "..", "..", "eformer"))
 TRIES = int(os.environ.get("EFORMER_SIGNAL_TRIES", "3"))
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    words = "and the of to in that he shall unto for his a they be is him lord not them it with all".split()
-    rng = random.Random(0)
-    text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "." for _ in range(1500))
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text(text + "\n")
-    return path
-
-
-def test_a_signal_at_any_moment_of_training_leaves_a_loadable_checkpoint(corpus, tmp_path):
+def test_a_signal_at_any_moment_of_training_leaves_a_loadable_checkpoint(word_corpus, tmp_path):
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     seed = rng.randrange(1 << 30)
     print("seed", seed)
@@ -44,7 +32,7 @@ def test_a_signal_at_any_moment_of_training_leaves_a_loadable_checkpoint(corpus,
             (out / f).unlink(missing_ok=True)
         sig = rng.choice([signal.SIGINT, signal.SIGTERM])
         delay = rng.uniform(0.05, 2.5)  # start-up, steps, estimates and checkpoint writes
-        p = subprocess.Popen([CLI, "train", "--preset", "tiny", "--data", str(corpus), "--steps", "100000",
+        p = subprocess.Popen([CLI, "train", "--preset", "tiny", "--data", str(word_corpus), "--steps", "100000",
                               "--checkpoint-every", "3", "--eval-every", "7", "--set", "train.eval_batches=2",
                               "--threads", str(rng.choice([1, 2])), "--quiet", "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
