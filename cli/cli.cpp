@@ -4,6 +4,7 @@
 // (the Python module's _cli) both call it.
 #include <cstring>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include "common.h"
@@ -51,6 +52,9 @@ int eformer::cli::run(int argc, char** argv) {
     return 2;
   } catch (const nlohmann::json::exception& e) {  // a config of the wrong JSON shape
     std::cerr << "eformer: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::bad_alloc&) {  // an allocation outside the counting allocator (a std::vector)
+    std::cerr << "eformer: error: out of memory; reduce the sizes (batch, context, model) or free memory\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "eformer: internal error: " << e.what() << "\n";

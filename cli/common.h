@@ -23,6 +23,7 @@ int run(int argc, char** argv);
 // The value after flag argv[i] (advancing i); ValueError naming the command and flag when missing.
 inline std::string flag_value(const char* command, int argc, char** argv, int& i) {
   EF_CHECK(i + 1 < argc, ValueError, command, ": ", argv[i], " needs a value");
+  EF_CHECK(argv[i + 1][0] != '\0', ValueError, command, ": ", argv[i], " needs a value, got ''");
   return argv[++i];
 }
 
@@ -57,7 +58,7 @@ inline double parse_double(const char* command, const std::string& flag, const s
 
 inline void set_threads(const char* command, const std::string& value) {
   int64_t t = parse_int(command, "--threads", value);
-  EF_CHECK(t >= 1 && t <= 4096, ValueError, command, ": --threads must be at least 1, got ", t);
+  EF_CHECK(t >= 1 && t <= 4096, ValueError, command, ": --threads must be 1 to 4096, got ", t);
   parallel::set_num_threads(int(t));
 }
 

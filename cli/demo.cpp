@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "common.h"
 #include "eformer/eformer.h"
 
 namespace eformer::cli {
@@ -22,12 +23,7 @@ struct DemoOptions {
   int64_t points = 1024;
 };
 
-int64_t parse_int(const char* flag, const char* value) {
-  char* end = nullptr;
-  long long v = std::strtoll(value, &end, 10);
-  EF_CHECK(end && *end == '\0' && end != value, ValueError, "demo: ", flag, " expects an integer, got '", value, "'");
-  return v;
-}
+int64_t parse_int(const char* flag, const char* value) { return cli::parse_int("demo", flag, value); }
 
 DemoOptions parse(int argc, char** argv) {
   DemoOptions o;
@@ -44,15 +40,15 @@ DemoOptions parse(int argc, char** argv) {
     const char* v = argv[++i];
     if (a == "--steps") o.steps = parse_int("--steps", v);
     else if (a == "--seed") o.seed = uint64_t(parse_int("--seed", v));
-    else if (a == "--threads") o.threads = int(parse_int("--threads", v));
+    else if (a == "--threads") cli::set_threads("demo", v), o.threads = parallel::num_threads();
     else if (a == "--points") o.points = parse_int("--points", v);
     else if (a == "--print-every") o.print_every = parse_int("--print-every", v);
     else throw ValueError("demo: unknown option '" + a + "'; see eformer demo --help");
   }
   EF_CHECK(o.steps >= 1, ValueError, "demo: --steps must be at least 1, got ", o.steps);
-  EF_CHECK(o.points >= 1, ValueError, "demo: --points must be at least 1, got ", o.points);
+  EF_CHECK(o.points >= 1 && o.points <= (1 << 24), ValueError, "demo: --points must be 1 to 16777216, got ",
+           o.points);
   EF_CHECK(o.print_every >= 1, ValueError, "demo: --print-every must be at least 1, got ", o.print_every);
-  EF_CHECK(o.threads >= 0, ValueError, "demo: --threads must be non-negative, got ", o.threads);
   return o;
 }
 

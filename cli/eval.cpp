@@ -62,7 +62,10 @@ int run_eval(int argc, char** argv) {
     else if (a == "--split") split = v;
     else if (a == "--max-batches") max_batches = parse_int(cmd, a, v);
     else if (a == "--batch-size") batch_size = parse_int(cmd, a, v);
-    else if (a == "--context") context = parse_int(cmd, a, v);
+    else if (a == "--context") {
+      context = parse_int(cmd, a, v);  // 0 inside means the model's context; a given one is >= 1
+      EF_CHECK(context >= 1, ValueError, "eval: --context must be >= 1, got ", context);
+    }
     else if (a == "--threads") set_threads(cmd, v);
     else if (a == "--set") sets.push_back(v);
     else throw ValueError("eval: unknown option '" + a + "'; see eformer eval --help");
@@ -70,7 +73,6 @@ int run_eval(int argc, char** argv) {
   EF_CHECK(!ckpt.empty(), ValueError, "eval: missing the checkpoint; usage: eformer eval CKPT [options]");
   EF_CHECK(max_batches >= 0, ValueError, "eval: --max-batches must be >= 0, got ", max_batches);
   EF_CHECK(batch_size >= 1, ValueError, "eval: --batch-size must be >= 1, got ", batch_size);
-  EF_CHECK(context >= 0, ValueError, "eval: --context must be >= 1, got ", context);
   data::Split s = data::parse_split(split);
 
   train::Checkpoint checkpoint = train::read_checkpoint(ckpt);

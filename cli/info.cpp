@@ -1,9 +1,11 @@
 // `eformer info`: what a checkpoint holds: model config, parameter count, mechanism per layer,
 // training progress.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
 #include "common.h"
+#include "eformer/train/memory.h"
 #include "mechanisms.h"
 #include "eformer/train/checkpoint.h"
 
@@ -73,6 +75,9 @@ int run_info(int argc, char** argv) {
     layers.push_back({{"kind", a.kind}, {"options", a.options}});
   }
   const nlohmann::json& t = c.info.train_config;
+  const int64_t batch = std::clamp<int64_t>(t.value("batch_size", int64_t(16)), 1, int64_t(1) << 20);
+  const train::MemoryEstimate training = train::estimate_memory(m, batch, true);
+  const train::MemoryEstimate evaluation = train::estimate_memory(m, 16, false);  // eval's default batch
   if (json) {
     nlohmann::json j{{"checkpoint", ckpt},
                      {"format_version", train::kCheckpointVersion},
@@ -82,7 +87,9 @@ int run_info(int argc, char** argv) {
                      {"step", c.info.step},
                      {"elapsed_s", c.info.elapsed_s},
                      {"rng", {{"seed", c.info.rng.seed}, {"stream", c.info.rng.stream}, {"counter", c.info.rng.counter}}},
-                     {"train", t}};
+                     {"train", t},
+                     {"memory_estimate", {{"training_bytes", training.total_bytes()}, {"training_batch", batch},
+                                          {"evaluation_bytes", evaluation.total_bytes()}, {"evaluation_batch", 16}}}};
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
@@ -94,6 +101,8 @@ int run_info(int argc, char** argv) {
               m.positions.c_str(), m.pre_ln ? "pre-LN" : "post-LN", double(m.dropout), m.activation.c_str(),
               m.tie_weights ? "tied embedding" : "untied head", (long long)m.ffn_chunks, m.block.c_str());
   std::printf("parameters  %s\n", with_commas(model->num_parameters()).c_str());
+  std::printf("memory      training about %s at batch %lld; evaluation about %s at batch 16\n",
+              training.describe().c_str(), (long long)batch, train::bytes_str(evaluation.total_bytes()).c_str());
   for (int64_t i = 0; i < m.n_layers; ++i)
     std::printf("%s %lld: %s\n", i == 0 ? "attention   layer" : "            layer", (long long)i,
                 mechanism_str(models::attention_for_layer(m, i)).c_str());

@@ -2,7 +2,6 @@
 // checkpointed run exactly, or starts a new run from a checkpoint's weights (--init: weight
 // transfer, e.g. a trained softmax Transformer fine-tuned with Performer attention). Writes
 // <out>/checkpoint.safetensors and <out>/log.jsonl.
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -10,8 +9,10 @@
 
 #include "common.h"
 #include "mechanisms.h"
+#include "stop_signals.h"
 #include "eformer/train/checkpoint.h"
 #include "eformer/train/config.h"
+#include "eformer/train/memory.h"
 #include "eformer/train/trainer.h"
 
 namespace eformer::cli {
@@ -22,8 +23,8 @@ constexpr const char* kHelp =
 
 Trains a byte-level causal language model and writes OUT/checkpoint.safetensors (weights, optimizer
 and RNG state: resumable exactly) and OUT/log.jsonl (one JSON object per line: training losses,
-validation bits per character). Progress goes to stderr; Ctrl-C stops after the current step and
-writes the checkpoint.
+validation bits per character). Progress goes to stderr; Ctrl-C or SIGTERM stops after the current
+step and writes the checkpoint (exit code 130 or 143); a second one ends the process at once.
 
   --preset NAME        a preset from presets/ (tiny, small) or a path to a run file
   --config FILE        a run file: {"model": {...}, "train": {...}}
@@ -41,7 +42,8 @@ writes the checkpoint.
   --minutes M          train for M minutes: the step count is fitted to the time (the cosine
                        schedule spans it); with --steps as well, whichever comes first
   --out DIR            output folder (default: out/<preset or config name>; with --resume, the
-                       checkpoint's folder; with --init, that folder's name + "-init")
+                       checkpoint's folder, refused when its checkpoint.safetensors or log.jsonl
+                       belongs to another run; with --init, that folder's name + "-init")
   --seed S             seed of the initialisation, dropout and batch order (default: the config's)
   --threads T          worker threads (default: all cores)
   --set KEY=VALUE      override a config key (repeatable): lr=3e-3, model.dropout=0,
@@ -50,12 +52,9 @@ writes the checkpoint.
   --eval-every K       a validation estimate every K steps (train.eval_every)
   --checkpoint-every K a checkpoint every K steps (train.checkpoint_every)
   --quiet              no progress line
+  --no-memory-check    train even when the memory estimate (printed at the start) exceeds the
+                       memory available
 )";
-
-void on_sigint(int) {
-  train::Trainer::request_stop();
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
-}
 
 std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
 
@@ -67,13 +66,28 @@ std::string init_out_dir(const std::string& init) {
   return folder.string() + "-init";
 }
 
+// --resume writes OUT/checkpoint.safetensors and OUT/log.jsonl. Unless the checkpoint there is
+// the one resumed (the usual case: the run continues in its own folder), those files belong to
+// another run: ValueError rather than overwriting them (as --init refuses to overwrite its source).
+void refuse_other_runs_files(const std::string& resume, const std::string& checkpoint_path,
+                             const std::string& log_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::equivalent(resume, checkpoint_path, ec) && !ec) return;
+  for (const std::string& path : {checkpoint_path, log_path})
+    EF_CHECK(!fs::exists(path, ec), ValueError, "train: --resume '", resume, "' would overwrite '", path,
+             "', which belongs to another run; give --out DIR (a new folder) or resume '", checkpoint_path,
+             "' itself");
+}
+
 }  // namespace
 
 int run_train(int argc, char** argv) {
   const char* cmd = "train";
+  StopOnSignals stop_on_signals;  // first, before any worker thread exists
   std::string preset, config_file, resume, init, data_path, out, steps, minutes, seed;
   std::vector<std::string> sets;
-  bool quiet = false, data_given = false;
+  bool quiet = false, data_given = false, memory_check = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -83,6 +97,10 @@ int run_train(int argc, char** argv) {
     }
     if (a == "--quiet") {
       quiet = true;
+      continue;
+    }
+    if (a == "--no-memory-check") {
+      memory_check = false;
       continue;
     }
     if (a.size() < 3 || a.rfind("--", 0) != 0)
@@ -163,6 +181,7 @@ int run_train(int argc, char** argv) {
   if (out.empty()) out = default_out;
   tj["checkpoint_path"] = (std::filesystem::path(out) / "checkpoint.safetensors").string();
   tj["log_path"] = (std::filesystem::path(out) / "log.jsonl").string();
+  if (!resume.empty()) refuse_other_runs_files(resume, tj["checkpoint_path"], tj["log_path"]);
   if (!init.empty()) {
     std::error_code ec;  // an error here means the output checkpoint does not exist yet
     EF_CHECK(!std::filesystem::equivalent(init, tj["checkpoint_path"].get<std::string>(), ec) || ec, ValueError,
@@ -172,6 +191,8 @@ int run_train(int argc, char** argv) {
   train::RunConfig rc = train::parse_run_config(run);
   EF_CHECK(rc.train.steps > 0 || rc.train.time_budget_s > 0, ValueError,
            "train: no run length: give --steps N or --minutes M (or set train.steps in the config)");
+  const train::MemoryEstimate memory = train::estimate_memory(rc.model, rc.train.batch_size, /*training=*/true);
+  if (memory_check) train::check_memory(memory, "train", "pass --no-memory-check to try anyway");
   data::Corpus corpus = load_corpus(rc.train.data);
 
   std::unique_ptr<train::Trainer> trainer;
@@ -192,7 +213,8 @@ int run_train(int argc, char** argv) {
   const auto& mc = trainer->model().config();
   std::fprintf(stderr,
                "eformer train: %s%lld layers, d_model %lld, %lld heads, context %lld, %lld parameters; "
-               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; out %s\n",
+               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; memory estimate %s; "
+               "out %s\n",
                !resume.empty() ? ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ").c_str()
                : !init.empty() ? ("initialised from " + init + " (step " + std::to_string(init_step) + "); ").c_str()
                                : "",
@@ -204,15 +226,14 @@ int run_train(int argc, char** argv) {
                          .c_str()
                    : (std::to_string(rc.train.time_budget_s / 60.0).substr(0, 5) + " minutes").c_str(),
                corpus.source().c_str(), (long long)corpus.split_size(data::Split::Train), parallel::num_threads(),
-               out.c_str());
-  auto previous = std::signal(SIGINT, on_sigint);
-  train::TrainResult r = trainer->run();
-  std::signal(SIGINT, previous);
+               train::bytes_str(memory.total_bytes()).c_str(), out.c_str());
+  train::TrainResult r = trainer->run();  // a signal since the start stops it (stop_signals.h)
 
   std::printf("trained %lld steps (%s) in %.1f min at %.0f tokens/s; valid bits/char %.4f (estimate)\n",
               (long long)r.steps, r.reason.c_str(), r.elapsed_s / 60.0, r.tokens_per_s, r.valid_bits_per_char);
   std::printf("checkpoint: %s\nlog: %s\n", rc.train.checkpoint_path.c_str(), rc.train.log_path.c_str());
-  return r.reason == "interrupted" ? 130 : 0;
+  if (r.reason != "interrupted") return 0;
+  return 128 + (stop_on_signals.received() ? stop_on_signals.received() : SIGINT);
 }
 
 }  // namespace eformer::cli

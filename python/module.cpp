@@ -15,7 +15,11 @@ std::vector<int64_t> dims_arg(const py::object& dim, int64_t ndim) {
   } else if (py::isinstance<py::int_>(dim)) {
     dims.push_back(dim.cast<int64_t>());
   } else {
-    dims = dim.cast<std::vector<int64_t>>();
+    try {
+      dims = dim.cast<std::vector<int64_t>>();
+    } catch (const py::cast_error&) {  // pybind's "Unable to cast Python instance" names no argument
+      throw ValueError("dim: expected an int or a sequence of ints, got " + std::string(py::repr(dim)));
+    }
   }
   return dims;
 }
@@ -54,6 +58,7 @@ PYBIND11_MODULE(EFORMER_MODULE_NAME, m) {
   py::register_exception<eformer::ValueError>(m, "ValueError", PyExc_ValueError);
   py::register_exception<eformer::IndexError>(m, "IndexError", PyExc_IndexError);
   py::register_exception<eformer::IOError>(m, "IOError", PyExc_OSError);
+  py::register_exception<eformer::MemoryError>(m, "MemoryError", PyExc_MemoryError);
   bind_tensor(m);
   bind_ops_core(m);
   bind_ops_math(m);

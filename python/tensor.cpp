@@ -1,10 +1,36 @@
 // Tensor, numpy conversion, autograd, allocator counters, RNG and threads.
 #include <cstring>
+#include <limits>
 
 #include "bindings.h"
 
 namespace eformer::python {
 namespace {
+
+// ValueError when a value of `arr` would change on conversion to `dt`: a finite float beyond
+// float32's range (it would become inf), an integer beyond int64's (uint64 would wrap negative), a
+// float that is not a whole number in int64's range.
+void check_fits(const py::module_& np, const py::array& arr, DType dt) {
+  const char kind = arr.dtype().kind();
+  if (arr.size() == 0 || dt == DType::Bool) return;
+  auto any = [](const py::object& mask) { return mask.attr("any")().cast<bool>(); };
+  if (dt == DType::Float32 && kind == 'f') {
+    py::object beyond = np.attr("isfinite")(arr).attr("__and__")(
+        np.attr("abs")(arr).attr("__gt__")(double(std::numeric_limits<float>::max())));
+    EF_CHECK(!any(beyond), ValueError, "tensor: a finite value beyond float32's range (", std::numeric_limits<float>::max(),
+             ") would become inf; scale the data or clip it");
+  }
+  if (dt == DType::Int64 && kind == 'u' && arr.itemsize() == 8)
+    EF_CHECK(!any(arr.attr("__gt__")(py::int_(std::numeric_limits<int64_t>::max()))), ValueError,
+             "tensor: a uint64 value beyond int64's range (2^63 - 1) would wrap negative");
+  if (dt == DType::Int64 && kind == 'f') {
+    py::object whole = np.attr("isfinite")(arr).attr("__and__")(np.attr("equal")(np.attr("floor")(arr), arr));
+    py::object in_range = np.attr("abs")(arr).attr("__lt__")(9.2233720368547758e18);
+    EF_CHECK(whole.attr("__and__")(in_range).attr("all")().cast<bool>(), ValueError,
+             "tensor: int64 from floats needs whole numbers in int64's range; got a fraction, inf, nan or a "
+             "value beyond 2^63");
+  }
+}
 
 Tensor from_numpy(const py::object& data, const py::object& dtype) {
   py::module_ np = py::module_::import("numpy");
@@ -22,6 +48,7 @@ Tensor from_numpy(const py::object& data, const py::object& dtype) {
     throw ValueError("tensor: cannot make a tensor of dtype '" + (want.empty() ? std::string(py::str(arr.dtype())) : want) +
                      "'; expected float32, int64 or bool data");
   }
+  check_fits(np, arr, dt);
   Shape shape(arr.shape(), arr.shape() + arr.ndim());
   Tensor t = Tensor::empty(shape, dt);
   py::array conv;
@@ -51,8 +78,13 @@ py::array to_numpy(const Tensor& t) {
 }
 
 Shape shape_arg(const py::args& args) {
-  if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return args[0].cast<Shape>();
-  return args.cast<Shape>();
+  try {
+    if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return args[0].cast<Shape>();
+    return args.cast<Shape>();
+  } catch (const py::cast_error&) {
+    throw ValueError("shape: expected sizes that are ints in int64's range, got " +
+                     std::string(py::str(args.size() == 1 ? py::object(args[0]) : py::object(args))));
+  }
 }
 
 DType dtype_arg(const std::string& s) {

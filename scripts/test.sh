@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: install dependencies, build, run the C++ tests, the PyTorch parity suite,
 # the installs (cmake --install moved elsewhere, an out-of-tree find_package(eformer) consumer,
-# pip install . in a fresh virtual environment), and the C++ tests again under ASan+UBSan.
+# pip install . in a fresh virtual environment), the C++ tests again under ASan+UBSan, and each
+# fuzz target over its seed corpus (scripts/fuzz.sh --check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -20,4 +21,6 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEFORMER_SANITIZE=ON -DEFORME
 cmake --build build-asan -j "$(nproc)" --target eformer_tests > build-asan.log 2>&1 || { tail -50 build-asan.log; exit 1; }
 rm -f build-asan.log
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-asan/eformer_tests --gtest_brief=1
+echo "== fuzz targets over their seed corpora (clang, ASan + UBSan; EFORMER_SKIP_FUZZ=1 skips)"
+[[ "${EFORMER_SKIP_FUZZ:-0}" == 1 ]] || scripts/fuzz.sh --check
 echo "== all tests passed"

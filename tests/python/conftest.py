@@ -66,3 +66,15 @@ def check(ef_fn, torch_fn, inputs, rng=None, grad=True, rtol=1e-4, atol=1e-5, gr
         assert e_in[i].grad is not None, f"input {i}: no gradient"
         assert_close(e_in[i].grad.numpy(), t_in[i].grad.numpy(), rtol * 10, atol * 10, f"grad of input {i}")
     return e_out, t_out
+
+
+@pytest.fixture(scope="module")
+def word_corpus(tmp_path_factory):
+    """About 40 KB of learnable text (1500 lines of 4 to 11 common words), for CLI runs."""
+    rng = np.random.default_rng(0)
+    words = "and the of to in that he shall unto for his a they be is him lord not them it with all".split()
+    lines = [" ".join(words[int(k)] for k in rng.integers(0, len(words), int(rng.integers(4, 12)))) + "."
+             for _ in range(1500)]
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path

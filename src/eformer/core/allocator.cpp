@@ -1,11 +1,14 @@
 #include "eformer/core/allocator.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <new>
 #include <vector>
+
+#include "eformer/core/error.h"
 
 namespace eformer::allocator {
 namespace {
@@ -46,7 +49,8 @@ Cache& cache() {
 void* system_allocate(size_t bytes) {
   size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
   void* p = std::aligned_alloc(kAlign, rounded ? rounded : kAlign);
-  if (!p) throw std::bad_alloc();
+  EF_CHECK(p, MemoryError, "out of memory: cannot allocate ", bytes, " bytes (", bytes >> 20,
+           " MiB); reduce the sizes (batch, context, model) or free memory");
   return p;
 }
 
@@ -112,6 +116,19 @@ void empty_cache() {
     for (void* p : blocks) std::free(p);
   c.free_blocks.clear();
   c.cached = 0;
+}
+
+int64_t available_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kib = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
+  std::fclose(f);
+  if (kib < 0) return -1;
+  std::lock_guard<std::mutex> lock(cache().mutex);
+  return int64_t(kib) * 1024 + int64_t(cache().cached);
 }
 
 }  // namespace eformer::allocator

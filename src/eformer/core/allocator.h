@@ -26,5 +26,8 @@ Stats stats();
 void reset_peak();
 // Returns every cached block to the system.
 void empty_cache();
+// The memory the system could give this process now without swapping: MemAvailable of
+// /proc/meminfo plus this allocator's cache, in bytes; -1 when unknown (no /proc).
+int64_t available_bytes();
 
 }  // namespace eformer::allocator

@@ -3,6 +3,7 @@
 #include <dnnl.h>
 
 #include "eformer/core/error.h"
+#include "eformer/core/signals.h"
 
 namespace eformer::blas {
 
@@ -14,6 +15,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
     return;
   }
+  signals::DeferSignals defer;  // never a signal frame on a JIT kernel's stack (signals.h)
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb,
                                 beta, C, ldc);
   EF_CHECK(st == dnnl_success, Error, "sgemm: oneDNN failed with status ", int(st), " for M=", M, " N=", N,

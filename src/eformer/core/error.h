@@ -30,6 +30,11 @@ class IOError : public Error {
  public:
   using Error::Error;
 };
+// An allocation the machine cannot satisfy (the allocator's, or a run's memory estimate).
+class MemoryError : public Error {
+ public:
+  using Error::Error;
+};
 
 namespace detail {
 template <class... Args>

@@ -35,9 +35,24 @@ std::string shape_str(const Shape& shape) {
   return os.str();
 }
 
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+  int64_t product = 0;
+  EF_CHECK(a >= 0 && b >= 0 && !__builtin_mul_overflow(a, b, &product) && product <= kMaxNumel, ValueError, what,
+           ": ", a, " * ", b, " is negative or more than the limit of 2^48 elements");
+  return product;
+}
+
 int64_t numel_of(const Shape& shape) {
+  bool has_zero = false;
+  for (int64_t s : shape) {
+    EF_CHECK(s >= 0, ValueError, "shape ", shape_str(shape), " has a negative size");
+    has_zero |= s == 0;
+  }
+  if (has_zero) return 0;  // [2^62, 2^62, 0] holds nothing
   int64_t n = 1;
-  for (int64_t s : shape) n *= s;
+  for (int64_t s : shape)
+    EF_CHECK(!__builtin_mul_overflow(n, s, &n) && n <= kMaxNumel, ValueError, "shape ", shape_str(shape),
+             " has more than the limit of 2^48 elements");
   return n;
 }
 
@@ -69,9 +84,10 @@ Tensor::Impl& Tensor::impl() const {
 Tensor Tensor::empty(const Shape& shape, DType dtype) {
   for (int64_t s : shape)
     EF_CHECK(s >= 0, ShapeError, "Tensor::empty: negative size in shape ", shape_str(shape));
+  const int64_t n = numel_of(shape);
   Tensor t;
   t.impl_ = std::make_shared<Impl>();
-  t.impl_->storage = std::make_shared<Storage>(size_t(numel_of(shape)) * dtype_size(dtype));
+  t.impl_->storage = std::make_shared<Storage>(size_t(n) * dtype_size(dtype));
   t.impl_->shape = shape;
   t.impl_->strides = contiguous_strides(shape);
   t.impl_->dtype = dtype;

@@ -27,6 +27,13 @@ constexpr DType dtype_of<bool>() { return DType::Bool; }
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);
+// The most elements one tensor may have (2^48, a petabyte of float32): a size from outside
+// (a config, a checkpoint, a Python shape) beyond it is an error, never an overflow.
+constexpr int64_t kMaxNumel = int64_t(1) << 48;
+// a * b for sizes; ValueError naming `what` when the product exceeds kMaxNumel (or a factor is < 0).
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what);
+// The product of the sizes; ValueError naming the shape when a size is negative or the product
+// exceeds kMaxNumel.
 int64_t numel_of(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
 // Maps a possibly negative dim into [0, ndim); throws IndexError naming `op` otherwise.

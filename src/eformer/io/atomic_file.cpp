@@ -1,14 +1,18 @@
 #include "eformer/io/atomic_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
+#include "eformer/core/allocator.h"
 #include "eformer/core/error.h"
 
 namespace eformer::io {
@@ -55,10 +59,29 @@ void write_all(int fd, const std::string& path, const void* data, size_t size) {
   }
 }
 
+// Removes "<path>.tmp.<pid>.<n>" files left by a writer that was killed mid-write: those of a
+// process that no longer exists (kill(pid, 0) says ESRCH). Best effort; errors are ignored.
+void remove_stale_temps(const std::string& path) {
+  const std::string dir = directory_of(path);
+  const std::string prefix = path.substr(path.find_last_of('/') + 1) + ".tmp.";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind(prefix, 0) != 0) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(name.c_str() + prefix.size(), &end, 10);
+    if (pid <= 0 || *end != '.' || pid == long(::getpid())) continue;
+    if (::kill(pid_t(pid), 0) != 0 && errno == ESRCH) ::unlink((dir + "/" + name).c_str());
+  }
+  ::closedir(d);
+}
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::function<void(const ByteSink& sink)>& writer) {
   if (path.empty()) throw IOError("cannot write '': the path is empty");
+  remove_stale_temps(path);
   std::string temp_path;
   int fd = open_temp(path, temp_path);
   try {
@@ -94,6 +117,19 @@ std::string read_file(const std::string& path) {
     ::close(fd);
     throw IOError(detail::concat("cannot read '", path, "': ", errno_text(EISDIR)));
   }
+  // Sizes are checked before reading: a device (/dev/zero) never ends, and a file larger than the
+  // memory available (a sparse 20 GB file) would end in an allocation failure after a long read.
+  const int64_t available = allocator::available_bytes();
+  const uint64_t limit = available > 0 ? uint64_t(available) : uint64_t(1) << 40;
+  if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+    ::close(fd);
+    throw IOError(detail::concat("cannot read '", path, "': it is a device, not a file"));
+  }
+  if (uint64_t(st.st_size) > limit) {
+    ::close(fd);
+    throw IOError(detail::concat("cannot read '", path, "': it is ", st.st_size >> 20, " MiB, more than the ",
+                                 limit >> 20, " MiB of memory available"));
+  }
   if (st.st_size > 0) out.reserve(size_t(st.st_size));
   char buf[1 << 16];
   for (;;) {
@@ -106,6 +142,11 @@ std::string read_file(const std::string& path) {
     }
     if (n == 0) break;
     out.append(buf, size_t(n));
+    if (out.size() > limit) {  // a pipe that goes on
+      ::close(fd);
+      throw IOError(detail::concat("cannot read '", path, "': more than the ", limit >> 20,
+                                   " MiB of memory available"));
+    }
   }
   ::close(fd);
   return out;

@@ -1,6 +1,8 @@
 // Atomic file writes: the bytes go to a uniquely named temporary file in the target's directory,
 // are fsync'ed, then renamed over the target. Readers see the old file or the complete new one,
 // never a partial one; on any failure the temporary file is removed and the target is untouched.
+// A temporary file left by a writer that was killed (its process is gone) is removed by the next
+// write to the same target.
 #pragma once
 #include <cstddef>
 #include <functional>

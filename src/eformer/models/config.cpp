@@ -137,7 +137,7 @@ ModelConfig parse_model_config(const json& j) {
   ModelConfig c;
   for (const auto& [key, value] : j.items()) {
     const auto& s = setters();
-    auto it = std::find_if(s.begin(), s.end(), [&](const auto& e) { return e.first == key; });
+    auto it = std::find_if(s.begin(), s.end(), [&k = key](const auto& e) { return e.first == k; });
     if (it == s.end()) {
       std::vector<std::string> valid;
       for (const auto& e : s) valid.push_back(e.first);
@@ -157,16 +157,21 @@ void validate_model_config(const ModelConfig& c) {
   EF_CHECK(c.block != "reversible" || c.pre_ln, ValueError,
            "model config: block = 'reversible' needs pre_ln = true (a post-LN block normalizes after the "
            "residual, which cannot be inverted)");
-  auto positive = [](const char* key, int64_t v) {
-    EF_CHECK(v >= 1, ValueError, "model config: ", key, " = ", v, "; expected >= 1");
+  // Upper bounds far above any model this engine can train, so that sizes from a config or a
+  // checkpoint never overflow the products that size tensors (the memory estimate judges the rest).
+  auto in_range = [](const char* key, int64_t v, int64_t max) {
+    EF_CHECK(v >= 1 && v <= max, ValueError, "model config: ", key, " = ", v, "; expected >= 1 and at most ", max);
   };
-  positive("vocab_size", c.vocab_size);
-  positive("d_model", c.d_model);
-  positive("n_heads", c.n_heads);
-  positive("n_layers", c.n_layers);
-  positive("d_ff", c.d_ff);
-  positive("max_len", c.max_len);
-  positive("ffn_chunks", c.ffn_chunks);
+  in_range("vocab_size", c.vocab_size, int64_t(1) << 24);
+  in_range("d_model", c.d_model, int64_t(1) << 20);
+  in_range("n_heads", c.n_heads, int64_t(1) << 20);
+  in_range("n_layers", c.n_layers, int64_t(1) << 16);
+  in_range("d_ff", c.d_ff, int64_t(1) << 24);
+  in_range("max_len", c.max_len, int64_t(1) << 24);
+  in_range("ffn_chunks", c.ffn_chunks, int64_t(1) << 24);
+  EF_CHECK(c.n_encoder_layers <= (int64_t(1) << 16) && c.num_classes <= (int64_t(1) << 24), ValueError,
+           "model config: n_encoder_layers = ", c.n_encoder_layers, ", num_classes = ", c.num_classes,
+           "; expected at most 65536 and 16777216");
   EF_CHECK(c.d_model % c.n_heads == 0, ValueError, "model config: d_model = ", c.d_model,
            " is not divisible by n_heads = ", c.n_heads);
   EF_CHECK(c.positions != "rotary" || (c.d_model / c.n_heads) % 2 == 0, ValueError,

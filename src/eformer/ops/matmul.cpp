@@ -2,6 +2,7 @@
 
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
+#include "eformer/core/signals.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/shape.h"
 
@@ -76,6 +77,7 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b, bool trans_a, bool trans
     return out;
   }
   const int64_t batch = std::max(A.batch, B.batch);
+  signals::DeferSignals defer;  // one mask change for all the GEMMs below (core/signals.h)
   for (int64_t i = 0; i < batch; ++i) {
     const float* pa = A.data + (A.batch > 1 ? i * A.batch_stride : 0);
     const float* pb = B.data + (B.batch > 1 ? i * B.batch_stride : 0);

@@ -9,6 +9,7 @@
 
 #include "eformer/core/error.h"
 #include "eformer/eformer.h"
+#include "eformer/io/checksum.h"
 #include "eformer/io/safetensors.h"
 
 namespace eformer::train {
@@ -51,6 +52,34 @@ std::string name_list(const std::vector<std::string>& names) {
   return out;
 }
 
+// The checksum of a tensor's bytes (row-major, as the file holds them).
+std::string tensor_checksum(const Tensor& t) {
+  Tensor c = t.contiguous_data();
+  return io::checksum_hex(c.raw_data(), size_t(c.numel()) * dtype_size(c.dtype()));
+}
+
+// Every tensor's bytes against metadata "checksums" ({"model.x": "<16 hex digits>", ...}): IOError
+// naming the first corrupt tensor. A file from before checksums (none) loads with a note.
+void verify_checksums(const io::SafetensorsFile& f) {
+  if (!f.metadata.count("checksums")) {
+    std::fprintf(stderr, "eformer: note: checkpoint '%s' has no checksums (written by an older eformer); its "
+                         "tensors are not verified\n", f.source.c_str());
+    return;
+  }
+  json sums = meta_json(f, "checksums");
+  if (!sums.is_object()) corrupt(f.source, "metadata 'checksums' is not a JSON object");
+  for (const auto& [name, t] : f.tensors) {
+    if (!sums.contains(name) || !sums[name].is_string())
+      corrupt(f.source, "metadata 'checksums' has no checksum for tensor '" + name + "'");
+    const std::string found = tensor_checksum(t);
+    if (found != sums[name].get<std::string>())
+      corrupt(f.source, "tensor '" + name + "' is corrupt: its checksum is " + found + ", the file says " +
+                            sums[name].get<std::string>());
+  }
+  for (const auto& [name, sum] : sums.items())
+    if (!f.tensors.count(name)) corrupt(f.source, "tensor '" + name + "' has a checksum but is not in the file");
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const models::LanguageModel& model, const optim::Optimizer* optimizer,
@@ -60,6 +89,10 @@ void save_checkpoint(const std::string& path, const models::LanguageModel& model
   if (optimizer)
     for (auto& [name, t] : optimizer->state_tensors()) tensors.emplace_back("optim." + name, t);
   json rng{{"seed", info.rng.seed}, {"stream", info.rng.stream}, {"counter", info.rng.counter}};
+  json checksums = json::object();
+  for (const auto& [name, t] : tensors) checksums[name] = tensor_checksum(t);
+  EF_CHECK(std::isfinite(info.elapsed_s) && info.elapsed_s >= 0, ValueError,
+           "save_checkpoint: elapsed_s = ", info.elapsed_s, "; expected a finite duration >= 0");
   char elapsed[64];
   std::snprintf(elapsed, sizeof elapsed, "%.17g", info.elapsed_s);
   std::map<std::string, std::string> metadata{
@@ -71,6 +104,7 @@ void save_checkpoint(const std::string& path, const models::LanguageModel& model
       {"step", std::to_string(info.step)},
       {"rng", rng.dump()},
       {"elapsed_s", elapsed},
+      {"checksums", checksums.dump()},
   };
   io::save_safetensors(path, tensors, metadata);
 }
@@ -113,6 +147,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   if (elapsed.empty() || *end != '\0' || !std::isfinite(c.info.elapsed_s) || c.info.elapsed_s < 0)
     corrupt(path, "metadata 'elapsed_s' = '" + elapsed + "' is not a duration");
 
+  verify_checksums(f);
   for (auto& [name, t] : f.tensors) {
     if (name.starts_with("model.")) c.model_state.emplace(name.substr(6), t);
     else if (name.starts_with("optim.")) c.optimizer_state.emplace(name.substr(6), t);

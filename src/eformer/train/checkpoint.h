@@ -11,6 +11,9 @@
 //                 "rng"             JSON {"seed", "stream", "counter"}: the default generator at that
 //                                   step boundary (dropout draws of the next step start there)
 //                 "elapsed_s"       training wall time so far (for time budgets and tokens/s)
+//                 "checksums"       JSON {"<tensor name>": "<16 hex digits>"}: io::checksum64 of each
+//                                   tensor's bytes, verified on read (absent in files from before;
+//                                   those load with a note on stderr)
 // Batches are a pure function of (seed, step), so the step is the whole data position.
 #pragma once
 #include <map>

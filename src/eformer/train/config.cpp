@@ -52,9 +52,15 @@ std::string get_string(const json& j, const char* key) {
 }  // namespace
 
 void validate(const TrainConfig& c) {
-  EF_CHECK(c.steps >= 0, ValueError, "train config: 'steps' must be >= 0, got ", c.steps);
-  EF_CHECK(c.time_budget_s >= 0, ValueError, "train config: 'time_budget_s' must be >= 0, got ", c.time_budget_s);
-  EF_CHECK(c.batch_size >= 1, ValueError, "train config: 'batch_size' must be >= 1, got ", c.batch_size);
+  // The upper bounds keep step counts and tensor sizes far from overflow (the memory estimate
+  // judges what fits); 1e9 s is about 31 years.
+  EF_CHECK(c.steps >= 0 && c.steps <= (int64_t(1) << 40), ValueError,
+           "train config: 'steps' must be in [0, 2^40], got ", c.steps);
+  EF_CHECK(c.time_budget_s >= 0 && c.time_budget_s <= 1e9, ValueError,
+           "train config: 'time_budget_s' must be in [0, 1e9] seconds (--minutes at most 1.6e7), got ",
+           c.time_budget_s);
+  EF_CHECK(c.batch_size >= 1 && c.batch_size <= (int64_t(1) << 20), ValueError,
+           "train config: 'batch_size' must be in [1, 2^20], got ", c.batch_size);
   EF_CHECK(c.lr > 0, ValueError, "train config: 'lr' must be > 0, got ", c.lr);
   EF_CHECK(c.min_lr >= 0 && c.min_lr <= c.lr, ValueError, "train config: 'min_lr' must be in [0, lr = ", c.lr,
            "], got ", c.min_lr);

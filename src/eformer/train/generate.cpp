@@ -1,5 +1,7 @@
 #include "eformer/train/generate.h"
 
+#include "eformer/data/tokenizer.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -129,6 +131,8 @@ std::vector<int64_t> generate(models::LanguageModel& model, const std::vector<in
     int64_t token = sampler.next(row.data(), vocab);
     out.push_back(token);
     all.push_back(token);
+    // A restart re-encodes at most max_len tokens: keep a window of them, not the whole history.
+    if (int64_t(all.size()) >= 2 * max_len) all.erase(all.begin(), all.end() - max_len);
     if (on_token && !on_token(token)) break;
     if (i + 1 == options.max_new_tokens) break;
     if (in_context >= max_len) {
@@ -143,6 +147,9 @@ std::vector<int64_t> generate(models::LanguageModel& model, const std::vector<in
 
 std::string generate_text(models::LanguageModel& model, const std::string& prompt, const GenerateOptions& options,
                           const std::function<bool(int64_t)>& on_token) {
+  EF_CHECK(model.config().vocab_size == data::ByteTokenizer::kVocabSize, ValueError,
+           "generate_text: text is bytes, so the model's vocab_size must be ", data::ByteTokenizer::kVocabSize,
+           ", got ", model.config().vocab_size, "; use generate() with token ids");
   std::vector<int64_t> ids(prompt.size());
   for (size_t i = 0; i < prompt.size(); ++i) ids[i] = int64_t(uint8_t(prompt[i]));
   std::vector<int64_t> out = generate(model, ids, options, on_token);

@@ -14,6 +14,7 @@
 #include "eformer/core/parallel.h"
 #include "eformer/core/rng.h"
 #include "eformer/data/batches.h"
+#include "eformer/data/tokenizer.h"
 #include "eformer/io/atomic_file.h"
 #include "eformer/optim/clip.h"
 #include "eformer/optim/schedule.h"
@@ -54,9 +55,18 @@ std::atomic<bool>& Trainer::stop_requested() {
   return flag;
 }
 
+namespace {
+// The corpus is bytes: a model of another vocabulary would fail later (ids >= 256 in generation).
+void check_byte_vocabulary(const models::ModelConfig& c) {
+  EF_CHECK(c.vocab_size == data::ByteTokenizer::kVocabSize, ValueError, "train: the corpus is bytes, so vocab_size must be ",
+           data::ByteTokenizer::kVocabSize, ", got ", c.vocab_size);
+}
+}  // namespace
+
 Trainer::Trainer(const models::ModelConfig& model_config, const TrainConfig& config, data::Corpus corpus)
     : config_(config), corpus_(std::move(corpus)) {
   validate(config_);
+  check_byte_vocabulary(model_config);
   corpus_.check_context(model_config.max_len);
   rng::manual_seed(config_.seed);
   model_ = std::make_shared<models::LanguageModel>(model_config);
@@ -66,6 +76,7 @@ Trainer::Trainer(const models::ModelConfig& model_config, const TrainConfig& con
 Trainer::Trainer(const Checkpoint& checkpoint, const TrainConfig& config, data::Corpus corpus)
     : config_(config), corpus_(std::move(corpus)) {
   validate(config_);
+  check_byte_vocabulary(checkpoint.model_config);
   corpus_.check_context(checkpoint.model_config.max_len);
   model_ = std::make_shared<models::LanguageModel>(checkpoint.model_config);
   restore_model(checkpoint, *model_);
@@ -144,7 +155,6 @@ double Trainer::evaluate_valid() {
 }
 
 TrainResult Trainer::run(int64_t stop_at_step) {
-  stop_requested().store(false);
   run_start_ = now_s();
   open_log(resumed_);
   const int64_t B = config_.batch_size, context = model_->config().max_len;
@@ -300,6 +310,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
        {"tokens_per_s", result.tokens_per_s},
        {"bits_per_char", result.valid_bits_per_char}});
   print_progress(true);
+  stop_requested().store(false);  // this run answered the request; the next one starts afresh
   if (log_) {
     std::fclose(log_);
     log_ = nullptr;

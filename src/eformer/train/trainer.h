@@ -64,7 +64,9 @@ class Trainer {
   // Progress on `out` (the CLI passes stderr; nullptr, the default, is silent): one line refreshed
   // with '\r' when it is a terminal, else a plain line every few seconds and at each estimate.
   void set_progress(std::FILE* out) { progress_ = out; }
-  // Asks a running run() to stop after the current step (safe from a signal handler).
+  // Asks the running run() to stop after the current step, or the next run() to stop before its
+  // first (a request before run() is kept, so a signal at start-up still ends the run with a
+  // checkpoint); run() clears it when it returns. Safe from a signal handler.
   static void request_stop() { stop_requested().store(true); }
 
   models::LanguageModel& model() { return *model_; }

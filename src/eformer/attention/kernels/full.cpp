@@ -1,6 +1,7 @@
 #include "eformer/attention/kernels/full.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "eformer/autograd/autograd.h"
@@ -27,9 +28,11 @@ void masked_softmax_forward(const float* s, float* p, const bool* key_mask, int6
                              const float* sr = s + row * M;
                              float* pr = p + row * M;
                              float m = -std::numeric_limits<float>::infinity();
+                             bool nan = false;  // max() skips NaN; softmax of a NaN row is NaN
                              for (int64_t j = 0; j < end; ++j)
-                               if (!km || km[j]) m = std::max(m, sr[j]);
+                               if (!km || km[j]) m = std::max(m, sr[j]), nan |= std::isnan(sr[j]);
                              std::fill(pr, pr + M, 0.0f);
+                             if (nan) m = std::numeric_limits<float>::quiet_NaN();  // every p below is NaN
                              if (m == -std::numeric_limits<float>::infinity())
                                continue;  // nothing attendable: the row stays 0
                              float sum = 0.0f;

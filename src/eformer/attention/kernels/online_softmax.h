@@ -10,7 +10,8 @@
 //
 // Masked scores are -inf. A row that has seen only -inf keeps m = -inf and l = 0: its
 // probabilities are 0 (never exp(-inf - -inf) = NaN) and finalize gives out = 0 and L = +inf,
-// so that exp(s - L) = 0 when the backward recomputes probabilities.
+// so that exp(s - L) = 0 when the backward recomputes probabilities. A NaN score makes its row's
+// state NaN (m = l = NaN), so out and L are NaN, as softmax's are.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -32,9 +33,13 @@ struct OnlineSoftmax {
 #pragma omp simd reduction(max : block_max)
     for (int64_t j = 0; j < n; ++j) block_max = std::max(block_max, s[j]);
     const float new_max = std::max(max, block_max);
-    if (new_max == -std::numeric_limits<float>::infinity()) {  // nothing attendable yet
-      for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
-      return 1.0f;
+    if (new_max == -std::numeric_limits<float>::infinity()) {  // nothing attendable yet, or NaN
+      bool nan = false;  // max() skips NaN; a NaN score must make the row NaN, as softmax does
+      for (int64_t j = 0; j < n; ++j) nan |= std::isnan(s[j]);
+      const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      for (int64_t j = 0; j < n; ++j) s[j] = fill;
+      if (nan) max = sum = fill;  // max(NaN, x) stays NaN, so every later block is NaN too
+      return nan ? fill : 1.0f;
     }
     const float rescale = kernels::fast_exp(max - new_max);  // exp(-inf) = 0 exactly
     float block_sum = 0.0f;
@@ -63,11 +68,13 @@ struct OnlineSoftmax {
     return {a, b};
   }
 
-  // 1 / l: multiply the accumulator by it for the softmax-weighted mean; 0 for an empty row.
-  float inverse_sum() const { return sum > 0.0f ? 1.0f / sum : 0.0f; }
-  // L = m + log l, so that softmax_j = exp(s_j - L); +inf for an empty row (every exp(s - L) = 0).
+  // 1 / l: multiply the accumulator by it for the softmax-weighted mean; 0 for an empty row,
+  // NaN for a row that saw a NaN score.
+  float inverse_sum() const { return sum > 0.0f ? 1.0f / sum : sum == 0.0f ? 0.0f : sum; }
+  // L = m + log l, so that softmax_j = exp(s_j - L); +inf for an empty row (every exp(s - L) = 0),
+  // NaN for a row that saw a NaN score (its gradients are NaN too).
   float log_sum_exp() const {
-    return sum > 0.0f ? max + std::log(sum) : std::numeric_limits<float>::infinity();
+    return sum > 0.0f ? max + std::log(sum) : sum == 0.0f ? std::numeric_limits<float>::infinity() : sum;
   }
 };
 

@@ -266,7 +266,7 @@ AftOptions parse_aft_options(const std::string& name, const nlohmann::json& opti
   const auto specs = aft_option_specs(name);
   for (const auto& [key, value] : options.items()) {
     const bool known =
-        std::any_of(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == key; });
+        std::any_of(specs.begin(), specs.end(), [&k = key](const OptionSpec& s) { return s.name == k; });
     if (!known) options::unknown(who, key, specs);
     if (key == "heads") o.heads = options::get_int(who, key, value, 0);
     if (key == "factorized") o.factorized = options::get_bool(who, key, value);
