@@ -55,10 +55,13 @@ MemoryEstimate estimate_memory(const models::ModelConfig& c, int64_t batch_size,
     one_layer_max = std::max(one_layer_max, mul(tokens, per_token));
     all_layers += mul(tokens, per_token);
   }
-  const int64_t logits = mul(tokens, 3 * c.vocab_size);
+  // The LM head and loss run in row chunks of 16 MiB of logits (linear_cross_entropy): the logits
+  // and their gradient, one chunk at a time.
+  const int64_t logits = 2 * std::min(mul(tokens, c.vocab_size), (int64_t(16) << 20) / 4 + c.vocab_size);
   int64_t floats = 0;
   if (!training) floats = one_layer_max + logits;
   else if (c.block == "recompute") floats = mul(mul(tokens, d), layers) + one_layer_max + logits;
+  else if (c.block == "reversible") floats = mul(mul(tokens, d), 4) + one_layer_max + logits;  // y1, y2, dy1, dy2
   else floats = all_layers + logits;
   e.activation_bytes = mul(floats, 4);
   return e;
@@ -68,7 +71,7 @@ void check_memory(const MemoryEstimate& e, const std::string& what, const std::s
   const int64_t available = allocator::available_bytes();
   if (available < 0 || e.total_bytes() <= available) return;
   const char* reduce = e.activation_bytes >= e.parameter_bytes + e.optimizer_bytes
-                           ? "reduce the batch size or the context (max_len), or use model.block=recompute"
+                           ? "reduce the batch size or the context (max_len), or use model.block=recompute or reversible"
                            : "reduce the model (d_model, d_ff, n_layers, vocab_size)";
   throw MemoryError(what + ": the run needs about " + e.describe() + " but " + bytes_str(available) +
                     " are available; " + reduce + ", or " + override_hint);
