@@ -4,9 +4,10 @@ q, k, v and the upstream gradient g are [B, H, N, d] float32 draws of a generato
 mechanism's process and each peer's see identical numbers. A mechanism's extra tensors come from its registry
 entry, never from its name: the `reference` it declares says what its functional form needs (a kernelized
 mechanism with a projection takes its random matrix omega [m, d]; an AFT mechanism its position bias `w`,
-shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]), and
-the option defaults the registry lists size them. A mechanism whose reference is new here gets no extras;
-if its functional form needs some, its run fails and the report says so.
+shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]; an LSH
+mechanism its rotations and bucket count, with k = q for shared QK), and the option defaults the registry lists
+size them. A mechanism whose reference is new here gets no extras; if its functional form needs some, its run
+fails and the report says so.
 """
 import math
 
@@ -39,7 +40,21 @@ def make(entry, N, causal, seed=0):
         extras["omega"] = ef.draw_omega(performer_features(d), d, seed=seed).numpy()
     elif ref == "aft":
         extras.update(aft_bias(entry, rng, N, causal, H))
+    elif ref == "lsh":
+        k = q.copy()  # shared QK: the keys are the (normalized) queries, as in every LSH peer
+        extras.update(lsh_rotations(entry, rng, N, H, d))
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
+
+
+def lsh_rotations(entry, rng, N, H, d):
+    """LSH's rotations [n_hashes, H, d, columns] at the entry's defaults, and its bucket count (an int option of
+    the functional form), so that the peers hash with the same rotations."""
+    from harness.peers.reformer import bucket_factors, default_buckets
+    n_buckets = default_buckets(N, int(option_default(entry, "bucket_size", 64)))
+    columns = sum(f // 2 for f in bucket_factors(n_buckets))
+    n_hashes = int(option_default(entry, "n_hashes", 4))
+    rotations = rng.standard_normal((n_hashes, H, d, columns)).astype(np.float32)
+    return {"rotations": rotations, "n_buckets": n_buckets}
 
 
 def aft_bias(entry, rng, N, causal, H):

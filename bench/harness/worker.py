@@ -35,9 +35,15 @@ def reset_hwm():
         f.write("5")
 
 
+def eformer_extras(extras):
+    """The extras as eformer.attention's keyword arguments: arrays as tensors, numbers as options."""
+    import eformer as ef
+    return {n: ef.tensor(a) if isinstance(a, np.ndarray) else a for n, a in extras.items()}
+
+
 def eformer_calls(entry, causal, inp):
     import eformer as ef
-    extras = {n: ef.tensor(a) for n, a in inp["extras"].items()}
+    extras = eformer_extras(inp["extras"])
     g = ef.tensor(inp["g"])
 
     def fwd():
@@ -66,12 +72,15 @@ def torch_calls(peer, entry, causal, inp, threads):
     return fwd, fwdbwd, lambda out: out.detach().numpy()
 
 
-def check(out, ours_path, tolerance):
+def check(out, ours_path, tolerance, rows=None):
+    """rows: Bool [B, H, N], the rows the peer computes as we do (None: all)."""
     if not os.path.exists(ours_path):
         return {"ok": False, "why": "no output of ours at this shape to compare with"}
     ours = np.load(ours_path)
     if out.shape != ours.shape:
         return {"ok": False, "why": f"shape {list(out.shape)} vs ours {list(ours.shape)}"}
+    if rows is not None:
+        out, ours = out[rows], ours[rows]
     diff = float(np.nanmax(np.abs(out - ours))) if np.isfinite(out).all() else float("inf")
     rel = diff / max(float(np.abs(ours).max()), 1e-30)
     return {"ok": rel <= tolerance, "max_abs_diff": diff, "rel_diff": rel, "tolerance": tolerance}
@@ -130,7 +139,10 @@ def main():
         peer = BY_NAME[a.contender]
         fwd, fwdbwd, to_numpy = torch_calls(peer, entry, causal, inp, a.threads)
         base = rss_bytes()
-        result["check"] = check(to_numpy(fwd()), ours_path, peer.tolerance)
+        rows = peer.rows(entry, causal, inp)
+        result["check"] = check(to_numpy(fwd()), ours_path, peer.tolerance, rows)
+        if rows is not None:
+            result["check"]["rows_compared"] = int(rows.sum())
         result["check"]["how"] = peer.check
         meter = None
         if not result["check"]["ok"]:

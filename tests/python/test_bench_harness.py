@@ -39,17 +39,31 @@ def test_peer_computes_what_we_compute(tmp_path, name, peer):
     for causal in (False, True):
         if not p.supports(entry, causal):
             continue
-        N = 160  # not a multiple of the block size: partial blocks and windows
+        N = 160 if p.partial_chunks else 256  # 160: not a multiple of the block size, partial blocks and windows
         inp = inputs.make(entry, N, causal, seed=seed)
-        extras = {k: ef.tensor(v) for k, v in inp["extras"].items()}
+        extras = worker.eformer_extras(inp["extras"])
         ours = ef.attention(*(ef.tensor(inp[n]) for n in "qkv"), kind=name, causal=causal, **extras).numpy()
         path = str(tmp_path / "ours.npy")
         np.save(path, ours)
         fwd, _, to_numpy = worker.torch_calls(p, entry, causal, inp, threads=1)
-        result = worker.check(to_numpy(fwd()), path, p.tolerance)
+        rows = p.rows(entry, causal, inp)
+        result = worker.check(to_numpy(fwd()), path, p.tolerance, rows)
         assert result["ok"], (name, peer, causal, result)
         np.save(path, ours * 1.01)  # a 1% different computation is refused
-        assert not worker.check(to_numpy(fwd()), path, p.tolerance)["ok"] or p.tolerance >= 1e-2
+        assert not worker.check(to_numpy(fwd()), path, p.tolerance, rows)["ok"] or p.tolerance >= 1e-2
+
+
+@pytest.mark.parametrize("N", [160, 4096, 65536])
+def test_lsh_inputs_follow_our_bucket_layout(N):
+    """The harness sizes LSH's rotations as our kernel does (factorized above 256 buckets), so that the peers
+    hash with the very rotations we use; our functional form refuses rotations of any other width."""
+    entry = next(e for e in ENTRIES if e["name"] == "lsh")
+    extras = inputs.lsh_rotations(entry, np.random.default_rng(N), N, 1, 8)
+    q, v = (ef.tensor(np.random.default_rng(i).standard_normal((1, 1, 64, 8)).astype(np.float32)) for i in (0, 1))
+    ef.attention(q, q, v, kind="lsh", **worker.eformer_extras(extras))
+    wider = dict(extras, rotations=np.concatenate([extras["rotations"]] * 2, axis=3))
+    with pytest.raises(ValueError):
+        ef.attention(q, q, v, kind="lsh", **worker.eformer_extras(wider))
 
 
 def test_a_peer_with_nothing_to_check_against_is_refused(tmp_path):

@@ -4,10 +4,11 @@ the mechanism's name)."""
 from .aft import AftPytorch, TorchPaper
 from .kernelized import PerformerPytorch, TorchCumsum
 from .local_attention import LocalAttentionPeer
+from .reformer import HFReformerLSH
 from .sdpa import TorchSDPA, TorchSDPAMasked
 
 PEERS = [TorchSDPA(), TorchSDPAMasked(), TorchCumsum(), PerformerPytorch(), TorchPaper(), AftPytorch(),
-         LocalAttentionPeer()]
+         LocalAttentionPeer(), HFReformerLSH()]
 BY_NAME = {p.name: p for p in PEERS}
 
 
