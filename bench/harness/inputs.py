@@ -41,8 +41,9 @@ def make(entry, N, causal, seed=0):
     elif ref == "aft":
         extras.update(aft_bias(entry, rng, N, causal, H))
     elif ref == "lsh":
-        k = q.copy()  # shared QK: the keys are the (normalized) queries, as in every LSH peer
         extras.update(lsh_rotations(entry, rng, N, H, d))
+        unambiguous_hashes(q, extras, rng)
+        k = q.copy()  # shared QK: the keys are the (normalized) queries, as in every LSH peer
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
 
 
@@ -55,6 +56,35 @@ def lsh_rotations(entry, rng, N, H, d):
     n_hashes = int(option_default(entry, "n_hashes", 4))
     rotations = rng.standard_normal((n_hashes, H, d, columns)).astype(np.float32)
     return {"rotations": rotations, "n_buckets": n_buckets}
+
+
+def unambiguous_hashes(q, extras, rng, margin=1e-4):
+    """Redraws the rows of q [B, H, N, d] whose bucket is a near tie in some round (the two largest of
+    [xR; -xR] within `margin` of |xR|'s scale): float32 libraries round such a tie either way, and one token
+    hashed differently shifts the sorted chunks of every token after it. The timing does not depend on it."""
+    from harness.peers.reformer import bucket_factors
+    rotations = extras["rotations"].astype(np.float64)
+    factors = bucket_factors(int(extras["n_buckets"]))
+
+    def ties(x, h):  # x [rows, d] of head h -> Bool [rows]
+        x = x.astype(np.float64)
+        x /= np.linalg.norm(x, axis=-1, keepdims=True)
+        out = np.zeros(len(x), bool)
+        for r in range(rotations.shape[0]):
+            rotated, start = x @ rotations[r, h], 0
+            for f in factors:
+                part = np.abs(rotated[:, start:start + f // 2])  # the top two of [xR; -xR] are among |xR|
+                top2 = np.partition(part, part.shape[1] - 2, axis=1)[:, -2:]
+                out |= top2[:, 1] - top2[:, 0] < margin * top2[:, 1]
+                start += f // 2
+        return out
+
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            rows = np.flatnonzero(ties(q[b, h], h))
+            while len(rows):
+                q[b, h, rows] = rng.standard_normal((len(rows), q.shape[-1])).astype(np.float32)
+                rows = rows[ties(q[b, h, rows], h)]
 
 
 def aft_bias(entry, rng, N, causal, H):
