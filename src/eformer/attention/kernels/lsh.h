@@ -40,7 +40,6 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
 }  // namespace eformer::attention
 
-
 namespace eformer::kernels {
 
 inline constexpr float kLshSelfScore = -1e5f;  // a token's score for its own key (HF's self_mask_value)

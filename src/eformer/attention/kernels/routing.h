@@ -7,8 +7,9 @@
 // other key taking its own value. Local heads (the paper's mix, sec. 5) put every token in one
 // cluster: a causal window of the 2w - 1 previous tokens, or (bidirectional) the block of w and the
 // one before.
-// The centroids are updated by an exponential moving average of the keys assigned to them (sec. 4.1,
-// with the means of HF/lucidrains' implementation): per routing head and cluster j with members,
+// The centroids are updated by an exponential moving average of the keys assigned to them (sec. 4.1;
+// the new mean normalized as in lucidrains' routing-transformer, and the centroid renormalized after,
+// which that code does not): per routing head and cluster j with members,
 // mu_j <- normalize(decay mu_j + (1 - decay) normalize(sum_{i: mu(k^_i) = j} k^_i)); padded keys
 // do not count. Without gradient.
 #pragma once
