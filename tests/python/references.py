@@ -243,25 +243,28 @@ def lsh_buckets(kn, rotations, n_buckets):
     return bucket
 
 
-def torch_lsh(q, k, v, rotations, chunk, causal, key_mask=None, scale=None, n_buckets=None):
-    """LSH attention from its definition (docs/MECHANISMS.md, "lsh"), float64, dense over position pairs.
-    Keys k^ = k / sqrt(|k|^2 + 1e-12). Per round: buckets, masked keys in a bucket of their own after the
-    real ones, a stable sort by (bucket, position) giving each position its sorted index s; query i sees
-    key j iff (bidirectional) chunk(s_j) is chunk(s_i) or the one before, or (causal) s_j <= s_i,
-    s_i - s_j <= 2c - 1 and bucket_j == bucket_i; masked keys never. The self score is LSH_SELF_SCORE.
-    One softmax over the rounds' candidates (a key visible in r rounds counts r times); a row with no
-    candidate gives 0. q, k, v [B, H, N, d]; rotations [n_hashes, H, d, columns] (float64); n_buckets
-    defaults to 2 x columns (unfactored)."""
+def normalized_keys(k):
+    """k^ = k / sqrt(|k|^2 + 1e-12), the keys of lsh and routing (kernels/lsh.h)."""
+    return k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-12)
+
+
+def torch_sorted_chunks(q, k, v, rounds, n_buckets, chunk, causal, key_mask=None, scale=None):
+    """Attention over sorted buckets (docs/MECHANISMS.md, "lsh"), float64, dense over position pairs.
+    Keys k^ = normalized_keys(k); `rounds` is a list of Int buckets [B, H, N] in [0, n_buckets). Per
+    round: masked keys in a bucket of their own after the real ones, a stable sort by (bucket, position)
+    giving each position its sorted index s; query i sees key j iff (bidirectional) chunk(s_j) is
+    chunk(s_i) or the one before, or (causal) s_j <= s_i, s_i - s_j <= 2c - 1 and bucket_j == bucket_i;
+    masked keys never. The self score is LSH_SELF_SCORE. One softmax over the rounds' candidates (a key
+    visible in r rounds counts r times); a row with no candidate gives 0. q, k, v [B, H, N, d]."""
     B, H, N, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    kn = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-12)
-    n_buckets = 2 * rotations.shape[-1] if n_buckets is None else n_buckets
+    kn = normalized_keys(k)
     real = torch.ones(B, N, dtype=torch.bool) if key_mask is None else torch.as_tensor(np.asarray(key_mask))
     positions = torch.arange(N)
     own = torch.eye(N, dtype=torch.bool)
     base = torch.where(own, torch.full((N, N), LSH_SELF_SCORE), scale * (q @ kn.transpose(-1, -2)))
     scores = []
-    for buckets in lsh_buckets(kn, rotations, n_buckets):
+    for buckets in rounds:
         buckets = torch.where(real[:, None, :], buckets, torch.full_like(buckets, n_buckets))
         order = torch.argsort(buckets * N + positions, -1)  # distinct keys: a stable sort
         rank = torch.argsort(order, -1)                      # the sorted index of each position
@@ -276,6 +279,48 @@ def torch_lsh(q, k, v, rotations, chunk, causal, key_mask=None, scale=None, n_bu
     any_key = (s > -math.inf).any(-1, keepdim=True)
     p = torch.softmax(torch.where(any_key, s, torch.zeros_like(s)), -1) * any_key
     return p @ torch.cat([v] * len(scores), -2)
+
+
+def torch_lsh(q, k, v, rotations, chunk, causal, key_mask=None, scale=None, n_buckets=None):
+    """LSH attention: torch_sorted_chunks over the angular hashes of k^ (rotations [n_hashes, H, d,
+    columns], float64; n_buckets defaults to 2 x columns, unfactored)."""
+    n_buckets = 2 * rotations.shape[-1] if n_buckets is None else n_buckets
+    rounds = list(lsh_buckets(normalized_keys(k), rotations, n_buckets))
+    return torch_sorted_chunks(q, k, v, rounds, n_buckets, chunk, causal, key_mask, scale)
+
+
+def routing_clusters(kn, centroids, local_heads=0):
+    """Roy et al. 2021, sec. 4.1: the nearest centroid, argmax_j k^_i . mu_j (the first maximum), per
+    routing head; the last local_heads heads put every token in cluster 0. kn [B, H, N, d], centroids
+    [H, c, d] -> Int [B, H, N]."""
+    cluster = torch.argmax(torch.einsum("bhnd,hcd->bhnc", kn.detach(), centroids), -1)
+    H = kn.shape[1]
+    cluster[:, H - local_heads:] = 0
+    return cluster
+
+
+def torch_routing(q, k, v, centroids, window, causal, key_mask=None, local_heads=0):
+    """Routing attention (kernels/routing.h): torch_sorted_chunks with one round, the clusters of
+    routing_clusters as buckets and chunks of `window`."""
+    clusters = routing_clusters(normalized_keys(k), centroids, local_heads)
+    return torch_sorted_chunks(q, k, v, [clusters], centroids.shape[1], window, causal, key_mask)
+
+
+def torch_routing_ema(centroids, kn, clusters, decay, key_mask=None, local_heads=0):
+    """The centroids after one moving-average step (kernels/routing.h): per routing head and cluster
+    with real members, mu <- normalize(decay mu + (1 - decay) normalize(sum of its k^))."""
+    B, H, N, d = kn.shape
+    real = torch.ones(B, N, dtype=torch.bool) if key_mask is None else torch.as_tensor(np.asarray(key_mask))
+    out = centroids.clone()
+    for h in range(H - local_heads):
+        for j in range(centroids.shape[1]):
+            members = (clusters[:, h] == j) & real
+            if members.any():
+                mean = kn[:, h][members].sum(0)
+                mean = mean / torch.sqrt((mean * mean).sum() + 1e-12)
+                mu = decay * centroids[h, j] + (1 - decay) * mean
+                out[h, j] = mu / torch.sqrt((mu * mu).sum() + 1e-12)
+    return out
 
 
 class Lsh:
@@ -298,4 +343,25 @@ class Lsh:
         return torch_lsh(q, k, v, rotations, context["chunk"], causal, key_mask)
 
 
-REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft(), "lsh": Lsh()}
+class Routing:
+    """Routing attention with explicit centroids (functional form: drawn here, several clusters and
+    local heads; module: its buffer `centroids` read before the call, the ones that call routes with)."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        c, window, local_heads = int(rng.integers(1, 5)), 8, int(rng.integers(0, 2))
+        mu = rng.standard_normal((dims["H"], c, d)).astype(np.float32)
+        kwargs = {"centroids": ef.tensor(mu), "window": window, "local_heads": local_heads}
+        return kwargs, {"centroids": torch.tensor(mu.astype(np.float64)), "window": window,
+                        "local_heads": local_heads}
+
+    def module_context(self, entry, mech, params=None):
+        mu = torch.tensor(mech.state_dict()["centroids"].numpy().astype(np.float64))
+        return {"centroids": mu, "window": int(option_default(entry, "window")), "local_heads": 0}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        return torch_routing(q, k, v, context["centroids"], context["window"], causal, key_mask,
+                             context["local_heads"])
+
+
+REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft(), "lsh": Lsh(),
+              "routing": Routing()}

@@ -365,7 +365,9 @@ std::vector<std::string> train_losses(const std::string& log_path) {
   return out;
 }
 
-TEST(Trainer, ResumedRunMatchesAnUninterruptedOneBitForBit) {
+// Trains `model` 8 steps in one go and 5 + 3 steps with a checkpoint in between: losses, weights,
+// buffers and the final evaluation agree bit for bit.
+void expect_resume_is_exact(const models::ModelConfig& model) {
   TempDir dir;
   data::Corpus corpus = data::Corpus::from_text(corpus_text());
   TrainConfig c;
@@ -379,7 +381,7 @@ TEST(Trainer, ResumedRunMatchesAnUninterruptedOneBitForBit) {
   c.seed = 11;
   c.log_path = dir.file("a.jsonl");
   c.checkpoint_path = dir.file("a.safetensors");
-  Trainer a(tiny_config(), c, corpus);
+  Trainer a(model, c, corpus);
   TrainResult ra = a.run();
   EXPECT_EQ(ra.steps, 8);
   EXPECT_EQ(ra.reason, "steps");
@@ -390,7 +392,7 @@ TEST(Trainer, ResumedRunMatchesAnUninterruptedOneBitForBit) {
   c.log_path = dir.file("b.jsonl");
   c.checkpoint_path = dir.file("b.safetensors");
   {
-    Trainer b(tiny_config(), c, corpus);
+    Trainer b(model, c, corpus);
     TrainResult rb = b.run(/*stop_at_step=*/5);
     EXPECT_EQ(rb.steps, 5);
     EXPECT_EQ(rb.reason, "stopped");
@@ -406,6 +408,34 @@ TEST(Trainer, ResumedRunMatchesAnUninterruptedOneBitForBit) {
   auto wa = a.model().state_dict(), wb = resumed.model().state_dict();
   for (size_t i = 0; i < wa.size(); ++i) EXPECT_EQ(wa[i].second.to_vector(), wb[i].second.to_vector()) << wa[i].first;
   EXPECT_EQ(ra.valid_bits_per_char, rr.valid_bits_per_char);
+}
+
+TEST(Trainer, ResumedRunMatchesAnUninterruptedOneBitForBit) { expect_resume_is_exact(tiny_config()); }
+
+// The routing mechanism's k-means centroids are training state outside the optimizer (a buffer
+// updated by every training forward): resumed from the checkpoint, the run continues bit for bit,
+// under the recompute policy too (whose replayed forwards must not update them twice).
+TEST(Trainer, ResumedRoutingRunKeepsItsCentroidsBitForBit) {
+  models::ModelConfig model = tiny_config();
+  model.attention = {"routing", {{"clusters", 3}, {"window", 4}, {"decay", 0.9}, {"local_heads", 1}}};
+  expect_resume_is_exact(model);
+  model.block = "recompute";
+  expect_resume_is_exact(model);
+  // ...and the centroids really move in training.
+  data::Corpus corpus = data::Corpus::from_text(corpus_text());
+  TrainConfig c;
+  c.steps = 2;
+  c.batch_size = 2;
+  c.seed = 5;
+  Trainer t(model, c, corpus);
+  auto before = t.model().state_dict();
+  t.run();
+  auto after = t.model().state_dict();
+  int moved = 0;
+  for (size_t i = 0; i < before.size(); ++i)
+    if (before[i].first.find("centroids") != std::string::npos)
+      moved += before[i].second.to_vector() != after[i].second.to_vector();
+  EXPECT_EQ(moved, 2) << "both layers' centroids move";
 }
 
 TEST(Trainer, RejectsARunWithoutALengthAndATooSmallCorpus) {

@@ -8,6 +8,7 @@
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/lsh.h"
 #include "eformer/attention/mechanisms/performer.h"
+#include "eformer/attention/mechanisms/routing.h"
 #include "eformer/attention/mechanisms/sparse.h"
 
 namespace eformer::attention {
@@ -29,6 +30,7 @@ std::vector<MechanismEntry>& entries() {
       aft_entry("aft_local"),        // AFT: bias in a window, 0 outside
       aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
       lsh_entry(),                   // Reformer: shared-QK LSH buckets, sorted chunks
+      routing_entry(),               // Routing Transformer: online k-means clusters, sorted chunks
   };
   return all;
 }

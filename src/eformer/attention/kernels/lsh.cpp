@@ -202,33 +202,43 @@ void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotatio
   }
 }
 
-void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,
-              const LshSizes& s) {
+void lsh_hash(const float* kn, const float* rotations, int32_t* bucket, const LshSizes& s) {
   const int64_t BH = s.B * s.H, N = s.N, d = s.d, blocks = (N + 255) / 256, cols = lsh_rotation_columns(s.n_buckets);
   parallel::parallel_for(s.n_hashes * BH * blocks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t r = item / (BH * blocks), bh = item / blocks % BH, blk = item % blocks;
       const int64_t n0 = blk * 256, rows = std::min<int64_t>(256, N - n0);
       const float* R = rotations + (r * s.H + bh % s.H) * d * cols;
-      int32_t* out = bucket + (r * BH + bh) * N + n0;
-      lsh_hash_rows(kn + (bh * N + n0) * d, rows, d, R, s.n_buckets, out);
-      if (key_mask)
-        for (int64_t i = 0; i < rows; ++i)
-          if (!key_mask[(bh / s.H) * N + n0 + i]) out[i] = int32_t(s.n_buckets);
+      lsh_hash_rows(kn + (bh * N + n0) * d, rows, d, R, s.n_buckets, bucket + (r * BH + bh) * N + n0);
     }
   });
+}
+
+void sort_by_bucket(const bool* key_mask, int32_t* bucket, int32_t* order, const LshSizes& s) {
+  const int64_t BH = s.B * s.H, N = s.N;
   // A counting sort per (round, head): stable, so within a bucket the order is the position order.
   parallel::parallel_for(s.n_hashes * BH, 1, [&](int64_t i0, int64_t i1) {
     std::vector<int64_t> start(size_t(s.n_buckets + 2));
     for (int64_t item = i0; item < i1; ++item) {
-      const int32_t* bk = bucket + item * N;
+      int32_t* bk = bucket + item * N;
       int32_t* ord = order + item * N;
+      if (key_mask) {
+        const bool* km = key_mask + (item % BH / s.H) * N;
+        for (int64_t i = 0; i < N; ++i)
+          if (!km[i]) bk[i] = int32_t(s.n_buckets);
+      }
       std::fill(start.begin(), start.end(), 0);
       for (int64_t i = 0; i < N; ++i) ++start[size_t(bk[i] + 1)];
       for (size_t b = 1; b < start.size(); ++b) start[b] += start[b - 1];
       for (int64_t i = 0; i < N; ++i) ord[start[size_t(bk[i])]++] = int32_t(i);
     }
   });
+}
+
+void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,
+              const LshSizes& s) {
+  lsh_hash(kn, rotations, bucket, s);
+  sort_by_bucket(key_mask, bucket, order, s);
 }
 
 void lsh_attention_forward(const float* q, const float* kn, const float* v, const bool* key_mask,
@@ -370,12 +380,6 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                      int64_t chunk, const AttentionOptions& opts) {
   const char* op = "lsh_attention";
   const AttentionDims dims = validate_attention(op, q, k, v, opts);
-  EF_CHECK(dims.N == dims.M, ShapeError, op, ": LSH attention is self-attention; q has N = ", dims.N,
-           " rows but k has M = ", dims.M, " (expected N == M)");
-  EF_CHECK(opts.dropout == 0.0f, ValueError, op, ": dropout = ", opts.dropout,
-           "; LSH attention has no attention dropout (expected 0)");
-  EF_CHECK(chunk >= 1, ValueError, op, ": chunk = ", chunk, "; expected >= 1");
-  EF_CHECK(dims.N < (int64_t(1) << 31), ValueError, op, ": N = ", dims.N, "; expected < 2^31");
   EF_CHECK(n_buckets >= 1 && n_buckets <= (int64_t(1) << 30) && (n_buckets & (n_buckets - 1)) == 0, ValueError, op,
            ": n_buckets = ", n_buckets, "; expected a power of two (1: no hashing)");
   const int64_t columns = kernels::lsh_rotation_columns(n_buckets);
@@ -385,10 +389,28 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
            ShapeError, op, ": rotations is ", rotations.defined() ? rotations.describe() : std::string("undefined"),
            "; expected float32 [n_hashes, heads, head_dim, columns] = [n_hashes, ", dims.H, ", ", dims.d, ", ",
            columns, "] for n_buckets = ", n_buckets);
-  kernels::LshSizes s{dims.B, dims.H, dims.N, dims.d, rotations.size(0), n_buckets, chunk, dims.scale, opts.causal};
+  Tensor rc = rotations.contiguous_data();
+  const BucketAssigner hash = [rc](const float* kn, int32_t* bucket, const kernels::LshSizes& s) {
+    kernels::lsh_hash(kn, rc.data<float>(), bucket, s);
+  };
+  return sorted_chunk_attention(op, q, k, v, rotations.size(0), n_buckets, chunk, hash, opts);
+}
+
+Tensor sorted_chunk_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t rounds,
+                              int64_t n_buckets, int64_t chunk, const BucketAssigner& assign,
+                              const AttentionOptions& opts) {
+  const AttentionDims dims = validate_attention(op, q, k, v, opts);
+  EF_CHECK(dims.N == dims.M, ShapeError, op, ": attention over sorted buckets is self-attention; q has N = ", dims.N,
+           " rows but k has M = ", dims.M, " (expected N == M)");
+  EF_CHECK(opts.dropout == 0.0f, ValueError, op, ": dropout = ", opts.dropout,
+           "; attention over sorted buckets has no attention dropout (expected 0)");
+  EF_CHECK(chunk >= 1, ValueError, op, ": chunk = ", chunk, "; expected >= 1");
+  EF_CHECK(dims.N < (int64_t(1) << 31), ValueError, op, ": N = ", dims.N, "; expected < 2^31");
+  EF_CHECK(rounds >= 1 && n_buckets >= 1 && n_buckets < (int64_t(1) << 31), ValueError, op, ": rounds = ", rounds,
+           ", n_buckets = ", n_buckets, "; expected both >= 1");
+  kernels::LshSizes s{dims.B, dims.H, dims.N, dims.d, rounds, n_buckets, chunk, dims.scale, opts.causal};
   const int64_t BH = s.B * s.H, rows = BH * s.N;
   Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
-  Tensor rc = rotations.contiguous_data();
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
   // k^ = k / sqrt(|k|^2 + eps); inv_norm keeps 1 / sqrt(|k|^2 + eps) for the backward.
   Tensor kn = Tensor::empty(kc.shape()), inv_norm = Tensor::empty({rows});
@@ -404,7 +426,8 @@ Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   auto order = std::make_shared<IndexBuffer>(s.n_hashes * rows);
   Tensor out = Tensor::empty({s.B, s.H, s.N, s.d}), lse = Tensor::empty({s.B, s.H, s.N});
   if (rows > 0) {
-    kernels::lsh_sort(kn.data<float>(), rc.data<float>(), mask, bucket->data, order->data, s);
+    assign(kn.data<float>(), bucket->data, s);
+    kernels::sort_by_bucket(mask, bucket->data, order->data, s);
     kernels::lsh_attention_forward(qc.data<float>(), kn.data<float>(), vc.data<float>(), mask, bucket->data,
                                    order->data, out.data<float>(), lse.data<float>(), s);
   }

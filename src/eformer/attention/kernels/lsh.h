@@ -24,6 +24,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <functional>
 
 #include "eformer/attention/options.h"
 #include "eformer/core/tensor.h"
@@ -95,9 +96,12 @@ void lsh_hash_rows(const float* x, int64_t rows, int64_t d, const float* rotatio
 // L = logaddexp(L, lse_r), m = max(L, lse_r). Rounds are folded in order.
 void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d);
 
-// kn [B*H, N, d] (normalized keys), rotations [n_hashes, H, d, columns], key_mask [B, N] or
-// null -> bucket [n_hashes, B*H, N] by position (masked keys: n_buckets) and order [n_hashes, B*H, N]:
-// the positions sorted stably by bucket (order[s] = the position at sorted index s).
+// kn [B*H, N, d] (normalized keys), rotations [n_hashes, H, d, columns] -> bucket [n_hashes, B*H, N].
+void lsh_hash(const float* kn, const float* rotations, int32_t* bucket, const LshSizes& s);
+// bucket [n_hashes, B*H, N], key_mask [B, N] or null -> masked keys' buckets set to n_buckets, and
+// order [n_hashes, B*H, N]: the positions sorted stably by bucket (order[s] = the position at sorted index s).
+void sort_by_bucket(const bool* key_mask, int32_t* bucket, int32_t* order, const LshSizes& s);
+// lsh_hash then sort_by_bucket.
 void lsh_sort(const float* kn, const float* rotations, const bool* key_mask, int32_t* bucket, int32_t* order,
               const LshSizes& s);
 
@@ -117,3 +121,19 @@ void lsh_attention_backward(const float* q, const float* kn, const float* v, con
                             const float* dout, float* dq, float* dkn, float* dv, const LshSizes& s);
 
 }  // namespace eformer::kernels
+
+namespace eformer::attention {
+
+// Fills bucket [s.n_hashes, B*H, N] (each in [0, s.n_buckets)) from the normalized keys kn [B*H, N, d]:
+// angular hashing for lsh, the nearest centroid for routing. Must not depend on the thread count.
+using BucketAssigner = std::function<void(const float* kn, int32_t* bucket, const kernels::LshSizes& s)>;
+
+// The pipeline lsh_attention runs, with the buckets from `assign` (`rounds` of them, n_buckets each):
+// normalize the keys, assign, sort stably by (bucket, position), attend in chunks of `chunk` by the
+// rule above (causal: own bucket within the 2c - 1 earlier sorted keys), combine the rounds, unsort;
+// its backward. `op` names the caller in errors.
+Tensor sorted_chunk_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t rounds,
+                              int64_t n_buckets, int64_t chunk, const BucketAssigner& assign,
+                              const AttentionOptions& opts = {});
+
+}  // namespace eformer::attention

@@ -2,10 +2,10 @@
 
 #include <cmath>
 #include <limits>
-#include <unordered_map>
 #include <vector>
 
 #include "eformer/attention/kernels/lsh.h"
+#include "eformer/attention/mechanisms/bucket_cache.h"
 #include "eformer/core/rng.h"
 
 namespace eformer::attention {
@@ -46,36 +46,6 @@ bool parse_shared_option(const std::string& who, const std::string& key, const n
              "; expected a power of two");
   return true;
 }
-
-// One token's attention in one round over the cached keys of its bucket (its own key left out, as in
-// the parallel pass): o [d] and the log-sum-exp (-inf, o = 0, when the bucket held nothing yet).
-float attend_cached(const float* q, const float* kn_cache, const float* v_cache, int64_t cached, int64_t d,
-                    float scale, float* o) {
-  std::fill(o, o + d, 0.0f);
-  if (cached == 0) return -std::numeric_limits<float>::infinity();
-  std::vector<float> s(static_cast<size_t>(cached));
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < cached; ++j) {
-    float dot = 0.0f;
-    for (int64_t c = 0; c < d; ++c) dot += q[c] * kn_cache[j * d + c];
-    m = std::max(m, s[size_t(j)] = scale * dot);
-  }
-  float sum = 0.0f;
-  for (float& x : s) sum += (x = std::exp(x - m));
-  for (int64_t j = 0; j < cached; ++j)
-    for (int64_t c = 0; c < d; ++c) o[c] += s[size_t(j)] / sum * v_cache[j * d + c];
-  return m + std::log(sum);
-}
-
-// The streaming state: per (b, h, round, bucket) the last <= 2c - 1 normalized keys and values.
-struct LshState : RecurrentState {
-  struct Slot {
-    std::vector<float> kn, v;  // [count, d] each, oldest first
-  };
-  std::unordered_map<int64_t, Slot> slots;
-  int64_t tokens = 0;
-  int64_t length() const override { return tokens; }
-};
 
 }  // namespace
 
@@ -198,16 +168,17 @@ Tensor LshAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& ke
   return output(lsh_attention(h.q, h.k, h.v, rotations_now(), n_buckets_, options_.chunk, opts));
 }
 
-std::unique_ptr<RecurrentState> LshAttention::start_native(int64_t) const { return std::make_unique<LshState>(); }
+std::unique_ptr<RecurrentState> LshAttention::start_native(int64_t) const {
+  return std::make_unique<BucketCache>(2 * options_.chunk - 1);
+}
 
 Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
-  auto& st = static_cast<LshState&>(state);
+  auto& st = static_cast<BucketCache&>(state);
   const Heads h = project_step(x_t, st.length());
   const Tensor q = h.q.contiguous_data(), v = h.v.contiguous_data();
   const Tensor R = rotations_->contiguous_data();
   const int64_t B = q.size(0), T = q.size(2), d = d_, nh = options_.n_hashes;
   const int64_t columns = kernels::lsh_rotation_columns(n_buckets_);
-  const int64_t capacity = 2 * options_.chunk - 1;
   const float scale = 1.0f / std::sqrt(float(d));
   Tensor out = Tensor::empty({B, H_, T, d});
   std::vector<float> kn(static_cast<size_t>(d)), o_r(static_cast<size_t>(d));
@@ -224,16 +195,9 @@ Tensor LshAttention::step_native(const Tensor& x_t, RecurrentState& state) {
           int32_t bucket = 0;
           kernels::lsh_hash_rows(kn.data(), 1, d, R.data<float>() + (r * H_ + hd) * d * columns, n_buckets_,
                                  &bucket);
-          LshState::Slot& slot = st.slots[((b * H_ + hd) * nh + r) * n_buckets_ + bucket];
-          const int64_t cached = int64_t(slot.kn.size()) / d;
-          const float lse_r = attend_cached(qi, slot.kn.data(), slot.v.data(), cached, d, scale, o_r.data());
+          const int64_t slot = ((b * H_ + hd) * nh + r) * n_buckets_ + bucket;
+          const float lse_r = st.attend_then_append(slot, qi, kn.data(), vi, d, scale, o_r.data());
           kernels::lsh_merge_round(o, L, o_r.data(), lse_r, d);  // rounds in order, as the parallel pass
-          slot.kn.insert(slot.kn.end(), kn.begin(), kn.end());
-          slot.v.insert(slot.v.end(), vi, vi + d);
-          if (cached + 1 > capacity) {  // keep the last 2c - 1
-            slot.kn.erase(slot.kn.begin(), slot.kn.begin() + d);
-            slot.v.erase(slot.v.begin(), slot.v.begin() + d);
-          }
         }
         if (L == -std::numeric_limits<float>::infinity()) std::copy(vi, vi + d, o);  // nothing else: itself
       }

@@ -1,0 +1,94 @@
+"""routing vs lucidrains' routing-transformer (KmeansAttention), forward + backward, causal, float32.
+
+The two compute different attention: the peer balances clusters by top-N/c tokens per centroid (a token in
+several clusters is averaged, in none gets 0), ours routes each token to its nearest centroid and cuts the
+cluster-sorted order in chunks (docs/MECHANISMS.md, "routing"). So the outputs are checked to agree only in
+the case where both are exact shared-QK attention (one cluster, window N, at N = 256), then both are timed at
+c = 2^round(log2(sqrt(N))) clusters and window N / c, B = 1, H heads of d, the peer in training mode with its
+k-means update on (its aux loss added to the output's loss). Run with the peers' environment:
+
+    PYTHONPATH=build/python /work/peers/.peers/bin/python bench/routing_peer.py [--sizes 4096 16384] [--reps 3]
+"""
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def peer_attention(N, c, window, H, d, causal=True):
+    from routing_transformer.routing_transformer import KmeansAttention
+    attn = KmeansAttention(c, window, H, d, causal=causal, shared_qk=True)
+    attn.train()
+    return attn
+
+
+def check_agreement(H=2, d=16, N=256):
+    import eformer as ef
+    rng = np.random.default_rng(0)
+    q, v = (rng.standard_normal((1, H, N, d)).astype(np.float32) for _ in range(2))
+    attn = peer_attention(N, 1, N, H, d)
+    with torch.no_grad():
+        tq = torch.tensor(q)
+        theirs, _ = attn(tq, tq, torch.tensor(v))
+    mu = ef.tensor(np.ones((H, 1, d), np.float32))
+    ours = ef.attention(ef.tensor(q), ef.tensor(q), ef.tensor(v), kind="routing", causal=True, centroids=mu,
+                        window=N).numpy()
+    err = np.abs(ours - theirs.numpy()).max()
+    print(f"agreement at one cluster, window N = {N}: max |ours - peer| = {err:.2e}")
+    assert err < 1e-4, err
+
+
+def time_one(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    a = p.parse_args()
+    import eformer as ef
+    torch.set_num_threads(a.threads)
+    ef.set_num_threads(a.threads)
+    check_agreement()
+    H, d = a.heads, a.head_dim
+    print(f"B=1 H={H} d={d} causal, forward + backward, {a.threads} threads")
+    print(f"{'N':>7} {'c':>5} {'window':>6} {'eformer s':>10} {'peer s':>8} {'peer/eformer':>12}")
+    for N in a.sizes:
+        c = 1 << round(math.log2(math.sqrt(N)))
+        w = N // c
+        rng = np.random.default_rng(0)
+        q, v, g = (rng.standard_normal((1, H, N, d)).astype(np.float32) for _ in range(3))
+        mu = rng.standard_normal((H, c, d)).astype(np.float32)
+        centroids, ge = ef.tensor(mu / np.linalg.norm(mu, axis=-1, keepdims=True)), ef.tensor(g)
+
+        def ours():
+            qe, ve = ef.tensor(q, requires_grad=True), ef.tensor(v, requires_grad=True)
+            ef.attention(qe, qe, ve, kind="routing", causal=True, centroids=centroids, window=w).backward(ge)
+
+        attn = peer_attention(N, c, w, H, d)
+        tg = torch.tensor(g)
+
+        def theirs():
+            tq, tv = torch.tensor(q, requires_grad=True), torch.tensor(v, requires_grad=True)
+            out, aux = attn(tq, tq, tv)
+            ((out * tg).sum() + aux).backward()
+
+        t_ours, t_peer = time_one(ours, a.reps), time_one(theirs, a.reps)
+        print(f"{N:>7} {c:>5} {w:>6} {t_ours:>10.3f} {t_peer:>8.3f} {t_peer / t_ours:>12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
