@@ -28,10 +28,11 @@ MechanismConfig linformer_config(const std::string& sharing) {
 }
 
 void copy_parameters(nn::Module& to, const nn::Module& from, const Tensor& E) {
+  const auto sources = from.named_parameters();
   for (auto& [name, p] : to.named_parameters()) {
-    const Tensor* src = name == "E" ? &E : from.find_parameter(name);
-    ASSERT_NE(src, nullptr) << name;
-    const Tensor s = src->contiguous_data();
+    const auto it = std::find_if(sources.begin(), sources.end(), [&n = name](const auto& s) { return s.first == n; });
+    ASSERT_TRUE(name == "E" || it != sources.end()) << name;
+    const Tensor s = (name == "E" ? E : it->second).contiguous_data();
     std::copy(s.data<float>(), s.data<float>() + s.numel(), p.data<float>());
   }
 }
