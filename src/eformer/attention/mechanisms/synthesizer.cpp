@@ -116,11 +116,10 @@ Tensor dense_mlp(const MechanismArgs& w, const std::string& p, const Tensor& q, 
              reshape(slice(weight(w, p + "_b2"), 1, 0, width), {1, H, 1, width}));
 }
 
-// One component's logits for query rows offset .. offset + T (q [B, H, T, d]) over keys 0 .. M - 1:
-// [B or 1, H, T, M].
+// One component's logits for query rows offset .. offset + T (q [B, H, T, d], undefined when no component
+// reads it) over keys 0 .. M - 1: [B or 1, H, T, M].
 Tensor component_logits(Synthesis s, const MechanismArgs& w, int64_t factor, const Tensor& q, const Tensor& k,
-                        int64_t offset, int64_t M, float scale) {
-  const int64_t T = q.size(2);
+                        int64_t offset, int64_t T, int64_t M, float scale) {
   switch (s) {
     case Synthesis::Dense:
       return dense_mlp(w, "dense", q, M);
@@ -144,16 +143,17 @@ Tensor component_logits(Synthesis s, const MechanismArgs& w, int64_t factor, con
 }
 
 // Y = softmax(sum_c alpha_c S_c + mask) V for query rows offset .. offset + T over the M keys of v
-// (Synthesizer sec. 3.3). q [B, H, T, d] (undefined when no component reads it), k, v [B, H, M, d].
+// (Synthesizer sec. 3.3). q [B, H, T, d] (undefined when no component reads it), k, v [B, H, M, d]; the T
+// queries are the last T positions (T = M - offset).
 Tensor synthesized_attention(const std::vector<Synthesis>& parts, const MechanismArgs& w, int64_t factor,
                              const Tensor& q, const Tensor& k, const Tensor& v, int64_t offset,
                              const AttentionOptions& opts, float scale) {
-  const int64_t B = v.size(0), H = v.size(1), M = v.size(2), T = q.defined() ? q.size(2) : M - offset;
+  const int64_t B = v.size(0), H = v.size(1), M = v.size(2), T = M - offset;
   const auto mix = w.tensors.find("mix");
   const Tensor alpha = mix == w.tensors.end() ? Tensor() : softmax(mix->second, 1);  // [H, C]
   Tensor logits;
   for (size_t c = 0; c < parts.size(); ++c) {
-    Tensor s = component_logits(parts[c], w, factor, q, k, offset, M, scale);
+    Tensor s = component_logits(parts[c], w, factor, q, k, offset, T, M, scale);
     if (parts.size() > 1)
       s = alpha.defined() ? mul(s, reshape(slice(alpha, 1, int64_t(c), int64_t(c) + 1), {1, H, 1, 1}))
                           : mul_scalar(s, 1.0f / float(parts.size()));
@@ -369,9 +369,7 @@ Tensor SynthesizerAttention::step_native(const Tensor& x_t, RecurrentState& stat
   opts.causal = true;
   opts.dropout = active_dropout();
   const float scale = 1.0f / std::sqrt(float(d_));
-  Tensor q = h.q;
-  if (!q.defined()) q = Tensor::zeros({x_t.size(0), H_, x_t.size(1), d_});  // only its row count is read
-  return output(synthesized_attention(options_.synthesis, weights(), options_.factor, q, cache.k, cache.v, offset,
+  return output(synthesized_attention(options_.synthesis, weights(), options_.factor, h.q, cache.k, cache.v, offset,
                                       opts, scale));
 }
 
