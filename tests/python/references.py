@@ -417,8 +417,9 @@ class Synthesizer:
 
 def torch_memory_compressed(q, k, v, k_conv, v_conv, k_bias, v_bias, block, causal, scale=None):
     """Memory-compressed attention (Liu et al. 2018, sec. 4.2), float64, dense over positions: windows
-    k~_w = sum_t k_{w c + t} W_t + b (W [H, c, d, d]), one softmax over the windows (causal: (w + 1) c - 1 <= i)
-    and the keys of the query's block of min(block, N) positions (causal: j <= i)."""
+    k~_w = sum_t k_{w c + t} W_t + b (W [H, c, d, d]), one softmax over the windows (causal: those wholly before
+    the query's block, (w + 1) c <= start of the block) and the keys of the query's block of min(block, N)
+    positions (causal: j <= i)."""
     B, H, N, d = q.shape
     c = k_conv.shape[1]
     W, S = N // c, min(block, N)
@@ -431,7 +432,7 @@ def torch_memory_compressed(q, k, v, k_conv, v_conv, k_bias, v_bias, block, caus
     kc, vc = compress(k, k_conv, k_bias), compress(v, v_conv, v_bias)
     i, j, w = torch.arange(N)[:, None], torch.arange(N)[None, :], torch.arange(W)[None, :]
     local = (i // S == j // S) & (~torch.tensor(causal) | (j <= i))
-    windows = ~torch.tensor(causal) | ((w + 1) * c - 1 <= i)
+    windows = ~torch.tensor(causal) | ((w + 1) * c <= i // S * S)
     s = torch.cat([(q @ kc.transpose(-1, -2) * scale).masked_fill(~windows, -math.inf),
                    (q @ k.transpose(-1, -2) * scale).masked_fill(~local, -math.inf)], -1)
     p = torch.softmax(s, -1)

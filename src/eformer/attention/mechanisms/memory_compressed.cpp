@@ -3,14 +3,11 @@
 #include <algorithm>
 #include <cmath>
 
+#include "eformer/attention/kernels/compressed_local.h"
 #include "eformer/attention/kernels/per_head_matmul.h"
 #include "eformer/nn/linear.h"
-#include "eformer/ops/dropout.h"
 #include "eformer/ops/elementwise.h"
-#include "eformer/ops/matmul.h"
-#include "eformer/ops/select.h"
 #include "eformer/ops/shape.h"
-#include "eformer/ops/softmax.h"
 
 namespace eformer::attention {
 namespace {
@@ -38,35 +35,16 @@ Tensor pad_rows(const Tensor& x, int64_t rows) {
   return cat({x, Tensor::zeros({x.size(0), x.size(1), rows - x.size(2), x.size(3)})}, 2);
 }
 
-// The joint softmax over the compressed windows and the query's block (the header's formula).
+// The joint softmax over the compressed windows and the query's block (the header's formula), fused
+// (kernels/compressed_local.h): rows padded to whole blocks, windows from the strided convolution.
 Tensor compressed_and_local(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& k_conv,
                             const Tensor& k_bias, const Tensor& v_conv, const Tensor& v_bias, int64_t block,
-                            bool causal, float scale, float dropout_p) {
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), c = k_conv.size(1);
-  const int64_t W = N / c, S = std::min(block, N), nb = (N + S - 1) / S, Np = nb * S;
-  const Tensor qp = pad_rows(q, Np), kp = pad_rows(k, Np), vp = pad_rows(v, Np);
-  // Local scores per block: [B H nb, S, S] -> [B, H, Np, S].
-  const Tensor local = reshape(
-      bmm(reshape(qp, {B * H * nb, S, d}), reshape(kp, {B * H * nb, S, d}), false, true), {B, H, Np, S});
-  Tensor kc, vc, scores = local;
-  if (W > 0) {
-    kc = compress(k, k_conv, k_bias, W), vc = compress(v, v_conv, v_bias, W);
-    scores = cat({matmul(qp, kc, false, true), local}, 3);  // [B, H, Np, W + S]
-  }
-  scores = mul_scalar(scores, scale);
-  Tensor blocked = Tensor::zeros({1, 1, Np, W + S}, DType::Bool);
-  bool* out = blocked.data<bool>();
-  for (int64_t i = 0; i < Np; ++i) {
-    for (int64_t w = 0; w < W; ++w) out[i * (W + S) + w] = causal && (w + 1) * c - 1 > i;
-    const int64_t start = i / S * S;
-    for (int64_t j = 0; j < S; ++j) out[i * (W + S) + W + j] = start + j >= N || (causal && start + j > i);
-  }
-  Tensor p = softmax(masked_fill(scores, blocked, -1e30f), 3);
-  if (dropout_p > 0.0f) p = dropout(p, dropout_p, true);
-  const Tensor pl = W > 0 ? slice(p, 3, W, W + S) : p;
-  Tensor y = reshape(bmm(reshape(contiguous(pl), {B * H * nb, S, S}), reshape(vp, {B * H * nb, S, d})),
-                     {B, H, Np, d});
-  if (W > 0) y = add(y, matmul(slice(p, 3, 0, W), vc));
+                            bool causal, float scale) {
+  const int64_t N = q.size(2), c = k_conv.size(1), W = N / c, S = std::min(block, N), Np = (N + S - 1) / S * S;
+  const Tensor none = Tensor::zeros({q.size(0), q.size(1), 0, q.size(3)});  // N < c: no window
+  const Tensor kc = W > 0 ? compress(k, k_conv, k_bias, W) : none, vc = W > 0 ? compress(v, v_conv, v_bias, W) : none;
+  const Tensor y =
+      compressed_local_attention(pad_rows(q, Np), pad_rows(k, Np), pad_rows(v, Np), kc, vc, N, S, c, causal, scale);
   return Np == N ? y : slice(y, 2, 0, N);
 }
 
@@ -128,7 +106,8 @@ Tensor memory_compressed_attention(const Tensor& q, const Tensor& k, const Tenso
     }
     ++i;
   }
-  return compressed_and_local(q, k, v, kw, bias[0], vw, bias[1], block, opts.causal, dims.scale, opts.dropout);
+  EF_CHECK(opts.dropout == 0.0f, ValueError, kWho, " takes no attention dropout (its fused passes keep no probabilities)");
+  return compressed_and_local(q, k, v, kw, bias[0], vw, bias[1], block, opts.causal, dims.scale);
 }
 
 MechanismEntry memory_compressed_entry() {
@@ -137,7 +116,7 @@ MechanismEntry memory_compressed_entry() {
   e.description =
       "memory-compressed attention: keys and values compressed by a strided conv (kernel = stride = c) plus "
       "exact local blocks, one softmax (Liu et al. 2018, sec. 4.2)";
-  e.capabilities = {.causal = true, .bidirectional = true, .dropout = true};
+  e.capabilities = {.causal = true, .bidirectional = true};
   e.reference = "memory_compressed";
   e.options = memory_compressed_option_specs();
   e.check_options = [](const nlohmann::json& o) { parse_memory_compressed_options(o); };
@@ -173,7 +152,7 @@ std::string MemoryCompressedAttention::describe() const {
 Tensor MemoryCompressedAttention::mix(const Tensor& x, const Tensor& memory, const Tensor&) {
   const Heads h = project(x, memory);
   return output(compressed_and_local(h.q, h.k, h.v, *k_conv_, *k_bias_, *v_conv_, *v_bias_, options_.block,
-                                     config_.causal, 1.0f / std::sqrt(float(d_)), active_dropout()));
+                                     config_.causal, 1.0f / std::sqrt(float(d_))));
 }
 
 }  // namespace eformer::attention

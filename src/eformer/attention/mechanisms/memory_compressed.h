@@ -4,15 +4,17 @@
 // W [c, d, d]), so the N/c windows are the compressed memory; a query attends all of them plus, exactly,
 // the keys of its own block of `block` positions:
 //     y_i = softmax([q_i k~^T, q_i K_blk(i)^T] / sqrt(d)) [V~; V_blk(i)]
-// Causal: window w only when it lies wholly in the query's past ((w + 1) c - 1 <= i), and the block's keys
-// j <= i; a trailing N mod c positions belong to no window (they are seen through the local block only).
-// Cost O(N (N/c + block)): the paper's factor-c saving on the N x N scores, not a linear mechanism.
+// Causal: the windows wholly before the query's block (w < floor(b block / c) for block b: all in its past,
+// and no position counted twice) and the block's keys j <= i. A trailing N mod c positions belong to no window
+// (they are seen through their block only). Bidirectional: every window and the whole block. Computed by the
+// fused kernel twice, merged by log-sum-exp (kernels/compressed_local.h): O(N (W + block) d) time, O(N d)
+// memory, no score matrix; the paper's factor-c saving on the N x N scores, not a linear mechanism.
 //
 // Options: compression (c, 3 as the paper), block (256, the paper's local block), rotary, rotary_base.
 // Parameters k_conv, v_conv [H, c, d, d] and k_conv_bias, v_conv_bias [H, d] (init N(0, 1/(c d)), 0). The
 // paper convolves d_model channels before the heads split; here each head's keys and values are convolved
-// on their own (a grouped convolution, groups = heads). Attention dropout on the probabilities. Streaming:
-// the fallback (recompute), which equals the parallel pass.
+// on their own (a grouped convolution, groups = heads). No attention dropout (the fused passes keep no
+// probabilities) and no padding mask. Streaming: the fallback (recompute), which equals the parallel pass.
 #pragma once
 #include <string>
 
@@ -31,8 +33,8 @@ MemoryCompressedOptions parse_memory_compressed_options(const nlohmann::json& op
                                                         const std::string& positions = "none");
 
 // Functional form: q, k, v [B, H, N, d] (self-attention); args.tensors "k_conv", "v_conv" [H, c, d, d] and
-// optionally "k_conv_bias", "v_conv_bias" [H, d]; args.options "block" (256). opts: causal, scale, dropout;
-// no key_mask (ValueError).
+// optionally "k_conv_bias", "v_conv_bias" [H, d]; args.options "block" (256). opts: causal, scale; no
+// key_mask or dropout (ValueError).
 Tensor memory_compressed_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                                    const MechanismArgs& args = {});
 
