@@ -44,6 +44,8 @@ def make(entry, N, causal, seed=0):
         extras.update(lsh_rotations(entry, rng, N, H, d))
         unambiguous_hashes(q, extras, rng)
         k = q.copy()  # shared QK: the keys are the (normalized) queries, as in every LSH peer
+    elif ref in PROJECTION_FAMILY:
+        extras.update(PROJECTION_FAMILY[ref](entry, rng, N, H, d))
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
 
 
@@ -104,3 +106,28 @@ def aft_bias(entry, rng, N, causal, H):
     shared = option_default(entry, "heads") == "1"
     w = 0.1 * rng.standard_normal((1 if shared else H,) + shape)
     return {"w": np.ascontiguousarray(np.broadcast_to(w, (H,) + shape)).astype(np.float32)}
+
+
+def linformer_projections(entry, rng, N, H, d):
+    """E, F [1, k, N] at the entry's default k (headwise sharing), N(0, 1/k) as the module's init."""
+    k = int(option_default(entry, "k"))
+    return {n: (rng.standard_normal((1, k, N)) / math.sqrt(k)).astype(np.float32) for n in ("E", "F")}
+
+
+def synthesizer_weights(entry, rng, N, H, d):
+    """The default synthesis (dense): the MLP's W1 [H, d, d], b1, W2 [H, d, N], b2, scaled as the module's init."""
+    w = {"dense_w1": rng.standard_normal((H, d, d)) / math.sqrt(d), "dense_b1": np.zeros((H, d)),
+         "dense_w2": rng.standard_normal((H, d, N)) / math.sqrt(d), "dense_b2": np.zeros((H, N))}
+    return {n: a.astype(np.float32) for n, a in w.items()}
+
+
+def memory_compressed_kernels(entry, rng, N, H, d):
+    """The strided convolutions [H, c, d, d] at the entry's default compression c, and their biases."""
+    c = int(option_default(entry, "compression"))
+    w = {n: rng.standard_normal((H, c, d, d)) / math.sqrt(c * d) for n in ("k_conv", "v_conv")}
+    w.update({n: np.zeros((H, d)) for n in ("k_conv_bias", "v_conv_bias")})
+    return {n: a.astype(np.float32) for n, a in w.items()}
+
+
+PROJECTION_FAMILY = {"linformer": linformer_projections, "synthesizer": synthesizer_weights,
+                     "memory_compressed": memory_compressed_kernels}

@@ -69,7 +69,8 @@ TEST(Mechanism, RegistryErrorsListNames) {
   EXPECT_EQ(attention::mechanism_names(),
             (std::vector<std::string>{"full", "flash", "performer", "linear", "sparse_strided", "sparse_fixed",
                                       "longformer", "bigbird", "local", "aft_full", "aft_simple", "aft_local",
-                                      "aft_conv", "lsh", "routing"}));
+                                      "aft_conv", "lsh", "routing", "linformer", "synthesizer",
+                                      "memory_compressed"}));
 }
 
 TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {

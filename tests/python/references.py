@@ -363,5 +363,173 @@ class Routing:
                              context["local_heads"])
 
 
+def torch_linformer(q, k, v, E, F, key_mask=None, scale=None):
+    """Linformer eq. 7, float64: softmax(q (E k)^T / sqrt(d)) (F v), E, F [H or 1, k', >= M] over their
+    first M columns; padded keys and values are zeroed before the projection."""
+    M, d = k.shape[2], q.shape[-1]
+    if key_mask is not None:
+        real = torch.as_tensor(np.asarray(key_mask))[:, None, :, None].to(k.dtype)
+        k, v = k * real, v * real
+    kp, vp = E[:, :, :M] @ k, F[:, :, :M] @ v
+    s = (q @ kp.transpose(-1, -2)) * (1.0 / math.sqrt(d) if scale is None else scale)
+    return torch.softmax(s, -1) @ vp
+
+
+class Linformer:
+    """Linformer with explicit E, F (functional: drawn here, shared or per head; module: its parameters)."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        heads = dims["H"] if rng.integers(2) else 1
+        kk, L = int(rng.integers(3, 12)), dims["M"] + int(rng.integers(0, 5))
+        E, F = (rng.standard_normal((heads, kk, L)).astype(np.float32) / math.sqrt(kk) for _ in range(2))
+        return {"E": ef.tensor(E), "F": ef.tensor(F)}, {"E": torch.tensor(E.astype(np.float64)),
+                                                        "F": torch.tensor(F.astype(np.float64))}
+
+    def module_context(self, entry, mech, params=None):
+        return {"E": params["E"], "F": params.get("F", params["E"])}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        assert not causal
+        return torch_linformer(q, k, v, context["E"], context["F"], key_mask)
+
+
+def synthesizer_default_factor(L):
+    """The module's default a of a b = L: the largest divisor of L not above sqrt(L)."""
+    return max(f for f in range(1, int(math.isqrt(L)) + 1) if L % f == 0)
+
+
+def torch_synthesizer(q, k, v, parts, w, factor, causal, key_mask=None, scale=None):
+    """Synthesizer (Tay et al. 2020, sec. 3), float64: Y = softmax(sum_c alpha_c S_c) V over the allowed keys,
+    alpha = softmax(w["mix"]) per head (equal weights without it). S_c per component (see synthesizer.h):
+    dense relu(q W1 + b1) W2 + b2, factorized_dense the flattened outer product of the MLP's a and b parts,
+    random R, factorized_random R1 R2^T, dot_product q k^T / sqrt(d). q, k, v [B, H, N, d]."""
+    B, H, N, d = v.shape
+    M = N
+
+    def mlp(p, width):
+        h = torch.relu(q @ w[p + "_w1"] + w[p + "_b1"][:, None, :])
+        return h @ w[p + "_w2"][:, :, :width] + w[p + "_b2"][:, None, :width]
+
+    def component(name):
+        if name == "dense":
+            return mlp("dense", M)
+        if name == "factorized_dense":
+            ab = mlp("fdense", w["fdense_w2"].shape[2])
+            a = factor
+            outer = ab[..., :a, None] * ab[..., None, a:]
+            return outer.reshape(B, H, N, -1)[..., :M]
+        if name == "random":
+            return w["random"][None, :, :N, :M]
+        if name == "factorized_random":
+            return (w["random_u"][:, :N] @ w["random_v"][:, :M].transpose(1, 2))[None]
+        return (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d) if scale is None else scale)
+
+    alpha = torch.softmax(w["mix"], 1) if w.get("mix") is not None else torch.full((H, len(parts)), 1.0 / len(parts))
+    logits = sum(alpha[:, c][None, :, None, None] * component(name) for c, name in enumerate(parts))
+    allowed = allowed_mask(B, N, M, causal, key_mask)
+    logits = logits.expand(B, H, N, M).masked_fill(~allowed, -math.inf)
+    any_key = allowed.any(-1, keepdim=True)
+    p = torch.softmax(torch.where(any_key, logits, torch.zeros_like(logits)), -1) * any_key
+    return p @ v
+
+
+SYNTHESIZER_TENSORS = ("dense_w1", "dense_b1", "dense_w2", "dense_b2", "fdense_w1", "fdense_b1", "fdense_w2",
+                       "fdense_b2", "random", "random_u", "random_v", "mix")
+
+
+def synthesizer_weights(rng, parts, H, d, N, factor=5, hidden=6, rank=3):
+    """Random float32 weights for `parts` (numpy), sized for N positions (a little more where per position)."""
+    w = {}
+    for p, on, width in (("dense", "dense", N + 2), ("fdense", "factorized_dense", factor + -(-N // factor))):
+        if on in parts:
+            w[p + "_w1"] = rng.standard_normal((H, d, hidden)) / math.sqrt(d)
+            w[p + "_b1"] = rng.standard_normal((H, hidden))
+            w[p + "_w2"] = rng.standard_normal((H, hidden, width)) / math.sqrt(hidden)
+            w[p + "_b2"] = rng.standard_normal((H, width))
+    if "random" in parts:
+        w["random"] = rng.standard_normal((H, N + 1, N + 3))
+    if "factorized_random" in parts:
+        w["random_u"], w["random_v"] = rng.standard_normal((H, N + 2, rank)), rng.standard_normal((H, N, rank))
+    if len(parts) > 1:
+        w["mix"] = rng.standard_normal((H, len(parts)))
+    return {n: t.astype(np.float32) for n, t in w.items()}
+
+
+class Synthesizer:
+    """The Synthesizer; the functional form mixes every component (random weights drawn here), the module
+    uses its default synthesis and its own parameters (or fixed buffers)."""
+
+    PARTS = ["dense", "random", "factorized_dense", "factorized_random", "dot_product"]
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        w = synthesizer_weights(rng, self.PARTS, dims["H"], d, dims["N"])
+        kwargs = {n: ef.tensor(t) for n, t in w.items()}
+        kwargs.update(synthesis="+".join(self.PARTS), factor=5)
+        return kwargs, {"parts": self.PARTS, "factor": 5,
+                        "w": {n: torch.tensor(t.astype(np.float64)) for n, t in w.items()}}
+
+    def module_context(self, entry, mech, params=None, synthesis=None, factor=None):
+        w = dict(params)
+        for name, t in mech.state_dict().items():  # fixed random matrices are buffers
+            if name in SYNTHESIZER_TENSORS and name not in w:
+                w[name] = torch.tensor(t.numpy().astype(np.float64))
+        parts = (synthesis or option_default(entry, "synthesis")).split("+")
+        return {"parts": parts, "factor": factor, "w": w}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        return torch_synthesizer(q, k, v, context["parts"], context["w"], context["factor"], causal, key_mask)
+
+
+def torch_memory_compressed(q, k, v, k_conv, v_conv, k_bias, v_bias, block, causal, scale=None):
+    """Memory-compressed attention (Liu et al. 2018, sec. 4.2), float64, dense over positions: windows
+    k~_w = sum_t k_{w c + t} W_t + b (W [H, c, d, d]), one softmax over the windows (causal: those wholly before
+    the query's block, (w + 1) c <= start of the block) and the keys of the query's block of min(block, N)
+    positions (causal: j <= i)."""
+    B, H, N, d = q.shape
+    c = k_conv.shape[1]
+    W, S = N // c, min(block, N)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+
+    def compress(x, conv, bias):
+        y = x[:, :, :W * c].reshape(B, H, W, c * d) @ conv.reshape(H, c * d, d)
+        return y if bias is None else y + bias[:, None, :]
+
+    kc, vc = compress(k, k_conv, k_bias), compress(v, v_conv, v_bias)
+    i, j, w = torch.arange(N)[:, None], torch.arange(N)[None, :], torch.arange(W)[None, :]
+    local = (i // S == j // S) & (~torch.tensor(causal) | (j <= i))
+    windows = ~torch.tensor(causal) | ((w + 1) * c <= i // S * S)
+    s = torch.cat([(q @ kc.transpose(-1, -2) * scale).masked_fill(~windows, -math.inf),
+                   (q @ k.transpose(-1, -2) * scale).masked_fill(~local, -math.inf)], -1)
+    p = torch.softmax(s, -1)
+    return p[..., :W] @ vc + p[..., W:] @ v
+
+
+class MemoryCompressed:
+    """Memory-compressed attention with explicit conv kernels (functional: drawn here; module: its own)."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        H, c, block = dims["H"], int(rng.integers(2, 5)), int(rng.choice([4, 8, 16]))
+        t = {"k_conv": rng.standard_normal((H, c, d, d)) / math.sqrt(c * d),
+             "v_conv": rng.standard_normal((H, c, d, d)) / math.sqrt(c * d),
+             "k_conv_bias": rng.standard_normal((H, d)), "v_conv_bias": rng.standard_normal((H, d))}
+        t = {n: a.astype(np.float32) for n, a in t.items()}
+        kwargs = {n: ef.tensor(a) for n, a in t.items()}
+        kwargs["block"] = block
+        ctx = {n: torch.tensor(a.astype(np.float64)) for n, a in t.items()}
+        ctx["block"] = block
+        return kwargs, ctx
+
+    def module_context(self, entry, mech, params=None, block=None):
+        ctx = {n: params[n] for n in ("k_conv", "v_conv", "k_conv_bias", "v_conv_bias")}
+        ctx["block"] = block or int(option_default(entry, "block"))
+        return ctx
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        assert key_mask is None
+        return torch_memory_compressed(q, k, v, context["k_conv"], context["v_conv"], context["k_conv_bias"],
+                                       context["v_conv_bias"], context["block"], causal)
+
+
 REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft(), "lsh": Lsh(),
-              "routing": Routing()}
+              "routing": Routing(), "linformer": Linformer(), "synthesizer": Synthesizer(),
+              "memory_compressed": MemoryCompressed()}

@@ -3,12 +3,13 @@ new mechanism with a known reference gets its peers with no line written here (a
 the mechanism's name)."""
 from .aft import AftPytorch, TorchPaper
 from .kernelized import PerformerPytorch, TorchCumsum
+from .linformer import LinformerPeer
 from .local_attention import LocalAttentionPeer
 from .reformer import HFReformerLSH
 from .sdpa import TorchSDPA, TorchSDPAMasked
 
 PEERS = [TorchSDPA(), TorchSDPAMasked(), TorchCumsum(), PerformerPytorch(), TorchPaper(), AftPytorch(),
-         LocalAttentionPeer(), HFReformerLSH()]
+         LocalAttentionPeer(), HFReformerLSH(), LinformerPeer()]
 BY_NAME = {p.name: p for p in PEERS}
 
 

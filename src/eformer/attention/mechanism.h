@@ -33,6 +33,8 @@ std::vector<std::pair<const char*, bool>> capability_flags(const Capabilities& c
 // "causal, bidirectional, cross, padding_mask" (the ones that are true), for messages and listings.
 std::string describe(const Capabilities& c);
 
+class Mechanism;
+
 // What every mechanism is built from: the model's sizes and settings plus its own options (JSON,
 // parsed into a typed struct by the mechanism; unknown option names are a ValueError listing the
 // valid ones).
@@ -48,6 +50,9 @@ struct MechanismConfig {
   // decides what it means to it (the multi-head family rotates q and k for "rotary").
   std::string positions = "none";
   nlohmann::json options = nlohmann::json::object();
+  // The first mechanism of the same kind in this layer's stack (null standalone and in that first layer):
+  // where a mechanism shares parameters across layers (Linformer's layerwise E), later layers use its.
+  const Mechanism* shared_from = nullptr;
 };
 
 // Per-sequence streaming state (e.g. a KV cache, or a linear-attention state S, z). Made by a

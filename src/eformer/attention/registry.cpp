@@ -6,10 +6,13 @@
 
 #include "eformer/attention/mechanisms/aft.h"
 #include "eformer/attention/mechanisms/exact.h"
+#include "eformer/attention/mechanisms/linformer.h"
 #include "eformer/attention/mechanisms/lsh.h"
+#include "eformer/attention/mechanisms/memory_compressed.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/attention/mechanisms/routing.h"
 #include "eformer/attention/mechanisms/sparse.h"
+#include "eformer/attention/mechanisms/synthesizer.h"
 
 namespace eformer::attention {
 namespace {
@@ -31,6 +34,9 @@ std::vector<MechanismEntry>& entries() {
       aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
       lsh_entry(),                   // Reformer: shared-QK LSH buckets, sorted chunks
       routing_entry(),               // Routing Transformer: online k-means clusters, sorted chunks
+      linformer_entry(),             // Linformer: keys and values projected along the length
+      synthesizer_entry(),           // Synthesizer: learned / MLP-synthesized attention weights
+      memory_compressed_entry(),     // strided-conv compressed keys and values plus local blocks
   };
   return all;
 }

@@ -1,5 +1,7 @@
 #include "eformer/models/block.h"
 
+#include <map>
+
 #include "eformer/attention/registry.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/models/reversible.h"
@@ -117,11 +119,15 @@ Tensor TransformerBlock::step(const Tensor& x_t, attention::RecurrentState& stat
 
 std::shared_ptr<nn::ModuleList> build_blocks(const ModelConfig& c, int64_t n_layers, Stack stack) {
   auto blocks = std::make_shared<nn::ModuleList>();
+  std::map<std::string, const attention::Mechanism*> first_of_kind;  // for parameters shared across layers
   for (int64_t i = 0; i < n_layers; ++i) {
     const bool per_layer = stack != Stack::Encoder || c.arch == "encoder";
     const AttentionChoice& choice = per_layer ? attention_for_layer(c, i) : c.attention;
     const bool causal = stack != Stack::Encoder;
-    auto self = attention::make_mechanism(choice.kind, mechanism_config(c, choice, causal, false, i));
+    attention::MechanismConfig self_config = mechanism_config(c, choice, causal, false, i);
+    self_config.shared_from = first_of_kind.count(choice.kind) ? first_of_kind[choice.kind] : nullptr;
+    auto self = attention::make_mechanism(choice.kind, self_config);
+    first_of_kind.emplace(choice.kind, self.get());
     std::shared_ptr<attention::Mechanism> cross;
     if (stack == Stack::CrossDecoder)
       cross = attention::make_mechanism(c.cross_attention.kind,
