@@ -5,9 +5,11 @@
 #include <cmath>
 
 #include "eformer/attention/mechanisms/aft.h"
+#include "eformer/attention/mechanisms/etc.h"
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/lsh.h"
 #include "eformer/attention/mechanisms/performer.h"
+#include "eformer/attention/mechanisms/sinkhorn.h"
 #include "eformer/attention/mechanisms/sparse.h"
 
 namespace eformer::attention {
@@ -29,6 +31,8 @@ std::vector<MechanismEntry>& entries() {
       aft_entry("aft_local"),        // AFT: bias in a window, 0 outside
       aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
       lsh_entry(),                   // Reformer: shared-QK LSH buckets, sorted chunks
+      sinkhorn_entry(),              // Sparse Sinkhorn: learned block sorting
+      etc_entry(),                   // ETC: global tokens + local radius, relative bias
   };
   return all;
 }

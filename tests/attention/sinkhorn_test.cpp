@@ -1,0 +1,98 @@
+// Sparse Sinkhorn attention (mechanisms/sinkhorn.h): the balanced permutation is doubly stochastic
+// (bidirectional) or a causal row-stochastic mix of earlier blocks that no later row changes; the
+// permutation the attention uses is the balanced one. Forward and gradients against float64 PyTorch
+// are in tests/python/test_attention_sinkhorn.py and the contract suites.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "../test_util.h"
+#include "eformer/attention/mechanisms/sinkhorn.h"
+#include "eformer/eformer.h"
+
+namespace eformer::attention {
+namespace {
+
+using testing::normal;
+using testing::Seed;
+using testing::values;
+
+TEST(Sinkhorn, BalancedPermutationIsDoublyStochastic) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 3, n = 7;
+  for (int64_t iterations : {20, 60}) {
+    Tensor P = sinkhorn_balance(mul_scalar(normal({B, H, n, n}, gen), 2.0f), iterations, false);
+    const std::vector<float> p = values(P);
+    const float tol = iterations == 20 ? 2e-2f : 1e-4f;
+    for (int64_t bh = 0; bh < B * H; ++bh)
+      for (int64_t i = 0; i < n; ++i) {
+        float row = 0, col = 0;
+        for (int64_t j = 0; j < n; ++j) row += p[(bh * n + i) * n + j], col += p[(bh * n + j) * n + i];
+        EXPECT_NEAR(row, 1.0f, tol) << seed.str() << " row " << i;
+        EXPECT_NEAR(col, 1.0f, 1e-5f) << seed.str() << " column " << i;  // the last step normalizes columns
+      }
+  }
+}
+
+TEST(Sinkhorn, CausalPermutationMixesOnlyEarlierBlocksAndIgnoresLaterRows) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t n = 6;
+  Tensor R = normal({1, 1, n, n}, gen);
+  const std::vector<float> p = values(sinkhorn_balance(R, 8, true));
+  for (int64_t i = 0; i < n; ++i) {
+    float row = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      if (j >= i) EXPECT_EQ(p[i * n + j], 0.0f) << "P[" << i << ", " << j << "] selects a block not in the past";
+      row += p[i * n + j];
+    }
+    EXPECT_NEAR(row, i == 0 ? 0.0f : 1.0f, 1e-5f) << seed.str() << " row " << i;
+  }
+  // Changing the logits of rows > t changes no row <= t, bit for bit.
+  for (int64_t t = 0; t < n - 1; ++t) {
+    Tensor changed = R.clone_data();
+    for (int64_t e = (t + 1) * n; e < n * n; ++e) changed.data<float>()[e] = 7.0f * changed.data<float>()[e] - 2.0f;
+    const std::vector<float> q = values(sinkhorn_balance(changed, 8, true));
+    for (int64_t e = 0; e < (t + 1) * n; ++e) ASSERT_EQ(q[e], p[e]) << "row " << e / n << " moved, t = " << t;
+  }
+}
+
+TEST(Sinkhorn, AttentionUsesTheBalancedPermutation) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 1, H = 2, N = 20, d = 4, hidden = 3;
+  SinkhornOptions o;
+  o.block = 4, o.iterations = 100;
+  const int64_t n = 5;
+  SortNetwork net{normal({H, d, hidden}, gen), normal({H, hidden}, gen), normal({H, hidden, n}, gen),
+                  normal({H, n}, gen)};
+  Tensor q = normal({B, H, N, d}, gen), k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen);
+  Tensor P;
+  Tensor out = sinkhorn_attention(q, k, v, {}, net, o, {}, &P);
+  ASSERT_EQ(P.shape(), (Shape{B, H, n, n}));
+  EXPECT_EQ(out.shape(), q.shape());
+  const std::vector<float> p = values(P);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < n; ++i) {
+      float row = 0, col = 0;
+      for (int64_t j = 0; j < n; ++j) row += p[(h * n + i) * n + j], col += p[(h * n + j) * n + i];
+      EXPECT_NEAR(row, 1.0f, 1e-2f) << seed.str();
+      EXPECT_NEAR(col, 1.0f, 1e-5f) << seed.str();
+    }
+}
+
+TEST(Sinkhorn, RejectsBadOptionsByName) {
+  MechanismConfig c;
+  c.d_model = 16, c.n_heads = 2, c.max_len = 32, c.causal = true;
+  c.options = {{"sortcut", 2}};
+  testing::expect_error<ValueError>([&] { make_mechanism("sinkhorn", c); }, {"sortcut", "encoder-only"});
+  c.causal = false;
+  c.options = {{"temperature", -1.0}};
+  testing::expect_error<ValueError>([&] { make_mechanism("sinkhorn", c); }, {"temperature", "> 0"});
+  c.options = {{"block", 0}};
+  testing::expect_error<ValueError>([&] { make_mechanism("sinkhorn", c); }, {"block"});
+}
+
+}  // namespace
+}  // namespace eformer::attention
