@@ -4,7 +4,8 @@ q, k, v and the upstream gradient g are [B, H, N, d] float32 draws of a generato
 mechanism's process and each peer's see identical numbers. A mechanism's extra tensors come from its registry
 entry, never from its name: the `reference` it declares says what its functional form needs (a kernelized
 mechanism with a projection takes its random matrix omega [m, d]; an AFT mechanism its position bias `w`,
-shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]), and
+shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]; sinkhorn
+its sorting network; etc its relative bias table), and
 the option defaults the registry lists size them. A mechanism whose reference is new here gets no extras;
 if its functional form needs some, its run fails and the report says so.
 """
@@ -39,7 +40,19 @@ def make(entry, N, causal, seed=0):
         extras["omega"] = ef.draw_omega(performer_features(d), d, seed=seed).numpy()
     elif ref == "aft":
         extras.update(aft_bias(entry, rng, N, causal, H))
+    elif ref == "sinkhorn":
+        extras.update(sinkhorn_network(entry, rng, N, H, d))
+    elif ref == "etc":
+        k = int(option_default(entry, "max_distance"))
+        extras["relative_bias"] = (0.1 * rng.standard_normal((H, 2 * k + 3))).astype(np.float32)
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
+
+
+def sinkhorn_network(entry, rng, N, H, d):
+    """The sorting network of Sparse Sinkhorn attention at the entry's default block, hidden width d."""
+    n = -(-N // int(option_default(entry, "block")))
+    shapes = {"sort_w1": (H, d, d), "sort_b1": (H, d), "sort_w2": (H, d, n), "sort_b2": (H, n)}
+    return {name: (rng.standard_normal(shape) / math.sqrt(d)).astype(np.float32) for name, shape in shapes.items()}
 
 
 def aft_bias(entry, rng, N, causal, H):

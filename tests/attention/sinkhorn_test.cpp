@@ -44,7 +44,9 @@ TEST(Sinkhorn, CausalPermutationMixesOnlyEarlierBlocksAndIgnoresLaterRows) {
   for (int64_t i = 0; i < n; ++i) {
     float row = 0;
     for (int64_t j = 0; j < n; ++j) {
-      if (j >= i) EXPECT_EQ(p[i * n + j], 0.0f) << "P[" << i << ", " << j << "] selects a block not in the past";
+      if (j >= i) {
+        EXPECT_EQ(p[i * n + j], 0.0f) << "P[" << i << ", " << j << "] selects a block not in the past";
+      }
       row += p[i * n + j];
     }
     EXPECT_NEAR(row, i == 0 ? 0.0f : 1.0f, 1e-5f) << seed.str() << " row " << i;
