@@ -43,8 +43,8 @@ def make(entry, N, causal, seed=0):
     elif ref == "sinkhorn":
         extras.update(sinkhorn_network(entry, rng, N, H, d))
     elif ref == "etc":
-        k = int(option_default(entry, "max_distance"))
-        extras["relative_bias"] = (0.1 * rng.standard_normal((H, 2 * k + 3))).astype(np.float32)
+        clip = int(option_default(entry, "max_distance"))
+        extras["relative_bias"] = (0.1 * rng.standard_normal((H, 2 * clip + 3))).astype(np.float32)
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
 
 
