@@ -2,12 +2,13 @@
 // (bidirectional) or a causal row-stochastic mix of earlier blocks that no later row changes; the
 // permutation the attention uses is the balanced one. Forward and gradients against float64 PyTorch
 // are in tests/python/test_attention_sinkhorn.py and the contract suites.
+#include "eformer/attention/mechanisms/sinkhorn.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "../test_util.h"
-#include "eformer/attention/mechanisms/sinkhorn.h"
 #include "eformer/eformer.h"
 
 namespace eformer::attention {
@@ -54,7 +55,8 @@ TEST(Sinkhorn, CausalPermutationMixesOnlyEarlierBlocksAndIgnoresLaterRows) {
   // Changing the logits of rows > t changes no row <= t, bit for bit.
   for (int64_t t = 0; t < n - 1; ++t) {
     Tensor changed = R.clone_data();
-    for (int64_t e = (t + 1) * n; e < n * n; ++e) changed.data<float>()[e] = 7.0f * changed.data<float>()[e] - 2.0f;
+    for (int64_t e = (t + 1) * n; e < n * n; ++e)
+      changed.data<float>()[e] = 7.0f * changed.data<float>()[e] - 2.0f;
     const std::vector<float> q = values(sinkhorn_balance(changed, 8, true));
     for (int64_t e = 0; e < (t + 1) * n; ++e) ASSERT_EQ(q[e], p[e]) << "row " << e / n << " moved, t = " << t;
   }

@@ -11,9 +11,11 @@ const char* kWho = "attention 'etc'";
 
 std::vector<OptionSpec> etc_option_specs() {
   std::vector<OptionSpec> specs = {
-      {"globals", "int", "16", "n_g: the first n_g positions are global tokens (attend and are attended by all)"},
+      {"globals", "int", "16",
+       "n_g: the first n_g positions are global tokens (attend and are attended by all)"},
       {"radius", "int", "64", "r: long tokens attend long tokens with |i - j| <= r"},
-      {"max_distance", "int", "16", "k: relative position labels clip(j - i, -k, k), a learned bias per head"},
+      {"max_distance", "int", "16",
+       "k: relative position labels clip(j - i, -k, k), a learned bias per head"},
   };
   for (auto& spec : multi_head_option_specs()) specs.push_back(spec);
   return specs;
@@ -35,7 +37,8 @@ bool parse_shared_option(const std::string& who, const std::string& key, const n
 // The exact layout of the pattern over N tokens (cached).
 std::shared_ptr<const kernels::BlockSparseLayout> etc_layout(int64_t N, int64_t globals, int64_t radius) {
   const int64_t kb = kernels::block_sparse_block();
-  const std::string key = detail::concat("etc n=", N, " globals=", globals, " radius=", radius, " block=", kb);
+  const std::string key =
+      detail::concat("etc n=", N, " globals=", globals, " radius=", radius, " block=", kb);
   return kernels::cached_layouts(key, [&] {
     auto allowed = [=](int64_t, int64_t i, int64_t j) { return etc_allows(i, j, globals, radius); };
     auto candidates = [=](int64_t, int64_t qb, int64_t block, std::vector<int64_t>& out) {
@@ -46,7 +49,8 @@ std::shared_ptr<const kernels::BlockSparseLayout> etc_layout(int64_t N, int64_t 
         return;
       }
       for (int64_t c = 0; c * block < std::min(globals, N); ++c) out.push_back(c);
-      for (int64_t c = std::max<int64_t>(0, r0 - radius) / block; c * block <= std::min(N - 1, r1 - 1 + radius); ++c)
+      for (int64_t c = std::max<int64_t>(0, r0 - radius) / block;
+           c * block <= std::min(N - 1, r1 - 1 + radius); ++c)
         out.push_back(c);
     };
     return kernels::LayoutParts{std::make_shared<const kernels::BlockSparseLayout>(
@@ -82,13 +86,16 @@ Tensor etc_attention(const Tensor& q, const Tensor& k, const Tensor& v, const At
 MechanismEntry etc_entry() {
   MechanismEntry e;
   e.name = "etc";
-  e.description = "ETC global-local attention: n_g global tokens attend and are attended by all, long tokens "
-                  "within radius r, learned relative position bias (Ainslie et al. 2020, sec. 2)";
+  e.description =
+      "ETC global-local attention: n_g global tokens attend and are attended by all, long tokens "
+      "within radius r, learned relative position bias (Ainslie et al. 2020, sec. 2)";
   e.capabilities = {.bidirectional = true, .padding_mask = true, .dropout = true};
   e.reference = "etc";
   e.options = etc_option_specs();
   e.check_options = [](const nlohmann::json& o) { parse_etc_options(o); };
-  e.make = [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> { return std::make_shared<EtcAttention>(c); };
+  e.make = [](const MechanismConfig& c) -> std::shared_ptr<Mechanism> {
+    return std::make_shared<EtcAttention>(c);
+  };
   e.functional = [](const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                     const MechanismArgs& args) {
     const std::string who = "attention 'etc'";
@@ -110,7 +117,8 @@ MechanismEntry etc_entry() {
     Tensor t = Tensor::zeros({heads, N, M}, DType::Bool);
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t i = 0; i < N; ++i)
-        for (int64_t j = 0; j < M; ++j) t.data<bool>()[(h * N + i) * M + j] = etc_allows(i, j, o.globals, o.radius);
+        for (int64_t j = 0; j < M; ++j)
+          t.data<bool>()[(h * N + i) * M + j] = etc_allows(i, j, o.globals, o.radius);
     return t;
   };
   return e;
@@ -126,8 +134,9 @@ EtcAttention::EtcAttention(const MechanismConfig& config, EtcOptions options)
 }
 
 std::string EtcAttention::describe() const {
-  return detail::concat("EtcAttention(d_model=", config_.d_model, ", n_heads=", H_, ", globals=", options_.globals,
-                        ", radius=", options_.radius, ", max_distance=", options_.max_distance,
+  return detail::concat("EtcAttention(d_model=", config_.d_model, ", n_heads=", H_,
+                        ", globals=", options_.globals, ", radius=", options_.radius,
+                        ", max_distance=", options_.max_distance,
                         ", rotary=", heads_.rotary ? "true" : "false", ")");
 }
 

@@ -21,7 +21,8 @@ std::vector<OptionSpec> sinkhorn_option_specs() {
       {"iterations", "int", "8", "Sinkhorn balancing iterations (sec. 3.2)"},
       {"temperature", "number", "0.75", "Gumbel-Sinkhorn temperature tau > 0"},
       {"gumbel", "bool", "true", "Gumbel noise on the sorting logits in training mode (never in evaluation)"},
-      {"sortcut", "int", "0", "SortCut (encoder only): attend the first n sorted blocks (0: off, sorted block i)"},
+      {"sortcut", "int", "0",
+       "SortCut (encoder only): attend the first n sorted blocks (0: off, sorted block i)"},
       {"hidden", "int", "head dim", "hidden width of the sorting network"},
   };
   for (auto& spec : multi_head_option_specs()) specs.push_back(spec);
@@ -37,7 +38,8 @@ bool parse_shared_option(const std::string& who, const std::string& key, const n
     o.iterations = options::get_int(who, key, value, 1, 1000);
   } else if (key == "temperature") {
     o.temperature = options::get_number(who, key, value);
-    EF_CHECK(o.temperature > 0, ValueError, who, ": option temperature = ", value.dump(), "; expected a number > 0");
+    EF_CHECK(o.temperature > 0, ValueError, who, ": option temperature = ", value.dump(),
+             "; expected a number > 0");
   } else if (key == "sortcut") {
     o.sortcut = options::get_int(who, key, value, 0, 1 << 16);
   } else {
@@ -118,10 +120,11 @@ void check_network(const std::string& who, const SortNetwork& net, int64_t H, in
              " is ", t.describe(), "; expected float32 with ", dims, " dims and ", H, " heads first");
   }
   const int64_t hidden = net.w1.size(2), n_max = net.w2.size(2);
-  EF_CHECK(net.w1.size(1) == d && net.b1.size(1) == hidden && net.w2.size(1) == hidden && net.b2.size(1) == n_max,
-           ShapeError, who, ": sorting network shapes sort_w1 ", net.w1.describe(), ", sort_b1 ", net.b1.describe(),
-           ", sort_w2 ", net.w2.describe(), ", sort_b2 ", net.b2.describe(), " do not fit head dim ", d,
-           "; expected [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]");
+  EF_CHECK(
+      net.w1.size(1) == d && net.b1.size(1) == hidden && net.w2.size(1) == hidden && net.b2.size(1) == n_max,
+      ShapeError, who, ": sorting network shapes sort_w1 ", net.w1.describe(), ", sort_b1 ",
+      net.b1.describe(), ", sort_w2 ", net.w2.describe(), ", sort_b2 ", net.b2.describe(),
+      " do not fit head dim ", d, "; expected [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]");
 }
 
 }  // namespace
@@ -208,7 +211,8 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
                      : cat({Tensor::zeros({B, H, 1, d}), contiguous(slice(summary, 2, 0, n - 1))}, 2);
   Tensor logits = sort_logits(summary, net, n);
   if (gumbel.defined()) logits = add(logits, gumbel);
-  const Tensor P = sinkhorn_balance(mul_scalar(logits, float(1.0 / o.temperature)), o.iterations, opts.causal);
+  const Tensor P =
+      sinkhorn_balance(mul_scalar(logits, float(1.0 / o.temperature)), o.iterations, opts.causal);
   if (permutation) *permutation = P;
 
   // Sorted blocks sum_j P_ij K_j (SortCut: the first `sortcut` of them, shared by every query block).
@@ -227,8 +231,9 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
 MechanismEntry sinkhorn_entry() {
   MechanismEntry e;
   e.name = "sinkhorn";
-  e.description = "Sparse Sinkhorn attention: learned block sorting by Gumbel-Sinkhorn balancing, each block "
-                  "attends its sorted block and itself (Tay et al. 2020, sec. 3)";
+  e.description =
+      "Sparse Sinkhorn attention: learned block sorting by Gumbel-Sinkhorn balancing, each block "
+      "attends its sorted block and itself (Tay et al. 2020, sec. 3)";
   e.capabilities = {.causal = true, .bidirectional = true, .padding_mask = true, .fixed_length = true};
   e.reference = "sinkhorn";
   e.options = sinkhorn_option_specs();
@@ -250,8 +255,8 @@ MechanismEntry sinkhorn_entry() {
       auto it = args.tensors.find(name);
       return it == args.tensors.end() ? Tensor() : it->second;
     };
-    return sinkhorn_attention(q, k, v, opts, {get("sort_w1"), get("sort_b1"), get("sort_w2"), get("sort_b2")}, o,
-                              get("gumbel"));
+    return sinkhorn_attention(q, k, v, opts, {get("sort_w1"), get("sort_b1"), get("sort_w2"), get("sort_b2")},
+                              o, get("gumbel"));
   };
   return e;
 }
@@ -260,14 +265,16 @@ SinkhornAttention::SinkhornAttention(const MechanismConfig& config)
     : SinkhornAttention(config, parse_sinkhorn_options(config.options, config.positions)) {}
 
 SinkhornAttention::SinkhornAttention(const MechanismConfig& config, SinkhornOptions options)
-    : ProjectedAttention("SinkhornAttention", "sinkhorn", config, options.multi_head), options_(std::move(options)) {
-  EF_CHECK(!(config.causal && options_.sortcut > 0), ValueError, label(), ": option sortcut = ", options_.sortcut,
-           " is encoder-only; a causal layer needs sortcut = 0");
+    : ProjectedAttention("SinkhornAttention", "sinkhorn", config, options.multi_head),
+      options_(std::move(options)) {
+  EF_CHECK(!(config.causal && options_.sortcut > 0), ValueError, label(),
+           ": option sortcut = ", options_.sortcut, " is encoder-only; a causal layer needs sortcut = 0");
   const int64_t hidden = options_.hidden > 0 ? options_.hidden : d_;
   const int64_t n_max = ceil_div(config.max_len, options_.block);
   net_.w1 = register_parameter("sort_w1", nn::normal_init({H_, d_, hidden}, 1.0f / std::sqrt(float(d_))));
   net_.b1 = register_parameter("sort_b1", Tensor::zeros({H_, hidden}));
-  net_.w2 = register_parameter("sort_w2", nn::normal_init({H_, hidden, n_max}, 1.0f / std::sqrt(float(hidden))));
+  net_.w2 =
+      register_parameter("sort_w2", nn::normal_init({H_, hidden, n_max}, 1.0f / std::sqrt(float(hidden))));
   net_.b2 = register_parameter("sort_b2", Tensor::zeros({H_, n_max}));
 }
 
