@@ -86,6 +86,37 @@ TEST(Sinkhorn, AttentionUsesTheBalancedPermutation) {
     }
 }
 
+// With SortCut and a short last block, padded keys change nothing at any query (they are zeroed before
+// the summaries and the mixing and never attended), in both forms.
+TEST(Sinkhorn, PaddedKeysChangeNothingWithSortCutAndAShortLastBlock) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 2, N = 30, d = 4, hidden = 3, n = 8;
+  SortNetwork net{normal({H, d, hidden}, gen), normal({H, hidden}, gen), normal({H, hidden, n}, gen),
+                  normal({H, n}, gen)};
+  Tensor q = normal({B, H, N, d}, gen), k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen);
+  Tensor mask = Tensor::zeros({B, N}, DType::Bool);
+  for (int64_t j = 0; j < N; ++j) mask.data<bool>()[j] = true, mask.data<bool>()[N + j] = j % 4 != 1 && j < 23;
+  for (const auto& [sortcut, causal] : {std::pair<int64_t, bool>{2, false}, {0, false}, {0, true}}) {
+    SinkhornOptions o;
+    o.block = 4, o.sortcut = sortcut;
+    AttentionOptions opts;
+    opts.causal = causal, opts.key_mask = mask;
+    const std::vector<float> base = values(sinkhorn_attention(q, k, v, opts, net, o));
+    Tensor k2 = k.clone_data(), v2 = v.clone_data();
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t j = 0; j < N; ++j)
+        if (!mask.data<bool>()[N + j])
+          for (int64_t c = 0; c < d; ++c) {
+            k2.data<float>()[((H + h) * N + j) * d + c] = 9.0f;
+            v2.data<float>()[((H + h) * N + j) * d + c] = -7.0f;
+          }
+    const std::vector<float> after = values(sinkhorn_attention(q, k2, v2, opts, net, o));
+    for (size_t e = 0; e < base.size(); ++e)
+      ASSERT_EQ(after[e], base[e]) << seed.str() << " sortcut " << sortcut << " causal " << causal << " at " << e;
+  }
+}
+
 TEST(Sinkhorn, RejectsBadOptionsByName) {
   MechanismConfig c;
   c.d_model = 16, c.n_heads = 2, c.max_len = 32, c.causal = true;
