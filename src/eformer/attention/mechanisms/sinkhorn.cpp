@@ -234,7 +234,8 @@ MechanismEntry sinkhorn_entry() {
   e.description =
       "Sparse Sinkhorn attention: learned block sorting by Gumbel-Sinkhorn balancing, each block "
       "attends its sorted block and itself (Tay et al. 2020, sec. 3)";
-  e.capabilities = {.causal = true, .bidirectional = true, .padding_mask = true, .fixed_length = true};
+  e.capabilities = {
+      .causal = true, .bidirectional = true, .padding_mask = true, .recurrent = true, .fixed_length = true};
   e.reference = "sinkhorn";
   e.options = sinkhorn_option_specs();
   e.check_options = [](const nlohmann::json& o) { parse_sinkhorn_options(o); };

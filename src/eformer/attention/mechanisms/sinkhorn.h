@@ -10,7 +10,8 @@
 //            row i sums over rows k <= i only (log cumsum exp down the column, + 1e-30 inside the
 //            log); each iteration normalizes columns then rows, so every row i >= 1 is a convex
 //            mix of past blocks (block 0 has no sorted block); the local block is causal. No output
-//            depends on a later token, so the base class's streaming fallback equals the parallel pass.
+//            depends on a later token; the native streaming step (sinkhorn_step.cpp) computes each new
+//            block's row of P incrementally and equals the parallel pass (evaluation: no noise).
 //   sortcut  (sec. 3.5, encoder only): every query block attends the first `sortcut` sorted blocks
 //            (sum_j P_cj K_j for c < sortcut) plus its own local block.
 //
@@ -76,6 +77,11 @@ class SinkhornAttention : public ProjectedAttention {
 
  protected:
   Tensor mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) override;
+  // Causal streaming (sinkhorn_step.cpp): a KV cache and, per sequence and head, the balancing's running
+  // column sums per iteration, so a new block's row of P costs O(iterations n); each token attends its
+  // block's sorted block and its own block's earlier keys. Noiseless (the evaluation form).
+  std::unique_ptr<RecurrentState> start_native(int64_t batch) const override;
+  Tensor step_native(const Tensor& x_t, RecurrentState& state) override;
 
  private:
   SinkhornAttention(const MechanismConfig& config, SinkhornOptions options);
