@@ -96,7 +96,8 @@ TEST(Sinkhorn, PaddedKeysChangeNothingWithSortCutAndAShortLastBlock) {
                   normal({H, n}, gen)};
   Tensor q = normal({B, H, N, d}, gen), k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen);
   Tensor mask = Tensor::zeros({B, N}, DType::Bool);
-  for (int64_t j = 0; j < N; ++j) mask.data<bool>()[j] = true, mask.data<bool>()[N + j] = j % 4 != 1 && j < 23;
+  for (int64_t j = 0; j < N; ++j)
+    mask.data<bool>()[j] = true, mask.data<bool>()[N + j] = j % 4 != 1 && j < 23;
   for (const auto& [sortcut, causal] : {std::pair<int64_t, bool>{2, false}, {0, false}, {0, true}}) {
     SinkhornOptions o;
     o.block = 4, o.sortcut = sortcut;
@@ -113,8 +114,38 @@ TEST(Sinkhorn, PaddedKeysChangeNothingWithSortCutAndAShortLastBlock) {
           }
     const std::vector<float> after = values(sinkhorn_attention(q, k2, v2, opts, net, o));
     for (size_t e = 0; e < base.size(); ++e)
-      ASSERT_EQ(after[e], base[e]) << seed.str() << " sortcut " << sortcut << " causal " << causal << " at " << e;
+      ASSERT_EQ(after[e], base[e]) << seed.str() << " sortcut " << sortcut << " causal " << causal << " at "
+                                   << e;
   }
+}
+
+// The native step across block boundaries: each new block balances its row of P from the kept column
+// sums, as the parallel causal pass does.
+TEST(Sinkhorn, StreamingAcrossBlocksEqualsTheParallelPass) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  rng::manual_seed(seed.value);
+  MechanismConfig c;
+  c.d_model = 16, c.n_heads = 2, c.max_len = 32, c.causal = true;
+  c.options = {{"block", 4}, {"iterations", 6}};
+  auto mech = make_mechanism("sinkhorn", c);
+  mech->eval();
+  ASSERT_EQ(mech->streaming_path(), "native");
+  const int64_t B = 2, N = 23, D = 16;
+  Tensor x = normal({B, N, D}, gen);
+  const std::vector<float> full = values(mech->forward(x));
+  auto state = mech->start(B);
+  int64_t at = 0;
+  for (int64_t n : {1, 4, 3, 11, 1, 3}) {
+    const std::vector<float> out = values(mech->step(contiguous(slice(x, 1, at, at + n)), *state));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t e = 0; e < D; ++e)
+          ASSERT_NEAR(out[(b * n + i) * D + e], full[(b * N + at + i) * D + e], 2e-5)
+              << seed.str() << " row " << at + i;
+    at += n;
+  }
+  EXPECT_EQ(state->length(), N);
 }
 
 TEST(Sinkhorn, RejectsBadOptionsByName) {
