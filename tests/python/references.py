@@ -302,7 +302,7 @@ SINKHORN_MASKED = -1e30  # a masked logit (mechanisms/sinkhorn.cpp)
 
 
 def sinkhorn_balance(x, iterations, causal):
-    """Sinkhorn balancing in log space (Tay et al. 2020, sec. 3.2): iterations of F_c(F_r(X)); causal:
+    """Sinkhorn balancing in log space (Tay et al. 2020): iterations of F_c(F_r(X)); causal:
     masked to j < i, the column normalization of row i over rows k <= i, then the rows. -> P = exp(X)."""
     n = x.shape[-1]
     if not causal:
@@ -412,7 +412,7 @@ def etc_labels(N, globals_, max_distance):
 
 
 def torch_etc(q, k, v, bias, globals_, radius, max_distance, key_mask=None):
-    """ETC global-local attention (Ainslie et al. 2020, sec. 2) from its definition, float64: query i sees
+    """ETC global-local attention (Ainslie et al. 2020) from its definition, float64: query i sees
     key j iff i < n_g or j < n_g or |i - j| <= r; score q k^T / sqrt(d) + bias[h, label(i, j)]."""
     B, H, N, d = q.shape
     i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]

@@ -33,7 +33,7 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
 Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                               const std::vector<std::shared_ptr<const kernels::BlockSparseLayout>>& parts);
 
-// A learned score bias by relative position label (ETC, Ainslie et al. 2020, sec. 2.2): the score of
+// A learned score bias by relative position label (ETC, Ainslie et al. 2020): the score of
 // query i and key j in head h becomes scale q_i k_j + table[h, label(i, j)] (kernels::RelativeLabels).
 struct RelativeScoreBias {
   Tensor table;              // [H, labels] float32; differentiable (its gradient is the sum of dS per label)

@@ -88,7 +88,7 @@ MechanismEntry etc_entry() {
   e.name = "etc";
   e.description =
       "ETC global-local attention: n_g global tokens attend and are attended by all, long tokens "
-      "within radius r, learned relative position bias (Ainslie et al. 2020, sec. 2)";
+      "within radius r, learned relative position bias (Ainslie et al. 2020)";
   e.capabilities = {.bidirectional = true, .padding_mask = true, .dropout = true};
   e.reference = "etc";
   e.options = etc_option_specs();

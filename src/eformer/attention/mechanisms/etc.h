@@ -1,10 +1,10 @@
 // ETC's global-local attention (Ainslie et al. 2020, "ETC: Encoding Long and Structured Inputs in
-// Transformers", sec. 2): the first n_g positions of the sequence are the global tokens (the model's
+// Transformers"): the first n_g positions of the sequence are the global tokens (the model's
 // input carries them, e.g. one summary token per sentence or segment put first; no extra tokens are
 // added, so a layer maps [B, N, D] to [B, N, D] like every mechanism). Global tokens attend every
 // token (global-to-global, global-to-long); every long token attends every global token
 // (long-to-global) and the long tokens within radius r (long-to-long, |i - j| <= r). Relative position
-// labels (sec. 2.2) add a learned per-head bias to each score: clip(j - i, -k, k) within the globals
+// labels (the paper's relative position encoding) add a learned per-head bias to each score: clip(j - i, -k, k) within the globals
 // and within the long input, and one label each for global-to-long and long-to-global pairs
 // (kernels::RelativeLabels): the table has 2k + 3 entries per head.
 //

@@ -18,7 +18,7 @@ constexpr float kMasked = -1e30f;  // a logit that exp() sends to 0 without inf 
 std::vector<OptionSpec> sinkhorn_option_specs() {
   std::vector<OptionSpec> specs = {
       {"block", "int", "64", "block size b: n = ceil(N / b) blocks are sorted"},
-      {"iterations", "int", "8", "Sinkhorn balancing iterations (sec. 3.2)"},
+      {"iterations", "int", "8", "Sinkhorn balancing iterations"},
       {"temperature", "number", "0.75", "Gumbel-Sinkhorn temperature tau > 0"},
       {"gumbel", "bool", "true", "Gumbel noise on the sorting logits in training mode (never in evaluation)"},
       {"sortcut", "int", "0",
@@ -99,7 +99,7 @@ Tensor sinkhorn_key_mask(const Tensor& key_mask, int64_t B, int64_t N, int64_t b
   return out;
 }
 
-// R [B, H, n, n] from the block summaries s [B, H, n, d] (sec. 3.1): W2 relu(W1 s + b1) + b2, the
+// R [B, H, n, n] from the block summaries s [B, H, n, d] (the SortNet): W2 relu(W1 s + b1) + b2, the
 // first n of the network's n_max outputs.
 Tensor sort_logits(const Tensor& s, const SortNetwork& net, int64_t n) {
   const int64_t B = s.size(0), H = s.size(1), d = s.size(3);
@@ -204,7 +204,7 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   const Tensor k_blocks = reshape(contiguous(kz), {B, H, n, b * d});
   const Tensor v_blocks = reshape(contiguous(vz), {B, H, n, b * d});
 
-  // psi: the sum of each block's keys (sec. 3.1); causal rows use the previous block's.
+  // psi: the sum of each block's keys (psi); causal rows use the previous block's.
   Tensor summary = sum(reshape(k_blocks, {B, H, n, b, d}), {3});
   if (opts.causal)
     summary = n == 1 ? Tensor::zeros({B, H, 1, d})
@@ -233,7 +233,7 @@ MechanismEntry sinkhorn_entry() {
   e.name = "sinkhorn";
   e.description =
       "Sparse Sinkhorn attention: learned block sorting by Gumbel-Sinkhorn balancing, each block "
-      "attends its sorted block and itself (Tay et al. 2020, sec. 3)";
+      "attends its sorted block and itself (Tay et al. 2020)";
   e.capabilities = {
       .causal = true, .bidirectional = true, .padding_mask = true, .recurrent = true, .fixed_length = true};
   e.reference = "sinkhorn";

@@ -1,18 +1,18 @@
 // Sparse Sinkhorn attention (Tay et al. 2020, "Sparse Sinkhorn Attention"): the sequence is cut into
 // n = ceil(N / b) blocks of b tokens; a sorting network maps each block's summary to n logits R
-// (sec. 3.1: R_i = P(psi(X)_i), psi = the sum of the block's keys, P a two-layer ReLU network);
-// Gumbel-Sinkhorn balancing (sec. 3.2: S^0 = exp((R + g) / tau), then alternate row and column
+// (the SortNet: R_i = P(psi(X)_i), psi = the sum of the block's keys, P a two-layer ReLU network);
+// Gumbel-Sinkhorn balancing (S^0 = exp((R + g) / tau), then alternate row and column
 // normalization in log space) gives a soft block permutation P [n, n]; query block i attends, in one
 // softmax, the sorted block sum_j P_ij K_j (its values likewise) and its own local block.
 //
-//   causal   (sec. 3.4, our reading of Causal Sinkhorn Balancing): row i of R is computed from the
+//   causal   (our reading of the paper's Causal Sinkhorn Balancing): row i of R is computed from the
 //            summary of block i - 1 and may select only blocks j < i; the column normalization of
 //            row i sums over rows k <= i only (log cumsum exp down the column, + 1e-30 inside the
 //            log); each iteration normalizes columns then rows, so every row i >= 1 is a convex
 //            mix of past blocks (block 0 has no sorted block); the local block is causal. No output
 //            depends on a later token; the native streaming step (sinkhorn_step.cpp) computes each new
 //            block's row of P incrementally and equals the parallel pass (evaluation: no noise).
-//   sortcut  (sec. 3.5, encoder only): every query block attends the first `sortcut` sorted blocks
+//   sortcut  (the paper's SortCut, encoder only): every query block attends the first `sortcut` sorted blocks
 //            (sum_j P_cj K_j for c < sortcut) plus its own local block.
 //
 // Padding: masked keys (and the positions past N of a short last block) are zeroed before the
@@ -48,13 +48,13 @@ struct SinkhornOptions {
 // The module's options (unknown keys, wrong types or values: ValueError naming the option).
 SinkhornOptions parse_sinkhorn_options(const nlohmann::json& options, const std::string& positions = "none");
 
-// The sorting network's learned tensors (sec. 3.1), per head.
+// The sorting network's learned tensors (the SortNet), per head.
 struct SortNetwork {
   Tensor w1, b1, w2, b2;  // [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]
 };
 
 // Sinkhorn balancing in log space of logits [B, H, n, n] (already divided by the temperature):
-// `iterations` times F_c(F_r(X)) (sec. 3.2, eq. 4); causal: masked to j < i, F_r(F_c_causal(X)).
+// `iterations` times F_c(F_r(X)) (the Sinkhorn operator); causal: masked to j < i, F_r(F_c_causal(X)).
 // Returns P = exp(X) (0 where masked).
 Tensor sinkhorn_balance(const Tensor& logits, int64_t iterations, bool causal);
 
