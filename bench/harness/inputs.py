@@ -5,9 +5,9 @@ mechanism's process and each peer's see identical numbers. A mechanism's extra t
 entry, never from its name: the `reference` it declares says what its functional form needs (a kernelized
 mechanism with a projection takes its random matrix omega [m, d]; an AFT mechanism its position bias `w`,
 shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]; an LSH
-mechanism its rotations and bucket count, with k = q for shared QK), and the option defaults the registry lists
-size them. A mechanism whose reference is new here gets no extras; if its functional form needs some, its run
-fails and the report says so.
+mechanism its rotations and bucket count, with k = q for shared QK; sinkhorn its sorting network; etc its
+relative bias table), and the option defaults the registry lists size them. A mechanism whose reference is new
+here gets no extras; if its functional form needs some, its run fails and the report says so.
 """
 import math
 
@@ -46,6 +46,11 @@ def make(entry, N, causal, seed=0):
         k = q.copy()  # shared QK: the keys are the (normalized) queries, as in every LSH peer
     elif ref in PROJECTION_FAMILY:
         extras.update(PROJECTION_FAMILY[ref](entry, rng, N, H, d))
+    elif ref == "sinkhorn":
+        extras.update(sinkhorn_network(entry, rng, N, H, d))
+    elif ref == "etc":
+        clip = int(option_default(entry, "max_distance"))
+        extras["relative_bias"] = (0.1 * rng.standard_normal((H, 2 * clip + 3))).astype(np.float32)
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
 
 
@@ -87,6 +92,13 @@ def unambiguous_hashes(q, extras, rng, margin=1e-4):
             while len(rows):
                 q[b, h, rows] = rng.standard_normal((len(rows), q.shape[-1])).astype(np.float32)
                 rows = rows[ties(q[b, h, rows], h)]
+
+
+def sinkhorn_network(entry, rng, N, H, d):
+    """The sorting network of Sparse Sinkhorn attention at the entry's default block, hidden width d."""
+    n = -(-N // int(option_default(entry, "block")))
+    shapes = {"sort_w1": (H, d, d), "sort_b1": (H, d), "sort_w2": (H, d, n), "sort_b2": (H, n)}
+    return {name: (rng.standard_normal(shape) / math.sqrt(d)).astype(np.float32) for name, shape in shapes.items()}
 
 
 def aft_bias(entry, rng, N, causal, H):

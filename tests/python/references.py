@@ -530,6 +530,158 @@ class MemoryCompressed:
                                        context["v_conv_bias"], context["block"], causal)
 
 
+SINKHORN_MASKED = -1e30  # a masked logit (mechanisms/sinkhorn.cpp)
+
+
+def sinkhorn_balance(x, iterations, causal):
+    """Sinkhorn balancing in log space (Tay et al. 2020): iterations of F_c(F_r(X)); causal:
+    masked to j < i, the column normalization of row i over rows k <= i, then the rows. -> P = exp(X)."""
+    n = x.shape[-1]
+    if not causal:
+        for _ in range(iterations):
+            x = torch.log_softmax(torch.log_softmax(x, -1), -2)
+        return torch.exp(x)
+    future = torch.ones(n, n, dtype=torch.bool).triu()
+    x = x.masked_fill(future, SINKHORN_MASKED)
+    for _ in range(iterations):
+        x = x - torch.log(torch.cumsum(torch.exp(x), -2) + 1e-30)
+        x = torch.log_softmax(x.masked_fill(future, SINKHORN_MASKED), -1).masked_fill(future, SINKHORN_MASKED)
+    return torch.exp(x).masked_fill(future, 0.0)
+
+
+def torch_sinkhorn(q, k, v, net, block, iterations, temperature, sortcut, causal, key_mask=None, gumbel=None,
+                   return_permutation=False):
+    """Sparse Sinkhorn attention from its definition (docs/MECHANISMS.md, "sinkhorn"), float64. net: the
+    sorting network (w1 [H, d, e], b1 [H, e], w2 [H, e, n_max], b2 [H, n_max]); gumbel [B, H, n, n] or None."""
+    B, H, N, d = q.shape
+    b = block
+    n = -(-N // b)
+    S = n * b
+    real = torch.ones(B, N, dtype=torch.bool) if key_mask is None else torch.as_tensor(np.asarray(key_mask))
+    realf = real[:, None, :, None].to(q.dtype)
+    pad = torch.zeros(B, H, S - N, d)
+    kb = torch.cat([k * realf, pad], 2).reshape(B, H, n, b * d)
+    vb = torch.cat([v * realf, pad], 2).reshape(B, H, n, b * d)
+    s = kb.reshape(B, H, n, b, d).sum(3)  # psi: each block's key sum
+    if causal:
+        s = torch.cat([torch.zeros(B, H, 1, d), s[:, :, :n - 1]], 2)
+    hidden = torch.relu(torch.einsum("bhnd,hde->bhne", s, net["w1"]) + net["b1"][None, :, None])
+    R = torch.einsum("bhne,hem->bhnm", hidden, net["w2"])[..., :n] + net["b2"][None, :, None, :n]
+    if gumbel is not None:
+        R = R + gumbel
+    P = sinkhorn_balance(R / temperature, iterations, causal)
+    rows = min(sortcut, n) if sortcut else n
+    ks = torch.einsum("bhij,bhjx->bhix", P[:, :, :rows], kb).reshape(B, H, rows * b, d)
+    vs = torch.einsum("bhij,bhjx->bhix", P[:, :, :rows], vb).reshape(B, H, rows * b, d)
+    i, slot, j = torch.arange(N), torch.arange(rows * b), torch.arange(N)
+    # A sorted slot is attended iff a block it may mix is real at its offset.
+    real_blocks = torch.cat([real, torch.zeros(B, S - N, dtype=torch.bool)], 1).reshape(B, n, b)
+    if causal:
+        seen = torch.cumsum(real_blocks.long(), 1) - real_blocks.long() > 0  # some block j < r
+    else:
+        seen = real_blocks.any(1, keepdim=True).expand(B, n, b)
+    slot_real = seen[:, :rows].reshape(B, rows * b)
+    same_block = torch.ones(N, rows * b, dtype=torch.bool) if sortcut else slot[None, :] // b == i[:, None] // b
+    local = (j[None, :] // b == i[:, None] // b) & ((j[None, :] <= i[:, None]) | (not causal))
+    allowed = torch.cat([same_block[None] & slot_real[:, None, :], local[None] & real[:, None, :]], -1)
+    out = masked_softmax_attention(q, torch.cat([ks, k], 2), torch.cat([vs, v], 2), allowed[:, None])
+    return (out, P) if return_permutation else out
+
+
+class Sinkhorn:
+    """Sparse Sinkhorn attention with its sorting network: drawn here for the functional form (with
+    Gumbel noise given); the module's parameters sort_* and, in training mode, its Gumbel noise (the
+    uniform draws replayed from the generator state recorded before the call)."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        B, H, N = dims["B"], dims["H"], dims["N"]
+        block, hidden = 4, 5
+        n = -(-N // block)
+        arrays = {"sort_w1": rng.standard_normal((H, d, hidden)) / math.sqrt(d),
+                  "sort_b1": rng.standard_normal((H, hidden)) * 0.1,
+                  "sort_w2": rng.standard_normal((H, hidden, n + 2)) / math.sqrt(hidden),
+                  "sort_b2": rng.standard_normal((H, n + 2)) * 0.1,
+                  "gumbel": -np.log(-np.log(rng.uniform(size=(B, H, n, n))))}
+        arrays = {key: a.astype(np.float32) for key, a in arrays.items()}
+        kwargs = {key: ef.tensor(a) for key, a in arrays.items()}
+        kwargs.update(block=block, iterations=5, temperature=0.75)
+        t = {key: torch.tensor(a.astype(np.float64)) for key, a in arrays.items()}
+        net = {"w1": t["sort_w1"], "b1": t["sort_b1"], "w2": t["sort_w2"], "b2": t["sort_b2"]}
+        return kwargs, {"net": net, "gumbel": t["gumbel"], "block": block, "iterations": 5, "temperature": 0.75,
+                        "sortcut": 0}
+
+    def module_context(self, entry, mech, params=None):
+        p = params
+        net = {"w1": p["sort_w1"], "b1": p["sort_b1"], "w2": p["sort_w2"], "b2": p["sort_b2"]}
+        return {"net": net, "mech": mech, "rng_state": ef.get_rng_state(),
+                "block": int(option_default(entry, "block")), "iterations": int(option_default(entry, "iterations")),
+                "temperature": float(option_default(entry, "temperature")), "sortcut": 0}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        gumbel = context.get("gumbel")
+        mech = context.get("mech")
+        if mech is not None and mech.training:  # replay the module's uniform draws (mechanisms/sinkhorn.h)
+            B, H, N = q.shape[0], q.shape[1], q.shape[2]
+            n = -(-N // context["block"])
+            now = ef.get_rng_state()
+            ef.set_rng_state(context["rng_state"])
+            u = torch.tensor(ef.rand(B, H, n, n).numpy().astype(np.float64))
+            ef.set_rng_state(now)
+            gumbel = -torch.log(-torch.log(u + 1e-20) + 1e-20)
+        return torch_sinkhorn(q, k, v, context["net"], context["block"], context["iterations"],
+                              context["temperature"], context["sortcut"], causal, key_mask, gumbel)
+
+
+def etc_labels(N, globals_, max_distance):
+    """The relative position labels [N, N] (kernels/block_sparse.h, RelativeLabels): clip(j - i, -k, k) + k
+    within the globals and within the long input, 2k + 1 global-to-long, 2k + 2 long-to-global."""
+    i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
+    k = max_distance
+    label = (j - i).clamp(-k, k) + k
+    gi, gj = i < globals_, j < globals_
+    label = torch.where(gi & ~gj, torch.full_like(label, 2 * k + 1), label)
+    return torch.where(~gi & gj, torch.full_like(label, 2 * k + 2), label)
+
+
+def torch_etc(q, k, v, bias, globals_, radius, max_distance, key_mask=None):
+    """ETC global-local attention (Ainslie et al. 2020) from its definition, float64: query i sees
+    key j iff i < n_g or j < n_g or |i - j| <= r; score q k^T / sqrt(d) + bias[h, label(i, j)]."""
+    B, H, N, d = q.shape
+    i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
+    allowed = (i < globals_) | (j < globals_) | ((i - j).abs() <= radius)
+    allowed = allowed[None, None].expand(B, 1, N, N)
+    if key_mask is not None:
+        allowed = allowed & torch.as_tensor(np.asarray(key_mask))[:, None, None, :]
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+    if bias is not None:
+        s = s + bias[:, etc_labels(N, globals_, max_distance)][None]
+    s = s.masked_fill(~allowed, -math.inf)
+    any_key = allowed.any(-1, keepdim=True)
+    p = torch.softmax(torch.where(any_key, s, torch.zeros_like(s)), -1) * any_key
+    return p @ v
+
+
+class Etc:
+    """ETC with its relative bias table (functional form: drawn here; module: its parameter relative_bias)
+    and the pattern options at their defaults (module) or small ones (functional form)."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        g, r, k = 3, 4, 2
+        table = (0.5 * rng.standard_normal((dims["H"], 2 * k + 3))).astype(np.float32)
+        return ({"relative_bias": ef.tensor(table), "globals": g, "radius": r, "max_distance": k},
+                {"bias": torch.tensor(table.astype(np.float64)), "globals": g, "radius": r, "max_distance": k})
+
+    def module_context(self, entry, mech, params=None):
+        return {"bias": params["relative_bias"], "globals": int(option_default(entry, "globals")),
+                "radius": int(option_default(entry, "radius")),
+                "max_distance": int(option_default(entry, "max_distance"))}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        assert not causal
+        return torch_etc(q, k, v, context["bias"], context["globals"], context["radius"], context["max_distance"],
+                         key_mask)
+
+
 REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft(), "lsh": Lsh(),
               "routing": Routing(), "linformer": Linformer(), "synthesizer": Synthesizer(),
-              "memory_compressed": MemoryCompressed()}
+              "memory_compressed": MemoryCompressed(), "sinkhorn": Sinkhorn(), "etc": Etc()}

@@ -5,12 +5,14 @@
 #include <cmath>
 
 #include "eformer/attention/mechanisms/aft.h"
+#include "eformer/attention/mechanisms/etc.h"
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/linformer.h"
 #include "eformer/attention/mechanisms/lsh.h"
 #include "eformer/attention/mechanisms/memory_compressed.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/attention/mechanisms/routing.h"
+#include "eformer/attention/mechanisms/sinkhorn.h"
 #include "eformer/attention/mechanisms/sparse.h"
 #include "eformer/attention/mechanisms/synthesizer.h"
 
@@ -37,6 +39,8 @@ std::vector<MechanismEntry>& entries() {
       linformer_entry(),             // Linformer: keys and values projected along the length
       synthesizer_entry(),           // Synthesizer: learned / MLP-synthesized attention weights
       memory_compressed_entry(),     // strided-conv compressed keys and values plus local blocks
+      sinkhorn_entry(),              // Sparse Sinkhorn: learned block sorting
+      etc_entry(),                   // ETC: global tokens + local radius, relative bias
   };
   return all;
 }

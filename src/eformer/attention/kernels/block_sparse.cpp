@@ -29,10 +29,11 @@ struct Problem {
   const BlockSparseLayout& L;
   const bool* key_mask;
   const FlashDropout* dropout;       // null: none
+  const ScoreBiasTable* bias;        // null: none
   std::vector<char> key_block_real;  // [B, nk]: does the key block hold a real key?
 
   Problem(int64_t B_, int64_t H_, int64_t d_, float scale_, bool causal_, const BlockSparseLayout& layout,
-          const bool* km, const FlashDropout* dr)
+          const bool* km, const FlashDropout* dr, const ScoreBiasTable* bias_)
       : B(B_),
         H(H_),
         N(layout.rows),
@@ -50,6 +51,7 @@ struct Problem {
         L(layout),
         key_mask(km),
         dropout(dr && dr->p > 0.0f ? dr : nullptr),
+        bias(bias_),
         key_block_real(size_t(B_ * layout.nk), 1) {
     if (!km) return;
     for (int64_t bb = 0; bb < B; ++bb)
@@ -73,11 +75,16 @@ struct Problem {
   }
 };
 
-// s [rows, bp] = scale Q_i K_j^T (columns up to round_up(cols)), then -inf wherever the pair's
-// element mask, the key mask or the causal rule forbids (query i0 + r, key j0 + c).
-void masked_scores(const Problem& P, float* s, const float* Q, const float* KT, int64_t i0, int64_t rows,
-                   int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
+// s [rows, bp] = scale Q_i K_j^T (columns up to round_up(cols)) plus head h's bias, then -inf wherever
+// the pair's element mask, the key mask or the causal rule forbids (query i0 + r, key j0 + c).
+void masked_scores(const Problem& P, float* s, int64_t h, const float* Q, const float* KT, int64_t i0,
+                   int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
   tile::gemm(rows, tile::round_up(cols), P.d, Q, P.d, 1, KT + j0, P.Mp, s, P.bp, P.scale, false);
+  if (P.bias) {
+    const float* table = P.bias->table + h * P.bias->labels.count();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) s[r * P.bp + c] += table[P.bias->labels(i0 + r, j0 + c)];
+  }
   if (mask)
     for (int64_t r = 0; r < rows; ++r) {
       const uint8_t* mr = mask + r * P.b;
@@ -100,7 +107,7 @@ void masked_scores(const Problem& P, float* s, const float* Q, const float* KT, 
 void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh, const float* Q,
                     const float* dO, const float* KT, const float* VT, const float* Lse, const float* Drow,
                     int64_t i0, int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
-  masked_scores(P, p, Q, KT, i0, rows, j0, cols, mask, km);
+  masked_scores(P, p, bh % P.H, Q, KT, i0, rows, j0, cols, mask, km);
   for (int64_t r = 0; r < rows; ++r) {
     const float l = Lse[r];
     float* pr = p + r * P.bp;
@@ -151,8 +158,8 @@ int64_t block_sparse_block() {
 void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
                                     float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,
                                     bool causal, const BlockSparseLayout& layout,
-                                    const FlashDropout* dropout) {
-  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout);
+                                    const FlashDropout* dropout, const ScoreBiasTable* bias) {
+  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout, bias);
   const BlockSparseLayout& L = layout;
   const int64_t nq = L.nq, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
   // K^T [BH, d, Mp] (the B operand of S = Q K^T) and V with rows padded to dp (of O += P V).
@@ -174,7 +181,7 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
     for (int64_t p = L.row_start[size_t(lh * nq + qb)]; p < L.row_start[size_t(lh * nq + qb + 1)]; ++p) {
       const int64_t kb = L.row_key_block[size_t(p)], j0 = kb * b, cols = std::min(b, M - j0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      masked_scores(P, s, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
+      masked_scores(P, s, bh % H, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
       for (int64_t r = 0; r < rows; ++r) {
         const float rescale = state[size_t(r)].update(s + r * bp, cols);
         if (rescale != 1.0f) {
@@ -200,8 +207,8 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
                                      const float* out, const float* lse, const float* dout, float* dq,
                                      float* dk, float* dv, int64_t B, int64_t H, int64_t d, float scale,
                                      bool causal, const BlockSparseLayout& layout,
-                                     const FlashDropout* dropout) {
-  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout);
+                                     const FlashDropout* dropout, const ScoreBiasTable* bias, float* dbias) {
+  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout, bias);
   const BlockSparseLayout& L = layout;
   const int64_t nq = L.nq, nk = L.nk, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
   // D_i = sum_c dO[i, c] O[i, c]   [BH, N]
@@ -223,6 +230,9 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
   const float* KP = kpad.data ? kpad.data : k;
   const float* dOP = dopad.data ? dopad.data : dout;
   const int64_t tiles = (P.dropout ? 3 : 2) * b * bp;
+  // The bias gradient per (batch, head, key block) and label, summed over them in order below.
+  const int64_t labels = bias ? bias->labels.count() : 0;
+  ScratchBuffer dbias_parts(bias ? B * H * nk * labels : 0);
 
   // Pass 1, by key block: dV_j = sum_i (P o Z)^T dO_i, dK_j = scale sum_i dS^T Q_i.
   for_each_item(B * H * nk, tiles + 2 * b * dp, [&](int64_t item, float* scratch) {
@@ -236,6 +246,8 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
     std::memset(dK, 0, size_t(cols * dp) * sizeof(float));
     std::memset(dV, 0, size_t(cols * dp) * sizeof(float));
+    float* db = bias ? dbias_parts.data + item * labels : nullptr;
+    if (db) std::fill(db, db + labels, 0.0f);
     for (int64_t e = L.col_start[size_t(lh * nk + kb)]; e < L.col_start[size_t(lh * nk + kb + 1)]; ++e) {
       const int64_t qb = L.col_query_block[size_t(e)], i0 = qb * b, rows = std::min(b, N - i0);
       if (!P.live(bb, i0, rows, kb)) continue;
@@ -244,12 +256,25 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
                      rows, j0, cols, L.mask(L.col_mask[size_t(e)]), km);
       tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
       tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
+      if (db)  // d(score) / d(bias) = 1: dS summed per label
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) db[bias->labels(i0 + r, j0 + c)] += ds[r * bp + c];
     }
     for (int64_t c = 0; c < cols; ++c) {
       std::memcpy(dk + (bh * M + j0 + c) * d, dK + c * dp, size_t(d) * sizeof(float));
       std::memcpy(dv + (bh * M + j0 + c) * d, dV + c * dp, size_t(d) * sizeof(float));
     }
   });
+
+  if (dbias) {
+    std::fill(dbias, dbias + H * labels, 0.0f);
+    for (int64_t bb = 0; bb < B; ++bb)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t kb = 0; kb < nk; ++kb) {
+          const float* part = dbias_parts.data + ((bb * H + h) * nk + kb) * labels;
+          for (int64_t l = 0; l < labels; ++l) dbias[h * labels + l] += part[l];
+        }
+  }
 
   // Pass 2, by query block: dQ_i = scale sum_j dS K_j (P and dS recomputed; no races on dQ).
   for_each_item(B * H * nq, tiles + b * dp, [&](int64_t item, float* scratch) {
@@ -458,6 +483,57 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
           scatter_add_rows(dv.data<float>(), dvp.data<float>(), BH, s.M, s.d, part->key_index, part->keys);
         }
         return std::vector<Tensor>{dq, dk, dv};
+      });
+}
+
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              std::shared_ptr<const kernels::BlockSparseLayout> layout,
+                              const RelativeScoreBias& bias) {
+  const char* op = "block_sparse_attention";
+  const AttentionDims s = validate_attention(op, q, k, v, opts);
+  EF_CHECK(layout != nullptr, ValueError, op, ": layout is null; expected a built layout");
+  EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, op, ": the layout is for n = ", layout->N,
+           ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
+           "; expected a layout of the same sizes");
+  EF_CHECK(!layout->reordered(), ValueError, op, ": a score bias needs a layout in q/k order");
+  const kernels::RelativeLabels labels{bias.max_distance, bias.globals};
+  EF_CHECK(bias.max_distance >= 0 && bias.globals >= 0, ValueError, op, ": max_distance = ", bias.max_distance,
+           ", globals = ", bias.globals, "; expected both >= 0");
+  EF_CHECK(bias.table.defined() && bias.table.dtype() == DType::Float32 &&
+               bias.table.shape() == (Shape{s.H, labels.count()}),
+           ShapeError, op, ": the bias table is ", bias.table.defined() ? bias.table.describe() : "undefined",
+           "; expected float32 [", s.H, ", ", labels.count(), "] (heads, 2 max_distance + 3 labels)");
+  Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
+  Tensor tc = bias.table.contiguous_data();
+  Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
+  kernels::FlashDropout dr;
+  if (opts.dropout > 0.0f) {  // the counters of the dense [B, H, N, M], as the other overloads
+    rng::Generator& gen = rng::default_generator();
+    dr.p = opts.dropout;
+    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
+    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
+  }
+  const kernels::ScoreBiasTable table{tc.data<float>(), labels};
+  Tensor out = Tensor::zeros({s.B, s.H, s.N, s.d});
+  Tensor lse = Tensor::empty({s.B, s.H, s.N});
+  if (out.numel() > 0)
+    kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km),
+                                            out.data<float>(), lse.data<float>(), s.B, s.H, s.d, s.scale,
+                                            opts.causal, *layout, &dr, &table);
+  Tensor od = out.detach();
+  return autograd::record(
+      "block_sparse_attention_biased", out, {q, k, v, bias.table},
+      [qc, kc, vc, tc, km, od, lse, s, dr, layout, labels, causal = opts.causal](const Tensor& g) {
+        Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kc.shape()), dv = Tensor::zeros(vc.shape());
+        Tensor dtable = Tensor::zeros(tc.shape());
+        if (qc.numel() == 0 || kc.numel() == 0) return std::vector<Tensor>{dq, dk, dv, dtable};
+        Tensor gc = g.contiguous_data();
+        const kernels::ScoreBiasTable table{tc.data<float>(), labels};
+        kernels::block_sparse_attention_backward(
+            qc.data<float>(), kc.data<float>(), vc.data<float>(), mask_ptr(km), od.data<float>(), lse.data<float>(),
+            gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H, s.d, s.scale, causal,
+            *layout, &dr, &table, dtable.data<float>());
+        return std::vector<Tensor>{dq, dk, dv, dtable};
       });
 }
 

@@ -33,9 +33,39 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
 Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                               const std::vector<std::shared_ptr<const kernels::BlockSparseLayout>>& parts);
 
+// A learned score bias by relative position label (ETC, Ainslie et al. 2020): the score of
+// query i and key j in head h becomes scale q_i k_j + table[h, label(i, j)] (kernels::RelativeLabels).
+struct RelativeScoreBias {
+  Tensor table;              // [H, labels] float32; differentiable (its gradient is the sum of dS per label)
+  int64_t max_distance = 0;  // k: distances clipped to [-k, k]
+  int64_t globals = 0;       // positions < globals are global tokens
+};
+// The same over one layout in q/k order (not reordered), with the bias added to every score.
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              std::shared_ptr<const kernels::BlockSparseLayout> layout,
+                              const RelativeScoreBias& bias);
+
 }  // namespace eformer::attention
 
 namespace eformer::kernels {
+
+// The labels of a relative score bias: within the global tokens (i, j < globals) and within the
+// long input (i, j >= globals), clip(j - i, -k, k) + k; global-to-long 2k + 1, long-to-global 2k + 2.
+struct RelativeLabels {
+  int64_t max_distance = 0, globals = 0;
+  int64_t count() const { return 2 * max_distance + 3; }
+  int32_t operator()(int64_t i, int64_t j) const {
+    const bool gi = i < globals, gj = j < globals;
+    if (gi != gj) return int32_t(2 * max_distance + (gi ? 1 : 2));
+    const int64_t dist = j - i < -max_distance ? -max_distance : (j - i > max_distance ? max_distance : j - i);
+    return int32_t(dist + max_distance);
+  }
+};
+// A bias table [H, labels.count()] and its labels, as the kernels take it.
+struct ScoreBiasTable {
+  const float* table = nullptr;
+  RelativeLabels labels;
+};
 
 // The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
 // other sizes were not measured yet: see docs/BENCHMARKS.md).
@@ -50,17 +80,20 @@ int64_t block_sparse_block();
 void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
                                     float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,
                                     bool causal, const BlockSparseLayout& layout,
-                                    const FlashDropout* dropout = nullptr);
+                                    const FlashDropout* dropout = nullptr, const ScoreBiasTable* bias = nullptr);
 
 // Inputs as above plus out, lse (the forward's) and dout [B*H, N, d]; writes dq [B*H, N, d], dk,
 // dv [B*H, M, d]. With D_i = rowsum(dO o O) and, per pair, P = exp(S - L), dS = P o (dO V^T o Z - D):
 // dV = (P o Z)^T dO and dK = scale dS^T Q in a pass parallel over (b, h, key block), then
 // dQ = scale dS K in a pass parallel over (b, h, query block) that recomputes P and dS. Every
 // element is summed by one thread in the layout's order: bits do not depend on the thread count.
+// With a bias (a layout in q/k order), dbias [H, labels] receives the sum of dS per head and label,
+// summed per key block and then over (batch, key block) in order.
 void block_sparse_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
                                      const float* out, const float* lse, const float* dout, float* dq,
                                      float* dk, float* dv, int64_t B, int64_t H, int64_t d, float scale,
                                      bool causal, const BlockSparseLayout& layout,
-                                     const FlashDropout* dropout = nullptr);
+                                     const FlashDropout* dropout = nullptr, const ScoreBiasTable* bias = nullptr,
+                                     float* dbias = nullptr);
 
 }  // namespace eformer::kernels
