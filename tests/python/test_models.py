@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import eformer as ef
 from conftest import assert_close
+from references import torch_pma
 
 models = ef.models
 torch.set_default_dtype(torch.float64)
@@ -311,7 +312,8 @@ def padding_mask(rng, B, N):
 
 
 @pytest.mark.parametrize("case", [dict(pre_ln=True, positions="learned", attention="flash"),
-                                  dict(pre_ln=False, positions="rotary", attention="full")])
+                                  dict(pre_ln=False, positions="rotary", attention="full"),
+                                  dict(pre_ln=True, positions="learned", attention="flash", pooling="pma")])
 def test_sequence_classifier_matches_torch(rng, tmp_path, case):
     config = make_config(arch="encoder", num_classes=5, **case)
     model = models.SequenceClassifier(config)
@@ -324,7 +326,8 @@ def test_sequence_classifier_matches_torch(rng, tmp_path, case):
 
     h = torch_encoder(p, "encoder", ids, c, c["n_layers"], key_mask=mask)
     m = torch.tensor(mask, dtype=torch.float64)[:, :, None]
-    t_logits = linear(p, "classifier", (h * m).sum(1) / m.sum(1))
+    pooled = torch_pma(p, "pool.", h, mask, c["n_heads"]) if c["pooling"] == "pma" else (h * m).sum(1) / m.sum(1)
+    t_logits = linear(p, "classifier", pooled)
     logits = model(ef.tensor(ids), ef.tensor(mask))
     assert_close(logits.numpy(), t_logits.detach().numpy(), 1e-4, 1e-5, "class logits")
 

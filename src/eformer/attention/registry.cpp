@@ -5,7 +5,9 @@
 #include <cmath>
 
 #include "eformer/attention/mechanisms/aft.h"
+#include "eformer/attention/mechanisms/axial.h"
 #include "eformer/attention/mechanisms/exact.h"
+#include "eformer/attention/mechanisms/isab.h"
 #include "eformer/attention/mechanisms/lsh.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/attention/mechanisms/sparse.h"
@@ -29,6 +31,8 @@ std::vector<MechanismEntry>& entries() {
       aft_entry("aft_local"),        // AFT: bias in a window, 0 outside
       aft_entry("aft_conv"),         // AFT: per-head kernel, depthwise conv + global sum
       lsh_entry(),                   // Reformer: shared-QK LSH buckets, sorted chunks
+      isab_entry(),                  // Set Transformer: attention through m inducing points
+      axial_entry(),                 // Axial Transformer: heads along rows and columns of an image
   };
   return all;
 }
