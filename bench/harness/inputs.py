@@ -39,6 +39,9 @@ def make(entry, N, causal, seed=0):
         extras["omega"] = ef.draw_omega(performer_features(d), d, seed=seed).numpy()
     elif ref == "aft":
         extras.update(aft_bias(entry, rng, N, causal, H))
+    elif ref == "isab":  # the inducing queries [H, m, d] at the entry's default m
+        m = int(option_default(entry, "inducing", "32"))
+        extras["inducing"] = rng.standard_normal((H, m, d)).astype(np.float32)
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
 
 

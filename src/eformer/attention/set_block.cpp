@@ -51,12 +51,13 @@ Tensor SetAttentionBlock::forward_heads(const Tensor& x, const Tensor& k, const 
            k.defined() ? k.describe() : "undefined", "; expected [1 or batch, m, ", D_, "] and [batch, ", H_,
            ", n, ", D_ / H_, "]");
   const int64_t B = k.size(0), m = x.size(1);
-  const Tensor xb = x.size(0) == B ? x : expand(x, {B, m, D_});
+  Tensor q = split_heads(q_proj_->forward(x), H_);  // a shared X is projected once
+  if (q.size(0) != B) q = expand(q, {B, H_, m, D_ / H_});
   AttentionOptions opts;
   opts.key_mask = key_mask;
-  const Tensor attended = out_proj_->forward(merge_heads(flash_attention(split_heads(q_proj_->forward(xb), H_), k, v, opts)));
-  const Tensor h = norm1_->forward(add(xb, attended));               // Hh = LN(X + Multihead(X, Y, Y))
-  return norm2_->forward(add(h, relu(ff_->forward(h))));             // LN(Hh + rFF(Hh))
+  const Tensor attended = out_proj_->forward(merge_heads(flash_attention(q, k, v, opts)));
+  const Tensor h = norm1_->forward(add(x.size(0) == B ? x : expand(x, {B, m, D_}), attended));  // Hh = LN(X + Multihead)
+  return norm2_->forward(add(h, relu(ff_->forward(h))));  // LN(Hh + rFF(Hh))
 }
 
 }  // namespace eformer::attention
