@@ -5,9 +5,10 @@ from .aft import AftPytorch, TorchPaper
 from .kernelized import PerformerPytorch, TorchCumsum
 from .local_attention import LocalAttentionPeer
 from .sdpa import TorchSDPA, TorchSDPAMasked
+from .sets import AxialAttentionPeer, IsabPytorch
 
 PEERS = [TorchSDPA(), TorchSDPAMasked(), TorchCumsum(), PerformerPytorch(), TorchPaper(), AftPytorch(),
-         LocalAttentionPeer()]
+         LocalAttentionPeer(), AxialAttentionPeer(), IsabPytorch()]
 BY_NAME = {p.name: p for p in PEERS}
 
 
