@@ -183,7 +183,9 @@ TEST(Axial, BadLayoutsAreErrorsNamingTheOption) {
   args.options = {{"image_shape", {2, 3}}};
   Tensor q = Tensor::zeros({1, 2, 7, 8}), k = Tensor::zeros({1, 2, 5, 8});
   expect_error<ValueError>([&] { attention(q, q, q, "axial", {}, args); }, {"7 positions", "image_shape"});
-  expect_error<ShapeError>([&] { attention(q, k, k, "axial", {}); }, {"N == M"});
+  AttentionOptions causal;
+  causal.causal = true;
+  expect_error<ShapeError>([&] { attention(q, k, k, "axial", causal); }, {"N == M"});
 }
 
 }  // namespace

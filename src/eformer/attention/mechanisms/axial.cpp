@@ -1,5 +1,6 @@
 #include "eformer/attention/mechanisms/axial.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "eformer/attention/kernels/flash.h"
@@ -51,7 +52,9 @@ Tensor as_image(const Tensor& x, int64_t rows, int64_t width) {
 // columns (a transposing copy), each line a batch entry of one flash call.
 Tensor along_axis(const Tensor& q, const Tensor& k, const Tensor& v, int64_t h0, int64_t h1, int64_t width,
                   const AttentionOptions& opts, bool columns) {
-  const int64_t B = q.size(0), N = q.size(2), d = q.size(3), Hx = h1 - h0, rows = (N + width - 1) / width;
+  // Queries and keys (N != M bidirectional: pixel i of each) share one image of `rows` rows.
+  const int64_t B = q.size(0), N = q.size(2), M = k.size(2), d = q.size(3), Hx = h1 - h0,
+                rows = (std::max(N, M) + width - 1) / width;
   // [B, Hx, rows, width, d] -> lines [B * lines, Hx, length, d]; rows: lines = rows; columns: lines = width.
   const std::vector<int64_t> to_lines = columns ? std::vector<int64_t>{0, 3, 1, 2, 4}
                                                 : std::vector<int64_t>{0, 2, 1, 3, 4};
@@ -61,9 +64,9 @@ Tensor along_axis(const Tensor& q, const Tensor& k, const Tensor& v, int64_t h0,
   };
   AttentionOptions o = opts;
   // The padding pixels need masking only in the bidirectional form: causally they lie after every real query.
-  const bool padded = rows * width != N;
+  const bool padded = rows * width != M;
   o.key_mask = opts.key_mask.defined() || (padded && !opts.causal)
-                   ? axis_mask(opts.key_mask, B, N, rows, width, columns)
+                   ? axis_mask(opts.key_mask, B, M, rows, width, columns)
                    : Tensor();
   const Tensor out = reshape(flash_attention(line_up(q), line_up(k), line_up(v), o), {B, lines, Hx, length, d});
   const std::vector<int64_t> back = columns ? std::vector<int64_t>{0, 2, 3, 1, 4}
@@ -111,8 +114,8 @@ struct AxialCache : RecurrentState {
 
 Tensor axial_core(const Tensor& q, const Tensor& k, const Tensor& v, int64_t width, const AttentionOptions& opts) {
   const AttentionDims dims = validate_attention(kWho, q, k, v, opts);
-  EF_CHECK(dims.N == dims.M, ShapeError, kWho, ": q has ", dims.N, " positions and k ", dims.M,
-           "; axial attention is self-attention over one image (expected N == M)");
+  EF_CHECK(dims.N == dims.M || !opts.causal, ShapeError, kWho, ": q has ", dims.N, " positions and k ", dims.M,
+           "; the causal form is self-attention over one image (expected N == M)");
   EF_CHECK(width >= 1, ValueError, kWho, ": image width ", width, "; expected >= 1");
   const int64_t Hr = axial_row_heads(dims.H);
   const Tensor rows = along_axis(q, k, v, 0, Hr, width, opts, false);
@@ -151,7 +154,7 @@ MechanismEntry axial_entry() {
                     const MechanismArgs& args) {
     EF_CHECK(args.options.is_object(), ValueError, kWho, ": options must be a JSON object");
     options::check_tensors(kWho, args, {});
-    const int64_t n = q.defined() && q.dim() == 4 ? q.size(2) : 1;
+    const int64_t n = q.defined() && k.defined() && q.dim() == 4 && k.dim() == 4 ? std::max(q.size(2), k.size(2)) : 1;
     return axial_core(q, k, v, functional_width(args, n), opts);
   };
   e.pattern = [](int64_t N, int64_t M, int64_t heads, bool causal, const MechanismArgs& args, uint64_t) {

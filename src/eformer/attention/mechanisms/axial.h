@@ -29,7 +29,8 @@ namespace eformer::attention {
 // The registry entry of "axial".
 MechanismEntry axial_entry();
 
-// Axial attention on q, k, v [B, H, N, d] (self-attention: N == M) laid out `width` pixels per row: heads
+// Axial attention on q, k, v [B, H, N, d] (N != M bidirectional: query i and key j as pixels i and j of one
+// image; causal: N == M) laid out `width` pixels per row: heads
 // [0, ceil(H / 2)) along rows, the others along columns; opts.causal masks each axis to earlier pixels;
 // key_mask and dropout as the flash kernel (dropout drawn per axis call).
 Tensor axial_core(const Tensor& q, const Tensor& k, const Tensor& v, int64_t width, const AttentionOptions& opts);
