@@ -119,7 +119,7 @@ void bind_models(py::module_& m) {
                if (py::isinstance<py::str>(o))
                  d = py::module_::import("json").attr("loads")(o);
                else
-                 d = py::dict(o);
+                 d = py::reinterpret_steal<py::dict>(PyDict_Copy(py::dict(o).ptr()));  // never the caller's dict
              }
              for (auto item : kw) d[item.first] = item.second;
              return models::parse_model_config(to_json_value(d));
