@@ -69,7 +69,7 @@ TEST(Mechanism, RegistryErrorsListNames) {
   EXPECT_EQ(attention::mechanism_names(),
             (std::vector<std::string>{"full", "flash", "performer", "linear", "sparse_strided", "sparse_fixed",
                                       "longformer", "bigbird", "local", "aft_full", "aft_simple", "aft_local",
-                                      "aft_conv", "lsh"}));
+                                      "aft_conv", "lsh", "isab", "axial"}));
 }
 
 TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {
