@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "bindings.h"
+#include "eformer/attention/mechanisms/axial.h"
 #include "eformer/attention/mechanisms/exact.h"
 #include "eformer/attention/mechanisms/performer.h"
 #include "eformer/models/models.h"
@@ -77,6 +78,16 @@ void bind_models(py::module_& m) {
       .def_property_readonly("draw_index", &attention::PerformerAttention::draw_index,
                              "Which draw omega is (step // redraw at the last redraw).");
 
+  py::class_<attention::AxialAttention, Mechanism, std::shared_ptr<attention::AxialAttention>>(mm, "AxialAttention")
+      .def_property_readonly(
+          "pattern_options",
+          [](const attention::AxialAttention& a) {
+            py::dict d;
+            if (a.image_width() > 0) d["image_shape"] = py::make_tuple(a.image_height(), a.image_width());
+            return d;
+          },
+          "The options that give attention_pattern this module's layout ({'image_shape': (h, w)}).");
+
   mm.def("mechanism_names", &attention::mechanism_names, "The registered mechanism names.");
   mm.def(
       "make_mechanism",
@@ -108,7 +119,7 @@ void bind_models(py::module_& m) {
                if (py::isinstance<py::str>(o))
                  d = py::module_::import("json").attr("loads")(o);
                else
-                 d = py::dict(o);
+                 d = py::reinterpret_steal<py::dict>(PyDict_Copy(py::dict(o).ptr()));  // never the caller's dict
              }
              for (auto item : kw) d[item.first] = item.second;
              return models::parse_model_config(to_json_value(d));
@@ -195,6 +206,16 @@ void bind_models(py::module_& m) {
           [](const SequenceClassifier& c, const Tensor& ids, const Tensor& labels,
              const std::optional<Tensor>& mask) { return c.loss(ids, labels, opt(mask)); },
           py::arg("ids"), py::arg("labels"), py::arg("key_mask") = py::none());
+
+  auto pma_fwd = [](const models::PmaPooling& p, const Tensor& z, const std::optional<Tensor>& mask) {
+    return p.forward(z, opt(mask));
+  };
+  py::class_<models::PmaPooling, nn::Module, std::shared_ptr<models::PmaPooling>>(mm, "PmaPooling")
+      .def(py::init<int64_t, int64_t>(), py::arg("d_model"), py::arg("n_heads"),
+           "The Set Transformer's pooling by multihead attention with one seed, PMA_1(Z) = MAB(S, rFF(Z)).")
+      .def("forward", pma_fwd, py::arg("z"), py::arg("key_mask") = py::none())
+      .def("__call__", pma_fwd, py::arg("z"), py::arg("key_mask") = py::none(),
+           "z [B, N, D] (key_mask Bool [B, N]) -> [B, D].");
 
   using models::EncoderDecoder;
   auto ed_fwd = [](const EncoderDecoder& e, const Tensor& src, const Tensor& tgt,

@@ -51,6 +51,9 @@ def make(entry, N, causal, seed=0):
     elif ref == "etc":
         clip = int(option_default(entry, "max_distance"))
         extras["relative_bias"] = (0.1 * rng.standard_normal((H, 2 * clip + 3))).astype(np.float32)
+    elif ref == "isab":  # the inducing queries [H, m, d] at the entry's default m
+        m = int(option_default(entry, "inducing", "32"))
+        extras["inducing"] = rng.standard_normal((H, m, d)).astype(np.float32)
     return {"q": q, "k": k, "v": v, "g": g, "extras": extras}
 
 

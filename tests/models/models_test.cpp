@@ -70,7 +70,7 @@ TEST(Mechanism, RegistryErrorsListNames) {
             (std::vector<std::string>{"full", "flash", "performer", "linear", "sparse_strided", "sparse_fixed",
                                       "longformer", "bigbird", "local", "aft_full", "aft_simple", "aft_local",
                                       "aft_conv", "lsh", "routing", "linformer", "synthesizer",
-                                      "memory_compressed", "sinkhorn", "etc"}));
+                                      "memory_compressed", "sinkhorn", "etc", "isab", "axial"}));
 }
 
 TEST(ModelConfig, BlockPolicyCrossAttentionAndAttentionDropout) {

@@ -88,12 +88,14 @@ class SoftmaxPattern:
         return {}, {}
 
     def module_context(self, entry, mech, params=None):
-        return {}
+        # A module whose layout is not the pattern's default (axial's image from max_len) says which it is.
+        return {"pattern_options": dict(getattr(mech, "pattern_options", {}))}
 
     def heads(self, entry, q, k, v, causal, key_mask, context):
         B, H, N, _ = q.shape
         M = k.shape[2]
-        pattern = torch.as_tensor(ef.attention_pattern(entry["name"], N, M, heads=H, causal=causal))
+        pattern = torch.as_tensor(ef.attention_pattern(entry["name"], N, M, heads=H, causal=causal,
+                                                       **context.get("pattern_options", {})))
         allowed = pattern[None]
         if key_mask is not None:
             allowed = allowed & torch.as_tensor(np.asarray(key_mask))[:, None, None, :]
@@ -682,6 +684,68 @@ class Etc:
                          key_mask)
 
 
+def split_heads(x, H):
+    B, n, D = x.shape
+    return x.view(B, n, H, D // H).transpose(1, 2)
+
+
+def merge_heads(x):
+    B, H, n, d = x.shape
+    return x.transpose(1, 2).reshape(B, n, H * d)
+
+
+def torch_linear(p, prefix, x):
+    return x @ p[prefix + ".weight"].T + p[prefix + ".bias"]
+
+
+def torch_layer_norm(p, prefix, x):
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], p[prefix + ".weight"], p[prefix + ".bias"], 1e-5)
+
+
+def torch_mab(p, prefix, x, k, v, key_mask, H):
+    """The Set Transformer's MAB (Lee et al. 2019, eq. 6-7) with keys and values as heads k, v [B, H, N, d]:
+    LN(Hh + relu(Hh W + b)), Hh = LN(X + Multihead(X, Y, Y)); X [B or 1, m, D] (parameters under `prefix`)."""
+    B, N = k.shape[0], k.shape[2]
+    x = x.expand(B, -1, -1)
+    q = split_heads(torch_linear(p, prefix + "q_proj", x), H)
+    att = masked_softmax_attention(q, k, v, allowed_mask(B, x.shape[1], N, False, key_mask))
+    h = torch_layer_norm(p, prefix + "norm1", x + torch_linear(p, prefix + "out_proj", merge_heads(att)))
+    return torch_layer_norm(p, prefix + "norm2", h + torch.relu(torch_linear(p, prefix + "ff", h)))
+
+
+def torch_pma(p, prefix, z, key_mask, H):
+    """PMA_1(Z) = MAB(S, rFF(Z)) (Lee et al. 2019, eq. 11) -> [B, D]."""
+    y = torch.relu(torch_linear(p, prefix + "rff", z))
+    k = split_heads(torch_linear(p, prefix + "block.k_proj", y), H)
+    v = split_heads(torch_linear(p, prefix + "block.v_proj", y), H)
+    return torch_mab(p, prefix + "block.", p[prefix + "seed"][None], k, v, key_mask, H)[:, 0]
+
+
+class Isab:
+    """The Set Transformer's ISAB (Lee et al. 2019, eq. 9). Functional form: the two attentions per head
+    through the inducing queries I [H, m, d] (H = softmax(I k^T) v, out = softmax(q H^T) H); module: the
+    inner MAB(I, X) whole on the k, v heads of X, then q attends the h_k_proj / h_v_proj heads of H."""
+
+    def functional_kwargs(self, entry, d, rng, dims=None):
+        inducing = rng.standard_normal((dims["H"], int(rng.integers(1, 9)), d)).astype(np.float32)
+        return {"inducing": ef.tensor(inducing)}, {"inducing": torch.tensor(inducing.astype(np.float64))}
+
+    def module_context(self, entry, mech, params=None):
+        return {"params": params}
+
+    def heads(self, entry, q, k, v, causal, key_mask, context):
+        B, H, N, _ = q.shape
+        if "inducing" in context:
+            inducing = context["inducing"][None].expand(B, -1, -1, -1)
+            h = masked_softmax_attention(inducing, k, v, allowed_mask(B, inducing.shape[2], k.shape[2], False,
+                                                                      key_mask))
+            return masked_softmax_attention(q, h, h, allowed_mask(B, N, h.shape[2], False, None))
+        p = context["params"]
+        h = torch_mab(p, "inducing_block.", p["inducing"][None], k, v, key_mask, H)
+        hk, hv = split_heads(torch_linear(p, "h_k_proj", h), H), split_heads(torch_linear(p, "h_v_proj", h), H)
+        return masked_softmax_attention(q, hk, hv, allowed_mask(B, N, h.shape[1], False, None))
+
+
 REFERENCES = {"softmax-pattern": SoftmaxPattern(), "kernelized": Kernelized(), "aft": Aft(), "lsh": Lsh(),
               "routing": Routing(), "linformer": Linformer(), "synthesizer": Synthesizer(),
-              "memory_compressed": MemoryCompressed(), "sinkhorn": Sinkhorn(), "etc": Etc()}
+              "memory_compressed": MemoryCompressed(), "sinkhorn": Sinkhorn(), "etc": Etc(), "isab": Isab()}

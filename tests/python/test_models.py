@@ -14,10 +14,13 @@ import torch.nn.functional as F
 
 import eformer as ef
 from conftest import assert_close
+from references import torch_pma
 
 models = ef.models
 torch.set_default_dtype(torch.float64)
 
+# The mechanisms a decoder can use (a bidirectional-only one, such as isab, is refused there).
+CAUSAL_KINDS = [e["name"] for e in ef.mechanisms() if e["capabilities"]["causal"]]
 SMALL = dict(vocab_size=256, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=16, dropout=0.0)
 
 
@@ -226,10 +229,7 @@ def test_lm_parameter_names(rng):
     assert "head.weight" not in names and "ln_f.weight" not in names and "embed.positions.weight" not in names
 
 
-DECODER_KINDS = [e["name"] for e in ef.mechanisms() if e["capabilities"]["causal"]]  # a decoder needs a causal form
-
-
-@pytest.mark.parametrize("kind", DECODER_KINDS)
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
 @pytest.mark.parametrize("positions", ["learned", "rotary"])
 def test_causal_no_leak(rng, kind, positions):
     model = models.LanguageModel(make_config(attention=kind, positions=positions))
@@ -246,7 +246,7 @@ def test_causal_no_leak(rng, kind, positions):
         assert not np.array_equal(out[:, t + 1:], base[:, t + 1:])
 
 
-@pytest.mark.parametrize("kind", DECODER_KINDS)
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
 @pytest.mark.parametrize("positions", ["learned", "rotary", "sinusoidal"])
 @pytest.mark.parametrize("chunks", [[1] * 16, [3, 5, 1, 7]])
 def test_incremental_decoding_matches_forward(rng, kind, positions, chunks):
@@ -314,7 +314,8 @@ def padding_mask(rng, B, N):
 
 
 @pytest.mark.parametrize("case", [dict(pre_ln=True, positions="learned", attention="flash"),
-                                  dict(pre_ln=False, positions="rotary", attention="full")])
+                                  dict(pre_ln=False, positions="rotary", attention="full"),
+                                  dict(pre_ln=True, positions="learned", attention="flash", pooling="pma")])
 def test_sequence_classifier_matches_torch(rng, tmp_path, case):
     config = make_config(arch="encoder", num_classes=5, **case)
     model = models.SequenceClassifier(config)
@@ -327,7 +328,8 @@ def test_sequence_classifier_matches_torch(rng, tmp_path, case):
 
     h = torch_encoder(p, "encoder", ids, c, c["n_layers"], key_mask=mask)
     m = torch.tensor(mask, dtype=torch.float64)[:, :, None]
-    t_logits = linear(p, "classifier", (h * m).sum(1) / m.sum(1))
+    pooled = torch_pma(p, "pool.", h, mask, c["n_heads"]) if c["pooling"] == "pma" else (h * m).sum(1) / m.sum(1)
+    t_logits = linear(p, "classifier", pooled)
     logits = model(ef.tensor(ids), ef.tensor(mask))
     assert_close(logits.numpy(), t_logits.detach().numpy(), 1e-4, 1e-5, "class logits")
 

@@ -7,9 +7,10 @@ from .linformer import LinformerPeer
 from .local_attention import LocalAttentionPeer
 from .reformer import HFReformerLSH
 from .sdpa import TorchSDPA, TorchSDPAMasked
+from .sets import AxialAttentionPeer, IsabPytorch
 
 PEERS = [TorchSDPA(), TorchSDPAMasked(), TorchCumsum(), PerformerPytorch(), TorchPaper(), AftPytorch(),
-         LocalAttentionPeer(), HFReformerLSH(), LinformerPeer()]
+         LocalAttentionPeer(), HFReformerLSH(), LinformerPeer(), AxialAttentionPeer(), IsabPytorch()]
 BY_NAME = {p.name: p for p in PEERS}
 
 

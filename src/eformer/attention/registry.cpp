@@ -5,8 +5,10 @@
 #include <cmath>
 
 #include "eformer/attention/mechanisms/aft.h"
+#include "eformer/attention/mechanisms/axial.h"
 #include "eformer/attention/mechanisms/etc.h"
 #include "eformer/attention/mechanisms/exact.h"
+#include "eformer/attention/mechanisms/isab.h"
 #include "eformer/attention/mechanisms/linformer.h"
 #include "eformer/attention/mechanisms/lsh.h"
 #include "eformer/attention/mechanisms/memory_compressed.h"
@@ -41,6 +43,8 @@ std::vector<MechanismEntry>& entries() {
       memory_compressed_entry(),     // strided-conv compressed keys and values plus local blocks
       sinkhorn_entry(),              // Sparse Sinkhorn: learned block sorting
       etc_entry(),                   // ETC: global tokens + local radius, relative bias
+      isab_entry(),                  // Set Transformer: attention through m inducing points
+      axial_entry(),                 // Axial Transformer: heads along rows and columns of an image
   };
   return all;
 }

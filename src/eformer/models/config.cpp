@@ -116,6 +116,7 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"attention_dropout",
        [](ModelConfig& c, const json& v) { c.attention_dropout = get_float("attention_dropout", v); }},
       {"block", [](ModelConfig& c, const json& v) { c.block = get_string("block", v); }},
+      {"pooling", [](ModelConfig& c, const json& v) { c.pooling = get_string("pooling", v); }},
       {"axial_shape", [](ModelConfig& c, const json& v) { c.axial_shape = get_pair("axial_shape", v); }},
       {"axial_dims", [](ModelConfig& c, const json& v) { c.axial_dims = get_pair("axial_dims", v); }},
       {"layer_attention",
@@ -154,6 +155,9 @@ void validate_model_config(const ModelConfig& c) {
   check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary", "axial"});
   check_one_of("activation", c.activation, {"gelu", "gelu_tanh", "relu"});
   check_one_of("block", c.block, {"plain", "recompute", "reversible"});
+  check_one_of("pooling", c.pooling, {"mean", "pma"});
+  EF_CHECK(c.pooling == "mean" || c.arch == "encoder", ValueError, "model config: pooling = '", c.pooling,
+           "'; pooling is the classifier's, for arch 'encoder' only (arch is '", c.arch, "')");
   EF_CHECK(c.block != "reversible" || c.pre_ln, ValueError,
            "model config: block = 'reversible' needs pre_ln = true (a post-LN block normalizes after the "
            "residual, which cannot be inverted)");
@@ -241,6 +245,7 @@ json to_json(const ModelConfig& c) {
               {"cross_attention", attention_json(c.cross_attention)},
               {"attention_dropout", tidy(c.attention_dropout)},
               {"block", c.block},
+              {"pooling", c.pooling},
               {"axial_shape", c.axial_shape},
               {"axial_dims", c.axial_dims}};
 }

@@ -33,6 +33,9 @@ struct ModelConfig {
   std::vector<int64_t> axial_shape, axial_dims;
   bool tie_weights = true;            // LM head shares the token embedding
   int64_t num_classes = 0;            // "encoder" classifier head
+  // The classifier's pooling ("encoder"): "mean" over the real tokens | "pma", the Set Transformer's
+  // pooling by multihead attention with one learned seed (Lee et al. 2019, eq. 11; models/pooling.h).
+  std::string pooling = "mean";
   int64_t ffn_chunks = 1;
   std::string activation = "gelu";               // the feed-forward's: "gelu" | "gelu_tanh" | "relu"
   AttentionChoice attention;                     // every layer's mechanism...

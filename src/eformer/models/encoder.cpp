@@ -50,19 +50,23 @@ SequenceClassifier::SequenceClassifier(const ModelConfig& config)
     : Module("SequenceClassifier"), config_(config) {
   check_arch(config_, "SequenceClassifier", "encoder");
   encoder_ = register_module("encoder", std::make_shared<Encoder>(config_, config_.n_layers));
+  if (config_.pooling == "pma")
+    pma_ = register_module("pool", std::make_shared<PmaPooling>(config_.d_model, config_.n_heads));
   classifier_ =
       register_module("classifier", std::make_shared<nn::Linear>(config_.d_model, config_.num_classes));
 }
 
 std::string SequenceClassifier::describe() const {
   return detail::concat("SequenceClassifier(d_model=", config_.d_model, ", n_layers=", config_.n_layers,
-                        ", num_classes=", config_.num_classes, ")");
+                        ", num_classes=", config_.num_classes, ", pooling=", config_.pooling, ")");
 }
 
 Tensor SequenceClassifier::forward(const Tensor& ids, const Tensor& key_mask) const {
   Tensor h = encoder_->forward(ids, key_mask);  // [B, N, D]
   Tensor pooled;
-  if (!key_mask.defined()) {
+  if (pma_) {
+    pooled = pma_->forward(h, key_mask);
+  } else if (!key_mask.defined()) {
     pooled = mean(h, {1});
   } else {
     // weights [B, N, 1] = mask / (number of real tokens in the row), 0 for an all-padding row.

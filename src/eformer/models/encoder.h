@@ -9,6 +9,7 @@
 #include "eformer/models/block.h"
 #include "eformer/models/config.h"
 #include "eformer/models/embedding.h"
+#include "eformer/models/pooling.h"
 #include "eformer/nn/nn.h"
 
 namespace eformer::models {
@@ -32,14 +33,14 @@ class Encoder : public nn::Module {
   std::shared_ptr<nn::LayerNorm> ln_f_;
 };
 
-// arch "encoder". Names: encoder.*, classifier.{weight, bias}.
+// arch "encoder". Names: encoder.*, pool.* (pooling "pma"), classifier.{weight, bias}.
 class SequenceClassifier : public nn::Module {
  public:
   explicit SequenceClassifier(const ModelConfig& config);
   std::string describe() const override;
   const ModelConfig& config() const { return config_; }
-  // ids [B, N], key_mask Bool [B, N] -> class logits [B, num_classes], from the mean of the
-  // encoder output over the real tokens (a row with none pools to 0).
+  // ids [B, N], key_mask Bool [B, N] -> class logits [B, num_classes], from the encoder output pooled
+  // over the real tokens: their mean (pooling "mean"; a row with none pools to 0) or PMA (pooling "pma").
   Tensor forward(const Tensor& ids, const Tensor& key_mask = {}) const;
   // Mean cross-entropy against labels Int64 [B].
   Tensor loss(const Tensor& ids, const Tensor& labels, const Tensor& key_mask = {}) const;
@@ -47,6 +48,7 @@ class SequenceClassifier : public nn::Module {
  private:
   ModelConfig config_;
   std::shared_ptr<Encoder> encoder_;
+  std::shared_ptr<PmaPooling> pma_;  // pooling "pma"
   std::shared_ptr<nn::Linear> classifier_;
 };
 
