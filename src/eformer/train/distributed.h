@@ -1,0 +1,44 @@
+// Data-parallel training over MPI: the process group the trainer runs in.
+//
+// Under `mpirun -np R eformer train ...` every rank builds the same model from the same seed, takes rows
+// [r B/R, (r + 1) B/R) of each global batch (the batch is still a pure function of seed and step), and
+// after its backward the gradients are summed over the ranks (allreduce) and divided by R, so every rank
+// applies the same AdamW step to the same weights: the global-batch gradient, with the ranks' partial
+// sums added in another order than one process adds them (the float32 rounding difference, see
+// docs/ARCHITECTURE.md "Data parallelism"). Rank 0 alone writes logs, progress and checkpoints.
+//
+// Without MPI (a build without it, or a process not started by mpirun) the world is one rank and every
+// call below is a no-op, so single-process training runs exactly the code path it always did.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace eformer::train {
+
+class World {
+ public:
+  // The process's world: started on first use when the environment says mpirun launched the process
+  // (OMPI_COMM_WORLD_SIZE or PMI_SIZE set), else one rank. MPI is finalized at exit.
+  static World& get();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool parallel() const { return size_ > 1; }
+  // "Open MPI 4.1.4" (the library this build uses), or "none" for a build without MPI.
+  static std::string library();
+
+  // In place, the same bits on every rank: x[i] = sum over ranks of x[i].
+  void sum(float* x, int64_t n) const;
+  void sum(double* x, int64_t n) const;
+  // Rank 0's value on every rank.
+  void broadcast(int64_t* x, int64_t n) const;
+  // After an error on this rank: ends every rank of the job with `code` when MPI runs with more than one
+  // rank (so the others do not wait forever in a collective); else returns.
+  static void abort_if_parallel(int code);
+
+ private:
+  World();
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace eformer::train
