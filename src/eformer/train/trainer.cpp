@@ -89,6 +89,25 @@ void average_gradients(const std::vector<Tensor>& params, const World& world) {
   flush();
 }
 
+// Every rank applies the same update to the same weights: checked bit for bit (a hash of every parameter
+// against rank 0's) where a checkpoint is written, so a divergence is an error, never a silent drift.
+void check_ranks_agree(const std::vector<Tensor>& params, const World& world, int64_t step) {
+  if (!world.parallel()) return;
+  int64_t hash = int64_t(1469598103934665603ull);  // FNV-1a over the parameters' bytes
+  for (const Tensor& p : params) {
+    const Tensor c = p.contiguous_data();
+    const auto* bytes = static_cast<const unsigned char*>(c.raw_data());
+    for (size_t i = 0, n = size_t(c.numel()) * sizeof(float); i < n; ++i)
+      hash = int64_t((uint64_t(hash) ^ bytes[i]) * 1099511628211ull);
+  }
+  int64_t lead_hash = hash;
+  world.broadcast(&lead_hash, 1);
+  double differ = hash != lead_hash ? 1.0 : 0.0;
+  world.sum(&differ, 1);
+  EF_CHECK(differ == 0.0, Error, "distributed training: after step ", step, " the weights of ", differ, " of ",
+           world.size(), " ranks differ from rank 0's (a nondeterministic reduction?)");
+}
+
 }  // namespace
 
 std::atomic<bool>& Trainer::stop_requested() {
@@ -358,15 +377,18 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       eval_time = now_s() - e0;
       evaluated = true;
     }
-    if (lead && config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0 && !last &&
-        !config_.checkpoint_path.empty())
-      save_checkpoint(config_.checkpoint_path);
+    if (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0 && !last &&
+        !config_.checkpoint_path.empty()) {
+      check_ranks_agree(params, world, step_);
+      if (lead) save_checkpoint(config_.checkpoint_path);
+    }
     print_progress(evaluated);
   }
   if (stop_requested().load() && reason == "steps" && step_ < total) reason = "interrupted";
 
   // The final estimate and checkpoint (also after an interruption: it is a step boundary).
   if (lead && (step_ > first_step || !resumed_)) result.valid_bits_per_char = evaluate_valid();
+  check_ranks_agree(params, world, step_);
   if (lead && !config_.checkpoint_path.empty()) save_checkpoint(config_.checkpoint_path);
   result.steps = step_;
   result.elapsed_s = elapsed();
