@@ -327,8 +327,11 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     optimizer_->zero_grad();
     backward(loss);
     loss = Tensor();
+    double allreduce_s = 0.0;  // this step's time in the gradient allreduce (and its packing)
     if (world.parallel()) {
+      const double c0 = now_s();
       average_gradients(params, world);
+      allreduce_s = now_s() - c0;
       rng::default_generator().set_state({shared.seed, shared.stream, rng::default_generator().state().counter});
     }
     double norm = config_.grad_clip > 0 ? double(optim::clip_grad_norm(params, config_.grad_clip))
@@ -360,15 +363,17 @@ TrainResult Trainer::run(int64_t stop_at_step) {
 
     const bool last = step_ == total;
     if (step_ % config_.log_every == 0 || step_ == first_step + 1 || last) {
-      log({{"event", "train"},
-           {"step", step_},
-           {"loss", double(loss_value)},
-           {"loss_hex", hex_float(loss_value)},
-           {"lr", lr},
-           {"grad_norm", norm},
-           {"tokens", step_ * B * context},
-           {"elapsed_s", elapsed()},
-           {"tokens_per_s", tokens_per_s()}});
+      json line = {{"event", "train"},
+                   {"step", step_},
+                   {"loss", double(loss_value)},
+                   {"loss_hex", hex_float(loss_value)},
+                   {"lr", lr},
+                   {"grad_norm", norm},
+                   {"tokens", step_ * B * context},
+                   {"elapsed_s", elapsed()},
+                   {"tokens_per_s", tokens_per_s()}};
+      if (world.parallel()) line["allreduce_s"] = allreduce_s, line["step_s"] = now_s() - t0;
+      log(line);
     }
     bool evaluated = false;
     if (lead && config_.eval_every > 0 && step_ % config_.eval_every == 0 && !last) {
