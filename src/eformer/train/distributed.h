@@ -11,7 +11,12 @@
 // call below is a no-op, so single-process training runs exactly the code path it always did.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
+
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/tensor.h"
 
 namespace eformer::train {
 
@@ -39,6 +44,26 @@ class World {
  private:
   World();
   int rank_ = 0, size_ = 1;
+};
+
+// Averages the gradients of `params` over the ranks while the backward still runs (as PyTorch's DDP does):
+// the parameters are grouped into buckets of at most `bucket_floats` (in reverse order, about the order the
+// backward completes them); when every gradient of a bucket is complete (autograd::LeafReady) the bucket is
+// packed and its sum over the ranks started (MPI_Iallreduce), and finish() waits for all of them and writes
+// the averages back. Every rank builds the same buckets, so the sums are the same whatever the timing.
+class GradientAverager {
+ public:
+  GradientAverager(const std::vector<Tensor>& params, const World& world, int64_t bucket_floats);
+  ~GradientAverager();
+  // For autograd::backward: called as each gradient completes.
+  autograd::LeafReady hook();
+  // After the backward: every bucket reduced (those not started yet now), grads = sum / ranks. Returns the
+  // seconds spent here, waiting for the sums that the backward did not hide.
+  double finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace eformer::train

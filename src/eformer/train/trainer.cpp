@@ -54,40 +54,9 @@ constexpr int64_t kCalibrationSteps = 8;
 // (the same shapes), so afterwards all go back to the shared stream in the same state.
 constexpr uint64_t kRankStream = uint64_t(1) << 32;
 
-// Gradients go over the network in buckets of at most this many floats (64 MiB).
-constexpr int64_t kBucketFloats = int64_t(1) << 24;
-
-// The gradient of the global batch on every rank: each rank's mean-loss gradient, summed over the ranks
-// and divided by their number (the ranks' rows are equal in number).
-void average_gradients(const std::vector<Tensor>& params, const World& world) {
-  std::vector<float> bucket;
-  std::vector<Tensor> members;
-  const float inv = 1.0f / float(world.size());
-  auto flush = [&] {
-    if (members.empty()) return;
-    world.sum(bucket.data(), int64_t(bucket.size()));
-    size_t at = 0;
-    for (const Tensor& g : members) {
-      float* p = g.data<float>();
-      for (int64_t i = 0; i < g.numel(); ++i) p[i] = bucket[at++] * inv;
-    }
-    bucket.clear();
-    members.clear();
-  };
-  for (const Tensor& param : params) {
-    Tensor g = grad(param);
-    if (!g.defined()) continue;  // unused by this model's forward: the same on every rank
-    if (!g.is_contiguous()) {
-      g = g.clone_data();
-      set_grad(param, g);
-    }
-    if (!members.empty() && int64_t(bucket.size()) + g.numel() > kBucketFloats) flush();
-    const float* p = g.data<float>();
-    bucket.insert(bucket.end(), p, p + g.numel());
-    members.push_back(g);
-  }
-  flush();
-}
+// Gradients go over the network in buckets of at most this many floats (4 MiB), each started as soon as
+// the backward has completed it (distributed.h GradientAverager).
+constexpr int64_t kBucketFloats = int64_t(1) << 20;
 
 // Every rank applies the same update to the same weights: checked bit for bit (a hash of every parameter
 // against rank 0's) where a checkpoint is written, so a divergence is an error, never a silent drift.
@@ -227,8 +196,10 @@ TrainResult Trainer::run(int64_t stop_at_step) {
   if (lead) open_log(resumed_);
   const int64_t B = config_.batch_size, context = model_->config().max_len;
   const int64_t rows = B / world.size(), first_row = rows * world.rank();
+  std::unique_ptr<GradientAverager> averager;
   const bool tty = progress_ && isatty(fileno(progress_));
   const std::vector<Tensor> params = model_->parameters();
+  if (world.parallel()) averager = std::make_unique<GradientAverager>(params, world, kBucketFloats);
   data::TokenSource train_tokens(corpus_, data::Split::Train);
   log({{"event", resumed_ ? "resume" : "start"},
        {"step", step_},
@@ -325,13 +296,11 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       throw ValueError("train: the loss is " + std::to_string(loss_value) + " at step " + std::to_string(step_) +
                        " (lr " + std::to_string(lr) + "); lower lr or raise warmup_steps");
     optimizer_->zero_grad();
-    backward(loss);
+    autograd::backward({loss}, {}, false, averager ? averager->hook() : autograd::LeafReady());
     loss = Tensor();
-    double allreduce_s = 0.0;  // this step's time in the gradient allreduce (and its packing)
-    if (world.parallel()) {
-      const double c0 = now_s();
-      average_gradients(params, world);
-      allreduce_s = now_s() - c0;
+    double allreduce_s = 0.0;  // this step's wait for the gradient sums after its backward
+    if (averager) {
+      allreduce_s = averager->finish();
       rng::default_generator().set_state({shared.seed, shared.stream, rng::default_generator().state().counter});
     }
     double norm = config_.grad_clip > 0 ? double(optim::clip_grad_norm(params, config_.grad_clip))
