@@ -29,6 +29,15 @@ options:
 )";
 }
 
+namespace {
+// Under mpirun, an error on one rank ends the whole job (the others would wait in a collective).
+int failed(int code) {
+  std::cerr.flush();
+  eformer::train::World::abort_if_parallel(code);
+  return code;
+}
+}  // namespace
+
 int eformer::cli::run(int argc, char** argv) {
   try {
     if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
@@ -49,15 +58,15 @@ int eformer::cli::run(int argc, char** argv) {
     throw eformer::ValueError(std::string("unknown command or option '") + argv[1] + "'; see eformer --help");
   } catch (const eformer::Error& e) {
     std::cerr << "eformer: error: " << e.what() << "\n";
-    return 2;
+    return failed(2);
   } catch (const nlohmann::json::exception& e) {  // a config of the wrong JSON shape
     std::cerr << "eformer: error: " << e.what() << "\n";
-    return 2;
+    return failed(2);
   } catch (const std::bad_alloc&) {  // an allocation outside the counting allocator (a std::vector)
     std::cerr << "eformer: error: out of memory; reduce the sizes (batch, context, model) or free memory\n";
-    return 2;
+    return failed(2);
   } catch (const std::exception& e) {
     std::cerr << "eformer: internal error: " << e.what() << "\n";
-    return 1;
+    return failed(1);
   }
 }

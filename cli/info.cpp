@@ -63,6 +63,15 @@ int run_info(int argc, char** argv) {
     EF_CHECK(!(json && markdown), ValueError, "info: --json and --markdown exclude each other");
     if (json) std::printf("%s\n", mechanism_json().dump().c_str());
     else std::fputs((markdown ? mechanism_markdown() : mechanism_listing()).c_str(), stdout);
+    if (!json && !markdown) {
+      const std::string mpi = train::World::library();
+      std::printf("\ndata-parallel training: %s\n",
+                  mpi == "none" ? "not in this build (no MPI found when it was configured)"
+                                : (mpi + " (mpirun -np R eformer train ...; this process: rank " +
+                                   std::to_string(train::World::get().rank()) + " of " +
+                                   std::to_string(train::World::get().size()) + ")")
+                                      .c_str());
+    }
     return 0;
   }
   EF_CHECK(!markdown, ValueError, "info: --markdown is for the mechanism listing (eformer info --mechanisms --markdown)");

@@ -191,7 +191,10 @@ int run_train(int argc, char** argv) {
   train::RunConfig rc = train::parse_run_config(run);
   EF_CHECK(rc.train.steps > 0 || rc.train.time_budget_s > 0, ValueError,
            "train: no run length: give --steps N or --minutes M (or set train.steps in the config)");
-  const train::MemoryEstimate memory = train::estimate_memory(rc.model, rc.train.batch_size, /*training=*/true);
+  // Under mpirun each rank trains on its share of the batch (train/distributed.h).
+  const train::World& world = train::World::get();
+  const int64_t rank_batch = std::max<int64_t>(1, rc.train.batch_size / world.size());
+  const train::MemoryEstimate memory = train::estimate_memory(rc.model, rank_batch, /*training=*/true);
   if (memory_check) train::check_memory(memory, "train", "pass --no-memory-check to try anyway");
   data::Corpus corpus = load_corpus(rc.train.data);
 
@@ -208,12 +211,15 @@ int run_train(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(out, ec);
   EF_CHECK(!ec, IOError, "train: cannot create the output folder '", out, "': ", ec.message());
-  if (!quiet) trainer->set_progress(stderr);
+  if (!quiet && world.rank() == 0) trainer->set_progress(stderr);
 
   const auto& mc = trainer->model().config();
-  std::fprintf(stderr,
+  const std::string ranks =
+      world.parallel() ? "; " + std::to_string(world.size()) + " ranks (" + train::World::library() + ")" : "";
+  if (world.rank() == 0)
+    std::fprintf(stderr,
                "eformer train: %s%lld layers, d_model %lld, %lld heads, context %lld, %lld parameters; "
-               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads; memory estimate %s; "
+               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads%s; memory estimate %s%s; "
                "out %s\n",
                !resume.empty() ? ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ").c_str()
                : !init.empty() ? ("initialised from " + init + " (step " + std::to_string(init_step) + "); ").c_str()
@@ -226,14 +232,16 @@ int run_train(int argc, char** argv) {
                          .c_str()
                    : (std::to_string(rc.train.time_budget_s / 60.0).substr(0, 5) + " minutes").c_str(),
                corpus.source().c_str(), (long long)corpus.split_size(data::Split::Train), parallel::num_threads(),
-               train::bytes_str(memory.total_bytes()).c_str(), out.c_str());
+               ranks.c_str(), train::bytes_str(memory.total_bytes()).c_str(), world.parallel() ? " per rank" : "",
+               out.c_str());
   train::TrainResult r = trainer->run();  // a signal since the start stops it (stop_signals.h)
 
+  const int code = r.reason != "interrupted" ? 0 : 128 + (stop_on_signals.received() ? stop_on_signals.received() : SIGINT);
+  if (world.rank() != 0) return code;
   std::printf("trained %lld steps (%s) in %.1f min at %.0f tokens/s; valid bits/char %.4f (estimate)\n",
               (long long)r.steps, r.reason.c_str(), r.elapsed_s / 60.0, r.tokens_per_s, r.valid_bits_per_char);
   std::printf("checkpoint: %s\nlog: %s\n", rc.train.checkpoint_path.c_str(), rc.train.log_path.c_str());
-  if (r.reason != "interrupted") return 0;
-  return 128 + (stop_on_signals.received() ? stop_on_signals.received() : SIGINT);
+  return code;
 }
 
 }  // namespace eformer::cli

@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libbenchmark-dev
   python3-pytest python3-torch   # tests and benchmarks only: the reference oracle and the peer
   bible-kjv              # the default corpus (used from the model issue on)
+  openmpi-bin libopenmpi-dev  # data-parallel training (mpirun -np R eformer train)
+  iproute2               # the two-host MPI test (network namespaces)
   ccache                 # rebuilds (scripts/build.sh uses it when present)
   clang-14 libomp-14-dev # the libFuzzer targets (scripts/fuzz.sh; clang's OpenMP runtime)
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: install dependencies, build, run the C++ tests, the PyTorch parity suite,
-# the installs (cmake --install moved elsewhere, an out-of-tree find_package(eformer) consumer,
-# pip install . in a fresh virtual environment), the C++ tests again under ASan+UBSan, and each
+# data-parallel training across two network namespaces (scripts/mpi-two-hosts.sh), the installs
+# (cmake --install moved elsewhere, an out-of-tree find_package(eformer) consumer, pip install . in a
+# fresh virtual environment), the C++ tests again under ASan+UBSan, and each
 # fuzz target over its seed corpus (scripts/fuzz.sh --check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,12 @@ build/eformer_tests --gtest_brief=1
 scripts/prepare-data.sh
 echo "== Python parity tests (PyTorch float64 references)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider .)
+echo "== data-parallel training on two hosts (network namespaces, Open MPI over TCP)"
+if [ "$(id -u)" -eq 0 ] && command -v ip > /dev/null && grep -q "^EFORMER_MPI:BOOL=ON" build/CMakeCache.txt; then
+  scripts/mpi-two-hosts.sh 10
+else
+  echo "skipped: needs root (ip netns), iproute2 and a build with MPI"
+fi
 echo "== installs: cmake --install (moved prefix: CLI, Python, find_package consumer) and pip install ."
 scripts/test-install.sh
 echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"

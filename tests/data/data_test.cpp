@@ -200,6 +200,27 @@ TEST(Batches, WindowsLieInsideTheSplitAndTargetsAreShifted) {
             sample_batch(c, Split::Valid, 8, 32, 3, 5).inputs.to_int_vector());
 }
 
+// Data parallelism: the ranks' rows of a batch, put together, are the batch.
+TEST(Batches, RowsOfABatchAreThoseRowsOfTheWholeBatch) {
+  Corpus c = letters_corpus(5000);
+  TokenSource tokens(c, Split::Train);
+  Batch whole = sample_batch(tokens, 8, 16, 3, 11);
+  std::vector<int64_t> inputs, targets, offsets;
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    Batch part = sample_batch_rows(tokens, 8, 16, 3, 11, 2 * rank, 2);
+    ASSERT_EQ(part.inputs.shape(), (Shape{2, 16}));
+    for (int64_t x : part.inputs.to_int_vector()) inputs.push_back(x);
+    for (int64_t x : part.targets.to_int_vector()) targets.push_back(x);
+    offsets.insert(offsets.end(), part.offsets.begin(), part.offsets.end());
+  }
+  EXPECT_EQ(inputs, whole.inputs.to_int_vector());
+  EXPECT_EQ(targets, whole.targets.to_int_vector());
+  EXPECT_EQ(offsets, whole.offsets);
+  EXPECT_THROW(sample_batch_rows(tokens, 8, 16, 3, 11, 7, 2), ValueError);
+  EXPECT_THROW(sample_batch_rows(tokens, 8, 16, 3, 11, -1, 2), ValueError);
+  EXPECT_THROW(sample_batch_rows(tokens, 8, 16, 3, 11, 0, 0), ValueError);
+}
+
 TEST(EvalWindows, CoverEveryTargetOnce) {
   for (int64_t n : {2, 11, 12, 100, 1001}) {
     std::vector<int64_t> ids(static_cast<size_t>(n));

@@ -64,10 +64,15 @@ class EnableGradGuard {
 Tensor record(const char* name, Tensor output, const std::vector<Tensor>& inputs, BackwardFn backward,
               bool force = false);
 
+// Called once per leaf as soon as its .grad is complete (every node with an edge to it has run), while
+// the rest of the backward still runs: data-parallel training starts reducing gradients there.
+using LeafReady = std::function<void(const AutogradMeta* leaf)>;
+
 // Accumulates d(roots)/d(leaves) into the leaves' .grad, seeding each root with its grad
-// (an undefined grad means ones, allowed for one-element roots only).
+// (an undefined grad means ones, allowed for one-element roots only). The gradients are the same
+// with or without `on_leaf_ready`.
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads = {},
-              bool retain_graph = false);
+              bool retain_graph = false, const LeafReady& on_leaf_ready = {});
 
 // A custom op: forward runs without recording, backward is written by hand.
 class Function {

@@ -73,12 +73,14 @@ Tensor record(const char* name, Tensor output, const std::vector<Tensor>& inputs
   return out;
 }
 
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph,
+              const LeafReady& on_leaf_ready) {
   EF_CHECK(grads.empty() || grads.size() == roots.size(), ValueError, "backward: ", roots.size(),
            " roots but ", grads.size(), " gradients");
   std::unordered_map<AutogradMeta*, Tensor> leaf_grads;  // applied at the end, in one pass
   std::unordered_map<Node*, Tensor> pending;             // gradient flowing into each node's output
   std::unordered_map<Node*, int> deps;                   // edges from not-yet-run nodes
+  std::unordered_map<AutogradMeta*, int> leaf_deps;      // the same for leaves (with on_leaf_ready)
   std::vector<std::shared_ptr<Node>> stack, ready;
 
   auto seed = [&](const Tensor& root, const Tensor& g) {
@@ -117,6 +119,8 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
       if (in && in->grad_fn) {
         deps[in->grad_fn.get()]++;
         stack.push_back(in->grad_fn);
+      } else if (in && on_leaf_ready) {
+        leaf_deps[in.get()]++;
       }
     }
   }
@@ -140,13 +144,26 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
     if (!retain_graph) node->backward = nullptr;
     for (size_t i = 0; i < node->inputs.size(); ++i) {
       auto& in = node->inputs[i];
-      if (!in || !input_grads[i].defined()) continue;
+      // A leaf whose last contribution this was is complete: accumulate it now and say so.
+      auto leaf_done = [&] {
+        if (!on_leaf_ready || !in || in->grad_fn || --leaf_deps[in.get()] != 0) return;
+        auto found = leaf_grads.find(in.get());
+        if (found == leaf_grads.end()) return;  // no gradient reached it: reported at the end
+        accumulate_into_leaf(*in, std::move(found->second));
+        leaf_grads.erase(found);
+        on_leaf_ready(in.get());
+      };
+      if (!in || !input_grads[i].defined()) {
+        leaf_done();
+        continue;
+      }
       const Tensor& gi = input_grads[i];
       EF_CHECK(gi.shape() == node->input_shapes[i], Error, "backward of '", node->name, "': gradient ", i,
                " has shape ", shape_str(gi.shape()), ", input has ", shape_str(node->input_shapes[i]));
       if (!in->grad_fn) {
         Tensor& slot = leaf_grads[in.get()];
         slot = slot.defined() ? add_plain(slot, gi) : gi;
+        leaf_done();
         continue;
       }
       Node* next = in->grad_fn.get();
@@ -155,7 +172,10 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
       if (--deps[next] == 0) ready.push_back(in->grad_fn);
     }
   }
-  for (auto& [meta, g] : leaf_grads) accumulate_into_leaf(*meta, std::move(g));
+  for (auto& [meta, g] : leaf_grads) {
+    accumulate_into_leaf(*meta, std::move(g));
+    if (on_leaf_ready) on_leaf_ready(meta);
+  }
 }
 
 Tensor Function::apply(const std::shared_ptr<Function>& fn, const std::vector<Tensor>& inputs) {

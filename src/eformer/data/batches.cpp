@@ -78,12 +78,27 @@ std::vector<int64_t> batch_offsets(int64_t split_size, int64_t batch_size, int64
   return offsets;
 }
 
-Batch sample_batch(const TokenSource& tokens, int64_t batch_size, int64_t context, uint64_t seed,
-                   uint64_t step) {
+namespace {
+std::vector<int64_t> sample_batch_offsets(const TokenSource& tokens, int64_t batch_size, int64_t context,
+                                          uint64_t seed, uint64_t step) {
   check_sizes("batch", batch_size, context);
   EF_CHECK(tokens.size() >= context + 1, ValueError, "batch: ", tokens.name(), " has ", tokens.size(),
            " tokens; a training window of context ", context, " needs ", context + 1);
-  return gather_windows(tokens, batch_offsets(tokens.size(), batch_size, context, seed, step), context);
+  return batch_offsets(tokens.size(), batch_size, context, seed, step);
+}
+}  // namespace
+
+Batch sample_batch(const TokenSource& tokens, int64_t batch_size, int64_t context, uint64_t seed,
+                   uint64_t step) {
+  return gather_windows(tokens, sample_batch_offsets(tokens, batch_size, context, seed, step), context);
+}
+
+Batch sample_batch_rows(const TokenSource& tokens, int64_t batch_size, int64_t context, uint64_t seed,
+                        uint64_t step, int64_t first, int64_t count) {
+  EF_CHECK(first >= 0 && count >= 1 && first + count <= batch_size, ValueError, "batch: rows [", first, ", ",
+           first + count, ") are not inside a batch of ", batch_size);
+  const std::vector<int64_t> all = sample_batch_offsets(tokens, batch_size, context, seed, step);
+  return gather_windows(tokens, std::vector<int64_t>(all.begin() + first, all.begin() + first + count), context);
 }
 
 EvalWindows::EvalWindows(TokenSource tokens, int64_t context, int64_t batch_size)

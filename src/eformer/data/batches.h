@@ -62,6 +62,10 @@ std::vector<int64_t> batch_offsets(int64_t split_size, int64_t batch_size, int64
 // the split holds fewer than context + 1 tokens, or batch_size / context < 1.
 Batch sample_batch(const TokenSource& tokens, int64_t batch_size, int64_t context, uint64_t seed,
                    uint64_t step);
+// Rows [first, first + count) of training batch `step`: the windows sample_batch gives those rows (one
+// rank's share of the global batch in data-parallel training). ValueError when the rows are not inside it.
+Batch sample_batch_rows(const TokenSource& tokens, int64_t batch_size, int64_t context, uint64_t seed,
+                        uint64_t step, int64_t first, int64_t count);
 inline Batch sample_batch(const Corpus& corpus, Split split, int64_t batch_size, int64_t context,
                           uint64_t seed, uint64_t step) {
   return sample_batch(TokenSource(corpus, split), batch_size, context, seed, step);

@@ -2,6 +2,7 @@
 #pragma once
 #include "eformer/train/checkpoint.h"
 #include "eformer/train/config.h"
+#include "eformer/train/distributed.h"
 #include "eformer/train/evaluate.h"
 #include "eformer/train/generate.h"
 #include "eformer/train/trainer.h"

@@ -18,6 +18,7 @@
 #include "eformer/io/atomic_file.h"
 #include "eformer/optim/clip.h"
 #include "eformer/optim/schedule.h"
+#include "eformer/train/distributed.h"
 #include "eformer/train/evaluate.h"
 
 namespace eformer::train {
@@ -47,6 +48,34 @@ std::string clock_str(double seconds) {
 
 // Steps timed to fix the run length of a time-budgeted run (after one untimed warm-up step).
 constexpr int64_t kCalibrationSteps = 8;
+
+// Rank r draws its step's randomness (dropout, redrawn features or rotations) from the default
+// generator's stream + r * kRankStream, so ranks do not share masks; every rank reserves the same counts
+// (the same shapes), so afterwards all go back to the shared stream in the same state.
+constexpr uint64_t kRankStream = uint64_t(1) << 32;
+
+// Gradients go over the network in buckets of at most this many floats (4 MiB), each started as soon as
+// the backward has completed it (distributed.h GradientAverager).
+constexpr int64_t kBucketFloats = int64_t(1) << 20;
+
+// Every rank applies the same update to the same weights: checked bit for bit (a hash of every parameter
+// against rank 0's) where a checkpoint is written, so a divergence is an error, never a silent drift.
+void check_ranks_agree(const std::vector<Tensor>& params, const World& world, int64_t step) {
+  if (!world.parallel()) return;
+  int64_t hash = int64_t(1469598103934665603ull);  // FNV-1a over the parameters' bytes
+  for (const Tensor& p : params) {
+    const Tensor c = p.contiguous_data();
+    const auto* bytes = static_cast<const unsigned char*>(c.raw_data());
+    for (size_t i = 0, n = size_t(c.numel()) * sizeof(float); i < n; ++i)
+      hash = int64_t((uint64_t(hash) ^ bytes[i]) * 1099511628211ull);
+  }
+  int64_t lead_hash = hash;
+  world.broadcast(&lead_hash, 1);
+  double differ = hash != lead_hash ? 1.0 : 0.0;
+  world.sum(&differ, 1);
+  EF_CHECK(differ == 0.0, Error, "distributed training: after step ", step, " the weights of ", differ, " of ",
+           world.size(), " ranks differ from rank 0's (a nondeterministic reduction?)");
+}
 
 }  // namespace
 
@@ -95,6 +124,9 @@ Trainer::~Trainer() {
 void Trainer::init_common() {
   EF_CHECK(config_.steps > 0 || config_.time_budget_s > 0, ValueError,
            "train: set the run length: 'steps' (> 0) or 'time_budget_s' (> 0)");
+  const int ranks = World::get().size();
+  EF_CHECK(config_.batch_size % ranks == 0, ValueError, "train: batch_size ", config_.batch_size,
+           " does not split evenly over ", ranks, " ranks; use a multiple of the number of ranks");
   model_->train();
   optim::AdamWOptions o;
   o.lr = config_.lr;
@@ -155,11 +187,19 @@ double Trainer::evaluate_valid() {
 }
 
 TrainResult Trainer::run(int64_t stop_at_step) {
+  // Data parallelism (distributed.h): this rank's rows of each global batch; rank 0 alone logs,
+  // reports progress, estimates and writes checkpoints.
+  const World& world = World::get();
+  const bool lead = world.rank() == 0;
+  if (!lead) progress_ = nullptr;
   run_start_ = now_s();
-  open_log(resumed_);
+  if (lead) open_log(resumed_);
   const int64_t B = config_.batch_size, context = model_->config().max_len;
+  const int64_t rows = B / world.size(), first_row = rows * world.rank();
+  std::unique_ptr<GradientAverager> averager;
   const bool tty = progress_ && isatty(fileno(progress_));
   const std::vector<Tensor> params = model_->parameters();
+  if (world.parallel()) averager = std::make_unique<GradientAverager>(params, world, kBucketFloats);
   data::TokenSource train_tokens(corpus_, data::Split::Train);
   log({{"event", resumed_ ? "resume" : "start"},
        {"step", step_},
@@ -167,6 +207,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
        {"train", to_json(config_)},
        {"parameters", model_->num_parameters()},
        {"threads", parallel::num_threads()},
+       {"world_size", world.size()},
        {"data", corpus_.source()}});
 
   TrainResult result;
@@ -195,9 +236,10 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     std::string valid = std::isnan(result.valid_bits_per_char)
                             ? std::string("")
                             : "  valid " + std::to_string(result.valid_bits_per_char).substr(0, 5) + " bits/char";
-    std::snprintf(buf, sizeof buf, "step %lld/%s  loss %.4f (%.3f bits/char)%s  %.0f tok/s  elapsed %s  ETA %s",
+    std::string ranks = world.parallel() ? "  " + std::to_string(world.size()) + " ranks" : std::string();
+    std::snprintf(buf, sizeof buf, "step %lld/%s  loss %.4f (%.3f bits/char)%s  %.0f tok/s%s  elapsed %s  ETA %s",
                   (long long)step_, total_s.c_str(), result.last_loss, result.last_loss / std::log(2.0),
-                  valid.c_str(), tps, clock_str(elapsed()).c_str(), clock_str(eta).c_str());
+                  valid.c_str(), tps, ranks.c_str(), clock_str(elapsed()).c_str(), clock_str(eta).c_str());
     std::string line = buf;
     if (tty) {
       std::string pad(last_line.size() > line.size() ? last_line.size() - line.size() : 0, ' ');
@@ -213,37 +255,54 @@ TrainResult Trainer::run(int64_t stop_at_step) {
 
   std::string reason = "steps";
   while (step_ < total) {
-    if (stop_requested().load()) {
-      reason = "interrupted";
-      break;
-    }
     if (stop_at_step > 0 && step_ >= stop_at_step) {
       reason = "stopped";
       break;
     }
-    if (config_.time_budget_s > 0 && step_ > first_step) {
+    // [a stop was requested on some rank, rank 0's clock says the budget is spent]: the ranks agree.
+    double stop[2] = {stop_requested().load() ? 1.0 : 0.0, 0.0};
+    if (lead && config_.time_budget_s > 0 && step_ > first_step) {
       // Stop when the next step, the final estimate and the checkpoint would not fit.
       double per_step = train_time / double(step_ - first_step);
       double final_cost = (eval_time >= 0 ? eval_time : 0.0) + 0.5;
-      if (elapsed() + per_step + final_cost > config_.time_budget_s) {
-        reason = "time";
-        break;
-      }
+      stop[1] = elapsed() + per_step + final_cost > config_.time_budget_s ? 1.0 : 0.0;
+    }
+    world.sum(stop, 2);
+    if (stop[0] > 0) {
+      reason = "interrupted";
+      break;
+    }
+    if (stop[1] > 0) {
+      reason = "time";
+      break;
     }
     const double t0 = now_s();
     // A run shorter than its warmup warms up over the whole run.
     const double lr =
         optim::warmup_cosine(step_, std::min(config_.warmup_steps, total), total, config_.lr, config_.min_lr);
-    data::Batch batch = data::sample_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
+    data::Batch batch =
+        data::sample_batch_rows(train_tokens, B, context, config_.seed, uint64_t(step_), first_row, rows);
     model_->set_step(step_);  // step-dependent state, e.g. Performer feature redraws
+    const rng::Generator::State shared = rng::default_generator().state();
+    if (world.parallel())
+      rng::default_generator().set_state({shared.seed, shared.stream + kRankStream * uint64_t(world.rank()),
+                                          shared.counter});
     Tensor loss = model_->loss(batch.inputs, batch.targets);
-    const float loss_value = loss.item();
+    // The global batch's mean loss: the mean of the ranks' means (equal numbers of tokens).
+    double mean_loss = double(loss.item());
+    world.sum(&mean_loss, 1);
+    const float loss_value = world.parallel() ? float(mean_loss / world.size()) : loss.item();
     if (!std::isfinite(loss_value))
       throw ValueError("train: the loss is " + std::to_string(loss_value) + " at step " + std::to_string(step_) +
                        " (lr " + std::to_string(lr) + "); lower lr or raise warmup_steps");
     optimizer_->zero_grad();
-    backward(loss);
+    autograd::backward({loss}, {}, false, averager ? averager->hook() : autograd::LeafReady());
     loss = Tensor();
+    double allreduce_s = 0.0;  // this step's wait for the gradient sums after its backward
+    if (averager) {
+      allreduce_s = averager->finish();
+      rng::default_generator().set_state({shared.seed, shared.stream, rng::default_generator().state().counter});
+    }
     double norm = config_.grad_clip > 0 ? double(optim::clip_grad_norm(params, config_.grad_clip))
                                         : optim::grad_norm(params);
     optimizer_->set_lr(lr);
@@ -265,6 +324,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
         double per_step_all = per_step + (config_.eval_every > 0 ? per_eval / double(config_.eval_every) : 0.0);
         double left = config_.time_budget_s - elapsed() - per_eval - 1.0;
         total = step_ + std::max<int64_t>(1, int64_t(0.98 * left / per_step_all));
+        world.broadcast(&total, 1);  // rank 0's clock fixes the length for every rank
         config_.steps = total;
         calibrated = true;
       }
@@ -272,33 +332,38 @@ TrainResult Trainer::run(int64_t stop_at_step) {
 
     const bool last = step_ == total;
     if (step_ % config_.log_every == 0 || step_ == first_step + 1 || last) {
-      log({{"event", "train"},
-           {"step", step_},
-           {"loss", double(loss_value)},
-           {"loss_hex", hex_float(loss_value)},
-           {"lr", lr},
-           {"grad_norm", norm},
-           {"tokens", step_ * B * context},
-           {"elapsed_s", elapsed()},
-           {"tokens_per_s", tokens_per_s()}});
+      json line = {{"event", "train"},
+                   {"step", step_},
+                   {"loss", double(loss_value)},
+                   {"loss_hex", hex_float(loss_value)},
+                   {"lr", lr},
+                   {"grad_norm", norm},
+                   {"tokens", step_ * B * context},
+                   {"elapsed_s", elapsed()},
+                   {"tokens_per_s", tokens_per_s()}};
+      if (world.parallel()) line["allreduce_s"] = allreduce_s, line["step_s"] = now_s() - t0;
+      log(line);
     }
     bool evaluated = false;
-    if (config_.eval_every > 0 && step_ % config_.eval_every == 0 && !last) {
+    if (lead && config_.eval_every > 0 && step_ % config_.eval_every == 0 && !last) {
       double e0 = now_s();
       result.valid_bits_per_char = evaluate_valid();
       eval_time = now_s() - e0;
       evaluated = true;
     }
     if (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0 && !last &&
-        !config_.checkpoint_path.empty())
-      save_checkpoint(config_.checkpoint_path);
+        !config_.checkpoint_path.empty()) {
+      check_ranks_agree(params, world, step_);
+      if (lead) save_checkpoint(config_.checkpoint_path);
+    }
     print_progress(evaluated);
   }
   if (stop_requested().load() && reason == "steps" && step_ < total) reason = "interrupted";
 
   // The final estimate and checkpoint (also after an interruption: it is a step boundary).
-  if (step_ > first_step || !resumed_) result.valid_bits_per_char = evaluate_valid();
-  if (!config_.checkpoint_path.empty()) save_checkpoint(config_.checkpoint_path);
+  if (lead && (step_ > first_step || !resumed_)) result.valid_bits_per_char = evaluate_valid();
+  check_ranks_agree(params, world, step_);
+  if (lead && !config_.checkpoint_path.empty()) save_checkpoint(config_.checkpoint_path);
   result.steps = step_;
   result.elapsed_s = elapsed();
   result.tokens_per_s = tokens_per_s();

@@ -13,9 +13,12 @@
 // Evaluation never moves the default generator.
 //
 // Log lines (JSONL), each with "event" and "step" (optimizer steps completed):
-//   {"event": "start" | "resume", "step", "model": {...}, "train": {...}, "parameters", "threads"}
+//   {"event": "start" | "resume", "step", "model": {...}, "train": {...}, "parameters", "threads",
+//    "world_size" (ranks under mpirun, else 1), "data"}
 //   {"event": "train", "step", "loss", "loss_hex" (the float32 loss as C's %a, exact), "lr",
-//    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"}
+//    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"; under mpirun also "allreduce_s" and "step_s": this
+//    step's wait for the gradient sums after its backward (what overlapping them with it did not hide) and
+//    the whole step's time, on rank 0}
 //   {"event": "valid", "step", "loss", "bits_per_char", "batches", "elapsed_s"}
 //   {"event": "end", "step", "reason": "steps" | "time" | "interrupted" | "stopped", "elapsed_s",
 //    "tokens_per_s", "bits_per_char"}
