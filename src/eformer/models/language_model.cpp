@@ -1,5 +1,6 @@
 #include "eformer/models/language_model.h"
 
+#include "eformer/autograd/autograd.h"
 #include "eformer/ops/loss.h"
 #include "eformer/ops/matmul.h"
 #include "eformer/ops/shape.h"
@@ -38,12 +39,74 @@ const Tensor& LanguageModel::head_weight() const { return head_ ? head_->weight(
 
 Tensor LanguageModel::forward(const Tensor& ids) { return head(hidden(ids)); }
 
-Tensor LanguageModel::hidden(const Tensor& ids) {
+void LanguageModel::check_ids(const Tensor& ids) const {
   EF_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::Int64, ShapeError, where(), "ids are ",
            ids.defined() ? ids.describe() : std::string("undefined"), "; expected Int64 [batch, seq]");
   EF_CHECK(ids.size(1) <= config_.max_len, ValueError, where(), "sequence length ", ids.size(1),
-           " exceeds max_len = ", config_.max_len);
+           " exceeds max_len = ", config_.max_len, has_memory() ? " (the segment length; the memory carries the rest)" : "");
+}
+
+Tensor LanguageModel::hidden(const Tensor& ids) {
+  check_ids(ids);
+  if (has_memory()) {  // one segment with no memory
+    SegmentMemory none = start_memory();
+    return hidden(ids, none);
+  }
   return run_blocks(*blocks_, embed_->forward(ids));
+}
+
+SegmentMemory LanguageModel::start_memory(int64_t mem_len) const {
+  EF_CHECK(has_memory(), ValueError, where(), "this model has no memory (memory.kind = 'none')");
+  EF_CHECK(mem_len >= 0, ValueError, where(), "mem_len = ", mem_len, "; expected >= 0 (0: the config's ",
+           config_.memory.mem_len, ")");
+  SegmentMemory m;
+  m.mem_len = mem_len > 0 ? mem_len : config_.memory.mem_len;
+  return m;
+}
+
+namespace {
+// The last `keep` rows (dim 1) of [old; fresh], detached: Transformer-XL's memory update.
+Tensor keep_last(const Tensor& old, const Tensor& fresh, int64_t keep) {
+  autograd::NoGradGuard no_grad;
+  Tensor all = old.defined() && old.size(1) > 0 ? cat({old.detach(), fresh.detach()}, 1) : fresh.detach();
+  const int64_t L = all.size(1);
+  return contiguous(narrow(all, 1, L - std::min(L, keep), std::min(L, keep)));
+}
+}  // namespace
+
+Tensor LanguageModel::hidden(const Tensor& ids, SegmentMemory& memory) {
+  check_ids(ids);
+  EF_CHECK(has_memory(), ValueError, where(), "this model has no memory (memory.kind = 'none')");
+  const int64_t L = blocks_->size();
+  EF_CHECK(memory.layers.empty() || (int64_t(memory.layers.size()) == L && memory.layers[0].size(0) == ids.size(0)),
+           ShapeError, where(), "the memory has ", memory.layers.size(), " layers of batch ",
+           memory.layers.empty() ? 0 : memory.layers[0].size(0), "; expected ", L, " of batch ", ids.size(0),
+           " (start a new one with start_memory)");
+  EF_CHECK(memory.mem_len >= 1, ValueError, where(), "memory.mem_len = ", memory.mem_len, "; expected >= 1");
+  Tensor h = embed_->forward(ids);
+  std::vector<Tensor> inputs;
+  for (int64_t i = 0; i < L; ++i) {
+    inputs.push_back(h);
+    h = block(i).forward_with_memory(h, memory.layers.empty() ? Tensor() : memory.layers[size_t(i)]);
+  }
+  std::vector<Tensor> next;
+  for (int64_t i = 0; i < L; ++i)
+    next.push_back(keep_last(memory.layers.empty() ? Tensor() : memory.layers[size_t(i)], inputs[size_t(i)],
+                             memory.mem_len));
+  memory.layers = std::move(next);
+  return h;
+}
+
+Tensor LanguageModel::forward(const Tensor& ids, SegmentMemory& memory) { return head(hidden(ids, memory)); }
+
+Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, SegmentMemory& memory, Reduction reduction) {
+  EF_CHECK(targets.defined() && targets.dtype() == DType::Int64 && targets.shape() == ids.shape(), ShapeError,
+           where(), "loss: targets are ", targets.defined() ? targets.describe() : std::string("undefined"),
+           "; expected Int64 of the ids' shape ", shape_str(ids.shape()));
+  Tensor h = final_norm(hidden(ids, memory));
+  const int64_t rows = ids.numel();
+  return linear_cross_entropy(reshape(h, {rows, config_.d_model}), head_weight(), reshape(targets, {rows}), -100,
+                              reduction);
 }
 
 Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, Reduction reduction) {
@@ -56,13 +119,21 @@ Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, Reduction r
                               reduction);
 }
 
-DecodeState LanguageModel::start_decoding(int64_t batch) {
+DecodeState LanguageModel::start_decoding(int64_t batch, int64_t mem_len) {
   DecodeState state;
+  if (has_memory()) {
+    state.memory = start_memory(mem_len);
+    return state;
+  }
   for (int64_t i = 0; i < blocks_->size(); ++i) state.layers.push_back(block(i).self_attn()->start(batch));
   return state;
 }
 
 std::string LanguageModel::streaming_summary() const {
+  if (has_memory())
+    return detail::concat("layers 0-", blocks_->size() - 1, " ", config_.memory.kind,
+                          " relative attention: native (memory of ", config_.memory.mem_len, " + segment of ",
+                          config_.max_len, ")");
   std::string out;
   for (int64_t i = 0; i < blocks_->size();) {
     const auto& attn = block(i).self_attn();
@@ -76,7 +147,45 @@ std::string LanguageModel::streaming_summary() const {
   return out;
 }
 
+Tensor LanguageModel::step_with_memory(DecodeState& state, const Tensor& ids) {
+  EF_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::Int64, ShapeError, where(), "ids are ",
+           ids.defined() ? ids.describe() : std::string("undefined"), "; expected Int64 [batch, seq]");
+  const int64_t L = blocks_->size(), N = config_.max_len, T = ids.size(1);
+  SegmentMemory& memory = state.memory;
+  EF_CHECK(memory.layers.empty() || memory.layers[0].size(0) == ids.size(0), ShapeError, where(),
+           "step: the state is for batch ", memory.layers.empty() ? 0 : memory.layers[0].size(0), ", ids are ",
+           ids.describe());
+  if (state.segment.empty()) state.segment.resize(size_t(L));
+  std::vector<Tensor> outputs;
+  for (int64_t t = 0; t < T;) {
+    const int64_t done = state.segment[0].defined() ? state.segment[0].size(1) : 0;
+    const int64_t len = std::min(T - t, N - done);  // never across a segment boundary
+    Tensor h = embed_->forward(narrow(ids, 1, t, len));
+    for (int64_t i = 0; i < L; ++i) {
+      Tensor& seg = state.segment[size_t(i)];
+      Tensor context = seg;  // [memory; the segment so far]
+      if (!memory.layers.empty()) context = seg.defined() ? cat({memory.layers[size_t(i)], seg}, 1) : memory.layers[size_t(i)];
+      Tensor input = h.detach();
+      h = block(i).forward_with_memory(h, context);
+      seg = seg.defined() ? cat({seg, input}, 1) : input;
+    }
+    outputs.push_back(h);
+    t += len;
+    if (done + len == N) {  // the segment is complete: it moves into the memory
+      std::vector<Tensor> next;
+      for (int64_t i = 0; i < L; ++i)
+        next.push_back(keep_last(memory.layers.empty() ? Tensor() : memory.layers[size_t(i)],
+                                 state.segment[size_t(i)], memory.mem_len));
+      memory.layers = std::move(next);
+      state.segment.assign(size_t(L), Tensor());
+    }
+  }
+  state.position += T;
+  return head(outputs.size() == 1 ? outputs[0] : cat(outputs, 1));
+}
+
 Tensor LanguageModel::step(DecodeState& state, const Tensor& ids) {
+  if (has_memory()) return step_with_memory(state, ids);
   Tensor h = step_blocks(*blocks_, embed_->forward(ids, state.position), state.layers);
   state.position += ids.size(1);
   return head(h);

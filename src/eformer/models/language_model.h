@@ -12,10 +12,25 @@
 
 namespace eformer::models {
 
-// Streaming state of a whole model: one RecurrentState per layer plus the position.
+// The recurrent memory of a model with ModelConfig::memory (Transformer-XL, Dai et al. 2019, sec.
+// 3.2): per layer, the input hidden states of the last mem_len tokens before the current segment,
+// [B, m, D] with m <= mem_len, stop-gradient. Empty `layers`: no memory yet (a new stream).
+struct SegmentMemory {
+  std::vector<Tensor> layers;
+  int64_t mem_len = 0;  // how many to keep: the config's, or another length at evaluation
+  int64_t length() const { return layers.empty() ? 0 : layers[0].size(1); }
+  void clear() { layers.clear(); }
+};
+
+// Streaming state of a whole model: one RecurrentState per layer plus the position. A model with
+// a memory streams through `memory` and `segment` (per layer, the inputs of the tokens of the
+// current, unfinished segment) instead, so that step() computes what forward() does segment by
+// segment: when `segment` reaches max_len tokens it moves into the memory.
 struct DecodeState {
   std::vector<std::unique_ptr<attention::RecurrentState>> layers;
   int64_t position = 0;
+  SegmentMemory memory;
+  std::vector<Tensor> segment;
 };
 
 // Parameter names: embed.tokens.weight, embed.positions.weight (learned), blocks.<i>.{ln1, attn,
@@ -32,10 +47,21 @@ class LanguageModel : public nn::Module {
   // to -100 are ignored; mean over the others by default. The logits are never materialized
   // whole: the head and the loss run in row chunks (linear_cross_entropy).
   Tensor loss(const Tensor& ids, const Tensor& targets, Reduction reduction = Reduction::Mean);
+  // With a memory (config().memory.kind != "none"): the segment ids [B, N] (N <= max_len) attend
+  // over `memory` and themselves; the memory then holds the last memory.mem_len input states of
+  // each layer (the segment's appended, stop-gradient). ValueError for a model without a memory.
+  bool has_memory() const { return config_.memory.kind != "none"; }
+  SegmentMemory start_memory(int64_t mem_len = 0) const;  // empty; mem_len 0 = the config's
+  Tensor forward(const Tensor& ids, SegmentMemory& memory);
+  Tensor loss(const Tensor& ids, const Tensor& targets, SegmentMemory& memory,
+              Reduction reduction = Reduction::Mean);
+
   // Incremental decoding: feed T new tokens [B, T], get their logits [B, T, vocab]; equals the
   // corresponding rows of forward() on the whole sequence. Learned positions need
-  // state.position + T <= max_len (IndexError otherwise); sinusoidal and rotary do not.
-  DecodeState start_decoding(int64_t batch);
+  // state.position + T <= max_len (IndexError otherwise); sinusoidal and rotary do not. A model
+  // with a memory equals forward() over consecutive segments of max_len with the memory carried,
+  // at O(mem_len + max_len) per token however long the stream; mem_len 0 = the config's.
+  DecodeState start_decoding(int64_t batch, int64_t mem_len = 0);
   Tensor step(DecodeState& state, const Tensor& ids);
   // How step() streams, one line for the model: "flash: native" per distinct mechanism, e.g.
   // "layers 0-3 flash: native" or "layer 0 flash: native; layer 1 x: fallback (...)".
@@ -47,6 +73,9 @@ class LanguageModel : public nn::Module {
 
  private:
   Tensor hidden(const Tensor& ids);                // embedding and blocks: [B, N, D]
+  Tensor hidden(const Tensor& ids, SegmentMemory& memory);  // the same with a memory (updated)
+  void check_ids(const Tensor& ids) const;
+  Tensor step_with_memory(DecodeState& state, const Tensor& ids);
   Tensor final_norm(const Tensor& h) const;        // the final LayerNorm (pre-LN), else h
   Tensor head(const Tensor& h) const;              // final LayerNorm (pre-LN) and LM head
   const Tensor& head_weight() const;               // [vocab, D]: the head's, or the tied embedding's

@@ -14,6 +14,7 @@
 #include "eformer/core/parallel.h"
 #include "eformer/core/rng.h"
 #include "eformer/data/batches.h"
+#include "eformer/data/segments.h"
 #include "eformer/data/tokenizer.h"
 #include "eformer/io/atomic_file.h"
 #include "eformer/optim/clip.h"
@@ -82,6 +83,7 @@ Trainer::Trainer(const Checkpoint& checkpoint, const TrainConfig& config, data::
   restore_model(checkpoint, *model_);
   init_common();
   restore_optimizer(checkpoint, *optimizer_);
+  memory_ = restore_memory(checkpoint, *model_, config_.batch_size);
   step_ = checkpoint.info.step;
   elapsed_before_ = checkpoint.info.elapsed_s;
   rng::default_generator().set_state(checkpoint.info.rng);
@@ -102,6 +104,13 @@ void Trainer::init_common() {
   o.beta2 = config_.beta2;
   o.weight_decay = config_.weight_decay;
   optimizer_ = std::make_unique<optim::AdamW>(model_->parameters(), o);
+  if (model_->has_memory()) {
+    memory_ = model_->start_memory();
+    const int64_t n = corpus_.split_size(data::Split::Train), N = model_->config().max_len;
+    EF_CHECK(n - 1 >= config_.batch_size * N, ValueError, "train: the train split has ", n, " tokens; ",
+             config_.batch_size, " lanes of segments of ", N, " (batch_size x max_len) need at least ",
+             config_.batch_size * N + 1);
+  }
 }
 
 void Trainer::save_checkpoint(const std::string& path) const {
@@ -110,7 +119,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   info.step = step_;
   info.rng = rng::default_generator().state();
   info.elapsed_s = elapsed_before_ + (run_start_ > 0 ? now_s() - run_start_ : 0.0);
-  train::save_checkpoint(path, *model_, optimizer_.get(), info);
+  train::save_checkpoint(path, *model_, optimizer_.get(), info, model_->has_memory() ? &memory_ : nullptr);
 }
 
 void Trainer::open_log(bool resumed) {
@@ -142,8 +151,10 @@ void Trainer::log(const json& line) {
 }
 
 double Trainer::evaluate_valid() {
-  EvalResult r = evaluate(*model_, data::TokenSource(corpus_, data::Split::Valid), model_->config().max_len,
-                          config_.batch_size, config_.eval_batches);
+  data::TokenSource valid(corpus_, data::Split::Valid);
+  EvalResult r = model_->has_memory()
+                     ? evaluate_with_memory(*model_, valid, 0, config_.batch_size, config_.eval_batches)
+                     : evaluate(*model_, valid, model_->config().max_len, config_.batch_size, config_.eval_batches);
   double elapsed = elapsed_before_ + now_s() - run_start_;
   log({{"event", "valid"},
        {"step", step_},
@@ -234,9 +245,16 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     // A run shorter than its warmup warms up over the whole run.
     const double lr =
         optim::warmup_cosine(step_, std::min(config_.warmup_steps, total), total, config_.lr, config_.min_lr);
-    data::Batch batch = data::sample_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
     model_->set_step(step_);  // step-dependent state, e.g. Performer feature redraws
-    Tensor loss = model_->loss(batch.inputs, batch.targets);
+    Tensor loss;
+    if (model_->has_memory()) {
+      data::SegmentBatch segment = data::segment_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
+      if (segment.starts_pass) memory_.clear();
+      loss = model_->loss(segment.batch.inputs, segment.batch.targets, memory_);
+    } else {
+      data::Batch batch = data::sample_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
+      loss = model_->loss(batch.inputs, batch.targets);
+    }
     const float loss_value = loss.item();
     if (!std::isfinite(loss_value))
       throw ValueError("train: the loss is " + std::to_string(loss_value) + " at step " + std::to_string(step_) +
