@@ -161,6 +161,15 @@ void bind_models(py::module_& m) {
       .def_readonly("mem_len", &models::SegmentMemory::mem_len)
       .def_property_readonly("length", &models::SegmentMemory::length)
       .def_property_readonly("layers", [](const models::SegmentMemory& m) { return m.layers; })
+      .def_readonly("cmem_len", &models::SegmentMemory::cmem_len)
+      .def_property_readonly("compressed_length", &models::SegmentMemory::compressed_length)
+      .def_property_readonly("compressed", [](const models::SegmentMemory& m) { return m.compressed; })
+      .def_property_readonly(
+          "reconstruction",
+          [](const models::SegmentMemory& m) -> py::object {
+            return m.reconstruction.defined() ? py::cast(m.reconstruction) : py::none();
+          },
+          "The attention-reconstruction loss of the last forward (compressive; None when nothing was evicted).")
       .def("clear", &models::SegmentMemory::clear);
 
   using models::LanguageModel;

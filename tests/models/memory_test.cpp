@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "eformer/eformer.h"
+#include "eformer/models/compressor.h"
 
 #include "../test_util.h"
 
@@ -194,6 +195,103 @@ TEST(XLMemory, ConfigIsValidatedAndRoundTrips) {
   EXPECT_THROW(model.forward(ids_of(1, 9, 0), memory), ValueError);  // longer than a segment
   model.forward(ids_of(2, 8, 0), memory);
   EXPECT_THROW(model.forward(ids_of(3, 8, 0), memory), ShapeError);  // another batch
+}
+
+// ---- the Compressive Transformer -------------------------------------------------------------
+
+ModelConfig compressive(const std::string& f = "conv") {
+  return xl({{"memory",
+              {{"kind", "compressive"}, {"mem_len", 8}, {"cmem_len", 6}, {"compression_rate", 2}, {"compression", f}}}});
+}
+
+TEST(Compressor, PoolsAndConvolvesWindowsOfTheRate) {
+  testing::Seed seed;
+  rng::Generator gen(seed.value);
+  Tensor x = testing::normal({2, 6, 4}, gen);  // windows of 3: rows 0-2 and 3-5
+  auto xv = testing::values(x);
+  auto at = [&](int64_t b, int64_t t, int64_t c) { return xv[size_t((b * 6 + t) * 4 + c)]; };
+  auto mx = testing::values(Compressor("max_pool", 4, 3).forward(x));
+  auto mn = testing::values(Compressor("mean_pool", 4, 3).forward(x));
+  Compressor conv("conv", 4, 3);
+  auto cv = testing::values(conv.forward(x));
+  auto W = testing::values(conv.parameters()[0]), bias = testing::values(conv.parameters()[1]);  // [4, 12], [4]
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t w = 0; w < 2; ++w)
+      for (int64_t c = 0; c < 4; ++c) {
+        const size_t o = size_t((b * 2 + w) * 4 + c);
+        EXPECT_EQ(mx[o], std::max({at(b, 3 * w, c), at(b, 3 * w + 1, c), at(b, 3 * w + 2, c)}));
+        EXPECT_NEAR(mn[o], (at(b, 3 * w, c) + at(b, 3 * w + 1, c) + at(b, 3 * w + 2, c)) / 3, 1e-6);
+        double want = bias[size_t(c)];
+        for (int64_t k = 0; k < 3; ++k)
+          for (int64_t e = 0; e < 4; ++e) want += W[size_t(c * 12 + k * 4 + e)] * at(b, 3 * w + k, e);
+        EXPECT_NEAR(cv[o], want, 1e-5) << seed.str();
+      }
+  EXPECT_THROW(Compressor("max_pool", 4, 4).forward(x), ShapeError);  // 6 is not a multiple of 4
+  EXPECT_THROW(Compressor("most_used", 4, 3), ValueError);
+}
+
+TEST(CompressiveMemory, EvictedMemoriesAreCompressedAndOnlyTheCompressorLearnsFromReconstruction) {
+  rng::manual_seed(11);
+  LanguageModel model(compressive());
+  SegmentMemory memory = model.start_memory();
+  model.loss(ids_of(2, 8, 1), ids_of(2, 8, 2), memory);  // fills the memory, evicts nothing
+  EXPECT_EQ(memory.length(), 8);
+  EXPECT_EQ(memory.compressed_length(), 0);
+  EXPECT_FALSE(memory.reconstruction.defined());
+  Tensor loss = model.loss(ids_of(2, 8, 3), ids_of(2, 8, 4), memory);  // evicts 8 -> 4 compressed
+  EXPECT_EQ(memory.compressed_length(), 4);
+  ASSERT_TRUE(memory.reconstruction.defined());
+  EXPECT_GT(memory.reconstruction.item(), 0.0f);
+  backward(memory.reconstruction);
+  for (const auto& [name, p] : model.named_parameters())
+    EXPECT_EQ(autograd::grad(p).defined(), name.starts_with("compressors.")) << name;
+  model.loss(ids_of(2, 8, 5), ids_of(2, 8, 6), memory);
+  EXPECT_EQ(memory.compressed_length(), 6);  // 4 + 4, the last cmem_len = 6 kept
+  EXPECT_FALSE(autograd::requires_grad(memory.compressed[0]));
+  // The compressed memory is attended: dropping it changes the next segment's output.
+  model.eval();
+  autograd::NoGradGuard no_grad;
+  SegmentMemory without = memory;
+  without.compressed.clear();
+  EXPECT_GT(max_abs_diff(model.forward(ids_of(2, 8, 7), memory), model.forward(ids_of(2, 8, 7), without)), 1e-5f);
+}
+
+TEST(CompressiveMemory, StreamingEqualsTheSegmentBySegmentPass) {
+  for (const char* f : {"max_pool", "mean_pool", "conv"}) {
+    SCOPED_TRACE(f);
+    rng::manual_seed(12);
+    LanguageModel model(compressive(f));
+    model.eval();
+    autograd::NoGradGuard no_grad;
+    const int64_t T = 8 * 5 + 2;
+    Tensor ids = ids_of(1, T, 13);
+    SegmentMemory memory = model.start_memory();
+    std::vector<Tensor> parallel;
+    for (int64_t t = 0; t < T; t += 8)
+      parallel.push_back(model.forward(narrow(ids, 1, t, std::min<int64_t>(8, T - t)), memory));
+    DecodeState state = model.start_decoding(1);
+    std::vector<Tensor> out;
+    for (int64_t t = 0; t < T; ++t) out.push_back(model.step(state, narrow(ids, 1, t, 1)));
+    EXPECT_LT(max_abs_diff(cat(out, 1), cat(parallel, 1)), 2e-5f);
+    EXPECT_EQ(state.memory.compressed_length(), 6);
+  }
+}
+
+TEST(CompressiveMemory, ConfigIsValidated) {
+  EXPECT_NO_THROW(compressive("max_pool"));
+  nlohmann::json j = to_json(compressive());
+  EXPECT_EQ(to_json(parse_model_config(j)), j);
+  EXPECT_NE(error_of<ValueError>([] { compressive("dilated_conv"); }).find("not implemented"), std::string::npos);
+  EXPECT_NE(error_of<ValueError>([] { compressive("most_used"); }).find("not implemented"), std::string::npos);
+  EXPECT_NE(error_of<ValueError>([] {
+              xl({{"memory", {{"kind", "compressive"}, {"mem_len", 8}, {"cmem_len", 4}, {"compression_rate", 3}}}});
+            }).find("must divide"),
+            std::string::npos);
+  EXPECT_NE(error_of<ValueError>([] { xl({{"memory", {{"kind", "compressive"}, {"mem_len", 8}}}}); }).find("cmem_len"),
+            std::string::npos);
+  EXPECT_NE(error_of<ValueError>([] { xl({{"memory", {{"kind", "xl"}, {"mem_len", 8}, {"cmem_len", 2}}}}); })
+                .find("for memory.kind 'compressive'"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -94,4 +94,15 @@ Tensor RelativeAttention::forward(const Tensor& x, const Tensor& memory) const {
   return out_->forward(reshape(permute(o, {0, 2, 1, 3}), {B, N, d_model_}));
 }
 
+Tensor RelativeAttention::content_attention(const Tensor& x, const Tensor& memory) const {
+  const int64_t B = x.size(0), N = x.size(1), M = memory.size(1), d = d_model_ / n_heads_;
+  auto heads_of = [&](const nn::Linear& proj, const Tensor& t, int64_t L) {  // weights stop-gradient
+    return permute(reshape(matmul(t, proj.weight().detach(), false, true), {B, L, n_heads_, d}), {0, 2, 1, 3});
+  };
+  Tensor q = heads_of(*q_, x.detach(), N), k = heads_of(*k_, memory, M), v = heads_of(*v_, memory, M);
+  Tensor p = softmax(mul_scalar(matmul(q, k, false, true), float(1.0 / std::sqrt(double(d)))), -1);
+  Tensor o = reshape(permute(matmul(p, v), {0, 2, 1, 3}), {B, N, d_model_});
+  return matmul(o, out_->weight().detach(), false, true);
+}
+
 }  // namespace eformer::attention

@@ -40,6 +40,10 @@ class RelativeAttention : public nn::Module {
   // x [B, N, D], memory [B, M, D] (undefined or M = 0: none) -> [B, N, D]. The memory gets no
   // gradient (it is detached here whatever the caller passes).
   Tensor forward(const Tensor& x, const Tensor& memory = {}) const;
+  // Content-based attention of the queries of x [B, N, D] over memory [B, M, D] with this layer's
+  // q, k, v and out weights stop-gradient (no positions, no mask): the attention of the Compressive
+  // Transformer's reconstruction loss (Rae et al. 2020, algorithm 2). -> [B, N, D]
+  Tensor content_attention(const Tensor& x, const Tensor& memory) const;
 
  private:
   Tensor heads(const nn::Linear& proj, const Tensor& x) const;  // [B, L, D] -> [B, H, L, d]

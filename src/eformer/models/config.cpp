@@ -141,6 +141,13 @@ void validate_memory(const ModelConfig& c) {
                  m.compression_rate <= m.mem_len,
              ValueError, "model config: memory.kind 'compressive' needs cmem_len >= 1 and compression_rate in [1, mem_len = ",
              m.mem_len, "]; got cmem_len = ", m.cmem_len, ", compression_rate = ", m.compression_rate);
+    // Whole windows of c are evicted when the segment and the memory are multiples of c.
+    EF_CHECK(c.max_len % m.compression_rate == 0 && m.mem_len % m.compression_rate == 0, ValueError,
+             "model config: memory.compression_rate = ", m.compression_rate, " must divide max_len = ", c.max_len,
+             " (the segment) and mem_len = ", m.mem_len);
+    EF_CHECK(m.compression != "dilated_conv" && m.compression != "most_used", ValueError,
+             "model config: memory.compression = '", m.compression,
+             "' (Rae et al. 2020) is not implemented in eformer yet; use max_pool, mean_pool or conv");
   }
 }
 

@@ -1,7 +1,10 @@
 #include "eformer/models/language_model.h"
 
 #include "eformer/autograd/autograd.h"
+#include "eformer/models/compressor.h"
+#include "eformer/ops/elementwise.h"
 #include "eformer/ops/loss.h"
+#include "eformer/ops/reduce.h"
 #include "eformer/ops/matmul.h"
 #include "eformer/ops/shape.h"
 
@@ -21,6 +24,12 @@ LanguageModel::LanguageModel(const ModelConfig& config) : Module("LanguageModel"
   if (config_.pre_ln) ln_f_ = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.d_model));
   if (!config_.tie_weights)
     head_ = register_module("head", std::make_shared<nn::Linear>(config_.d_model, config_.vocab_size, false));
+  if (config_.memory.kind == "compressive") {
+    compressors_ = register_module("compressors", std::make_shared<nn::ModuleList>());
+    for (int64_t i = 0; i < config_.n_layers; ++i)
+      compressors_->push_back(std::make_shared<Compressor>(config_.memory.compression, config_.d_model,
+                                                           config_.memory.compression_rate));
+  }
 }
 
 std::string LanguageModel::describe() const {
@@ -61,18 +70,68 @@ SegmentMemory LanguageModel::start_memory(int64_t mem_len) const {
            config_.memory.mem_len, ")");
   SegmentMemory m;
   m.mem_len = mem_len > 0 ? mem_len : config_.memory.mem_len;
+  m.cmem_len = config_.memory.cmem_len;
   return m;
 }
 
 namespace {
-// The last `keep` rows (dim 1) of [old; fresh], detached: Transformer-XL's memory update.
-Tensor keep_last(const Tensor& old, const Tensor& fresh, int64_t keep) {
+// The last `keep` rows (dim 1) of [old; fresh] and the rows before them (evicted), detached:
+// Transformer-XL's memory update.
+struct Kept {
+  Tensor kept, evicted;
+};
+Kept keep_last(const Tensor& old, const Tensor& fresh, int64_t keep) {
   autograd::NoGradGuard no_grad;
   Tensor all = old.defined() && old.size(1) > 0 ? cat({old.detach(), fresh.detach()}, 1) : fresh.detach();
-  const int64_t L = all.size(1);
-  return contiguous(narrow(all, 1, L - std::min(L, keep), std::min(L, keep)));
+  const int64_t L = all.size(1), k = std::min(L, keep);
+  return {contiguous(narrow(all, 1, L - k, k)), L > k ? narrow(all, 1, 0, L - k) : Tensor()};
+}
+
+Tensor mean_squared_error(const Tensor& a, const Tensor& b) {
+  Tensor d = sub(a, b);
+  return mean(mul(d, d));
 }
 }  // namespace
+
+Tensor LanguageModel::memory_context(const SegmentMemory& memory, int64_t layer) const {
+  std::vector<Tensor> parts;
+  if (!memory.compressed.empty() && memory.compressed[size_t(layer)].size(1) > 0)
+    parts.push_back(memory.compressed[size_t(layer)]);
+  if (!memory.layers.empty() && memory.layers[size_t(layer)].size(1) > 0) parts.push_back(memory.layers[size_t(layer)]);
+  if (parts.empty()) return {};
+  return parts.size() == 1 ? parts[0] : cat(parts, 1);
+}
+
+void LanguageModel::remember(SegmentMemory& memory, const std::vector<Tensor>& inputs) {
+  const int64_t L = blocks_->size();
+  std::vector<Tensor> next, next_compressed;
+  Tensor reconstruction;
+  for (int64_t i = 0; i < L; ++i) {
+    Kept k = keep_last(memory.layers.empty() ? Tensor() : memory.layers[size_t(i)], inputs[size_t(i)], memory.mem_len);
+    next.push_back(k.kept);
+    if (!compressors_) continue;
+    Tensor compressed = memory.compressed.empty() ? Tensor() : memory.compressed[size_t(i)];
+    const auto& f = compressors_->get<Compressor>(i);
+    const int64_t evicted = k.evicted.defined() ? k.evicted.size(1) : 0, n = evicted / f.rate() * f.rate();
+    if (n > 0) {
+      // Rae et al. 2020, algorithm 2: the evicted memories compressed (f_c trained by the
+      // attention reconstruction only: its inputs and the attention weights are stop-gradient).
+      // A remainder of fewer than `rate` oldest memories (a short last segment) is dropped.
+      Tensor old = narrow(k.evicted, 1, evicted - n, n);
+      Tensor fresh = f.forward(old);
+      const auto& attn = block(i).relative_attn();
+      Tensor target = attn->content_attention(inputs[size_t(i)], old);
+      Tensor loss = mean_squared_error(attn->content_attention(inputs[size_t(i)], fresh), target.detach());
+      reconstruction = reconstruction.defined() ? add(reconstruction, loss) : loss;
+      compressed = keep_last(compressed, fresh, memory.cmem_len).kept;
+    }
+    next_compressed.push_back(compressed.defined() ? compressed
+                                                   : Tensor::empty({inputs[size_t(i)].size(0), 0, config_.d_model}));
+  }
+  memory.layers = std::move(next);
+  if (compressors_) memory.compressed = std::move(next_compressed);
+  memory.reconstruction = reconstruction;
+}
 
 Tensor LanguageModel::hidden(const Tensor& ids, SegmentMemory& memory) {
   check_ids(ids);
@@ -87,13 +146,9 @@ Tensor LanguageModel::hidden(const Tensor& ids, SegmentMemory& memory) {
   std::vector<Tensor> inputs;
   for (int64_t i = 0; i < L; ++i) {
     inputs.push_back(h);
-    h = block(i).forward_with_memory(h, memory.layers.empty() ? Tensor() : memory.layers[size_t(i)]);
+    h = block(i).forward_with_memory(h, memory_context(memory, i));
   }
-  std::vector<Tensor> next;
-  for (int64_t i = 0; i < L; ++i)
-    next.push_back(keep_last(memory.layers.empty() ? Tensor() : memory.layers[size_t(i)], inputs[size_t(i)],
-                             memory.mem_len));
-  memory.layers = std::move(next);
+  remember(memory, inputs);
   return h;
 }
 
@@ -163,8 +218,8 @@ Tensor LanguageModel::step_with_memory(DecodeState& state, const Tensor& ids) {
     Tensor h = embed_->forward(narrow(ids, 1, t, len));
     for (int64_t i = 0; i < L; ++i) {
       Tensor& seg = state.segment[size_t(i)];
-      Tensor context = seg;  // [memory; the segment so far]
-      if (!memory.layers.empty()) context = seg.defined() ? cat({memory.layers[size_t(i)], seg}, 1) : memory.layers[size_t(i)];
+      Tensor context = memory_context(memory, i);  // [compressed; memory; the segment so far]
+      if (seg.defined()) context = context.defined() ? cat({context, seg}, 1) : seg;
       Tensor input = h.detach();
       h = block(i).forward_with_memory(h, context);
       seg = seg.defined() ? cat({seg, input}, 1) : input;
@@ -172,11 +227,7 @@ Tensor LanguageModel::step_with_memory(DecodeState& state, const Tensor& ids) {
     outputs.push_back(h);
     t += len;
     if (done + len == N) {  // the segment is complete: it moves into the memory
-      std::vector<Tensor> next;
-      for (int64_t i = 0; i < L; ++i)
-        next.push_back(keep_last(memory.layers.empty() ? Tensor() : memory.layers[size_t(i)],
-                                 state.segment[size_t(i)], memory.mem_len));
-      memory.layers = std::move(next);
+      remember(memory, state.segment);
       state.segment.assign(size_t(L), Tensor());
     }
   }

@@ -15,11 +15,24 @@ namespace eformer::models {
 // The recurrent memory of a model with ModelConfig::memory (Transformer-XL, Dai et al. 2019, sec.
 // 3.2): per layer, the input hidden states of the last mem_len tokens before the current segment,
 // [B, m, D] with m <= mem_len, stop-gradient. Empty `layers`: no memory yet (a new stream).
+// A Compressive Transformer (Rae et al. 2020) also keeps `compressed`: per layer [B, c, D] with
+// c <= cmem_len, the memories evicted from `layers` compressed at compression_rate; the segment
+// attends over [compressed; layers; itself]. After each forward, `reconstruction` holds the
+// attention-reconstruction loss of the memories evicted by it (sum over layers; only the
+// compressors get its gradient), undefined when nothing was evicted.
 struct SegmentMemory {
   std::vector<Tensor> layers;
-  int64_t mem_len = 0;  // how many to keep: the config's, or another length at evaluation
+  std::vector<Tensor> compressed;
+  int64_t mem_len = 0;   // how many to keep: the config's, or another length at evaluation
+  int64_t cmem_len = 0;  // compressive: how many compressed states to keep
+  Tensor reconstruction;
   int64_t length() const { return layers.empty() ? 0 : layers[0].size(1); }
-  void clear() { layers.clear(); }
+  int64_t compressed_length() const { return compressed.empty() ? 0 : compressed[0].size(1); }
+  void clear() {
+    layers.clear();
+    compressed.clear();
+    reconstruction = Tensor();
+  }
 };
 
 // Streaming state of a whole model: one RecurrentState per layer plus the position. A model with
@@ -34,7 +47,8 @@ struct DecodeState {
 };
 
 // Parameter names: embed.tokens.weight, embed.positions.weight (learned), blocks.<i>.{ln1, attn,
-// ln2, ffn}.*, ln_f.* (pre-LN only), head.weight (untied only; tied logits = h E^T).
+// ln2, ffn}.*, ln_f.* (pre-LN only), head.weight (untied only; tied logits = h E^T),
+// compressors.<i>.* (compressive memory with a conv compression).
 class LanguageModel : public nn::Module {
  public:
   // config.arch must be "decoder" (ValueError otherwise); the config is validated.
@@ -76,6 +90,11 @@ class LanguageModel : public nn::Module {
   Tensor hidden(const Tensor& ids, SegmentMemory& memory);  // the same with a memory (updated)
   void check_ids(const Tensor& ids) const;
   Tensor step_with_memory(DecodeState& state, const Tensor& ids);
+  // Layer i's extra keys: [compressed; memory] of `memory` (undefined when both are empty).
+  Tensor memory_context(const SegmentMemory& memory, int64_t layer) const;
+  // Moves the states `inputs` (per layer [B, T, D]) into the memory: the last mem_len are kept, the
+  // evicted ones (whole windows of the rate) compressed (compressive), the reconstruction loss set.
+  void remember(SegmentMemory& memory, const std::vector<Tensor>& inputs);
   Tensor final_norm(const Tensor& h) const;        // the final LayerNorm (pre-LN), else h
   Tensor head(const Tensor& h) const;              // final LayerNorm (pre-LN) and LM head
   const Tensor& head_weight() const;               // [vocab, D]: the head's, or the tied embedding's
@@ -85,6 +104,7 @@ class LanguageModel : public nn::Module {
   std::shared_ptr<nn::ModuleList> blocks_;
   std::shared_ptr<nn::LayerNorm> ln_f_;  // pre-LN only
   std::shared_ptr<nn::Linear> head_;     // untied only
+  std::shared_ptr<nn::ModuleList> compressors_;  // compressive memory only: one Compressor per layer
 };
 
 // The LM head shared by the decoder models: logits = h W^T with W the head's weight, or the

@@ -88,9 +88,13 @@ void save_checkpoint(const std::string& path, const models::LanguageModel& model
   for (auto& [name, t] : model.state_dict()) tensors.emplace_back("model." + name, t);
   if (optimizer)
     for (auto& [name, t] : optimizer->state_tensors()) tensors.emplace_back("optim." + name, t);
-  if (memory)
+  if (memory) {
     for (size_t i = 0; i < memory->layers.size(); ++i)
       tensors.emplace_back("memory." + std::to_string(i), memory->layers[i].contiguous_data());
+    for (size_t i = 0; i < memory->compressed.size(); ++i)
+      if (memory->compressed[i].size(1) > 0)
+        tensors.emplace_back("memory.compressed." + std::to_string(i), memory->compressed[i].contiguous_data());
+  }
   json rng{{"seed", info.rng.seed}, {"stream", info.rng.stream}, {"counter", info.rng.counter}};
   json checksums = json::object();
   for (const auto& [name, t] : tensors) checksums[name] = tensor_checksum(t);
@@ -181,18 +185,29 @@ models::SegmentMemory restore_memory(const Checkpoint& checkpoint, const models:
   models::SegmentMemory memory = model.start_memory();
   if (checkpoint.memory_state.empty()) return memory;
   const int64_t L = model.config().n_layers, D = model.config().d_model;
-  EF_CHECK(int64_t(checkpoint.memory_state.size()) == L, ShapeError, where, "holds a memory of ",
-           checkpoint.memory_state.size(), " layers; the model has ", L);
-  for (int64_t i = 0; i < L; ++i) {
-    auto it = checkpoint.memory_state.find(std::to_string(i));
-    EF_CHECK(it != checkpoint.memory_state.end(), ShapeError, where, "the memory of layer ", i, " is missing");
+  std::map<std::string, Tensor> layers, compressed;
+  for (const auto& [name, t] : checkpoint.memory_state)
+    (name.starts_with("compressed.") ? compressed : layers).emplace(name, t);
+  EF_CHECK(int64_t(layers.size()) == L, ShapeError, where, "holds a memory of ", layers.size(),
+           " layers; the model has ", L);
+  EF_CHECK(compressed.empty() || (int64_t(compressed.size()) == L && model.config().memory.kind == "compressive"),
+           ShapeError, where, "holds a compressed memory of ", compressed.size(), " layers; the model (memory.kind '",
+           model.config().memory.kind, "') expects ", model.config().memory.kind == "compressive" ? L : 0);
+  auto take = [&](const std::map<std::string, Tensor>& from, const std::string& name, int64_t max_len,
+                  std::vector<Tensor>& into) {
+    auto it = from.find(name);
+    EF_CHECK(it != from.end(), ShapeError, where, "memory tensor '", name, "' is missing");
     const Tensor& t = it->second;
     EF_CHECK(t.dtype() == DType::Float32 && t.dim() == 3 && t.size(0) == batch_size && t.size(2) == D &&
-                 t.size(1) <= memory.mem_len && (i == 0 || t.size(1) == memory.layers[0].size(1)),
-             ShapeError, where, "memory.", i, " is ", t.describe(), "; expected Float32 [", batch_size, ", <= ",
-             memory.mem_len, ", ", D, "], every layer alike");
-    memory.layers.push_back(t);
-  }
+                 t.size(1) >= 1 && t.size(1) <= max_len && (into.empty() || t.size(1) == into[0].size(1)),
+             ShapeError, where, "memory.", name, " is ", t.describe(), "; expected Float32 [", batch_size, ", 1..",
+             max_len, ", ", D, "], every layer alike");
+    into.push_back(t);
+  };
+  for (int64_t i = 0; i < L; ++i) take(layers, std::to_string(i), memory.mem_len, memory.layers);
+  if (!compressed.empty())
+    for (int64_t i = 0; i < L; ++i)
+      take(compressed, "compressed." + std::to_string(i), memory.cmem_len, memory.compressed);
   return memory;
 }
 

@@ -4,6 +4,7 @@
 //                 "optim.<name>"  the optimizer's state_tensors ("optim.step", "optim.0.exp_avg", ...)
 //                 "memory.<i>"    a model with a memory: layer i's training memory [B, m, D] (the
 //                                 models::SegmentMemory the next segment attends to; absent when empty)
+//                 "memory.compressed.<i>"  a compressive memory: layer i's compressed memory [B, c, D]
 //   __metadata__  "format"          "eformer-checkpoint"
 //                 "format_version"  "1"
 //                 "eformer_version" the writer's version (informational)

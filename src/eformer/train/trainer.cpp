@@ -17,6 +17,7 @@
 #include "eformer/data/segments.h"
 #include "eformer/data/tokenizer.h"
 #include "eformer/io/atomic_file.h"
+#include "eformer/ops/elementwise.h"
 #include "eformer/optim/clip.h"
 #include "eformer/optim/schedule.h"
 #include "eformer/train/evaluate.h"
@@ -246,11 +247,13 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     const double lr =
         optim::warmup_cosine(step_, std::min(config_.warmup_steps, total), total, config_.lr, config_.min_lr);
     model_->set_step(step_);  // step-dependent state, e.g. Performer feature redraws
-    Tensor loss;
+    Tensor loss, reconstruction;  // reconstruction: the Compressive Transformer's (undefined otherwise)
     if (model_->has_memory()) {
       data::SegmentBatch segment = data::segment_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
       if (segment.starts_pass) memory_.clear();
       loss = model_->loss(segment.batch.inputs, segment.batch.targets, memory_);
+      reconstruction = memory_.reconstruction;
+      memory_.reconstruction = Tensor();  // the graph goes with this step
     } else {
       data::Batch batch = data::sample_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
       loss = model_->loss(batch.inputs, batch.targets);
@@ -259,9 +262,11 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     if (!std::isfinite(loss_value))
       throw ValueError("train: the loss is " + std::to_string(loss_value) + " at step " + std::to_string(step_) +
                        " (lr " + std::to_string(lr) + "); lower lr or raise warmup_steps");
+    const double reconstruction_value = reconstruction.defined() ? double(reconstruction.item()) : -1.0;
     optimizer_->zero_grad();
-    backward(loss);
-    loss = Tensor();
+    // Only the compressors depend on the reconstruction loss (its other inputs are stop-gradient).
+    backward(reconstruction.defined() ? add(loss, reconstruction) : loss);
+    loss = reconstruction = Tensor();
     double norm = config_.grad_clip > 0 ? double(optim::clip_grad_norm(params, config_.grad_clip))
                                         : optim::grad_norm(params);
     optimizer_->set_lr(lr);
@@ -290,15 +295,17 @@ TrainResult Trainer::run(int64_t stop_at_step) {
 
     const bool last = step_ == total;
     if (step_ % config_.log_every == 0 || step_ == first_step + 1 || last) {
-      log({{"event", "train"},
-           {"step", step_},
-           {"loss", double(loss_value)},
-           {"loss_hex", hex_float(loss_value)},
-           {"lr", lr},
-           {"grad_norm", norm},
-           {"tokens", step_ * B * context},
-           {"elapsed_s", elapsed()},
-           {"tokens_per_s", tokens_per_s()}});
+      json line{{"event", "train"},
+                {"step", step_},
+                {"loss", double(loss_value)},
+                {"loss_hex", hex_float(loss_value)},
+                {"lr", lr},
+                {"grad_norm", norm},
+                {"tokens", step_ * B * context},
+                {"elapsed_s", elapsed()},
+                {"tokens_per_s", tokens_per_s()}};
+      if (reconstruction_value >= 0) line["reconstruction_loss"] = reconstruction_value;
+      log(line);
     }
     bool evaluated = false;
     if (config_.eval_every > 0 && step_ % config_.eval_every == 0 && !last) {

@@ -23,7 +23,9 @@
 // Log lines (JSONL), each with "event" and "step" (optimizer steps completed):
 //   {"event": "start" | "resume", "step", "model": {...}, "train": {...}, "parameters", "threads"}
 //   {"event": "train", "step", "loss", "loss_hex" (the float32 loss as C's %a, exact), "lr",
-//    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"}
+//    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"; a compressive memory adds
+//    "reconstruction_loss" when the step evicted memories: the attention-reconstruction loss,
+//    which trains the compressors only and is not part of "loss"}
 //   {"event": "valid", "step", "loss", "bits_per_char", "batches", "elapsed_s"}
 //   {"event": "end", "step", "reason": "steps" | "time" | "interrupted" | "stopped", "elapsed_s",
 //    "tokens_per_s", "bits_per_char"}
