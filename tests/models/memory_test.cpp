@@ -58,7 +58,7 @@ TEST(RelativeShift, MovesRowIByNMinus1MinusIAndMasksTheFuture) {
   // Gradient: the upstream value of (i, j) lands on (i, j + N - 1 - i); nothing on unused distances.
   Tensor g = testing::normal({2, N, K}, gen);
   backward(y, g);
-  auto gv = testing::values(g), dx = testing::values(autograd::grad(x));
+  auto gv = testing::values(g), dx = testing::values(eformer::grad(x));
   for (int64_t o = 0; o < 2; ++o)
     for (int64_t i = 0; i < N; ++i)
       for (int64_t p = 0; p < K; ++p) {
@@ -104,12 +104,12 @@ TEST(XLMemory, NoGradientFlowsIntoTheMemory) {
   for (Tensor& m : memory.layers) m = testing::leaf(m);  // would receive a gradient if one flowed
   Tensor loss = model.loss(ids_of(2, 8, 2), ids_of(2, 8, 3), memory);
   backward(loss);
-  for (const Tensor& m : memory.layers) EXPECT_TRUE(!m.defined() || !autograd::grad(m).defined());
+  for (const Tensor& m : memory.layers) EXPECT_TRUE(!m.defined() || !eformer::grad(m).defined());
   int64_t with_grad = 0;
-  for (const Tensor& p : model.parameters()) with_grad += autograd::grad(p).defined() ? 1 : 0;
+  for (const Tensor& p : model.parameters()) with_grad += eformer::grad(p).defined() ? 1 : 0;
   EXPECT_EQ(with_grad, int64_t(model.parameters().size()));
   // The new memory is detached too.
-  for (const Tensor& m : memory.layers) EXPECT_FALSE(autograd::requires_grad(m));
+  for (const Tensor& m : memory.layers) EXPECT_FALSE(eformer::requires_grad(m));
 }
 
 TEST(XLMemory, StreamingEqualsTheSegmentBySegmentPass) {
@@ -164,10 +164,10 @@ TEST(XLMemory, RecomputePolicyMatchesPlainWithGradients) {
     static std::vector<float> plain_loss, plain_grad;
     if (std::string(policy) == "plain") {
       plain_loss = testing::values(loss);
-      plain_grad = testing::values(autograd::grad(model.parameters()[3]));
+      plain_grad = testing::values(eformer::grad(model.parameters()[3]));
     } else {
       EXPECT_EQ(testing::values(loss), plain_loss);
-      EXPECT_EQ(testing::values(autograd::grad(model.parameters()[3])), plain_grad);
+      EXPECT_EQ(testing::values(eformer::grad(model.parameters()[3])), plain_grad);
     }
   }
 }
@@ -244,10 +244,10 @@ TEST(CompressiveMemory, EvictedMemoriesAreCompressedAndOnlyTheCompressorLearnsFr
   EXPECT_GT(memory.reconstruction.item(), 0.0f);
   backward(memory.reconstruction);
   for (const auto& [name, p] : model.named_parameters())
-    EXPECT_EQ(autograd::grad(p).defined(), name.starts_with("compressors.")) << name;
+    EXPECT_EQ(eformer::grad(p).defined(), name.starts_with("compressors.")) << name;
   model.loss(ids_of(2, 8, 5), ids_of(2, 8, 6), memory);
   EXPECT_EQ(memory.compressed_length(), 6);  // 4 + 4, the last cmem_len = 6 kept
-  EXPECT_FALSE(autograd::requires_grad(memory.compressed[0]));
+  EXPECT_FALSE(eformer::requires_grad(memory.compressed[0]));
   // The compressed memory is attended: dropping it changes the next segment's output.
   model.eval();
   autograd::NoGradGuard no_grad;

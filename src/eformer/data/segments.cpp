@@ -1,5 +1,7 @@
 #include "eformer/data/segments.h"
 
+#include <algorithm>
+
 #include "eformer/core/error.h"
 #include "eformer/core/rng.h"
 
