@@ -32,8 +32,10 @@ TEST(Segments, EachLaneReadsItsStretchInOrder) {
     for (int64_t b = 0; b < lanes; ++b)
       for (int64_t t = 0; t < N; ++t) {
         EXPECT_EQ(tg[b * N + t], in[b * N + t] + 1);
-        if (t > 0) EXPECT_EQ(in[b * N + t], in[b * N + t - 1] + 1);
-        EXPECT_GE(in[b * N + t], b * L);       // inside lane b
+        if (t > 0) {
+          EXPECT_EQ(in[b * N + t], in[b * N + t - 1] + 1);
+        }
+        EXPECT_GE(in[b * N + t], b * L);  // inside lane b
         EXPECT_LE(tg[b * N + t], b * L + L);
       }
     if (!s.starts_pass) {  // contiguous with the previous step's segment, lane by lane

@@ -14,7 +14,7 @@ void check_lanes(const char* who, int64_t lanes, int64_t N) {
 }
 
 std::vector<int64_t> lane_offsets(int64_t lanes, int64_t lane_length, int64_t start) {
-  std::vector<int64_t> offsets(size_t(lanes));
+  std::vector<int64_t> offsets(static_cast<size_t>(lanes));
   for (int64_t b = 0; b < lanes; ++b) offsets[size_t(b)] = b * lane_length + start;
   return offsets;
 }
