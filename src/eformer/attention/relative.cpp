@@ -87,7 +87,7 @@ Tensor RelativeAttention::forward(const Tensor& x, const Tensor& memory) const {
            ShapeError, where(), "memory is ", memory.defined() ? memory.describe() : std::string(),
            "; expected [", x.size(0), ", M, ", d_model_, "]");
   const int64_t B = x.size(0), N = x.size(1), K = N + (has_memory ? memory.size(1) : 0), d = d_model_ / n_heads_;
-  Tensor c = has_memory ? cat({memory.detach(), x}, 1) : x;  // stop-gradient (sec. 3.2, SG)
+  Tensor c = has_memory ? cat({memory, x}, 1) : x;
   Tensor r = permute(reshape(r_->forward(relative_encodings(K, d_model_)), {K, n_heads_, d}), {1, 0, 2});
   Tensor o = relative_attention(heads(*q_, x), heads(*k_, c), heads(*v_, c), contiguous(r), u_, w_,
                                 float(1.0 / std::sqrt(double(d))), is_training() ? dropout_ : 0.0f);

@@ -37,8 +37,10 @@ class RelativeAttention : public nn::Module {
   // ValueError unless d_model % n_heads == 0, d_model even, dropout in [0, 1).
   RelativeAttention(int64_t d_model, int64_t n_heads, float dropout, int64_t layer = -1);
   std::string describe() const override;
-  // x [B, N, D], memory [B, M, D] (undefined or M = 0: none) -> [B, N, D]. The memory gets no
-  // gradient (it is detached here whatever the caller passes).
+  // x [B, N, D], memory [B, M, D] (undefined or M = 0: none) -> [B, N, D]. The caller stops the
+  // memory's gradient (sec. 3.2, SG(h)): TransformerBlock::forward_with_memory detaches the layer's
+  // memory before its LayerNorm, so the LayerNorm's weights still learn from the memory's rows, as
+  // in the authors' pre-LN code (layer_norm([mems; w])).
   Tensor forward(const Tensor& x, const Tensor& memory = {}) const;
   // Content-based attention of the queries of x [B, N, D] over memory [B, M, D] with this layer's
   // q, k, v and out weights stop-gradient (no positions, no mask): the attention of the Compressive
