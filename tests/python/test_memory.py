@@ -139,3 +139,45 @@ def test_memory_config_errors():
     plain = ef.models.LanguageModel(ef.models.ModelConfig(dict(d_model=16, n_heads=2, n_layers=1, d_ff=16)))
     with pytest.raises(ValueError, match="no memory"):
         plain.start_memory()
+
+
+def test_cli_trains_evaluates_generates_and_describes_memory_models(word_corpus, tmp_path):
+    """train / eval --mem-len / generate --mem-len / info on a tiny XL and compressive model."""
+    import json
+    import subprocess
+
+    from test_train_cli import CLI
+
+    def run(*args):
+        p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    for kind, memory in [("xl", {"kind": "xl", "mem_len": 16}),
+                         ("compressive", {"kind": "compressive", "mem_len": 16, "cmem_len": 8,
+                                          "compression_rate": 2, "compression": "mean_pool"})]:
+        run_file = tmp_path / f"{kind}.json"
+        run_file.write_text(json.dumps({
+            "model": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=16, dropout=0.0, memory=memory),
+            "train": dict(steps=12, batch_size=4, lr=0.003, warmup_steps=2, log_every=1, eval_every=6,
+                          eval_batches=4, checkpoint_every=6, seed=1)}))
+        out = tmp_path / kind
+        run("train", "--config", run_file, "--data", word_corpus, "--out", out, "--quiet")
+        lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        train = [x for x in lines if x["event"] == "train"]
+        assert len(train) == 12
+        if kind == "compressive":  # evictions start at the second segment: the loss is logged apart
+            assert all("reconstruction_loss" in x for x in train[1:]) and "reconstruction_loss" not in train[0]
+        ckpt = out / "checkpoint.safetensors"
+        short = json.loads(run("eval", ckpt, "--json", "--max-batches", 3, "--batch-size", 2).stdout)
+        longer = json.loads(run("eval", ckpt, "--json", "--max-batches", 3, "--batch-size", 2,
+                                "--mem-len", 64).stdout)
+        assert short["mem_len"] == 16 and longer["mem_len"] == 64
+        assert short["targets"] == longer["targets"] == 3 * 2 * 16
+        assert short["bits_per_char"] != longer["bits_per_char"]
+        g = run("generate", ckpt, "--max-new-tokens", 80, "--greedy", "--no-echo", "--mem-len", 32)
+        assert len(g.stdout.strip("\n")) > 0 and "relative attention: native" in g.stderr
+        info = run("info", ckpt).stdout
+        assert f"{kind} relative attention" in info and "training memory of 16 states per layer saved" in info
+    bad = subprocess.run([CLI, "eval", str(ckpt), "--mem-len", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--mem-len" in bad.stderr
