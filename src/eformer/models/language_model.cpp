@@ -4,8 +4,8 @@
 #include "eformer/models/compressor.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/loss.h"
-#include "eformer/ops/reduce.h"
 #include "eformer/ops/matmul.h"
+#include "eformer/ops/reduce.h"
 #include "eformer/ops/shape.h"
 
 namespace eformer::models {
@@ -155,23 +155,25 @@ Tensor LanguageModel::hidden(const Tensor& ids, SegmentMemory& memory) {
 Tensor LanguageModel::forward(const Tensor& ids, SegmentMemory& memory) { return head(hidden(ids, memory)); }
 
 Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, SegmentMemory& memory, Reduction reduction) {
-  EF_CHECK(targets.defined() && targets.dtype() == DType::Int64 && targets.shape() == ids.shape(), ShapeError,
-           where(), "loss: targets are ", targets.defined() ? targets.describe() : std::string("undefined"),
-           "; expected Int64 of the ids' shape ", shape_str(ids.shape()));
-  Tensor h = final_norm(hidden(ids, memory));
-  const int64_t rows = ids.numel();
-  return linear_cross_entropy(reshape(h, {rows, config_.d_model}), head_weight(), reshape(targets, {rows}), -100,
-                              reduction);
+  check_targets(ids, targets);
+  return head_loss(hidden(ids, memory), targets, reduction);
 }
 
 Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets, Reduction reduction) {
+  check_targets(ids, targets);
+  return head_loss(hidden(ids), targets, reduction);
+}
+
+void LanguageModel::check_targets(const Tensor& ids, const Tensor& targets) const {
   EF_CHECK(targets.defined() && targets.dtype() == DType::Int64 && targets.shape() == ids.shape(), ShapeError,
            where(), "loss: targets are ", targets.defined() ? targets.describe() : std::string("undefined"),
            "; expected Int64 of the ids' shape ", shape_str(ids.shape()));
-  Tensor h = final_norm(hidden(ids));
-  const int64_t rows = ids.numel();
-  return linear_cross_entropy(reshape(h, {rows, config_.d_model}), head_weight(), reshape(targets, {rows}), -100,
-                              reduction);
+}
+
+Tensor LanguageModel::head_loss(const Tensor& h, const Tensor& targets, Reduction reduction) const {
+  const int64_t rows = targets.numel();
+  return linear_cross_entropy(reshape(final_norm(h), {rows, config_.d_model}), head_weight(), reshape(targets, {rows}),
+                              -100, reduction);
 }
 
 DecodeState LanguageModel::start_decoding(int64_t batch, int64_t mem_len) {

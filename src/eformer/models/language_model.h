@@ -97,6 +97,9 @@ class LanguageModel : public nn::Module {
   void remember(SegmentMemory& memory, const std::vector<Tensor>& inputs);
   Tensor final_norm(const Tensor& h) const;        // the final LayerNorm (pre-LN), else h
   Tensor head(const Tensor& h) const;              // final LayerNorm (pre-LN) and LM head
+  void check_targets(const Tensor& ids, const Tensor& targets) const;
+  // The loss of hidden states h [B, N, D] against targets [B, N]: final LayerNorm, head, loss in chunks.
+  Tensor head_loss(const Tensor& h, const Tensor& targets, Reduction reduction) const;
   const Tensor& head_weight() const;               // [vocab, D]: the head's, or the tied embedding's
 
   ModelConfig config_;
