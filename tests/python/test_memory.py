@@ -2,7 +2,8 @@
 written here without the relative-shift trick: every (query, key) pair gathers its encoding R_{i-j}.
 The functional relative attention (forward and gradients), the relative shift, the encodings, and a
 whole XL language model over two segments with the memory carried (logits and every parameter's
-gradient); streaming with memories equals the segment-by-segment pass."""
+gradient); the Compressive Transformer over three segments (LM loss, attention-reconstruction loss,
+gradients); streaming with memories equals the segment-by-segment pass; the CLI end to end."""
 import math
 
 import numpy as np
@@ -181,3 +182,79 @@ def test_cli_trains_evaluates_generates_and_describes_memory_models(word_corpus,
         assert f"{kind} relative attention" in info and "training memory of 16 states per layer saved" in info
     bad = subprocess.run([CLI, "eval", str(ckpt), "--mem-len", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--mem-len" in bad.stderr
+
+
+COMPRESSIVE = dict(XL, memory={"kind": "compressive", "mem_len": 6, "cmem_len": 4, "compression_rate": 2,
+                               "compression": "conv"})
+
+
+def torch_compressive_segment(p, ids, c, mems, cmems):
+    """One segment of the Compressive Transformer (Rae et al. 2020): attention over [cmem; mem; segment],
+    then the evicted memories compressed by a conv of kernel = stride = rate, and the attention-
+    reconstruction loss sum_l mean (attn(h, old) - attn(h, f_c(old)))^2 with content attention by the
+    layer's weights, h and old stop-gradient. Returns logits, new mems, new cmems, reconstruction loss."""
+    H, D = c["n_heads"], c["d_model"]
+    d, rate = D // H, c["memory"]["compression_rate"]
+    B, N = ids.shape
+    x = p["embed.tokens.weight"][torch.tensor(ids)]
+    new_mems, new_cmems, recon = [], [], 0.0
+
+    def content_attention(pre, h, m):
+        w = {k: p[f"{pre}.attn.{k}.weight"].detach() for k in ("q", "k", "v", "out")}
+        q = (h @ w["q"].T).view(B, -1, H, d).transpose(1, 2)
+        k = (m @ w["k"].T).view(B, -1, H, d).transpose(1, 2)
+        v = (m @ w["v"].T).view(B, -1, H, d).transpose(1, 2)
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), -1) @ v
+        return a.transpose(1, 2).reshape(B, -1, D) @ w["out"].T
+
+    for layer in range(c["n_layers"]):
+        pre = f"blocks.{layer}"
+        context = [t for t in (cmems[layer], mems[layer]) if t is not None]
+        cat = torch.cat(context + [x], 1)
+        all_mem = torch.cat(([mems[layer]] if mems[layer] is not None else []) + [x.detach()], 1).detach()
+        keep = c["memory"]["mem_len"]
+        new_mems.append(all_mem[:, -keep:])
+        old = all_mem[:, :-keep] if all_mem.shape[1] > keep else None
+        cm = cmems[layer]
+        if old is not None:
+            n = old.shape[1] // rate
+            windows = old[:, old.shape[1] - n * rate:].reshape(B, n, rate * D)
+            fresh = windows @ p[f"compressors.{layer}.conv.weight"].T + p[f"compressors.{layer}.conv.bias"]
+            h = x.detach()
+            recon = recon + ((content_attention(pre, h, fresh) - content_attention(pre, h, old).detach()) ** 2).mean()
+            cm = torch.cat(([cm] if cm is not None else []) + [fresh.detach()], 1)[:, -c["memory"]["cmem_len"]:]
+        new_cmems.append(cm)
+        K = cat.shape[1]
+        y = layer_norm(p, pre + ".ln1", cat)
+        q = linear(p, pre + ".attn.q", y[:, -N:]).view(B, N, H, d).transpose(1, 2)
+        k = linear(p, pre + ".attn.k", y).view(B, K, H, d).transpose(1, 2)
+        v = linear(p, pre + ".attn.v", y).view(B, K, H, d).transpose(1, 2)
+        r = linear(p, pre + ".attn.r", encodings(K, D)).view(K, H, d).transpose(0, 1)
+        o = relative_attention_ref(q, k, v, r, p[pre + ".attn.content_bias"], p[pre + ".attn.position_bias"],
+                                   1 / math.sqrt(d))
+        x = x + linear(p, pre + ".attn.out", o.transpose(1, 2).reshape(B, N, D))
+        x = x + linear(p, pre + ".ffn.fc2", F.gelu(linear(p, pre + ".ffn.fc1", layer_norm(p, pre + ".ln2", x))))
+    return layer_norm(p, "ln_f", x) @ p["embed.tokens.weight"].T, new_mems, new_cmems, recon
+
+
+def test_compressive_model_and_reconstruction_loss_match_torch(rng, tmp_path):
+    model = ef.models.LanguageModel(ef.models.ModelConfig(COMPRESSIVE))
+    randomize(model, rng)
+    c = model.config.to_dict()
+    p = torch_params(model, tmp_path)
+    ids = rng.integers(0, 256, size=(2, 18))
+    targets = rng.integers(0, 256, size=(2, 18))
+    memory = model.start_memory()
+    mems, cmems = [None, None], [None, None]
+    for s in range(3):  # the second and third segments evict and compress
+        seg = slice(6 * s, 6 * s + 6)
+        loss = model.loss(ef.tensor(ids[:, seg]), ef.tensor(targets[:, seg]), memory=memory)
+        t_logits, mems, cmems, t_recon = torch_compressive_segment(p, ids[:, seg], c, mems, cmems)
+    assert memory.compressed_length == 4
+    t_loss = F.cross_entropy(t_logits.reshape(-1, 256), torch.tensor(targets[:, 12:]).reshape(-1))
+    assert abs(loss.item() - t_loss.item()) <= 1e-4 * max(1.0, abs(t_loss.item()))
+    recon = memory.reconstruction
+    assert abs(recon.item() - t_recon.item()) <= 1e-4 * max(1e-3, abs(t_recon.item()))
+    (loss + recon).backward()
+    (t_loss + t_recon).backward()
+    compare_grads(model, p)
