@@ -26,7 +26,11 @@ notice on stderr.
   --split NAME        valid (default), test or train
   --max-batches N     score only N batches spread over the split (a quick estimate; default: all)
   --batch-size B      windows per batch (default 16)
-  --context C         window length (default: the model's context)
+  --context C         window length (default: the model's context); with a memory, the segment length
+  --mem-len M         a model with a memory (Transformer-XL): the memory kept per layer at evaluation
+                      (default: the config's mem_len; longer works, relative positions extend). Such a
+                      model reads the split in order in --batch-size lanes, the memory carried from
+                      segment to segment; --max-batches then scores the first N segments of each lane
   --set KEY=VALUE     override a model config key (repeatable; model.* only), e.g.
                       --set model.attention.kind=performer or
                       --set 'model.attention={"kind":"performer","options":{"m":128}}'
@@ -39,7 +43,7 @@ notice on stderr.
 int run_eval(int argc, char** argv) {
   const char* cmd = "eval";
   std::string ckpt, data_path, split = "valid";
-  int64_t max_batches = 0, batch_size = 16, context = 0;
+  int64_t max_batches = 0, batch_size = 16, context = 0, mem_len = 0;
   std::vector<std::string> sets;
   bool json = false, data_given = false;
   for (int i = 1; i < argc; ++i) {
@@ -66,6 +70,10 @@ int run_eval(int argc, char** argv) {
       context = parse_int(cmd, a, v);  // 0 inside means the model's context; a given one is >= 1
       EF_CHECK(context >= 1, ValueError, "eval: --context must be >= 1, got ", context);
     }
+    else if (a == "--mem-len") {
+      mem_len = parse_int(cmd, a, v);
+      EF_CHECK(mem_len >= 1, ValueError, "eval: --mem-len must be >= 1, got ", mem_len);
+    }
     else if (a == "--threads") set_threads(cmd, v);
     else if (a == "--set") sets.push_back(v);
     else throw ValueError("eval: unknown option '" + a + "'; see eformer eval --help");
@@ -88,8 +96,12 @@ int run_eval(int argc, char** argv) {
   }
   checkpoint = {};
   data::Corpus corpus = load_corpus(data_path);
-  train::EvalResult r =
-      train::evaluate(*model, data::TokenSource(corpus, s), context, batch_size, max_batches);
+  EF_CHECK(mem_len == 0 || model->has_memory(), ValueError,
+           "eval: --mem-len is for a model with a memory (memory.kind 'xl' or 'compressive'); this one has none");
+  data::TokenSource tokens(corpus, s);
+  train::EvalResult r = model->has_memory()
+                            ? train::evaluate_with_memory(*model, tokens, context, batch_size, max_batches, mem_len)
+                            : train::evaluate(*model, tokens, context, batch_size, max_batches);
   if (json) {
     nlohmann::json j{{"checkpoint", ckpt},
                      {"data", corpus.source()},
@@ -99,6 +111,7 @@ int run_eval(int argc, char** argv) {
                      {"targets", r.targets},
                      {"batches", r.batches},
                      {"total_batches", r.total_batches}};
+    if (model->has_memory()) j["mem_len"] = mem_len > 0 ? mem_len : model->config().memory.mem_len;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%s bits/char %.4f (loss %.4f nats/char over %lld characters%s)\n", data::split_name(s),

@@ -23,6 +23,8 @@ last half of the context (re-encoded) and goes on; --on-full stop ends the text 
   --top-p P              sample among the most likely bytes whose probability adds up to P (default 1: off)
   --seed S               sampling seed (default 0)
   --on-full slide|stop   what to do when the context is full (default slide)
+  --mem-len M            a model with a memory (Transformer-XL): the memory kept per layer (default: the
+                         config's); such a model streams any length with no restarts
   --no-echo              print only the generated text, not the prompt before it
   --threads T            worker threads
 )";
@@ -64,6 +66,9 @@ int run_generate(int argc, char** argv) {
     else if (a == "--on-full") {
       EF_CHECK(v == "slide" || v == "stop", ValueError, "generate: --on-full expects slide or stop, got '", v, "'");
       o.on_full = v == "slide" ? train::ContextPolicy::Slide : train::ContextPolicy::Stop;
+    } else if (a == "--mem-len") {
+      o.mem_len = parse_int(cmd, a, v);
+      EF_CHECK(o.mem_len >= 1, ValueError, "generate: --mem-len must be >= 1, got ", o.mem_len);
     } else if (a == "--threads") set_threads(cmd, v);
     else throw ValueError("generate: unknown option '" + a + "'; see eformer generate --help");
   }

@@ -93,6 +93,8 @@ int run_info(int argc, char** argv) {
                      {"model", models::to_json(m)},
                      {"parameters", model->num_parameters()},
                      {"layers", layers},
+                     {"memory", models::to_json(m)["memory"]},
+                     {"training_memory_saved", !c.memory_state.empty()},
                      {"step", c.info.step},
                      {"elapsed_s", c.info.elapsed_s},
                      {"rng", {{"seed", c.info.rng.seed}, {"stream", c.info.rng.stream}, {"counter", c.info.rng.counter}}},
@@ -112,9 +114,23 @@ int run_info(int argc, char** argv) {
   std::printf("parameters  %s\n", with_commas(model->num_parameters()).c_str());
   std::printf("memory      training about %s at batch %lld; evaluation about %s at batch 16\n",
               training.describe().c_str(), (long long)batch, train::bytes_str(evaluation.total_bytes()).c_str());
-  for (int64_t i = 0; i < m.n_layers; ++i)
-    std::printf("%s %lld: %s\n", i == 0 ? "attention   layer" : "            layer", (long long)i,
-                mechanism_str(models::attention_for_layer(m, i)).c_str());
+  if (m.memory.kind != "none") {
+    std::printf("attention   layers 0-%lld: %s relative attention, segment %lld, memory %lld%s (%s)\n",
+                (long long)m.n_layers - 1, m.memory.kind.c_str(), (long long)m.max_len, (long long)m.memory.mem_len,
+                m.memory.kind == "compressive"
+                    ? (", compressed memory " + std::to_string(m.memory.cmem_len) + " at rate " +
+                       std::to_string(m.memory.compression_rate) + " by " + m.memory.compression)
+                          .c_str()
+                    : "",
+                c.memory_state.empty() ? "no training memory saved"
+                                       : ("training memory of " + std::to_string(c.memory_state.begin()->second.size(1)) +
+                                          " states per layer saved")
+                                             .c_str());
+  } else {
+    for (int64_t i = 0; i < m.n_layers; ++i)
+      std::printf("%s %lld: %s\n", i == 0 ? "attention   layer" : "            layer", (long long)i,
+                  mechanism_str(models::attention_for_layer(m, i)).c_str());
+  }
   int64_t steps = t.value("steps", int64_t(0));
   std::printf("training    step %lld%s, %.1f min, seed %llu, batch %lld, lr %g\n", (long long)c.info.step,
               steps > 0 ? (" of " + std::to_string(steps)).c_str() : "", c.info.elapsed_s / 60.0,

@@ -26,7 +26,9 @@ and RNG state: resumable exactly) and OUT/log.jsonl (one JSON object per line: t
 validation bits per character). Progress goes to stderr; Ctrl-C or SIGTERM stops after the current
 step and writes the checkpoint (exit code 130 or 143); a second one ends the process at once.
 
-  --preset NAME        a preset from presets/ (tiny, small) or a path to a run file
+  --preset NAME        a preset from presets/ (tiny, small, reformer, xl) or a path to a run file.
+                       A model with a memory (model.memory, e.g. preset xl) trains on contiguous
+                       segments, batch_size lanes read in order, its memory carried and checkpointed
   --config FILE        a run file: {"model": {...}, "train": {...}}
   --resume CKPT        continue the run in CKPT exactly where it stopped (its model and train
                        config; --steps/--minutes/--set train.KEY may change the run's length or
@@ -218,13 +220,17 @@ int run_train(int argc, char** argv) {
       world.parallel() ? "; " + std::to_string(world.size()) + " ranks (" + train::World::library() + ")" : "";
   if (world.rank() == 0)
     std::fprintf(stderr,
-               "eformer train: %s%lld layers, d_model %lld, %lld heads, context %lld, %lld parameters; "
+               "eformer train: %s%lld layers, d_model %lld, %lld heads, %s, %lld parameters; "
                "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads%s; memory estimate %s%s; "
                "out %s\n",
                !resume.empty() ? ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ").c_str()
                : !init.empty() ? ("initialised from " + init + " (step " + std::to_string(init_step) + "); ").c_str()
                                : "",
-               (long long)mc.n_layers, (long long)mc.d_model, (long long)mc.n_heads, (long long)mc.max_len,
+               (long long)mc.n_layers, (long long)mc.d_model, (long long)mc.n_heads,
+               (mc.memory.kind == "none" ? "context " + std::to_string(mc.max_len)
+                                         : "segments of " + std::to_string(mc.max_len) + " with a " + mc.memory.kind +
+                                               " memory of " + std::to_string(mc.memory.mem_len))
+                   .c_str(),
                (long long)trainer->model().num_parameters(), (long long)rc.train.batch_size, rc.train.lr,
                rc.train.steps > 0
                    ? (std::to_string(rc.train.steps) + " steps" +

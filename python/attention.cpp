@@ -2,11 +2,14 @@
 // **options), attention_kinds(), attention_pattern(), mechanisms() (the registry),
 // kernelized_attention (the kernelized core) and draw_omega.
 #include <algorithm>
+#include <cmath>
 
 #include "bindings.h"
 #include "eformer/attention/kernels/feature_maps.h"
 #include "eformer/attention/functional.h"
 #include "eformer/attention/registry.h"
+#include "eformer/attention/relative.h"
+#include "eformer/ops/relative_shift.h"
 #include "eformer/attention/kernels/kernelized.h"
 #include "eformer/attention/mechanisms/sparse.h"
 
@@ -64,6 +67,22 @@ void bind_attention(py::module_& m) {
       "probabilities (kinds that have them), drawn from the default generator. A query with no attendable key\n"
       "outputs 0 (zero gradients). **options: the mechanism's own options (eformer.mechanisms() lists them);\n"
       "tensors among them are tensor arguments (performer: omega [m, d]).");
+  m.def(
+      "relative_attention",
+      [](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& r, const Tensor& u, const Tensor& w,
+         const py::object& scale, float dropout) {
+        float s = scale.is_none() ? float(1.0 / std::sqrt(double(q.dim() == 4 ? q.size(3) : 1))) : scale.cast<float>();
+        return attention::relative_attention(q, k, v, r, u, w, s, dropout);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("r"), py::arg("u"), py::arg("w"),
+      py::arg("scale") = py::none(), py::arg("dropout") = 0.0f,
+      "Transformer-XL attention (Dai et al. 2019, sec. 3.3), causal: q [B, H, N, d] (the last N of the K keys),\n"
+      "k, v [B, H, K, d], r [H, K, d] the projected encodings of the distances K-1 .. 0, u, w [H, d] the content and\n"
+      "position biases; scores (q_i + u).k_j + (q_i + w).r_{i-j} through the relative shift. -> [B, H, N, d].");
+  m.def("relative_encodings", &attention::relative_encodings, py::arg("K"), py::arg("D"),
+        "Sinusoidal encodings [K, D] of the distances K-1, ..., 0 (sin in the first D/2 columns, cos in the rest).");
+  m.def("relative_shift", &relative_shift, py::arg("x"),
+        "x [..., N, K] -> out[..., i, j] = x[..., i, j + N - 1 - i] for j <= K - N + i, else -inf.");
   m.def("attention_kinds", &attention::attention_kinds,
         "The names eformer.attention accepts as kind (registered mechanisms with a functional form).");
   m.def(

@@ -154,7 +154,8 @@ void bind_models(py::module_& m) {
       .def_readonly("ffn_chunks", &ModelConfig::ffn_chunks)
       .def_readonly("activation", &ModelConfig::activation)
       .def_readonly("attention_dropout", &ModelConfig::attention_dropout)
-      .def_readonly("block", &ModelConfig::block);
+      .def_readonly("block", &ModelConfig::block)
+      .def_property_readonly("memory", [](const ModelConfig& c) { return to_python(models::to_json(c)["memory"]); });
   mm.def(
       "config_from_json", [](const std::string& s) { return models::parse_model_config(json::parse(s)); },
       py::arg("json"), "Parse a model config from a JSON string (strict).");
@@ -166,26 +167,54 @@ void bind_models(py::module_& m) {
       .def_readonly("position", &models::DecodeState::position)
       .def_property_readonly("num_layers", [](const models::DecodeState& s) { return s.layers.size(); });
 
+  py::class_<models::SegmentMemory, std::shared_ptr<models::SegmentMemory>>(
+      mm, "SegmentMemory", "A Transformer-XL memory: per layer the input states of the last mem_len tokens.")
+      .def_readonly("mem_len", &models::SegmentMemory::mem_len)
+      .def_property_readonly("length", &models::SegmentMemory::length)
+      .def_property_readonly("layers", [](const models::SegmentMemory& m) { return m.layers; })
+      .def_readonly("cmem_len", &models::SegmentMemory::cmem_len)
+      .def_property_readonly("compressed_length", &models::SegmentMemory::compressed_length)
+      .def_property_readonly("compressed", [](const models::SegmentMemory& m) { return m.compressed; })
+      .def_property_readonly(
+          "reconstruction",
+          [](const models::SegmentMemory& m) -> py::object {
+            return m.reconstruction.defined() ? py::cast(m.reconstruction) : py::none();
+          },
+          "The attention-reconstruction loss of the last forward (compressive; None when nothing was evicted).")
+      .def("clear", &models::SegmentMemory::clear);
+
   using models::LanguageModel;
-  auto lm_fwd = [](LanguageModel& lm, const Tensor& ids) { return lm.forward(ids); };
+  auto lm_fwd = [](LanguageModel& lm, const Tensor& ids, const std::shared_ptr<models::SegmentMemory>& memory) {
+    return memory ? lm.forward(ids, *memory) : lm.forward(ids);
+  };
   py::class_<LanguageModel, nn::Module, std::shared_ptr<LanguageModel>>(mm, "LanguageModel")
       .def(py::init([](const py::object& c) { return std::make_shared<LanguageModel>(config_arg(c)); }),
            py::arg("config"))
       .def_property_readonly("config", &LanguageModel::config)
-      .def("forward", lm_fwd, py::arg("ids"))
-      .def("__call__", lm_fwd, py::arg("ids"), "ids Int64 [B, N] -> logits [B, N, vocab].")
+      .def("forward", lm_fwd, py::arg("ids"), py::arg("memory") = py::none())
+      .def("__call__", lm_fwd, py::arg("ids"), py::arg("memory") = py::none(),
+           "ids Int64 [B, N] -> logits [B, N, vocab]. memory: a SegmentMemory (models with a memory), updated.")
       .def(
           "loss",
-          [](LanguageModel& m, const Tensor& ids, const Tensor& targets, const std::string& reduction) {
-            return m.loss(ids, targets, parse_reduction(reduction));
+          [](LanguageModel& m, const Tensor& ids, const Tensor& targets, const std::string& reduction,
+             const std::shared_ptr<models::SegmentMemory>& memory) {
+            return memory ? m.loss(ids, targets, *memory, parse_reduction(reduction))
+                          : m.loss(ids, targets, parse_reduction(reduction));
           },
-          py::arg("ids"), py::arg("targets"), py::arg("reduction") = "mean")
+          py::arg("ids"), py::arg("targets"), py::arg("reduction") = "mean", py::arg("memory") = py::none())
+      .def_property_readonly("has_memory", &LanguageModel::has_memory)
+      .def(
+          "start_memory",
+          [](const LanguageModel& lm, int64_t mem_len) {
+            return std::make_shared<models::SegmentMemory>(lm.start_memory(mem_len));
+          },
+          py::arg("mem_len") = 0, "An empty memory keeping mem_len states per layer (0: the config's).")
       .def(
           "start_decoding",
-          [](LanguageModel& lm, int64_t batch) {
-            return std::make_shared<models::DecodeState>(lm.start_decoding(batch));
+          [](LanguageModel& lm, int64_t batch, int64_t mem_len) {
+            return std::make_shared<models::DecodeState>(lm.start_decoding(batch, mem_len));
           },
-          py::arg("batch"))
+          py::arg("batch"), py::arg("mem_len") = 0)
       .def(
           "step",
           [](LanguageModel& lm, models::DecodeState& s, const Tensor& ids) { return lm.step(s, ids); },

@@ -42,7 +42,8 @@ void check_sizes(const char* who, int64_t batch_size, int64_t context) {
   EF_CHECK(context >= 1, ValueError, who, ": context must be >= 1, got ", context);
 }
 
-// Rows [0, offsets.size()) of inputs/targets [rows, length] from windows of length + 1 tokens.
+}  // namespace
+
 Batch gather_windows(const TokenSource& tokens, std::vector<int64_t> offsets, int64_t length) {
   const int64_t rows = int64_t(offsets.size());
   Batch b{Tensor::empty({rows, length}, DType::Int64), Tensor::empty({rows, length}, DType::Int64),
@@ -59,8 +60,6 @@ Batch gather_windows(const TokenSource& tokens, std::vector<int64_t> offsets, in
   });
   return b;
 }
-
-}  // namespace
 
 std::vector<int64_t> batch_offsets(int64_t split_size, int64_t batch_size, int64_t context, uint64_t seed,
                                    uint64_t step) {

@@ -53,6 +53,10 @@ class TokenSource {
   std::string name_;
 };
 
+// Rows [0, offsets.size()) of inputs/targets [rows, length] from windows of length + 1 tokens
+// starting at `offsets` (each window must lie inside the source).
+Batch gather_windows(const TokenSource& tokens, std::vector<int64_t> offsets, int64_t length);
+
 // The window offsets of training batch `step`: batch_size values in
 // [0, split_size - context - 1], so each window of context + 1 tokens lies inside the split.
 std::vector<int64_t> batch_offsets(int64_t split_size, int64_t batch_size, int64_t context, uint64_t seed,

@@ -4,4 +4,5 @@
 #include "eformer/data/batches.h"
 #include "eformer/data/corpus.h"
 #include "eformer/data/duplication.h"
+#include "eformer/data/segments.h"
 #include "eformer/data/tokenizer.h"

@@ -51,7 +51,41 @@ TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<attenti
   dropout_ = register_module("dropout", std::make_shared<nn::Dropout>(c.dropout));
 }
 
+TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<attention::RelativeAttention> relative_attn)
+    : Module("TransformerBlock"), pre_ln_(c.pre_ln), policy_(parse_block_policy(c.block)) {
+  EF_CHECK(relative_attn != nullptr, ValueError, "TransformerBlock: no relative attention");
+  EF_CHECK(policy_ != BlockPolicy::Reversible, ValueError,
+           "TransformerBlock: block = 'reversible' cannot carry a memory; use 'plain' or 'recompute'");
+  ln1_ = register_module("ln1", std::make_shared<nn::LayerNorm>(c.d_model));
+  relative_ = register_module("attn", std::move(relative_attn));
+  ln2_ = register_module("ln2", std::make_shared<nn::LayerNorm>(c.d_model));
+  ffn_ = register_module("ffn",
+                         std::make_shared<nn::FeedForward>(c.d_model, c.d_ff, c.dropout,
+                                                           nn::parse_activation(c.activation), c.ffn_chunks));
+  dropout_ = register_module("dropout", std::make_shared<nn::Dropout>(c.dropout));
+}
+
+Tensor TransformerBlock::forward_with_memory(const Tensor& x, const Tensor& memory) const {
+  EF_CHECK(relative_ != nullptr, ValueError, where(), "forward_with_memory needs a relative-attention block");
+  // The memory is the layer's input, so it goes through the same LayerNorm (pre-LN) as x; LayerNorm
+  // is per token, so ln1([memory; x]) = [ln1(memory); ln1(x)].
+  auto plain = [this](const std::vector<Tensor>& in) {
+    const Tensor& m = in[1];
+    auto attend = [&](const Tensor& y) {
+      Tensor mem = m.defined() && pre_ln_ ? ln1_->forward(m) : m;
+      return dropout_->forward(relative_->forward(pre_ln_ ? ln1_->forward(y) : y, mem));
+    };
+    return compose(in[0], attend, {}, {});
+  };
+  const Tensor mem = memory.defined() ? memory.detach() : memory;
+  if (policy_ == BlockPolicy::Plain) return plain({x, mem});
+  return autograd::checkpoint(plain, {x, mem});
+}
+
 std::string TransformerBlock::describe() const {
+  if (relative_) return detail::concat("TransformerBlock(", pre_ln_ ? "pre-LN" : "post-LN",
+                                       policy_ == BlockPolicy::Recompute ? ", recompute" : "",
+                                       ", attn=", relative_->describe(), ")");
   return detail::concat("TransformerBlock(", pre_ln_ ? "pre-LN" : "post-LN",
                         policy_ == BlockPolicy::Recompute    ? ", recompute"
                         : policy_ == BlockPolicy::Reversible ? ", reversible"
@@ -61,6 +95,7 @@ std::string TransformerBlock::describe() const {
 }
 
 Tensor TransformerBlock::attention_branch(const Tensor& x, const Tensor& key_mask) const {
+  EF_CHECK(attn_ != nullptr, ValueError, where(), "a relative-attention block runs with forward_with_memory");
   return dropout_->forward(attn_->forward(pre_ln_ ? ln1_->forward(x) : x, {}, key_mask));
 }
 
@@ -76,6 +111,7 @@ Tensor TransformerBlock::ffn_branch(const Tensor& x) const {
 }
 
 Tensor TransformerBlock::attention_step_branch(const Tensor& x, attention::RecurrentState& state) const {
+  EF_CHECK(attn_ != nullptr, ValueError, where(), "a relative-attention block streams through its model's memory");
   return dropout_->forward(attn_->step(pre_ln_ ? ln1_->forward(x) : x, state));
 }
 
@@ -119,6 +155,12 @@ Tensor TransformerBlock::step(const Tensor& x_t, attention::RecurrentState& stat
 
 std::shared_ptr<nn::ModuleList> build_blocks(const ModelConfig& c, int64_t n_layers, Stack stack) {
   auto blocks = std::make_shared<nn::ModuleList>();
+  if (c.memory.kind != "none" && stack == Stack::Decoder) {
+    for (int64_t i = 0; i < n_layers; ++i)
+      blocks->push_back(std::make_shared<TransformerBlock>(
+          c, std::make_shared<attention::RelativeAttention>(c.d_model, c.n_heads, c.attention_dropout, i)));
+    return blocks;
+  }
   std::map<std::string, const attention::Mechanism*> first_of_kind;  // for parameters shared across layers
   for (int64_t i = 0; i < n_layers; ++i) {
     const bool per_layer = stack != Stack::Encoder || c.arch == "encoder";

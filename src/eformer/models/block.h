@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "eformer/attention/mechanism.h"
+#include "eformer/attention/relative.h"
 #include "eformer/models/config.h"
 #include "eformer/nn/nn.h"
 
@@ -37,7 +38,14 @@ class TransformerBlock : public nn::Module {
   // `cross_attn` may be null.
   TransformerBlock(const ModelConfig& config, std::shared_ptr<attention::Mechanism> self_attn,
                    std::shared_ptr<attention::Mechanism> cross_attn = nullptr);
+  // A block of a model with a recurrent memory (ModelConfig::memory): Transformer-XL's relative
+  // attention over [memory; x]; run with forward_with_memory. Policy "plain" or "recompute".
+  TransformerBlock(const ModelConfig& config, std::shared_ptr<attention::RelativeAttention> relative_attn);
   std::string describe() const override;
+
+  // x [B, N, D] with this layer's memory [B, M, D] (its input hidden states of earlier segments;
+  // undefined or M = 0: none) as extra keys and values, stop-gradient. Relative-attention blocks only.
+  Tensor forward_with_memory(const Tensor& x, const Tensor& memory) const;
 
   // x [B, N, D]; key_mask Bool [B, N] for the self-attention; memory [B, M, D] and memory_mask
   // Bool [B, M] for the cross-attention (required when the block has one). A reversible block has
@@ -60,7 +68,9 @@ class TransformerBlock : public nn::Module {
   Tensor mixing_branch(const Tensor& x, const std::function<Tensor(const Tensor&)>& attend, const Tensor& memory,
                        const Tensor& memory_mask) const;
 
+  // The self-attention mechanism; null in a relative-attention block (relative_attn() instead).
   const std::shared_ptr<attention::Mechanism>& self_attn() const { return attn_; }
+  const std::shared_ptr<attention::RelativeAttention>& relative_attn() const { return relative_; }
   const std::shared_ptr<attention::Mechanism>& cross_attn() const { return cross_; }
   bool pre_ln() const { return pre_ln_; }
   BlockPolicy policy() const { return policy_; }
@@ -74,6 +84,7 @@ class TransformerBlock : public nn::Module {
   bool pre_ln_;
   BlockPolicy policy_;
   std::shared_ptr<attention::Mechanism> attn_, cross_;
+  std::shared_ptr<attention::RelativeAttention> relative_;
   std::shared_ptr<nn::LayerNorm> ln1_, ln_cross_, ln2_;
   std::shared_ptr<nn::FeedForward> ffn_;
   std::shared_ptr<nn::Dropout> dropout_;

@@ -92,6 +92,65 @@ double tidy(float x) {
 
 using Setter = std::function<void(ModelConfig&, const json&)>;
 
+MemoryConfig get_memory(const json& v) {
+  EF_CHECK(v.is_object(), ValueError, "model config: memory = ", v.dump(),
+           "; expected {\"kind\": \"xl\" | \"compressive\" | \"none\", \"mem_len\": ...}");
+  MemoryConfig m;
+  for (const auto& [k, value] : v.items()) {
+    if (k == "kind") m.kind = get_string("memory.kind", value);
+    else if (k == "mem_len") m.mem_len = get_int("memory.mem_len", value);
+    else if (k == "cmem_len") m.cmem_len = get_int("memory.cmem_len", value);
+    else if (k == "compression_rate") m.compression_rate = get_int("memory.compression_rate", value);
+    else if (k == "compression") m.compression = get_string("memory.compression", value);
+    else
+      throw ValueError(detail::concat("model config: unknown key 'memory.", k,
+                                      "'; valid keys: kind, mem_len, cmem_len, compression_rate, compression"));
+  }
+  return m;
+}
+
+void validate_memory(const ModelConfig& c) {
+  const MemoryConfig& m = c.memory;
+  check_one_of("memory.kind", m.kind, {"none", "xl", "compressive"});
+  check_one_of("memory.compression", m.compression, {"max_pool", "mean_pool", "conv", "dilated_conv", "most_used"});
+  EF_CHECK((m.kind == "none") == (c.positions != "relative"), ValueError, "model config: positions = '",
+           c.positions, "' with memory.kind = '", m.kind,
+           "'; a memory needs positions 'relative' (Transformer-XL's relative encodings) and 'relative' needs a memory");
+  if (m.kind == "none") {
+    EF_CHECK(m.mem_len == 0 && m.cmem_len == 0 && m.compression_rate == 0, ValueError,
+             "model config: memory.mem_len, cmem_len and compression_rate are for memory.kind 'xl' or 'compressive'");
+    return;
+  }
+  EF_CHECK(c.arch == "decoder", ValueError, "model config: memory.kind = '", m.kind,
+           "' is for arch 'decoder' (a causal language model); arch is '", c.arch, "'");
+  EF_CHECK(m.mem_len >= 1 && m.mem_len <= (int64_t(1) << 24), ValueError, "model config: memory.mem_len = ",
+           m.mem_len, "; expected >= 1 and at most 16777216");
+  EF_CHECK(c.block != "reversible", ValueError,
+           "model config: block = 'reversible' cannot carry a memory (memory.kind = '", m.kind,
+           "'); use 'plain' or 'recompute'");
+  EF_CHECK(c.layer_attention.empty() && c.attention.kind == "flash" && c.attention.options.empty(), ValueError,
+           "model config: memory.kind = '", m.kind,
+           "' brings its own relative attention; remove 'attention' and 'layer_attention'");
+  EF_CHECK(c.d_model % 2 == 0, ValueError, "model config: d_model = ", c.d_model,
+           " must be even for the sinusoidal relative encodings of memory.kind '", m.kind, "'");
+  if (m.kind == "xl") {
+    EF_CHECK(m.cmem_len == 0 && m.compression_rate == 0, ValueError,
+             "model config: memory.cmem_len and compression_rate are for memory.kind 'compressive'");
+  } else {
+    EF_CHECK(m.cmem_len >= 1 && m.cmem_len <= (int64_t(1) << 24) && m.compression_rate >= 1 &&
+                 m.compression_rate <= m.mem_len,
+             ValueError, "model config: memory.kind 'compressive' needs cmem_len >= 1 and compression_rate in [1, mem_len = ",
+             m.mem_len, "]; got cmem_len = ", m.cmem_len, ", compression_rate = ", m.compression_rate);
+    // Whole windows of c are evicted when the segment and the memory are multiples of c.
+    EF_CHECK(c.max_len % m.compression_rate == 0 && m.mem_len % m.compression_rate == 0, ValueError,
+             "model config: memory.compression_rate = ", m.compression_rate, " must divide max_len = ", c.max_len,
+             " (the segment) and mem_len = ", m.mem_len);
+    EF_CHECK(m.compression != "dilated_conv" && m.compression != "most_used", ValueError,
+             "model config: memory.compression = '", m.compression,
+             "' (Rae et al. 2020) is not implemented in eformer yet; use max_pool, mean_pool or conv");
+  }
+}
+
 const std::vector<std::pair<std::string, Setter>>& setters() {
   static const std::vector<std::pair<std::string, Setter>> s = {
       {"arch", [](ModelConfig& c, const json& v) { c.arch = get_string("arch", v); }},
@@ -119,6 +178,7 @@ const std::vector<std::pair<std::string, Setter>>& setters() {
       {"pooling", [](ModelConfig& c, const json& v) { c.pooling = get_string("pooling", v); }},
       {"axial_shape", [](ModelConfig& c, const json& v) { c.axial_shape = get_pair("axial_shape", v); }},
       {"axial_dims", [](ModelConfig& c, const json& v) { c.axial_dims = get_pair("axial_dims", v); }},
+      {"memory", [](ModelConfig& c, const json& v) { c.memory = get_memory(v); }},
       {"layer_attention",
        [](ModelConfig& c, const json& v) {
          EF_CHECK(v.is_array(), ValueError, "model config: layer_attention = ", v.dump(),
@@ -146,13 +206,15 @@ ModelConfig parse_model_config(const json& j) {
     }
     it->second(c, value);
   }
+  // A memory brings relative positions unless positions are given (then they are checked).
+  if (c.memory.kind != "none" && !j.contains("positions")) c.positions = "relative";
   validate_model_config(c);
   return c;
 }
 
 void validate_model_config(const ModelConfig& c) {
   check_one_of("arch", c.arch, {"decoder", "encoder", "encoder-decoder"});
-  check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary", "axial"});
+  check_one_of("positions", c.positions, {"learned", "sinusoidal", "rotary", "axial", "relative"});
   check_one_of("activation", c.activation, {"gelu", "gelu_tanh", "relu"});
   check_one_of("block", c.block, {"plain", "recompute", "reversible"});
   check_one_of("pooling", c.pooling, {"mean", "pma"});
@@ -220,7 +282,21 @@ void validate_model_config(const ModelConfig& c) {
   for (size_t i = 0; i < c.layer_attention.size(); ++i)
     check_one_of(detail::concat("layer_attention[", i, "].kind"), c.layer_attention[i].kind,
                  attention::mechanism_names());
+  validate_memory(c);
 }
+
+namespace {
+json memory_json(const MemoryConfig& m) {
+  if (m.kind == "none") return json{{"kind", "none"}};
+  json j{{"kind", m.kind}, {"mem_len", m.mem_len}};
+  if (m.kind == "compressive") {
+    j["cmem_len"] = m.cmem_len;
+    j["compression_rate"] = m.compression_rate;
+    j["compression"] = m.compression;
+  }
+  return j;
+}
+}  // namespace
 
 json to_json(const ModelConfig& c) {
   json layers = json::array();
@@ -247,7 +323,8 @@ json to_json(const ModelConfig& c) {
               {"block", c.block},
               {"pooling", c.pooling},
               {"axial_shape", c.axial_shape},
-              {"axial_dims", c.axial_dims}};
+              {"axial_dims", c.axial_dims},
+              {"memory", memory_json(c.memory)}};
 }
 
 AxialLayout axial_layout(const ModelConfig& c) {

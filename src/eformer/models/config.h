@@ -16,6 +16,21 @@ struct AttentionChoice {
   nlohmann::json options = nlohmann::json::object();
 };
 
+// Recurrent memory across segments (arch "decoder" only): "none"; "xl" (Transformer-XL, Dai et al.
+// 2019: each layer attends over the last mem_len hidden states of the previous segments with
+// relative positions); "compressive" (Rae et al. 2020: memories evicted from the mem_len slots are
+// compressed at compression_rate into cmem_len more slots by `compression`, one of max_pool,
+// mean_pool, conv, dilated_conv, most_used). Either needs positions "relative" (the default when a
+// memory is given); max_len is then the segment length.
+struct MemoryConfig {
+  std::string kind = "none";
+  int64_t mem_len = 0;
+  int64_t cmem_len = 0;
+  int64_t compression_rate = 0;
+  std::string compression = "conv";
+  bool operator==(const MemoryConfig&) const = default;
+};
+
 struct ModelConfig {
   std::string arch = "decoder";  // "decoder" (causal LM) | "encoder" (classifier) | "encoder-decoder"
   int64_t vocab_size = 256;
@@ -27,7 +42,7 @@ struct ModelConfig {
   int64_t max_len = 256;  // context length
   float dropout = 0.1f;
   bool pre_ln = true;                 // false: post-LN (the original Transformer)
-  std::string positions = "learned";  // "learned" | "sinusoidal" | "rotary" | "axial"
+  std::string positions = "learned";  // "learned" | "sinusoidal" | "rotary" | "axial" | "relative" (memory)
   // positions "axial" (the Reformer's): the grid [n1, n2] (n1 n2 >= max_len) and the widths
   // [d1, d2] (d1 + d2 = d_model) of its two tables; empty = automatic (axial_layout).
   std::vector<int64_t> axial_shape, axial_dims;
@@ -46,6 +61,7 @@ struct ModelConfig {
   // checkpointing, the Sparse Transformer's recompute: each block's activations are rebuilt in the
   // backward pass, every dropout draw replayed; memory per block drops to its input).
   std::string block = "plain";
+  MemoryConfig memory;  // recurrent memory across segments (kind "none": a plain context window)
 };
 
 // The axial grid and widths of `c` (positions "axial"): axial_shape, or n2 = the smallest power

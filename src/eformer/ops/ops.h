@@ -11,6 +11,7 @@
 #include "eformer/ops/loss.h"
 #include "eformer/ops/matmul.h"
 #include "eformer/ops/reduce.h"
+#include "eformer/ops/relative_shift.h"
 #include "eformer/ops/select.h"
 #include "eformer/ops/shape.h"
 #include "eformer/ops/softmax.h"

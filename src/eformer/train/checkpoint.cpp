@@ -83,11 +83,18 @@ void verify_checksums(const io::SafetensorsFile& f) {
 }  // namespace
 
 void save_checkpoint(const std::string& path, const models::LanguageModel& model, const optim::Optimizer* optimizer,
-                     const CheckpointInfo& info) {
+                     const CheckpointInfo& info, const models::SegmentMemory* memory) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (auto& [name, t] : model.state_dict()) tensors.emplace_back("model." + name, t);
   if (optimizer)
     for (auto& [name, t] : optimizer->state_tensors()) tensors.emplace_back("optim." + name, t);
+  if (memory) {
+    for (size_t i = 0; i < memory->layers.size(); ++i)
+      tensors.emplace_back("memory." + std::to_string(i), memory->layers[i].contiguous_data());
+    for (size_t i = 0; i < memory->compressed.size(); ++i)
+      if (memory->compressed[i].size(1) > 0)
+        tensors.emplace_back("memory.compressed." + std::to_string(i), memory->compressed[i].contiguous_data());
+  }
   json rng{{"seed", info.rng.seed}, {"stream", info.rng.stream}, {"counter", info.rng.counter}};
   json checksums = json::object();
   for (const auto& [name, t] : tensors) checksums[name] = tensor_checksum(t);
@@ -151,7 +158,8 @@ Checkpoint read_checkpoint(const std::string& path) {
   for (auto& [name, t] : f.tensors) {
     if (name.starts_with("model.")) c.model_state.emplace(name.substr(6), t);
     else if (name.starts_with("optim.")) c.optimizer_state.emplace(name.substr(6), t);
-    else corrupt(path, "unexpected tensor '" + name + "' (names start with \"model.\" or \"optim.\")");
+    else if (name.starts_with("memory.")) c.memory_state.emplace(name.substr(7), t);
+    else corrupt(path, "unexpected tensor '" + name + "' (names start with \"model.\", \"optim.\" or \"memory.\")");
   }
   if (c.model_state.empty()) corrupt(path, "holds no model tensors");
   return c;
@@ -165,6 +173,42 @@ void restore_model(const Checkpoint& checkpoint, models::LanguageModel& model) {
   } catch (const ValueError& e) {
     throw ValueError("checkpoint '" + checkpoint.source + "' does not fit its model: " + e.what());
   }
+}
+
+models::SegmentMemory restore_memory(const Checkpoint& checkpoint, const models::LanguageModel& model,
+                                     int64_t batch_size) {
+  const std::string where = "checkpoint '" + checkpoint.source + "': ";
+  if (!model.has_memory()) {
+    EF_CHECK(checkpoint.memory_state.empty(), ValueError, where, "holds a training memory but its model has none");
+    return {};
+  }
+  models::SegmentMemory memory = model.start_memory();
+  if (checkpoint.memory_state.empty()) return memory;
+  const int64_t L = model.config().n_layers, D = model.config().d_model;
+  std::map<std::string, Tensor> layers, compressed;
+  for (const auto& [name, t] : checkpoint.memory_state)
+    (name.starts_with("compressed.") ? compressed : layers).emplace(name, t);
+  EF_CHECK(int64_t(layers.size()) == L, ShapeError, where, "holds a memory of ", layers.size(),
+           " layers; the model has ", L);
+  EF_CHECK(compressed.empty() || (int64_t(compressed.size()) == L && model.config().memory.kind == "compressive"),
+           ShapeError, where, "holds a compressed memory of ", compressed.size(), " layers; the model (memory.kind '",
+           model.config().memory.kind, "') expects ", model.config().memory.kind == "compressive" ? L : 0);
+  auto take = [&](const std::map<std::string, Tensor>& from, const std::string& name, int64_t max_len,
+                  std::vector<Tensor>& into) {
+    auto it = from.find(name);
+    EF_CHECK(it != from.end(), ShapeError, where, "memory tensor '", name, "' is missing");
+    const Tensor& t = it->second;
+    EF_CHECK(t.dtype() == DType::Float32 && t.dim() == 3 && t.size(0) == batch_size && t.size(2) == D &&
+                 t.size(1) >= 1 && t.size(1) <= max_len && (into.empty() || t.size(1) == into[0].size(1)),
+             ShapeError, where, "memory.", name, " is ", t.describe(), "; expected Float32 [", batch_size, ", 1..",
+             max_len, ", ", D, "], every layer alike");
+    into.push_back(t);
+  };
+  for (int64_t i = 0; i < L; ++i) take(layers, std::to_string(i), memory.mem_len, memory.layers);
+  if (!compressed.empty())
+    for (int64_t i = 0; i < L; ++i)
+      take(compressed, "compressed." + std::to_string(i), memory.cmem_len, memory.compressed);
+  return memory;
 }
 
 std::shared_ptr<models::LanguageModel> load_model(const Checkpoint& checkpoint) {

@@ -2,6 +2,9 @@
 // exactly where it stopped:
 //   tensors       "model.<name>"  the model's state_dict (parameters and buffers)
 //                 "optim.<name>"  the optimizer's state_tensors ("optim.step", "optim.0.exp_avg", ...)
+//                 "memory.<i>"    a model with a memory: layer i's training memory [B, m, D] (the
+//                                 models::SegmentMemory the next segment attends to; absent when empty)
+//                 "memory.compressed.<i>"  a compressive memory: layer i's compressed memory [B, c, D]
 //   __metadata__  "format"          "eformer-checkpoint"
 //                 "format_version"  "1"
 //                 "eformer_version" the writer's version (informational)
@@ -46,11 +49,18 @@ struct Checkpoint {
   CheckpointInfo info;
   std::map<std::string, Tensor> model_state;      // without the "model." prefix
   std::map<std::string, Tensor> optimizer_state;  // without the "optim." prefix; may be empty
+  std::map<std::string, Tensor> memory_state;     // without the "memory." prefix; may be empty
 };
 
 // Writes model (and optimizer state when `optimizer` is not null) atomically to `path`.
+// `memory` (may be null or empty): the training memory of a model with one.
 void save_checkpoint(const std::string& path, const models::LanguageModel& model,
-                     const optim::Optimizer* optimizer, const CheckpointInfo& info);
+                     const optim::Optimizer* optimizer, const CheckpointInfo& info,
+                     const models::SegmentMemory* memory = nullptr);
+// The checkpoint's training memory for `model` (mem_len from its config): empty when it holds none;
+// ShapeError naming the checkpoint when its layers or sizes do not fit the model.
+models::SegmentMemory restore_memory(const Checkpoint& checkpoint, const models::LanguageModel& model,
+                                     int64_t batch_size);
 
 // Reads and validates a checkpoint's format, version, metadata and tensor names; IOError naming the
 // file for anything that is not a readable eformer checkpoint (truncated, plain safetensors, newer

@@ -24,4 +24,13 @@ struct EvalResult {
 EvalResult evaluate(models::LanguageModel& model, const data::TokenSource& tokens, int64_t context = 0,
                     int64_t batch_size = 16, int64_t max_batches = 0);
 
+// A model with a memory (Transformer-XL): data::LaneSegments of `segment` tokens (<= 0: max_len) over
+// `lanes` lanes, in order, the memory carried from segment to segment with mem_len states per layer
+// (<= 0: the config's; longer than in training is allowed: relative positions extend). max_segments
+// > 0 scores only the first that many segments of every lane (a prefix, so the memory stays
+// contiguous); 0 scores every lane target. Eval mode, no gradients, generator restored as above.
+// `batches` and `total_batches` count segments.
+EvalResult evaluate_with_memory(models::LanguageModel& model, const data::TokenSource& tokens, int64_t segment = 0,
+                                int64_t lanes = 16, int64_t max_segments = 0, int64_t mem_len = 0);
+
 }  // namespace eformer::train

@@ -97,8 +97,11 @@ std::vector<int64_t> generate(models::LanguageModel& model, const std::vector<in
   for (size_t i = 0; i < prompt.size(); ++i)
     EF_CHECK(prompt[i] >= 0 && prompt[i] < vocab, IndexError, "generate: prompt token ", i, " is ", prompt[i],
              "; expected an id in [0, ", vocab, ")");
+  EF_CHECK(options.mem_len >= 0 && (options.mem_len == 0 || model.has_memory()), ValueError,
+           "generate: mem_len = ", options.mem_len, "; expected 0, or >= 1 for a model with a memory");
+  const bool memory = model.has_memory();
   std::vector<int64_t> all = prompt.empty() ? std::vector<int64_t>{'\n'} : prompt;
-  if (int64_t(all.size()) > max_len) all.erase(all.begin(), all.end() - max_len);
+  if (!memory && int64_t(all.size()) > max_len) all.erase(all.begin(), all.end() - max_len);
   std::vector<int64_t> out;
   if (options.max_new_tokens == 0) return out;
 
@@ -122,7 +125,7 @@ std::vector<int64_t> generate(models::LanguageModel& model, const std::vector<in
     in_context += int64_t(ids.size());
   };
   auto restart = [&](int64_t keep) {
-    state = model.start_decoding(1);
+    state = model.start_decoding(1, options.mem_len);
     in_context = 0;
     feed(std::vector<int64_t>(all.end() - keep, all.end()));
   };
@@ -132,10 +135,10 @@ std::vector<int64_t> generate(models::LanguageModel& model, const std::vector<in
     out.push_back(token);
     all.push_back(token);
     // A restart re-encodes at most max_len tokens: keep a window of them, not the whole history.
-    if (int64_t(all.size()) >= 2 * max_len) all.erase(all.begin(), all.end() - max_len);
+    if (int64_t(all.size()) >= 2 * max_len) all.erase(all.begin(), all.end() - max_len);  // (memory: unused)
     if (on_token && !on_token(token)) break;
     if (i + 1 == options.max_new_tokens) break;
-    if (in_context >= max_len) {
+    if (!memory && in_context >= max_len) {
       if (options.on_full == ContextPolicy::Stop) break;
       restart(std::max<int64_t>(1, max_len / 2));
     } else {

@@ -9,6 +9,9 @@
 //     max_len / 2 tokens of context, and a re-encode happens once every max_len / 2 tokens.
 //   ContextPolicy::Stop: generation ends when the context is full.
 // A prompt longer than max_len keeps its last max_len tokens. An empty prompt starts from "\n".
+// A model with a memory (Transformer-XL) has no full context: the whole prompt is fed, and every
+// token streams through the memory (mem_len states per layer, GenerateOptions::mem_len or the
+// config's) and the current segment, O(mem_len + max_len) per token however long the text.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -52,6 +55,7 @@ struct GenerateOptions {
   SamplingOptions sampling;
   int64_t max_new_tokens = 256;
   ContextPolicy on_full = ContextPolicy::Slide;
+  int64_t mem_len = 0;  // a model with a memory: the memory kept per layer (0: the config's)
 };
 
 // Generates up to max_new_tokens ids after `prompt` (ids in [0, vocab)). on_token, when given, is

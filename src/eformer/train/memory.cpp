@@ -43,7 +43,11 @@ MemoryEstimate estimate_memory(const models::ModelConfig& c, int64_t batch_size,
   const bool cross = c.arch == "encoder-decoder";
   e.parameters = mul(c.vocab_size, d) + (c.positions == "learned" ? mul(N, d) : 0) + 2 * d +
                  mul(c.n_layers, block_parameters(c, cross)) + mul(c.n_encoder_layers, block_parameters(c, false)) +
-                 (c.tie_weights ? 0 : mul(c.vocab_size, d) + c.vocab_size);
+                 (c.tie_weights ? 0 : mul(c.vocab_size, d) + c.vocab_size) +
+                 (c.memory.kind != "none" ? mul(c.n_layers, mul(d, d) - 2 * d) : 0) +  // + W_{k,R}, u, v, - biases
+                 (c.memory.kind == "compressive" && c.memory.compression == "conv"
+                      ? mul(c.n_layers, mul(mul(c.memory.compression_rate, d), d) + d)  // the compressors
+                      : 0);
   e.parameter_bytes = 4 * e.parameters;
   e.optimizer_bytes = training ? 12 * e.parameters : 0;
 
@@ -52,6 +56,8 @@ MemoryEstimate estimate_memory(const models::ModelConfig& c, int64_t batch_size,
   for (int64_t layer = 0; layer < layers; ++layer) {
     const auto& kind = layer < c.n_layers ? models::attention_for_layer(c, layer).kind : c.attention.kind;
     int64_t per_token = 12 * d + 3 * c.d_ff + (kind == "full" ? mul(2 * c.n_heads, N) : 0);
+    // Relative attention (a memory) keeps about six [N, K] score matrices per head, K = N + memory.
+    if (c.memory.kind != "none") per_token += mul(6 * c.n_heads, N + c.memory.mem_len + c.memory.cmem_len);
     one_layer_max = std::max(one_layer_max, mul(tokens, per_token));
     all_layers += mul(tokens, per_token);
   }

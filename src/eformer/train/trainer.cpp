@@ -14,8 +14,10 @@
 #include "eformer/core/parallel.h"
 #include "eformer/core/rng.h"
 #include "eformer/data/batches.h"
+#include "eformer/data/segments.h"
 #include "eformer/data/tokenizer.h"
 #include "eformer/io/atomic_file.h"
+#include "eformer/ops/elementwise.h"
 #include "eformer/optim/clip.h"
 #include "eformer/optim/schedule.h"
 #include "eformer/train/distributed.h"
@@ -111,6 +113,7 @@ Trainer::Trainer(const Checkpoint& checkpoint, const TrainConfig& config, data::
   restore_model(checkpoint, *model_);
   init_common();
   restore_optimizer(checkpoint, *optimizer_);
+  memory_ = restore_memory(checkpoint, *model_, config_.batch_size);
   step_ = checkpoint.info.step;
   elapsed_before_ = checkpoint.info.elapsed_s;
   rng::default_generator().set_state(checkpoint.info.rng);
@@ -127,6 +130,9 @@ void Trainer::init_common() {
   const int ranks = World::get().size();
   EF_CHECK(config_.batch_size % ranks == 0, ValueError, "train: batch_size ", config_.batch_size,
            " does not split evenly over ", ranks, " ranks; use a multiple of the number of ranks");
+  EF_CHECK(ranks == 1 || !model_->has_memory(), ValueError, "train: a model with a memory across segments ('",
+           model_->config().memory.kind, "') trains in one process only for now (its memories are per batch "
+           "lane, and the lanes would be split over the ranks); run it without mpirun");
   model_->train();
   optim::AdamWOptions o;
   o.lr = config_.lr;
@@ -134,6 +140,13 @@ void Trainer::init_common() {
   o.beta2 = config_.beta2;
   o.weight_decay = config_.weight_decay;
   optimizer_ = std::make_unique<optim::AdamW>(model_->parameters(), o);
+  if (model_->has_memory()) {
+    memory_ = model_->start_memory();
+    const int64_t n = corpus_.split_size(data::Split::Train), N = model_->config().max_len;
+    EF_CHECK(n - 1 >= config_.batch_size * N, ValueError, "train: the train split has ", n, " tokens; ",
+             config_.batch_size, " lanes of segments of ", N, " (batch_size x max_len) need at least ",
+             config_.batch_size * N + 1);
+  }
 }
 
 void Trainer::save_checkpoint(const std::string& path) const {
@@ -142,7 +155,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   info.step = step_;
   info.rng = rng::default_generator().state();
   info.elapsed_s = elapsed_before_ + (run_start_ > 0 ? now_s() - run_start_ : 0.0);
-  train::save_checkpoint(path, *model_, optimizer_.get(), info);
+  train::save_checkpoint(path, *model_, optimizer_.get(), info, model_->has_memory() ? &memory_ : nullptr);
 }
 
 void Trainer::open_log(bool resumed) {
@@ -174,8 +187,10 @@ void Trainer::log(const json& line) {
 }
 
 double Trainer::evaluate_valid() {
-  EvalResult r = evaluate(*model_, data::TokenSource(corpus_, data::Split::Valid), model_->config().max_len,
-                          config_.batch_size, config_.eval_batches);
+  data::TokenSource valid(corpus_, data::Split::Valid);
+  EvalResult r = model_->has_memory()
+                     ? evaluate_with_memory(*model_, valid, 0, config_.batch_size, config_.eval_batches)
+                     : evaluate(*model_, valid, model_->config().max_len, config_.batch_size, config_.eval_batches);
   double elapsed = elapsed_before_ + now_s() - run_start_;
   log({{"event", "valid"},
        {"step", step_},
@@ -280,14 +295,23 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     // A run shorter than its warmup warms up over the whole run.
     const double lr =
         optim::warmup_cosine(step_, std::min(config_.warmup_steps, total), total, config_.lr, config_.min_lr);
-    data::Batch batch =
-        data::sample_batch_rows(train_tokens, B, context, config_.seed, uint64_t(step_), first_row, rows);
     model_->set_step(step_);  // step-dependent state, e.g. Performer feature redraws
     const rng::Generator::State shared = rng::default_generator().state();
     if (world.parallel())
       rng::default_generator().set_state({shared.seed, shared.stream + kRankStream * uint64_t(world.rank()),
                                           shared.counter});
-    Tensor loss = model_->loss(batch.inputs, batch.targets);
+    Tensor loss, reconstruction;  // reconstruction: the Compressive Transformer's (undefined otherwise)
+    if (model_->has_memory()) {   // one rank only (init_common)
+      data::SegmentBatch segment = data::segment_batch(train_tokens, B, context, config_.seed, uint64_t(step_));
+      if (segment.starts_pass) memory_.clear();
+      loss = model_->loss(segment.batch.inputs, segment.batch.targets, memory_);
+      reconstruction = memory_.reconstruction;
+      memory_.reconstruction = Tensor();  // the graph goes with this step
+    } else {
+      data::Batch batch =
+          data::sample_batch_rows(train_tokens, B, context, config_.seed, uint64_t(step_), first_row, rows);
+      loss = model_->loss(batch.inputs, batch.targets);
+    }
     // The global batch's mean loss: the mean of the ranks' means (equal numbers of tokens).
     double mean_loss = double(loss.item());
     world.sum(&mean_loss, 1);
@@ -295,9 +319,12 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     if (!std::isfinite(loss_value))
       throw ValueError("train: the loss is " + std::to_string(loss_value) + " at step " + std::to_string(step_) +
                        " (lr " + std::to_string(lr) + "); lower lr or raise warmup_steps");
+    const double reconstruction_value = reconstruction.defined() ? double(reconstruction.item()) : -1.0;
     optimizer_->zero_grad();
-    autograd::backward({loss}, {}, false, averager ? averager->hook() : autograd::LeafReady());
-    loss = Tensor();
+    // Only the compressors depend on the reconstruction loss (its other inputs are stop-gradient).
+    Tensor total = reconstruction.defined() ? add(loss, reconstruction) : loss;
+    autograd::backward({total}, {}, false, averager ? averager->hook() : autograd::LeafReady());
+    loss = reconstruction = total = Tensor();
     double allreduce_s = 0.0;  // this step's wait for the gradient sums after its backward
     if (averager) {
       allreduce_s = averager->finish();
@@ -342,6 +369,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                    {"elapsed_s", elapsed()},
                    {"tokens_per_s", tokens_per_s()}};
       if (world.parallel()) line["allreduce_s"] = allreduce_s, line["step_s"] = now_s() - t0;
+      if (reconstruction_value >= 0) line["reconstruction_loss"] = reconstruction_value;
       log(line);
     }
     bool evaluated = false;

@@ -12,13 +12,23 @@
 // from it computes bit-identical losses to one that never stopped (on any thread count).
 // Evaluation never moves the default generator.
 //
+// A model with a memory (ModelConfig::memory, Transformer-XL) trains on contiguous segments instead:
+//   batch = data::segment_batch(train split, batch_size lanes, max_len, seed, step); the memory is
+//   cleared when the batch starts a pass, then loss = model.loss(batch, memory), which also moves
+//   the segment's hidden states into the memory for the next step. The memory is training state:
+//   checkpoints hold it ("memory.<i>"), so a resumed run continues bit-identically. The "valid"
+//   estimate reads the valid split in order with a memory (train::evaluate_with_memory, the first
+//   eval_batches segments of each of batch_size lanes).
+//
 // Log lines (JSONL), each with "event" and "step" (optimizer steps completed):
 //   {"event": "start" | "resume", "step", "model": {...}, "train": {...}, "parameters", "threads",
 //    "world_size" (ranks under mpirun, else 1), "data"}
 //   {"event": "train", "step", "loss", "loss_hex" (the float32 loss as C's %a, exact), "lr",
-//    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"; under mpirun also "allreduce_s" and "step_s": this
-//    step's wait for the gradient sums after its backward (what overlapping them with it did not hide) and
-//    the whole step's time, on rank 0}
+//    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"; a compressive memory adds
+//    "reconstruction_loss" when the step evicted memories: the attention-reconstruction loss,
+//    which trains the compressors only and is not part of "loss"; under mpirun also "allreduce_s" and
+//    "step_s": this step's wait for the gradient sums after its backward (what overlapping them with it did
+//    not hide) and the whole step's time, on rank 0}
 //   {"event": "valid", "step", "loss", "bits_per_char", "batches", "elapsed_s"}
 //   {"event": "end", "step", "reason": "steps" | "time" | "interrupted" | "stopped", "elapsed_s",
 //    "tokens_per_s", "bits_per_char"}
@@ -75,6 +85,8 @@ class Trainer {
   models::LanguageModel& model() { return *model_; }
   const std::shared_ptr<models::LanguageModel>& model_ptr() const { return model_; }
   optim::AdamW& optimizer() { return *optimizer_; }
+  // The training memory (empty for a model without one).
+  const models::SegmentMemory& memory() const { return memory_; }
   const TrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
   // A checkpoint of the current state (step boundary) at `path`.
@@ -91,6 +103,7 @@ class Trainer {
   data::Corpus corpus_;
   std::shared_ptr<models::LanguageModel> model_;
   std::unique_ptr<optim::AdamW> optimizer_;
+  models::SegmentMemory memory_;
   int64_t step_ = 0;
   double elapsed_before_ = 0.0;  // training time of earlier runs (restored from a checkpoint)
   double run_start_ = 0.0;       // steady clock at the start of run()
