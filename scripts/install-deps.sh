@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libbenchmark-dev
   python3-pytest python3-torch   # tests and benchmarks only: the reference oracle and the peer
   bible-kjv              # the default corpus (used from the model issue on)
+  dataset-fashion-mnist  # the image corpus (--data fashion-mnist) and the Image task; scripts/prepare-data.sh
   ccache                 # rebuilds (scripts/build.sh uses it when present)
   clang-14 libomp-14-dev # the libFuzzer targets (scripts/fuzz.sh; clang's OpenMP runtime)
 )
