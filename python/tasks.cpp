@@ -110,12 +110,14 @@ void bind_data_tasks(py::module_& dm) {
           py::gil_scoped_release release;
           s = load_fashion_mnist(parse_split(split), dir);
         }
-        std::vector<int64_t> pixels(s.pixels.begin(), s.pixels.end()), labels(s.labels.begin(), s.labels.end());
-        return py::make_tuple(Tensor::from_vector(pixels, {s.count, kFashionMnistPixels}), labels_tensor(labels));
+        py::array_t<uint8_t> pixels({s.count, kFashionMnistPixels}), labels(s.count);
+        std::copy(s.pixels.begin(), s.pixels.end(), pixels.mutable_data());
+        std::copy(s.labels.begin(), s.labels.end(), labels.mutable_data());
+        return py::make_tuple(pixels, labels);
       },
       py::arg("split") = "train", py::arg("dir") = "",
       "Fashion-MNIST images of a split ('train': the first 55,000 training images, 'valid': the last 5,000, "
-      "'test': the 10,000 test images) as (pixels int64 [n, 784] grey levels, labels int64 [n]).");
+      "'test': the 10,000 test images) as numpy uint8 arrays (pixels [n, 784] grey levels, labels [n]).");
 
   dm.def(
       "encode_png",
