@@ -9,7 +9,7 @@ Tasks (generated natively, eformer.data; pure functions of (seed, index), train 
   listops     LRA's ListOps grammar (MAX, MIN, MED, SM, depth <= 10, up to 10 arguments), 10 classes, lengths
               in (500, 2000) (--quick: (20, 100)); padded with 0 and masked where the mechanism takes a mask
   pathfinder  32 x 32 images of dashed paths and two dots, connected or not, 1024 grey-level tokens, 2 classes
-              (--quick: 16 x 16)
+              (--quick: 16 x 16, paths of 5..9 steps instead of 10..18)
   image       Fashion-MNIST grey levels as 784-token sequences, 10 classes (skipped, with the reason, when the
               Debian package's files are not prepared)
 Model: d_model 64, 4 heads, 2 layers, d_ff 128, learned positions, no dropout; AdamW lr 1e-3 with a linear
@@ -68,14 +68,15 @@ class Task:
         if self.name == "listops":
             ids, labels = ef.data.listops(seed, indices, min_length=self.lengths[0], max_length=self.lengths[1],
                                           pad_to=self.seq_len)
-            mask = ef.Tensor(ids.numpy() != 0)
+            mask = ef.tensor(ids.numpy() != 0)
             return ids, labels, mask
         if self.name == "pathfinder":
-            ids, labels, _ = ef.data.pathfinder(seed, indices, size=self.size)
+            steps = {"min_steps": 5, "max_steps": 9} if self.quick else {}  # paths that fit 16 x 16
+            ids, labels, _ = ef.data.pathfinder(seed, indices, size=self.size, **steps)
             return ids, labels, None
         split = "train" if seed == 0 else "test"
         rows = self.order[np.asarray(indices) % len(self.order)] if seed == 0 else np.asarray(indices)
-        return (ef.Tensor(self.pixels[split][rows].astype(np.int64)), ef.Tensor(self.labels[split][rows].astype(np.int64)),
+        return (ef.tensor(self.pixels[split][rows].astype(np.int64)), ef.tensor(self.labels[split][rows].astype(np.int64)),
                 None)
 
 
