@@ -4,6 +4,7 @@ fixed budget, and is scored on held-out examples; the table sits beside LRA's pu
 
     scripts/bench.sh --tasks [--quick] [--steps N | --minutes M] [--tasks-list listops pathfinder image]
         [--mechanisms NAME ...] [--threads T] [--out FILE] [--docs]
+    scripts/bench.sh --tasks --report FILE.json [--docs]     (the table of an earlier run)
 
 Tasks (generated natively, eformer.data; pure functions of (seed, index), train seed 0, eval seed 1):
   listops     LRA's ListOps grammar (MAX, MIN, MED, SM, depth <= 10, up to 10 arguments), 10 classes, lengths
@@ -30,6 +31,9 @@ import eformer as ef
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from harness import report  # noqa: E402
 
 LRA = {"listops": {"Transformer": 36.37, "best (Reformer)": 37.27}, "pathfinder": {"Transformer": 71.40}}
 CHANCE = {"listops": 10.0, "pathfinder": 50.0, "image": 10.0}
@@ -158,17 +162,9 @@ def markdown(result):
 
 
 def write_docs(text, section="tasks"):
-    path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-    with open(path) as f:
-        doc = f.read()
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc and end in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## LRA-style accuracy tasks (`scripts/bench.sh --tasks`)\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(doc)
+    begin, end = report.markers(section)
+    report.replace_section(os.path.join(ROOT, "docs", "BENCHMARKS.md"), section, f"{begin}\n{text}\n{end}",
+                           "## LRA-style accuracy tasks (`scripts/bench.sh --tasks`)")
 
 
 def main(argv=None):
@@ -186,7 +182,15 @@ def main(argv=None):
     p.add_argument("--out", help="JSON file (default bench-out/tasks[-quick].json)")
     p.add_argument("--docs", action="store_true", help="write the table into docs/BENCHMARKS.md (section 'tasks')")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--report", metavar="FILE.json", help="no training: print (and with --docs write) a run's table")
     a = p.parse_args(argv)
+    if a.report:
+        with open(a.report) as f:
+            text = markdown(json.load(f))
+        print(text)
+        if a.docs:
+            write_docs(text)
+        return None
     if a.steps is None and a.minutes is None:
         a.steps = 30 if a.quick else 1000
     a.batch = a.batch or (8 if a.quick else 32)
