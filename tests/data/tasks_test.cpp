@@ -150,6 +150,16 @@ TEST(Pathfinder, LabelIsWhatAFloodFillSees) {
   EXPECT_EQ(labels[1], 150);
 }
 
+TEST(Pathfinder, DotDistanceDoesNotGiveTheLabelAway) {
+  double sum[2] = {0, 0};
+  for (uint64_t i = 0; i < 400; ++i) {
+    PathfinderExample ex = pathfinder_example(2, i);
+    const int64_t a = ex.dots[0], b = ex.dots[1];
+    sum[ex.label] += double(std::max(std::abs(a / 32 - b / 32), std::abs(a % 32 - b % 32)));
+  }
+  EXPECT_NEAR(sum[0] / 200, sum[1] / 200, 1.0);  // mean Chebyshev distance of the dots per label
+}
+
 TEST(Pathfinder, IsAPureFunctionOfSeedAndIndexAndHonoursOptions) {
   PathfinderExample a = pathfinder_example(3, 41);
   pathfinder_example(3, 40);

@@ -14,6 +14,7 @@ constexpr uint8_t kPathLevel = 160, kDotLevel = 255;
 constexpr int64_t kClearance = 2;  // other paths' pixels must be farther than this (Chebyshev)
 constexpr int kPathAttempts = 50, kImageAttempts = 10000;
 constexpr int64_t kDotSeparation = 5;  // the two dots of a connected image do not touch
+constexpr int64_t kDistanceSlack = 1;  // |dot distance - path 0's end-to-end distance| when not connected
 
 int64_t chebyshev(int64_t a, int64_t b, int64_t S) {
   return std::max(std::abs(a / S - b / S), std::abs(a % S - b % S));
@@ -109,6 +110,11 @@ PathfinderExample pathfinder_example(uint64_t seed, uint64_t index, const Pathfi
         if (dot_start && !dot_fits(canvas, pixels.front(), id)) continue;
         if (dot_end && !dot_fits(canvas, pixels.back(), id)) continue;
         if (dot_start && dot_end && chebyshev(pixels.front(), pixels.back(), S) < kDotSeparation) continue;
+        // Not connected: the dots as far apart as path 0's ends, so their distance tells nothing.
+        if (p == 1 && dot_end &&
+            std::abs(chebyshev(ex.dots[0], pixels.back(), S) - chebyshev(placed[0].front(), placed[0].back(), S)) >
+                kDistanceSlack)
+          continue;
         for (int64_t at : pixels) canvas.owner[at] = id;
         if (dot_start) claim(canvas, pixels.front(), id, 1), ex.dots[0] = pixels.front();
         if (dot_end) claim(canvas, pixels.back(), id, 1), ex.dots[1] = pixels.back();

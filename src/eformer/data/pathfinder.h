@@ -14,8 +14,9 @@
 //   pixel of the others, so "connected" is exactly: a flood fill over drawn pixels that may jump
 //   gaps of one pixel (8-neighbourhood of radius 2) reaches one dot from the other.
 // - Each image has 2 + distractors paths and 2 dots. Connected: both dots on the ends of path 0.
-//   Not connected: one dot on an end of path 0, the other on an end of path 1. So the count of
-//   paths, dots and drawn pixels does not give the label away.
+//   Not connected: one dot on the start of path 0, the other on the end of path 1, at a Chebyshev
+//   distance within 1 of path 0's own end-to-end distance. So neither the count of paths, dots and
+//   drawn pixels nor the distance between the dots gives the label away.
 //
 // Example `index` is a pure function of (seed, index) (stream kPathfinderStream + index, draws.h);
 // its label is index mod 2 (balanced, chance 50%). Paths that leave the 1-pixel border or come
