@@ -3,9 +3,8 @@
 #include <cstdio>
 #include <string>
 
-#include "eformer/io/png.h"
-
 #include "common.h"
+#include "eformer/io/png.h"
 #include "eformer/train/checkpoint.h"
 #include "eformer/train/generate.h"
 
