@@ -62,8 +62,10 @@ inline void set_threads(const char* command, const std::string& value) {
   parallel::set_num_threads(int(t));
 }
 
-// The corpus at `path`, or the default corpus when empty.
+// The corpus at `path`, the default corpus when empty, or the Fashion-MNIST images for generation
+// (data/fashion_mnist.h) when it is "fashion-mnist".
 inline data::Corpus load_corpus(const std::string& path) {
+  if (path == data::kFashionMnistName) return data::fashion_mnist_corpus();
   return path.empty() ? data::Corpus::default_corpus() : data::Corpus::from_path(path);
 }
 

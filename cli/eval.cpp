@@ -22,7 +22,8 @@ buffers the checkpoint lacks (e.g. Performer's random features) are freshly draw
 notice on stderr.
 
   --data PATH         corpus file or folder (default: the one the checkpoint was trained on, else
-                      data/kjv.txt)
+                      data/kjv.txt); fashion-mnist: the Fashion-MNIST images, in bits per
+                      dimension (every pixel of every image of the split predicted once)
   --split NAME        valid (default), test or train
   --max-batches N     score only N batches spread over the split (a quick estimate; default: all)
   --batch-size B      windows per batch (default 16)
@@ -107,6 +108,7 @@ int run_eval(int argc, char** argv) {
                      {"data", corpus.source()},
                      {"split", data::split_name(s)},
                      {"bits_per_char", r.bits_per_char},
+                     {"unit", corpus.unit()},
                      {"loss", r.loss},
                      {"targets", r.targets},
                      {"batches", r.batches},
@@ -114,8 +116,9 @@ int run_eval(int argc, char** argv) {
     if (model->has_memory()) j["mem_len"] = mem_len > 0 ? mem_len : model->config().memory.mem_len;
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s bits/char %.4f (loss %.4f nats/char over %lld characters%s)\n", data::split_name(s),
-                r.bits_per_char, r.loss, (long long)r.targets,
+    const char* unit = corpus.unit().c_str();
+    std::printf("%s bits/%s %.4f (loss %.4f nats/%s over %lld %ss%s)\n", data::split_name(s), unit,
+                r.bits_per_char, r.loss, unit, (long long)r.targets, corpus.unit() == "char" ? "character" : unit,
                 r.batches < r.total_batches
                     ? (", " + std::to_string(r.batches) + " of " + std::to_string(r.total_batches) + " batches")
                           .c_str()

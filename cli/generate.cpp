@@ -1,8 +1,10 @@
-// `eformer generate`: streams text sampled from a checkpoint's model to stdout.
+// `eformer generate`: streams text sampled from a checkpoint's model to stdout, or (--png) draws a
+// Fashion-MNIST-style image pixel by pixel.
 #include <cstdio>
 #include <string>
 
 #include "common.h"
+#include "eformer/io/png.h"
 #include "eformer/train/checkpoint.h"
 #include "eformer/train/generate.h"
 
@@ -26,17 +28,37 @@ last half of the context (re-encoded) and goes on; --on-full stop ends the text 
   --mem-len M            a model with a memory (Transformer-XL): the memory kept per layer (default: the
                          config's); such a model streams any length with no restarts
   --no-echo              print only the generated text, not the prompt before it
+  --png FILE             instead of text, draw a 28 x 28 grey image pixel by pixel (a model trained
+                         with --data fashion-mnist: after the start token 0, 784 grey levels in
+                         raster order) and write it to FILE as a PNG; temperature defaults to 1
+                         (the model's own distribution); --prompt is not used
   --threads T            worker threads
 )";
+
+// A 28 x 28 image sampled from the model after the start token 0 (data/fashion_mnist.h).
+int write_generated_image(models::LanguageModel& model, train::GenerateOptions o, const std::string& path) {
+  const int64_t pixels = data::kFashionMnistPixels, side = data::kFashionMnistSide;
+  EF_CHECK(model.config().max_len >= pixels && model.config().vocab_size == 256, ValueError,
+           "generate: --png needs a model of 256 grey levels and context >= ", pixels,
+           " (trained with --data fashion-mnist); this one has vocab_size ", model.config().vocab_size,
+           " and context ", model.config().max_len);
+  o.max_new_tokens = pixels;
+  o.on_full = train::ContextPolicy::Stop;
+  std::vector<int64_t> ids = train::generate(model, {0}, o);
+  io::GreyImage image{side, side, std::vector<uint8_t>(ids.begin(), ids.end())};
+  io::write_png(path, image);
+  std::printf("wrote %s (%lld x %lld grey levels, seed %llu, temperature %g)\n", path.c_str(), (long long)side,
+              (long long)side, (unsigned long long)o.sampling.seed, o.sampling.temperature);
+  return 0;
+}
 
 }  // namespace
 
 int run_generate(int argc, char** argv) {
   const char* cmd = "generate";
-  std::string ckpt, prompt;
+  std::string ckpt, prompt, png;
   train::GenerateOptions o;
-  o.sampling.temperature = 0.8;
-  bool echo = true;
+  bool echo = true, temperature_given = false;  // default temperature: 0.8 for text, 1 for an image
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -45,6 +67,7 @@ int run_generate(int argc, char** argv) {
     }
     if (a == "--greedy") {
       o.sampling.temperature = 0.0;
+      temperature_given = true;
       continue;
     }
     if (a == "--no-echo") {
@@ -58,8 +81,9 @@ int run_generate(int argc, char** argv) {
     }
     std::string v = flag_value(cmd, argc, argv, i);
     if (a == "--prompt") prompt = v;
+    else if (a == "--png") png = v;
     else if (a == "--max-new-tokens") o.max_new_tokens = parse_int(cmd, a, v);
-    else if (a == "--temperature") o.sampling.temperature = parse_double(cmd, a, v);
+    else if (a == "--temperature") o.sampling.temperature = parse_double(cmd, a, v), temperature_given = true;
     else if (a == "--top-k") o.sampling.top_k = parse_int(cmd, a, v);
     else if (a == "--top-p") o.sampling.top_p = parse_double(cmd, a, v);
     else if (a == "--seed") o.sampling.seed = parse_uint(cmd, a, v);
@@ -74,8 +98,10 @@ int run_generate(int argc, char** argv) {
   }
   EF_CHECK(!ckpt.empty(), ValueError, "generate: missing the checkpoint; usage: eformer generate CKPT [options]");
   EF_CHECK(o.max_new_tokens >= 0, ValueError, "generate: --max-new-tokens must be >= 0, got ", o.max_new_tokens);
+  if (!temperature_given) o.sampling.temperature = png.empty() ? 0.8 : 1.0;
   train::validate(o.sampling);
   auto model = train::load_model(ckpt);
+  if (!png.empty()) return write_generated_image(*model, o, png);
   std::fprintf(stderr, "generate: streaming through %s\n", model->streaming_summary().c_str());
 
   data::Utf8StreamDecoder decoder;

@@ -39,7 +39,11 @@ step and writes the checkpoint (exit code 130 or 143); a second one ends the pro
                        buffers CKPT lacks (Performer's random features) are freshly drawn and
                        named on stderr. The train settings are CKPT's, or those of --preset/
                        --config when given (their model is not used). Not with --resume
-  --data PATH          corpus file or folder (default: the run's, else data/kjv.txt)
+  --data PATH          corpus file or folder (default: the run's, else data/kjv.txt); the name
+                       fashion-mnist selects the Fashion-MNIST images for pixel-by-pixel
+                       generation (784 grey levels per image after a start token; the model's
+                       context must be 784, e.g. --set model.max_len=784), reported in bits per
+                       dimension; `eformer generate --png` draws an image from such a model
   --steps N            train for N optimizer steps
   --minutes M          train for M minutes: the step count is fitted to the time (the cosine
                        schedule spans it); with --steps as well, whichever comes first
@@ -221,7 +225,7 @@ int run_train(int argc, char** argv) {
   if (world.rank() == 0)
     std::fprintf(stderr,
                "eformer train: %s%lld layers, d_model %lld, %lld heads, %s, %lld parameters; "
-               "batch %lld, lr %g, %s; data %s (%lld train characters); %d threads%s; memory estimate %s%s; "
+               "batch %lld, lr %g, %s; data %s (%lld train tokens); %d threads%s; memory estimate %s%s; "
                "out %s\n",
                !resume.empty() ? ("resuming " + resume + " at step " + std::to_string(trainer->step()) + "; ").c_str()
                : !init.empty() ? ("initialised from " + init + " (step " + std::to_string(init_step) + "); ").c_str()
@@ -244,8 +248,9 @@ int run_train(int argc, char** argv) {
 
   const int code = r.reason != "interrupted" ? 0 : 128 + (stop_on_signals.received() ? stop_on_signals.received() : SIGINT);
   if (world.rank() != 0) return code;
-  std::printf("trained %lld steps (%s) in %.1f min at %.0f tokens/s; valid bits/char %.4f (estimate)\n",
-              (long long)r.steps, r.reason.c_str(), r.elapsed_s / 60.0, r.tokens_per_s, r.valid_bits_per_char);
+  std::printf("trained %lld steps (%s) in %.1f min at %.0f tokens/s; valid bits/%s %.4f (estimate)\n",
+              (long long)r.steps, r.reason.c_str(), r.elapsed_s / 60.0, r.tokens_per_s, corpus.unit().c_str(),
+              r.valid_bits_per_char);
   std::printf("checkpoint: %s\nlog: %s\n", rc.train.checkpoint_path.c_str(), rc.train.log_path.c_str());
   return code;
 }

@@ -21,6 +21,7 @@ void bind_attention(py::module_& m);    // attention.cpp: eformer.attention(q, k
 py::dict capabilities_to_python(const attention::Capabilities& c);
 void bind_nn(py::module_& m);           // nn.cpp: eformer.nn modules
 void bind_data(py::module_& m);         // data.cpp: tokenizer, corpora, batches
+void bind_data_tasks(py::module_& dm);  // tasks.cpp: Fashion-MNIST, ListOps, Pathfinder, PNG (into eformer.data)
 void bind_models(py::module_& m);       // models.cpp: mechanisms, model configs, LanguageModel
 void bind_train(py::module_& m);        // train.cpp: training loop, checkpoints, generation
 

@@ -134,6 +134,17 @@ void bind_data(py::module_& m) {
           },
           py::arg("valid_fraction") = 0.05, py::arg("test_fraction") = 0.05,
           "The default corpus (data/kjv.txt, or $EFORMER_DATA); run scripts/prepare-data.sh first.")
+      .def_static(
+          "fashion_mnist",
+          [](const std::string& dir) {
+            py::gil_scoped_release release;
+            return fashion_mnist_corpus(dir);
+          },
+          py::arg("dir") = "",
+          "Fashion-MNIST for pixel-by-pixel generation: records of a start token 0 and 784 grey levels "
+          "(a model of context 784), unit 'dim'.")
+      .def_property_readonly("record_length", &Corpus::record_length)
+      .def_property_readonly("unit", &Corpus::unit)
       .def_property_readonly("source", &Corpus::source)
       .def_property_readonly("size", &Corpus::size)
       .def("__len__", &Corpus::size)
@@ -238,6 +249,7 @@ void bind_data(py::module_& m) {
       },
       py::arg("source"), py::arg("context"), py::arg("batch_size") = 1, py::arg("split") = py::none(),
       "EvalWindows over a Corpus split (default 'valid') or a 1-D int64 Tensor of tokens.");
+  bind_data_tasks(dm);
 }
 
 }  // namespace eformer::python

@@ -13,6 +13,7 @@ packages=(
   bible-kjv              # the default corpus (used from the model issue on)
   openmpi-bin libopenmpi-dev  # data-parallel training (mpirun -np R eformer train)
   iproute2               # the two-host MPI test (network namespaces)
+  dataset-fashion-mnist  # the image corpus (--data fashion-mnist) and the Image task; scripts/prepare-data.sh
   ccache                 # rebuilds (scripts/build.sh uses it when present)
   clang-14 libomp-14-dev # the libFuzzer targets (scripts/fuzz.sh; clang's OpenMP runtime)
 )

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Extracts the default corpus, the King James Bible of Debian's bible-kjv package (the `bible`
-# command; scripts/install-deps.sh installs it), to data/kjv.txt in the repository. Idempotent: the
+# command; scripts/install-deps.sh installs it), to data/kjv.txt in the repository; and, when
+# Debian's dataset-fashion-mnist is installed, decompresses its four idx files into
+# data/fashion-mnist/ (the image corpus, data/fashion_mnist.h; skipped with a notice otherwise). Idempotent: the
 # text is regenerated (about 0.1 s) and the file is replaced only when its bytes differ; the file is
 # written to a temporary name and renamed, so a reader never sees a partial one.
 #
@@ -52,9 +54,26 @@ fi
 
 if [ -f "$out" ] && cmp -s "$tmp" "$out"; then
   echo "prepare-data: $out is up to date ($size bytes)"
+  rm -f "$tmp"
+else
+  chmod 644 "$tmp"
+  mv -f "$tmp" "$out"
+  echo "prepare-data: wrote $out ($size bytes, $verses verses, $chapters chapters)"
+fi
+trap - EXIT
+
+# Fashion-MNIST: gunzip each idx file (written to a temporary name, then renamed) unless present.
+fm_src=/usr/share/datasets/fashion-mnist
+fm_out="$root/data/fashion-mnist"
+if [ ! -f "$fm_src/train-images-idx3-ubyte.gz" ]; then
+  echo "prepare-data: $fm_src not found; install Debian's dataset-fashion-mnist (scripts/install-deps.sh)" \
+       "for the image corpus (--data fashion-mnist); skipped"
   exit 0
 fi
-chmod 644 "$tmp"
-mv -f "$tmp" "$out"
-trap - EXIT
-echo "prepare-data: wrote $out ($size bytes, $verses verses, $chapters chapters)"
+mkdir -p "$fm_out"
+for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+  if [ -f "$fm_out/$f" ] && [ "$fm_out/$f" -nt "$fm_src/$f.gz" ]; then continue; fi
+  gunzip -c "$fm_src/$f.gz" >"$fm_out/.$f.tmp"
+  mv -f "$fm_out/.$f.tmp" "$fm_out/$f"
+  echo "prepare-data: wrote $fm_out/$f ($(wc -c <"$fm_out/$f") bytes)"
+done

@@ -252,18 +252,24 @@ def docs_section(data, json_path, plots_dir, docs_dir, section="bench"):
     return "\n".join(lines)
 
 
-def update_docs(data, md_path, json_path, plots_dir, section="bench"):
+def replace_section(md_path, section, body, heading):
+    """Puts `body` (which starts and ends with the section's markers) in place of the section's old text, or
+    appends it under `heading` when the file has no such section."""
     with open(md_path) as f:
         text = f.read()
     begin, end = markers(section)
-    body = docs_section(data, json_path, plots_dir, os.path.dirname(os.path.abspath(md_path)), section)
     if begin in text and end in text:
         text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip("\n") + "\n\n## Side by side: every mechanism and its PyTorch peers\n" + body + "\n"
+        text = text.rstrip("\n") + f"\n\n{heading}\n" + body + "\n"
     with open(md_path, "w") as f:
         f.write(text)
     print(f"updated {md_path}", file=sys.stderr)
+
+
+def update_docs(data, md_path, json_path, plots_dir, section="bench"):
+    body = docs_section(data, json_path, plots_dir, os.path.dirname(os.path.abspath(md_path)), section)
+    replace_section(md_path, section, body, "## Side by side: every mechanism and its PyTorch peers")
 
 
 def main():

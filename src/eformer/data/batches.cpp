@@ -11,6 +11,7 @@ TokenSource::TokenSource(const Corpus& corpus, Split split) {
   auto keep = std::make_shared<const Corpus>(corpus);  // shares the text, copies nothing
   bytes_ = keep->split_data(split);
   size_ = keep->split_size(split);
+  record_length_ = keep->record_length();
   name_ = detail::concat("the ", split_name(split), " split of '", corpus.source(), "'");
   keep_alive_ = std::move(keep);
 }
@@ -81,6 +82,15 @@ namespace {
 std::vector<int64_t> sample_batch_offsets(const TokenSource& tokens, int64_t batch_size, int64_t context,
                                           uint64_t seed, uint64_t step) {
   check_sizes("batch", batch_size, context);
+  const int64_t R = tokens.record_length();
+  if (R > 0) {
+    EF_CHECK(context == R - 1, ValueError, "batch: ", tokens.name(), " holds records of ", R,
+             " tokens; its windows need context ", R - 1, ", got ", context);
+    // Record indices drawn as window starts of a split of (records + context) tokens.
+    std::vector<int64_t> offsets = batch_offsets(tokens.size() / R + context, batch_size, context, seed, step);
+    for (int64_t& o : offsets) o *= R;
+    return gather_windows(tokens, std::move(offsets), context);
+  }
   EF_CHECK(tokens.size() >= context + 1, ValueError, "batch: ", tokens.name(), " has ", tokens.size(),
            " tokens; a training window of context ", context, " needs ", context + 1);
   return batch_offsets(tokens.size(), batch_size, context, seed, step);
@@ -101,12 +111,24 @@ Batch sample_batch_rows(const TokenSource& tokens, int64_t batch_size, int64_t c
 }
 
 EvalWindows::EvalWindows(TokenSource tokens, int64_t context, int64_t batch_size)
-    : tokens_(std::move(tokens)), context_(context), batch_size_(batch_size) {
+    : tokens_(std::move(tokens)), context_(context), batch_size_(batch_size), stride_(context) {
   check_sizes("eval windows", batch_size, context);
+  if (const int64_t R = tokens_.record_length(); R > 0) {
+    EF_CHECK(context == R - 1, ValueError, "eval windows: ", tokens_.name(), " holds records of ", R,
+             " tokens; its windows need context ", R - 1, ", got ", context);
+    stride_ = R;
+    num_full_ = tokens_.size() / R;
+    last_length_ = 0;
+    return;
+  }
   EF_CHECK(tokens_.size() >= 2, ValueError, "eval windows: ", tokens_.name(), " has ", tokens_.size(),
            " tokens; evaluation needs at least 2 (one input, one target)");
   num_full_ = (tokens_.size() - 1) / context;
   last_length_ = (tokens_.size() - 1) % context;
+}
+
+int64_t EvalWindows::num_targets() const {
+  return tokens_.record_length() > 0 ? num_full_ * context_ : tokens_.size() - 1;
 }
 
 int64_t EvalWindows::num_batches() const {
@@ -120,7 +142,7 @@ Batch EvalWindows::batch(int64_t index) const {
   if (index == full_batches) return gather_windows(tokens_, {num_full_ * context_}, last_length_);
   std::vector<int64_t> offsets;
   for (int64_t j = index * batch_size_; j < std::min(num_full_, (index + 1) * batch_size_); ++j)
-    offsets.push_back(j * context_);
+    offsets.push_back(j * stride_);
   return gather_windows(tokens_, std::move(offsets), context_);
 }
 

@@ -15,6 +15,11 @@
 // targets; the first token of a split has no context and is never a target), each window starts
 // with no context from the one before, and per-target losses summed over all batches, divided by
 // num_targets() * ln 2, give bits per character (per byte).
+//
+// Records (a Corpus::from_records split, e.g. Fashion-MNIST's images): a window is a whole record
+// of R tokens and context must be R - 1. Training batch k draws record indices as the offsets above
+// draw window starts (m = the number of records; the offset is R times the index); EvalWindows
+// walks the records in order, so every token but each record's first is a target exactly once.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -42,6 +47,7 @@ class TokenSource {
   explicit TokenSource(const Tensor& tokens);  // ShapeError unless Int64 and 1-D
   int64_t size() const { return size_; }
   const std::string& name() const { return name_; }  // for messages, e.g. "the valid split of 'kjv.txt'"
+  int64_t record_length() const { return record_length_; }  // 0: a text (corpus.h)
   // Copies tokens [offset, offset + length) into `out` as int64.
   void copy(int64_t offset, int64_t length, int64_t* out) const;
 
@@ -50,6 +56,7 @@ class TokenSource {
   const uint8_t* bytes_ = nullptr;  // one of bytes_ / ids_ is set
   const int64_t* ids_ = nullptr;
   int64_t size_ = 0;
+  int64_t record_length_ = 0;
   std::string name_;
 };
 
@@ -84,13 +91,14 @@ class EvalWindows {
   int64_t batch_size() const { return batch_size_; }
   int64_t num_windows() const { return num_full_ + (last_length_ > 0 ? 1 : 0); }
   int64_t num_batches() const;
-  int64_t num_targets() const { return tokens_.size() - 1; }
+  int64_t num_targets() const;
   // IndexError outside [0, num_batches()).
   Batch batch(int64_t index) const;
 
  private:
   TokenSource tokens_;
   int64_t context_, batch_size_;
+  int64_t stride_;       // from one window's start to the next: context, or the record length
   int64_t num_full_;     // windows of length context
   int64_t last_length_;  // length of the final partial window, 0 when there is none
 };

@@ -101,6 +101,27 @@ Corpus Corpus::from_text(std::string text, std::string source, SplitFractions fr
   c.test_begin_ = std::max(c.valid_begin_, boundary(1000000 - p_test));
   c.text_ = std::make_shared<const std::string>(std::move(text));
   c.source_ = std::make_shared<const std::string>(std::move(source));
+  c.unit_ = std::make_shared<const std::string>("char");
+  return c;
+}
+
+Corpus Corpus::from_records(std::string bytes, int64_t record_length, int64_t valid_records, int64_t test_records,
+                            std::string source, std::string unit) {
+  EF_CHECK(record_length >= 2, ValueError, "Corpus '", source, "': record_length must be >= 2, got ", record_length);
+  const int64_t n = int64_t(bytes.size());
+  EF_CHECK(n % record_length == 0, ValueError, "Corpus '", source, "': ", n, " bytes are not whole records of ",
+           record_length);
+  const int64_t records = n / record_length;
+  EF_CHECK(valid_records >= 1 && test_records >= 1 && valid_records + test_records < records, ValueError,
+           "Corpus '", source, "': ", records, " records cannot hold ", valid_records, " valid and ", test_records,
+           " test records (each at least 1) and a train split");
+  Corpus c;
+  c.valid_begin_ = (records - valid_records - test_records) * record_length;
+  c.test_begin_ = (records - test_records) * record_length;
+  c.record_length_ = record_length;
+  c.text_ = std::make_shared<const std::string>(std::move(bytes));
+  c.source_ = std::make_shared<const std::string>(std::move(source));
+  c.unit_ = std::make_shared<const std::string>(std::move(unit));
   return c;
 }
 
@@ -163,6 +184,10 @@ Tensor Corpus::split_tokens(Split split) const { return ByteTokenizer().encode_t
 
 void Corpus::check_context(int64_t context) const {
   EF_CHECK(context >= 1, ValueError, "Corpus: context must be >= 1, got ", context);
+  EF_CHECK(record_length_ == 0 || context == record_length_ - 1, ValueError, "Corpus '", source(), "': its records are ",
+           record_length_, " tokens (a start token and ", record_length_ - 1, " to predict), so the model's context "
+           "(max_len) must be ", record_length_ - 1, ", got ", context, " (e.g. --set model.max_len=",
+           record_length_ - 1, ")");
   for (Split s : {Split::Train, Split::Valid, Split::Test}) {
     EF_CHECK(split_size(s) >= context + 1, ValueError, "Corpus '", source(), "': the ", split_name(s),
              " split has ", split_size(s), " tokens (of ", size(), "); context ", context, " needs at least ",

@@ -15,6 +15,11 @@
 // separated) and joined with a single '\n' between consecutive files. Each file must be valid UTF-8
 // (IOError naming the file and the byte offset); a missing path is an IOError naming it; no text
 // at all (an empty file, a folder with no files or only empty ones) is a ValueError.
+//
+// A corpus of records (Corpus::from_records; e.g. fashion_mnist.h's images) is instead a sequence
+// of fixed-length records of any bytes, split at record boundaries (the last records are test, those
+// before them valid). Its training windows and evaluation windows are whole records (batches.h), so
+// a model's context must be record_length - 1; its unit is the caller's ("dim" for pixels).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -43,10 +48,19 @@ class Corpus {
   static Corpus from_path(const std::string& path, SplitFractions fractions = {});
   // The corpus at default_corpus_path().
   static Corpus default_corpus(SplitFractions fractions = {});
+  // `bytes` holds whole records of `record_length` (>= 2) bytes; the last `test_records` are the
+  // test split, the `valid_records` before them valid, the rest (at least one) train. ValueError
+  // on sizes that do not fit. `unit` names what a token is in reports ("bits per <unit>").
+  static Corpus from_records(std::string bytes, int64_t record_length, int64_t valid_records, int64_t test_records,
+                             std::string source, std::string unit);
 
   const std::string& source() const { return *source_; }
   std::string_view text() const { return *text_; }
   int64_t size() const { return int64_t(text_->size()); }
+  // 0 for a text; the record length of a corpus of records.
+  int64_t record_length() const { return record_length_; }
+  // "char" for a text; a corpus of records' own (e.g. "dim").
+  const std::string& unit() const { return *unit_; }
 
   int64_t split_begin(Split split) const;
   int64_t split_end(Split split) const;
@@ -57,14 +71,16 @@ class Corpus {
   Tensor split_tokens(Split split) const;
 
   // ValueError naming the sizes when some split is too small for windows of `context` inputs
-  // (a training window needs context + 1 tokens).
+  // (a training window needs context + 1 tokens); for records, unless context = record_length - 1.
   void check_context(int64_t context) const;
 
  private:
   Corpus() = default;
   std::shared_ptr<const std::string> text_;  // shared: copies of a Corpus and its batchers are cheap
   std::shared_ptr<const std::string> source_;
+  std::shared_ptr<const std::string> unit_;
   int64_t valid_begin_ = 0, test_begin_ = 0;
+  int64_t record_length_ = 0;
 };
 
 // Where the default corpus lives: $EFORMER_DATA (a text file or folder) when set and non-empty,

@@ -2,3 +2,4 @@
 #pragma once
 #include "eformer/io/atomic_file.h"
 #include "eformer/io/safetensors.h"
+#include "eformer/io/png.h"

@@ -250,11 +250,13 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     std::string total_s = calibrated ? std::to_string(total) : std::string("?");
     std::string valid = std::isnan(result.valid_bits_per_char)
                             ? std::string("")
-                            : "  valid " + std::to_string(result.valid_bits_per_char).substr(0, 5) + " bits/char";
+                            : "  valid " + std::to_string(result.valid_bits_per_char).substr(0, 5) + " bits/" +
+                                  corpus_.unit();
     std::string ranks = world.parallel() ? "  " + std::to_string(world.size()) + " ranks" : std::string();
-    std::snprintf(buf, sizeof buf, "step %lld/%s  loss %.4f (%.3f bits/char)%s  %.0f tok/s%s  elapsed %s  ETA %s",
+    std::snprintf(buf, sizeof buf, "step %lld/%s  loss %.4f (%.3f bits/%s)%s  %.0f tok/s%s  elapsed %s  ETA %s",
                   (long long)step_, total_s.c_str(), result.last_loss, result.last_loss / std::log(2.0),
-                  valid.c_str(), tps, ranks.c_str(), clock_str(elapsed()).c_str(), clock_str(eta).c_str());
+                  corpus_.unit().c_str(), valid.c_str(), tps, ranks.c_str(), clock_str(elapsed()).c_str(),
+                  clock_str(eta).c_str());
     std::string line = buf;
     if (tty) {
       std::string pad(last_line.size() > line.size() ? last_line.size() - line.size() : 0, ' ');
