@@ -89,7 +89,7 @@ std::vector<int64_t> sample_batch_offsets(const TokenSource& tokens, int64_t bat
     // Record indices drawn as window starts of a split of (records + context) tokens.
     std::vector<int64_t> offsets = batch_offsets(tokens.size() / R + context, batch_size, context, seed, step);
     for (int64_t& o : offsets) o *= R;
-    return gather_windows(tokens, std::move(offsets), context);
+    return offsets;
   }
   EF_CHECK(tokens.size() >= context + 1, ValueError, "batch: ", tokens.name(), " has ", tokens.size(),
            " tokens; a training window of context ", context, " needs ", context + 1);
