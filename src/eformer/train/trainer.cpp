@@ -324,9 +324,9 @@ TrainResult Trainer::run(int64_t stop_at_step) {
     const double reconstruction_value = reconstruction.defined() ? double(reconstruction.item()) : -1.0;
     optimizer_->zero_grad();
     // Only the compressors depend on the reconstruction loss (its other inputs are stop-gradient).
-    Tensor total = reconstruction.defined() ? add(loss, reconstruction) : loss;
-    autograd::backward({total}, {}, false, averager ? averager->hook() : autograd::LeafReady());
-    loss = reconstruction = total = Tensor();
+    Tensor objective = reconstruction.defined() ? add(loss, reconstruction) : loss;
+    autograd::backward({objective}, {}, false, averager ? averager->hook() : autograd::LeafReady());
+    loss = reconstruction = objective = Tensor();
     double allreduce_s = 0.0;  // this step's wait for the gradient sums after its backward
     if (averager) {
       allreduce_s = averager->finish();
