@@ -5,7 +5,7 @@ mechanism's process and each peer's see identical numbers. A mechanism's extra t
 entry, never from its name: the `reference` it declares says what its functional form needs (a kernelized
 mechanism with a projection takes its random matrix omega [m, d]; an AFT mechanism its position bias `w`,
 shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]; an LSH
-mechanism its rotations and bucket count, with k = q for shared QK; sinkhorn its sorting network; etc its
+mechanism its rotations and bucket count, with k = q for shared QK; routing its centroids and window; sinkhorn its sorting network; etc its
 relative bias table), and the option defaults the registry lists size them. A mechanism whose reference is new
 here gets no extras; if its functional form needs some, its run fails and the report says so.
 """
@@ -46,6 +46,12 @@ def make(entry, N, causal, seed=0):
         k = q.copy()  # shared QK: the keys are the (normalized) queries, as in every LSH peer
     elif ref in PROJECTION_FAMILY:
         extras.update(PROJECTION_FAMILY[ref](entry, rng, N, H, d))
+    elif ref == "routing":  # the paper's c = sqrt(N) unit centroids per head, windows of N / c
+        c = 2 ** round(math.log2(math.sqrt(N)))
+        mu = rng.standard_normal((H, c, d))
+        extras["centroids"] = (mu / np.linalg.norm(mu, axis=-1, keepdims=True)).astype(np.float32)
+        extras["window"] = max(1, N // c)
+        k = q.copy()  # shared QK, as lsh
     elif ref == "sinkhorn":
         extras.update(sinkhorn_network(entry, rng, N, H, d))
     elif ref == "etc":
