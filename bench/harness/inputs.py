@@ -5,9 +5,10 @@ mechanism's process and each peer's see identical numbers. A mechanism's extra t
 entry, never from its name: the `reference` it declares says what its functional form needs (a kernelized
 mechanism with a projection takes its random matrix omega [m, d]; an AFT mechanism its position bias `w`,
 shaped by the options it lists: a band for `window`, a kernel for `kernel`, else a dense [H, N, N]; an LSH
-mechanism its rotations and bucket count, with k = q for shared QK; routing its centroids and window; sinkhorn its sorting network; etc its
-relative bias table), and the option defaults the registry lists size them. A mechanism whose reference is new
-here gets no extras; if its functional form needs some, its run fails and the report says so.
+mechanism its rotations and bucket count, with k = q for shared QK; routing its centroids and window; sinkhorn
+its sorting network; etc its relative bias table), and the option defaults the registry lists size them. A
+mechanism whose reference is new here gets no extras; if its functional form needs some, its run fails and the
+report says so.
 """
 import math
 
