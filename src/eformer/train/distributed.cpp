@@ -17,22 +17,12 @@ namespace {
 bool launched_by_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE"); }
 
 #ifdef EFORMER_MPI
-// MPI counts are int: long buffers go in pieces of at most 2^30 elements.
-constexpr int64_t kPiece = int64_t(1) << 30;
-
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
   MPI_Error_string(rc, text, &length);
   throw IOError(std::string("distributed training: ") + what + " failed: " + std::string(text, size_t(length)));
-}
-
-template <typename T>
-void sum_pieces(T* x, int64_t n, MPI_Datatype type) {
-  for (int64_t i = 0; i < n; i += kPiece)
-    check(MPI_Allreduce(MPI_IN_PLACE, x + i, int(std::min(kPiece, n - i)), type, MPI_SUM, MPI_COMM_WORLD),
-          "the gradient allreduce");
 }
 #endif
 }  // namespace
@@ -76,15 +66,10 @@ std::string World::library() {
 #endif
 }
 
-void World::sum(float* x, int64_t n) const {
-#ifdef EFORMER_MPI
-  if (size_ > 1) sum_pieces(x, n, MPI_FLOAT);
-#endif
-}
-
 void World::sum(double* x, int64_t n) const {
 #ifdef EFORMER_MPI
-  if (size_ > 1) sum_pieces(x, n, MPI_DOUBLE);
+  if (size_ > 1)
+    check(MPI_Allreduce(MPI_IN_PLACE, x, int(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "a sum over the ranks");
 #endif
 }
 

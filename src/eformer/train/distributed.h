@@ -32,8 +32,8 @@ class World {
   // "Open MPI 4.1.4" (the library this build uses), or "none" for a build without MPI.
   static std::string library();
 
-  // In place, the same bits on every rank: x[i] = sum over ranks of x[i].
-  void sum(float* x, int64_t n) const;
+  // In place: x[i] = sum over ranks of x[i] (small values: losses, flags; gradients go through
+  // GradientAverager).
   void sum(double* x, int64_t n) const;
   // Rank 0's value on every rank.
   void broadcast(int64_t* x, int64_t n) const;
