@@ -55,7 +55,7 @@ class Task:
             self.pixels, self.labels = {}, {}
             for split in ("train", "test"):
                 x, y = ef.data.fashion_mnist(split)  # OSError with the reason when the data is absent
-                self.pixels[split], self.labels[split] = x.numpy(), y.numpy()
+                self.pixels[split], self.labels[split] = np.asarray(x), np.asarray(y)  # numpy uint8 arrays
             self.seq_len, self.vocab, self.classes = 784, 256, 10
             self.order = np.random.default_rng(0).permutation(len(self.labels["train"]))  # training order
         else:
@@ -84,10 +84,27 @@ class Task:
                 None)
 
 
-def model_config(task, mechanism):
+def model_config(task, mechanism, options=None):
     return {"arch": "encoder", "vocab_size": task.vocab, "num_classes": task.classes, "d_model": 64, "n_heads": 4,
             "n_layers": 2, "d_ff": 128, "max_len": task.seq_len, "dropout": 0.0, "positions": "learned",
-            "attention": {"kind": mechanism}}
+            "attention": {"kind": mechanism, "options": (options or {}).get(mechanism, {})}}
+
+
+def parse_options(items):
+    """["aft_conv.image_shape=[28,28]", ...] -> {"aft_conv": {"image_shape": [28, 28]}}; values are JSON
+    (a bare word is a string)."""
+    options = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        mechanism, dot, key = name.partition(".")
+        if not sep or not dot or not mechanism or not key:
+            raise SystemExit(f"--option expects MECHANISM.KEY=VALUE, got '{item}'")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options.setdefault(mechanism, {})[key] = parsed
+    return options
 
 
 def accuracy(model, task, n_eval, batch, use_mask):
@@ -106,7 +123,7 @@ def train_one(task, entry, args):
     name = entry["name"]
     use_mask = task.name == "listops" and entry["capabilities"]["padding_mask"]
     ef.manual_seed(0)
-    model = ef.models.SequenceClassifier(model_config(task, name))
+    model = ef.models.SequenceClassifier(model_config(task, name, args.options))
     opt = ef.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps = args.steps if args.steps else None
     budget_s = None if steps else args.minutes * 60.0
@@ -139,6 +156,8 @@ def markdown(result):
     tasks = result["tasks"]
     lines = [f"Budget: {result['budget']}; model {result['model']}; accuracy over {result['eval']} held-out examples "
              f"per task; {result['threads']} threads. Command: `{result['command']}`", ""]
+    if result.get("options"):
+        lines[0] += "; options: " + ", ".join(f"{m} {json.dumps(o)}" for m, o in result["options"].items())
     head = "| mechanism | " + " | ".join(f"{t['name']} (%)" for t in tasks.values()) + " |"
     lines += [head, "|---|" + "---|" * len(tasks)]
     for mech in result["mechanisms"]:
@@ -175,6 +194,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, help="minutes per (task, mechanism) when --steps is not given")
     p.add_argument("--tasks-list", nargs="+", default=["listops", "pathfinder", "image"])
     p.add_argument("--mechanisms", nargs="+", help="default: every registered mechanism with a bidirectional form")
+    p.add_argument("--option", action="append", metavar="MECHANISM.KEY=VALUE",
+                   help="an attention option for one mechanism (repeatable), e.g. aft_conv.image_shape=[28,28]")
     p.add_argument("--batch", type=int)
     p.add_argument("--eval", type=int, help="held-out examples per task")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -184,6 +205,7 @@ def main(argv=None):
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--report", metavar="FILE.json", help="no training: print (and with --docs write) a run's table")
     a = p.parse_args(argv)
+    a.options = parse_options(a.option)
     if a.report:
         with open(a.report) as f:
             text = markdown(json.load(f))
@@ -209,7 +231,7 @@ def main(argv=None):
     result = {"budget": f"{budget} per (task, mechanism), batch {a.batch}",
               "model": "encoder d_model 64, 4 heads, 2 layers, d_ff 128, mean-pooled", "eval": a.eval,
               "threads": a.threads, "command": "scripts/bench.sh --tasks " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "mechanisms": [e["name"] for e in registry], "lra": LRA, "chance": CHANCE, "tasks": {}}
+              "mechanisms": [e["name"] for e in registry], "options": a.options, "lra": LRA, "chance": CHANCE, "tasks": {}}
     total = len(a.tasks_list) * len(registry)
     done, t0 = 0, time.perf_counter()
     for name in a.tasks_list:

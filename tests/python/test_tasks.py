@@ -203,3 +203,20 @@ def test_bench_tasks_quick_smoke(tmp_path):
             row = r["tasks"][task]["results"][mech]
             assert row["steps"] == 2 and 0 <= row["accuracy"] <= 100, row
     assert "| flash |" in p.stdout and "LRA Transformer" in p.stdout
+
+
+def test_bench_tasks_image_with_a_mechanism_option(tmp_path):
+    fashion_mnist_or_skip()
+    out = tmp_path / "tasks.json"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ef.__file__)))
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "tasks.py"), "--steps", "1", "--batch", "2", "--eval", "4",
+           "--mechanisms", "aft_conv", "--tasks-list", "image", "--threads", "2", "--out", str(out),
+           "--option", "aft_conv.image_shape=[28,28]", "--option", "aft_conv.kernel=5"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert r["options"] == {"aft_conv": {"image_shape": [28, 28], "kernel": 5}}
+    assert r["tasks"]["image"]["results"]["aft_conv"]["steps"] == 1
+    # A malformed option is refused by name, before any training.
+    p = subprocess.run(cmd[:-1] + ["kernel=5"], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode != 0 and "MECHANISM.KEY=VALUE" in p.stderr
