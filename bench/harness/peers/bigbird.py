@@ -121,8 +121,9 @@ class HFBigBird(Peer):
 
         def call(q, k, v):
             q, k, v = (t.index_select(2, index) for t in (q, k, v))
-            out, _ = attn.bigbird_block_sparse_attention(q, k, v, band, from_mask, to_mask, blocked, blocked, H, r, d,
-                                                         b, b, B, N, N, seed=0, plan_from_length=None,
+            band_, from_, to_, blocked_ = (m.to(q.dtype) for m in (band, from_mask, to_mask, blocked))  # float64 tests
+            out, _ = attn.bigbird_block_sparse_attention(q, k, v, band_, from_, to_, blocked_, blocked_, H, r, d, b, b,
+                                                         B, N, N, seed=0, plan_from_length=None,
                                                          plan_num_rand_blocks=None)
             return out.transpose(1, 2).index_select(2, back)  # its [B, N, H, d] in ours' order
         return call
