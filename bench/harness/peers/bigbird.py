@@ -19,6 +19,8 @@ recomputed here and mapped through the permutation. Then it computes our math on
 Where it costs: it assembles the whole [B, H, N, N] attention-probability matrix on every call (zeros, then
 scatters of the block weights), whether or not the caller asks for it, so its time and memory grow as N^2.
 """
+import itertools
+
 import numpy as np
 
 from ..inputs import option_default
@@ -110,9 +112,9 @@ class HFBigBird(Peer):
                                block_size=b, num_random_blocks=r, max_position_embeddings=N)
         attn = BigBirdBlockSparseAttention(config, seed=0).eval()
         rand = their_random_blocks(o, H, n)
-        heads = iter(range(10 ** 9))
-        # N in {1024, 3072, 4096}: one call per head, sliced to n - 2 rows; else one call for every head
-        attn._bigbird_block_rand_mask = lambda *a, **k: rand[next(heads) % H]
+        per_head = itertools.cycle(rand)
+        # N in {1024, 3072, 4096}: one call per head, in head order, sliced to n - 2 rows; else one for all heads
+        attn._bigbird_block_rand_mask = lambda *a, **k: next(per_head)
         attn._bigbird_block_rand_mask_with_head = lambda *a, **k: list(rand)
         blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(
             torch.ones(B, N, dtype=torch.float32), b)
