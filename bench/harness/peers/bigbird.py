@@ -1,6 +1,6 @@
 """Hugging Face transformers' `BigBirdBlockSparseAttention` (attention_type="block_sparse", ITC), the peer of
-our `bigbird` (bidirectional only: its block-sparse form has no causal variant; its decoder falls back to full
-attention).
+our `bigbird` (bidirectional only: its block-sparse path has no causal mask; as a decoder with cross-attention its
+model switches to full attention).
 
 Its pattern, blocks of b: query blocks 0 and n - 1 attend every key and are attended by every query (the 2
 global blocks: the first and the *last*), query blocks 1 .. n - 2 attend their window (blocks q - 1, q, q + 1)
