@@ -46,6 +46,12 @@ class Peer:
         return None
 
 
+def replace_child(module, name, fn):
+    """Puts a plain callable where torch keeps a child module (nn.Module refuses a non-module there)."""
+    delattr(module, name)
+    object.__setattr__(module, name, fn)
+
+
 def torch_tensor(a):
     import torch
     return torch.from_numpy(a)

@@ -11,7 +11,7 @@ axes is our concatenation. isab: attn1(I, [k | v]) then attn2(q, H) with to_q, t
 adapter calls the two blocks as forward does."""
 import math
 
-from .base import Peer
+from .base import Peer, replace_child
 
 
 class _Slice:
@@ -24,12 +24,6 @@ class _Slice:
         import torch
         parts = [x[..., a:b] for a, b in self.ranges]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-
-
-def _replace(module, name, fn):
-    """Puts a plain callable where torch keeps a child module (nn.Module refuses a non-module there)."""
-    delattr(module, name)
-    object.__setattr__(module, name, fn)
 
 
 class _PadTo:
@@ -71,9 +65,9 @@ class AxialAttentionPeer(Peer):
             rows = wrapped.permutation[-2] == 2  # the attended axis sits before the features: 2 = along a row
             h0, h1 = (0, Hr) if rows else (Hr, H)
             sa = wrapped.fn
-            _replace(sa, "to_q", _Slice((h0 * d, h1 * d)))
-            _replace(sa, "to_kv", _Slice((D + h0 * d, D + h1 * d), (2 * D + h0 * d, 2 * D + h1 * d)))
-            _replace(sa, "to_out", _PadTo(h0 * d, 3 * D))
+            replace_child(sa, "to_q", _Slice((h0 * d, h1 * d)))
+            replace_child(sa, "to_kv", _Slice((D + h0 * d, D + h1 * d), (2 * D + h0 * d, 2 * D + h1 * d)))
+            replace_child(sa, "to_out", _PadTo(h0 * d, 3 * D))
 
         def run(q, k, v):
             x = torch.cat([t.transpose(1, 2).reshape(B, h, w, D) for t in (q, k, v)], -1)
@@ -102,10 +96,10 @@ class IsabPytorch(Peer):
             raise ValueError(f"isab-pytorch's heads are {round(isab.attn1.scale ** -2)} wide, not {d}")
         latents = inducing.transpose(0, 1).reshape(1, m, D).expand(B, m, D)
         for a in (isab.attn1, isab.attn2):
-            _replace(a, "to_q", _Slice((0, D)))
-            _replace(a, "to_out", _Slice((0, D)))
-        _replace(isab.attn1, "to_kv", _Slice((0, 2 * D)))
-        _replace(isab.attn2, "to_kv", _Slice((0, D), (0, D)))
+            replace_child(a, "to_q", _Slice((0, D)))
+            replace_child(a, "to_out", _Slice((0, D)))
+        replace_child(isab.attn1, "to_kv", _Slice((0, 2 * D)))
+        replace_child(isab.attn2, "to_kv", _Slice((0, D), (0, D)))
 
         def merged(t):
             return t.transpose(1, 2).reshape(B, -1, D)
