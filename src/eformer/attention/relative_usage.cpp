@@ -55,7 +55,7 @@ Tensor relative_usage(const RelativeAttention& attn, const Tensor& x, const Tens
   const double scale = 1.0 / std::sqrt(double(d)), share = 1.0 / double(H * N);
   Tensor usage = Tensor::zeros({B, K});
   float* out = usage.data<float>();
-  std::vector<double> row(size_t(K)), sum(size_t(K));
+  std::vector<double> row(static_cast<size_t>(K)), sum(static_cast<size_t>(K));
   for (int64_t b = 0; b < B; ++b) {
     std::fill(sum.begin(), sum.end(), 0.0);
     for (int64_t h = 0; h < H; ++h)

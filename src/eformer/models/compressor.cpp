@@ -52,7 +52,7 @@ Tensor Compressor::most_used(const Tensor& x, const Tensor& usage) const {
   const float* up = u.data<float>();
   Tensor index = Tensor::empty({B, m, D}, DType::Int64);
   int64_t* ip = index.data<int64_t>();
-  std::vector<int64_t> order(size_t(n));
+  std::vector<int64_t> order(static_cast<size_t>(n));
   for (int64_t b = 0; b < B; ++b) {
     const float* row = up + b * n;
     std::iota(order.begin(), order.end(), int64_t(0));

@@ -98,7 +98,7 @@ Tensor mean_squared_error(const Tensor& a, const Tensor& b) {
 Tensor key_usage(const TransformerBlock& block, bool pre_ln, const Tensor& input, const Tensor& context) {
   autograd::NoGradGuard no_grad;
   auto ln1 = std::dynamic_pointer_cast<nn::LayerNorm>(block.child("ln1"));
-  EF_CHECK(ln1 != nullptr, ValueError, block.where(), "no LayerNorm 'ln1'");
+  EF_CHECK(ln1 != nullptr, ValueError, block.describe(), ": no LayerNorm 'ln1'");
   auto norm = [&](const Tensor& t) { return pre_ln && t.defined() ? ln1->forward(t) : t; };
   return attention::relative_usage(*block.relative_attn(), norm(input), norm(context));
 }
