@@ -115,7 +115,7 @@ std::vector<double> reconstruction_losses(const std::string& log_path) {
 
 // Every compression function: the compressed memory (and, for most_used, the usage recomputed from
 // the memory and the segment) is state a resume restores bit for bit; the log has the reconstruction
-// loss from the second step on (the first evicts nothing).
+// loss of every step (trained on by conv and dilated_conv, a measure only for the others).
 TEST(CompressiveTrainer, ResumedRunMatchesAnUninterruptedOneBitForBitWithEachCompression) {
   for (const char* f : {"max_pool", "mean_pool", "conv", "dilated_conv", "most_used"}) {
     SCOPED_TRACE(f);
@@ -139,8 +139,8 @@ TEST(CompressiveTrainer, ResumedRunMatchesAnUninterruptedOneBitForBitWithEachCom
     EXPECT_EQ(testing::values(a.memory().compressed[1]), testing::values(resumed.memory().compressed[1]));
     const auto recon = reconstruction_losses(dir.file("a.jsonl"));
     ASSERT_EQ(recon.size(), 9u);
-    EXPECT_EQ(recon[0], -1.0);  // none logged: nothing evicted yet
-    for (size_t i = 1; i < recon.size(); ++i) EXPECT_TRUE(std::isfinite(recon[i]) && recon[i] >= 0.0) << i;
+    // Segments of 16 with a memory of 12: every step evicts (the first, 4 of its own states).
+    for (size_t i = 0; i < recon.size(); ++i) EXPECT_TRUE(std::isfinite(recon[i]) && recon[i] >= 0.0) << i;
   }
 }
 
