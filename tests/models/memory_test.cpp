@@ -9,6 +9,7 @@
 #include "eformer/attention/relative_usage.h"
 #include "eformer/eformer.h"
 #include "eformer/models/compressor.h"
+#include "eformer/train/memory.h"
 
 #include "../test_util.h"
 
@@ -385,9 +386,12 @@ TEST(CompressiveMemory, ConfigIsValidated) {
   EXPECT_NO_THROW(compressive("max_pool"));
   nlohmann::json j = to_json(compressive());
   EXPECT_EQ(to_json(parse_model_config(j)), j);
-  for (const char* f : {"dilated_conv", "most_used"}) {
+  for (const char* f : {"max_pool", "mean_pool", "conv", "dilated_conv", "most_used"}) {
     nlohmann::json named = to_json(compressive(f));
     EXPECT_EQ(to_json(parse_model_config(named)), named);
+    // `eformer info`'s estimate counts the compressors' parameters (conv and dilated_conv only).
+    EXPECT_EQ(train::estimate_memory(compressive(f), 1, false).parameters, LanguageModel(compressive(f)).num_parameters())
+        << f;
   }
   EXPECT_NE(error_of<ValueError>([] { compressive("dilated"); }).find("memory.compression = 'dilated'; expected one of"),
             std::string::npos);

@@ -297,3 +297,38 @@ def test_compressive_model_and_reconstruction_loss_match_torch(rng, tmp_path, co
     (loss + recon).backward()
     (t_loss + t_recon).backward()
     compare_grads(model, p)
+
+
+@pytest.mark.parametrize("compression", ["dilated_conv", "most_used"])
+def test_cli_trains_with_the_papers_other_compressions(word_corpus, tmp_path, compression):
+    """A short `eformer train` with dilated_conv / most_used: finite losses, the reconstruction loss logged
+    (trained on by dilated_conv, a measure only for most_used), `info` names the function; a misspelt one
+    exits with 2 and the valid names."""
+    import json
+    import subprocess
+
+    from test_train_cli import CLI
+
+    memory = {"kind": "compressive", "mem_len": 8, "cmem_len": 8, "compression_rate": 2, "compression": compression}
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({
+        "model": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=16, dropout=0.0, memory=memory),
+        "train": dict(steps=4, batch_size=2, lr=0.003, warmup_steps=1, log_every=1, eval_every=4, eval_batches=2,
+                      seed=3)}))
+    p = subprocess.run([CLI, "train", "--config", run_file, "--data", word_corpus, "--out", tmp_path / "out", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    train = [x for x in map(json.loads, (tmp_path / "out" / "log.jsonl").read_text().splitlines())
+             if x["event"] == "train"]
+    assert len(train) == 4 and all(math.isfinite(x["loss"]) for x in train)
+    assert all(math.isfinite(x["reconstruction_loss"]) for x in train)  # segments of 16 > mem_len 8: all evict
+    info = subprocess.run([CLI, "info", tmp_path / "out" / "checkpoint.safetensors"], capture_output=True, text=True)
+    assert info.returncode == 0 and f"at rate 2 by {compression}" in info.stdout
+    memory["compression"] = compression.replace("_", "-")
+    run_file.write_text(json.dumps({"model": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=16,
+                                                  memory=memory), "train": dict(steps=1)}))
+    bad = subprocess.run([CLI, "train", "--config", run_file, "--data", word_corpus, "--out", tmp_path / "bad"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "memory.compression" in bad.stderr and "most_used" in bad.stderr, bad.stderr
+    with pytest.raises(ValueError, match="memory.compression = 'dilated'; expected one of .*most_used"):
+        ef.models.ModelConfig(dict(COMPRESSIVE, memory=dict(COMPRESSIVE["memory"], compression="dilated")))
