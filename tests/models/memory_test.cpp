@@ -6,8 +6,10 @@
 
 #include <cmath>
 
+#include "eformer/attention/relative_usage.h"
 #include "eformer/eformer.h"
 #include "eformer/models/compressor.h"
+#include "eformer/train/memory.h"
 
 #include "../test_util.h"
 
@@ -227,7 +229,70 @@ TEST(Compressor, PoolsAndConvolvesWindowsOfTheRate) {
         EXPECT_NEAR(cv[o], want, 1e-5) << seed.str();
       }
   EXPECT_THROW(Compressor("max_pool", 4, 4).forward(x), ShapeError);  // 6 is not a multiple of 4
-  EXPECT_THROW(Compressor("most_used", 4, 3), ValueError);
+  EXPECT_THROW(Compressor("dilated_conv", 4, 4).forward(x), ShapeError);
+  EXPECT_NE(error_of<ValueError>([] { Compressor("median", 4, 3); }).find("dilated_conv or most_used"),
+            std::string::npos);
+}
+
+TEST(Compressor, DilatedConvReadsTapsSpacedByTheNumberOfOutputs) {
+  testing::Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t n = 12, c = 3, m = n / c, D = 4;  // kernel c = 3, dilation m = 4: output t reads t, t+4, t+8
+  Tensor x = testing::normal({2, n, D}, gen);
+  auto xv = testing::values(x);
+  Compressor f("dilated_conv", D, c);
+  auto out = testing::values(f.forward(x));
+  auto W = testing::values(f.parameters()[0]), bias = testing::values(f.parameters()[1]);  // [D, c D], [D]
+  ASSERT_EQ(out.size(), size_t(2 * m * D));
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t o = 0; o < D; ++o) {
+        double want = bias[size_t(o)];
+        for (int64_t j = 0; j < c; ++j)
+          for (int64_t e = 0; e < D; ++e)
+            want += W[size_t(o * c * D + j * D + e)] * xv[size_t((b * n + t + j * m) * D + e)];
+        EXPECT_NEAR(out[size_t((b * m + t) * D + o)], want, 1e-5) << seed.str();
+      }
+}
+
+TEST(Compressor, MostUsedKeepsTheMostAttendedInPositionOrderTiesToTheOlder) {
+  Tensor x = Tensor::from_vector(std::vector<float>{0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}, {2, 6, 1});
+  // Row 0: three memories tie at 0.3 (1, 2, 4); row 1: all tie.
+  Tensor usage = Tensor::from_vector(std::vector<float>{0.1f, 0.3f, 0.3f, 0.2f, 0.3f, 0.0f, 1, 1, 1, 1, 1, 1}, {2, 6});
+  EXPECT_EQ(testing::values(Compressor("most_used", 1, 2).forward(x, usage)),
+            (std::vector<float>{1, 2, 4, 10, 11, 12}));
+  EXPECT_EQ(testing::values(Compressor("most_used", 1, 3).forward(x, usage)),
+            (std::vector<float>{1, 2, 10, 11}));  // 4 loses the tie to the older 1 and 2
+  Tensor reverse = Tensor::from_vector(std::vector<float>{6, 5, 4, 3, 2, 1, 1, 2, 3, 4, 5, 6}, {2, 6});
+  EXPECT_EQ(testing::values(Compressor("most_used", 1, 3).forward(x, reverse)),
+            (std::vector<float>{0, 1, 14, 15}));  // position order, not usage order
+  Compressor f("most_used", 1, 2);
+  EXPECT_TRUE(f.parameters().empty());
+  EXPECT_NE(error_of<ValueError>([&] { f.forward(x); }).find("usage"), std::string::npos);
+  EXPECT_NE(error_of<ValueError>([&] { f.forward(x, Tensor::zeros({2, 5})); }).find("[2, 6]"), std::string::npos);
+}
+
+TEST(RelativeUsage, IsTheAttentionEachKeyReceivedAveragedOverHeadsAndQueries) {
+  testing::Seed seed;
+  rng::Generator gen(seed.value);
+  rng::manual_seed(seed.value);
+  attention::RelativeAttention attn(8, 2, 0.0f);
+  const int64_t B = 2, N = 3, M = 4;
+  Tensor x = testing::normal({B, N, 8}, gen), memory = testing::normal({B, M, 8}, gen);
+  auto u = testing::values(attention::relative_usage(attn, x, memory));
+  ASSERT_EQ(u.size(), size_t(B * (M + N)));
+  for (int64_t b = 0; b < B; ++b) {
+    double total = 0;
+    for (int64_t j = 0; j < M + N; ++j) total += u[size_t(b * (M + N) + j)];
+    EXPECT_NEAR(total, 1.0, 1e-5) << seed.str();  // each query's probabilities sum to 1
+    // The last key is seen by the last query only: at most 1 / N of the usage.
+    EXPECT_LE(u[size_t(b * (M + N) + M + N - 1)], 1.0 / N + 1e-6);
+  }
+  // Without a memory: the first key is seen by every query, the causal mask keeps the rest smaller on average.
+  auto alone = testing::values(attention::relative_usage(attn, x, Tensor()));
+  EXPECT_EQ(alone.size(), size_t(B * N));
+  EXPECT_NEAR(alone[0] + alone[1] + alone[2], 1.0, 1e-5);
+  EXPECT_THROW(attention::relative_usage(attn, testing::normal({B, N, 6}, gen), memory), ShapeError);
 }
 
 TEST(CompressiveMemory, EvictedMemoriesAreCompressedAndOnlyTheCompressorLearnsFromReconstruction) {
@@ -257,7 +322,7 @@ TEST(CompressiveMemory, EvictedMemoriesAreCompressedAndOnlyTheCompressorLearnsFr
 }
 
 TEST(CompressiveMemory, StreamingEqualsTheSegmentBySegmentPass) {
-  for (const char* f : {"max_pool", "mean_pool", "conv"}) {
+  for (const char* f : {"max_pool", "mean_pool", "conv", "dilated_conv", "most_used"}) {
     SCOPED_TRACE(f);
     rng::manual_seed(12);
     LanguageModel model(compressive(f));
@@ -277,12 +342,59 @@ TEST(CompressiveMemory, StreamingEqualsTheSegmentBySegmentPass) {
   }
 }
 
+TEST(CompressiveMemory, AShortLastSegmentDropsTheOldestRemainderOfTheRate) {
+  // Segments of 8, 8, 3 with mem_len 8 and rate 2: the third evicts 3 memories, of which the newest
+  // 2 (one window) are compressed into one slot and the oldest is dropped.
+  for (const char* f : {"max_pool", "mean_pool", "conv", "dilated_conv", "most_used"}) {
+    SCOPED_TRACE(f);
+    rng::manual_seed(13);
+    LanguageModel model(compressive(f));
+    model.eval();
+    autograd::NoGradGuard no_grad;
+    SegmentMemory memory = model.start_memory();
+    model.forward(ids_of(1, 8, 1), memory);
+    model.forward(ids_of(1, 8, 2), memory);
+    ASSERT_EQ(memory.compressed_length(), 4);
+    const Tensor before = memory.layers[1];  // rows 0-2 are evicted next; rows 1, 2 are compressed
+    model.forward(ids_of(1, 3, 3), memory);
+    EXPECT_EQ(memory.compressed_length(), 5);
+    EXPECT_EQ(memory.length(), 8);
+    const auto slot = testing::values(narrow(memory.compressed[1], 1, 4, 1));
+    const auto compressor = std::static_pointer_cast<Compressor>(model.child("compressors")->child("1"));
+    const Tensor window = contiguous(narrow(before, 1, 1, 2));
+    if (std::string(f) == "most_used") {  // one of the two rows of the window, never the dropped row 0
+      EXPECT_TRUE(slot == testing::values(narrow(before, 1, 1, 1)) || slot == testing::values(narrow(before, 1, 2, 1)));
+    } else {
+      EXPECT_EQ(slot, testing::values(compressor->forward(window)));
+    }
+  }
+}
+
+TEST(CompressiveMemory, MostUsedHasNoParametersAndItsReconstructionLossTrainsNothing) {
+  rng::manual_seed(14);
+  LanguageModel model(compressive("most_used"));
+  for (const auto& [name, p] : model.named_parameters()) EXPECT_FALSE(name.starts_with("compressors.")) << name;
+  SegmentMemory memory = model.start_memory();
+  model.loss(ids_of(2, 8, 1), ids_of(2, 8, 2), memory);
+  model.loss(ids_of(2, 8, 3), ids_of(2, 8, 4), memory);
+  ASSERT_TRUE(memory.reconstruction.defined());  // logged as a measure of the compression, not trained on
+  EXPECT_GT(memory.reconstruction.item(), 0.0f);
+  EXPECT_FALSE(eformer::requires_grad(memory.reconstruction));
+}
+
 TEST(CompressiveMemory, ConfigIsValidated) {
   EXPECT_NO_THROW(compressive("max_pool"));
   nlohmann::json j = to_json(compressive());
   EXPECT_EQ(to_json(parse_model_config(j)), j);
-  EXPECT_NE(error_of<ValueError>([] { compressive("dilated_conv"); }).find("not implemented"), std::string::npos);
-  EXPECT_NE(error_of<ValueError>([] { compressive("most_used"); }).find("not implemented"), std::string::npos);
+  for (const char* f : {"max_pool", "mean_pool", "conv", "dilated_conv", "most_used"}) {
+    nlohmann::json named = to_json(compressive(f));
+    EXPECT_EQ(to_json(parse_model_config(named)), named);
+    // `eformer info`'s estimate counts the compressors' parameters (conv and dilated_conv only).
+    EXPECT_EQ(train::estimate_memory(compressive(f), 1, false).parameters, LanguageModel(compressive(f)).num_parameters())
+        << f;
+  }
+  EXPECT_NE(error_of<ValueError>([] { compressive("dilated"); }).find("memory.compression = 'dilated'; expected one of"),
+            std::string::npos);
   EXPECT_NE(error_of<ValueError>([] {
               xl({{"memory", {{"kind", "compressive"}, {"mem_len", 8}, {"cmem_len", 4}, {"compression_rate", 3}}}});
             }).find("must divide"),

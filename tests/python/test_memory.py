@@ -26,7 +26,13 @@ def encodings(K, D):
 
 
 def relative_attention_ref(q, k, v, r, u, w, scale):
-    """A_ij = q_i.k_j + q_i.W_R R_{i-j} + u.k_j + w.W_R R_{i-j} (sec. 3.3, terms (a)-(d)), causal."""
+    """softmax(A) v with relative_probs_ref's scores."""
+    return relative_probs_ref(q, k, r, u, w, scale) @ v
+
+
+def relative_probs_ref(q, k, r, u, w, scale):
+    """A_ij = q_i.k_j + q_i.W_R R_{i-j} + u.k_j + w.W_R R_{i-j} (sec. 3.3, terms (a)-(d)), causal;
+    the attention probabilities softmax(A) [B, H, N, K]."""
     B, H, N, d = q.shape
     K = k.shape[2]
     M = K - N
@@ -40,7 +46,7 @@ def relative_attention_ref(q, k, v, r, u, w, scale):
     e = torch.einsum("hd,hnkd->hnk", w, r_ij)[None]
     scores = (a + b + c + e) * scale
     scores = scores.masked_fill(j > M + i, float("-inf"))
-    return torch.softmax(scores, -1) @ v
+    return torch.softmax(scores, -1)
 
 
 @pytest.mark.parametrize("N,M", [(5, 0), (4, 6), (7, 3), (1, 9)])
@@ -188,13 +194,30 @@ COMPRESSIVE = dict(XL, memory={"kind": "compressive", "mem_len": 6, "cmem_len": 
                                "compression": "conv"})
 
 
+def torch_compress(p, layer, kind, rows, rate, usage):
+    """f_c (Rae et al. 2020, sec. 3.1) of rows [B, n c, D] -> [B, n, D]. conv: kernel = stride = c;
+    dilated_conv: torch's conv1d with kernel c, dilation n, stride 1; most_used: the n rows of the highest
+    usage [B, n c] (ties to the older row: a stable sort), in position order."""
+    B, L, D = rows.shape
+    n = L // rate
+    if kind == "most_used":
+        keep = torch.sort(-usage, dim=1, stable=True).indices[:, :n].sort(dim=1).values
+        return torch.gather(rows, 1, keep[:, :, None].expand(B, n, D))
+    w, b = p[f"compressors.{layer}.conv.weight"], p[f"compressors.{layer}.conv.bias"]
+    if kind == "conv":
+        return rows.reshape(B, n, rate * D) @ w.T + b
+    taps = w.view(D, rate, D).permute(0, 2, 1)  # [out, in, c]: tap j is the j-th block of D columns
+    return F.conv1d(rows.transpose(1, 2), taps, b, dilation=n).transpose(1, 2)
+
+
 def torch_compressive_segment(p, ids, c, mems, cmems):
     """One segment of the Compressive Transformer (Rae et al. 2020): attention over [cmem; mem; segment],
-    then the evicted memories compressed by a conv of kernel = stride = rate, and the attention-
+    then the evicted memories compressed by f_c (torch_compress; most_used's usage: the layer's attention
+    probabilities of the segment's queries, averaged over heads and queries), and the attention-
     reconstruction loss sum_l mean (attn(h, old) - attn(h, f_c(old)))^2 with content attention by the
     layer's weights, h and old stop-gradient. Returns logits, new mems, new cmems, reconstruction loss."""
     H, D = c["n_heads"], c["d_model"]
-    d, rate = D // H, c["memory"]["compression_rate"]
+    d, rate, kind = D // H, c["memory"]["compression_rate"], c["memory"]["compression"]
     B, N = ids.shape
     x = p["embed.tokens.weight"][torch.tensor(ids)]
     new_mems, new_cmems, recon = [], [], 0.0
@@ -211,6 +234,16 @@ def torch_compressive_segment(p, ids, c, mems, cmems):
         pre = f"blocks.{layer}"
         context = [t for t in (cmems[layer], mems[layer]) if t is not None]
         cat = torch.cat(context + [x], 1)
+        K = cat.shape[1]
+        y = layer_norm(p, pre + ".ln1", cat)
+        q = linear(p, pre + ".attn.q", y[:, -N:]).view(B, N, H, d).transpose(1, 2)
+        k = linear(p, pre + ".attn.k", y).view(B, K, H, d).transpose(1, 2)
+        v = linear(p, pre + ".attn.v", y).view(B, K, H, d).transpose(1, 2)
+        r = linear(p, pre + ".attn.r", encodings(K, D)).view(K, H, d).transpose(0, 1)
+        probs = relative_probs_ref(q, k, r, p[pre + ".attn.content_bias"], p[pre + ".attn.position_bias"],
+                                   1 / math.sqrt(d))
+        usage = probs.detach().mean(dim=(1, 2))  # [B, K]: keys [cmem; mem; segment]
+
         all_mem = torch.cat(([mems[layer]] if mems[layer] is not None else []) + [x.detach()], 1).detach()
         keep = c["memory"]["mem_len"]
         new_mems.append(all_mem[:, -keep:])
@@ -218,43 +251,84 @@ def torch_compressive_segment(p, ids, c, mems, cmems):
         cm = cmems[layer]
         if old is not None:
             n = old.shape[1] // rate
-            windows = old[:, old.shape[1] - n * rate:].reshape(B, n, rate * D)
-            fresh = windows @ p[f"compressors.{layer}.conv.weight"].T + p[f"compressors.{layer}.conv.bias"]
+            first = old.shape[1] - n * rate  # the oldest remainder of fewer than `rate` rows is dropped
+            skip = cm.shape[1] if cm is not None else 0
+            old = old[:, first:]
+            fresh = torch_compress(p, layer, kind, old, rate, usage[:, skip + first:skip + first + old.shape[1]])
             h = x.detach()
             recon = recon + ((content_attention(pre, h, fresh) - content_attention(pre, h, old).detach()) ** 2).mean()
             cm = torch.cat(([cm] if cm is not None else []) + [fresh.detach()], 1)[:, -c["memory"]["cmem_len"]:]
         new_cmems.append(cm)
-        K = cat.shape[1]
-        y = layer_norm(p, pre + ".ln1", cat)
-        q = linear(p, pre + ".attn.q", y[:, -N:]).view(B, N, H, d).transpose(1, 2)
-        k = linear(p, pre + ".attn.k", y).view(B, K, H, d).transpose(1, 2)
-        v = linear(p, pre + ".attn.v", y).view(B, K, H, d).transpose(1, 2)
-        r = linear(p, pre + ".attn.r", encodings(K, D)).view(K, H, d).transpose(0, 1)
-        o = relative_attention_ref(q, k, v, r, p[pre + ".attn.content_bias"], p[pre + ".attn.position_bias"],
-                                   1 / math.sqrt(d))
+
+        o = probs @ v
         x = x + linear(p, pre + ".attn.out", o.transpose(1, 2).reshape(B, N, D))
         x = x + linear(p, pre + ".ffn.fc2", F.gelu(linear(p, pre + ".ffn.fc1", layer_norm(p, pre + ".ln2", x))))
     return layer_norm(p, "ln_f", x) @ p["embed.tokens.weight"].T, new_mems, new_cmems, recon
 
 
-def test_compressive_model_and_reconstruction_loss_match_torch(rng, tmp_path):
-    model = ef.models.LanguageModel(ef.models.ModelConfig(COMPRESSIVE))
+@pytest.mark.parametrize("compression", ["conv", "dilated_conv", "most_used"])
+def test_compressive_model_and_reconstruction_loss_match_torch(rng, tmp_path, compression):
+    config = dict(COMPRESSIVE, memory=dict(COMPRESSIVE["memory"], compression=compression))
+    model = ef.models.LanguageModel(ef.models.ModelConfig(config))
     randomize(model, rng)
     c = model.config.to_dict()
     p = torch_params(model, tmp_path)
-    ids = rng.integers(0, 256, size=(2, 18))
-    targets = rng.integers(0, 256, size=(2, 18))
+    ids = rng.integers(0, 256, size=(2, 21))
+    targets = rng.integers(0, 256, size=(2, 21))
     memory = model.start_memory()
     mems, cmems = [None, None], [None, None]
-    for s in range(3):  # the second and third segments evict and compress
-        seg = slice(6 * s, 6 * s + 6)
+    # The second and third segments evict 6 memories each (3 compressed slots, a dilation of 3); the
+    # short fourth evicts 3, of which the newest 2 make one slot and the oldest is dropped.
+    for start, length in [(0, 6), (6, 6), (12, 6), (18, 3)]:
+        seg = slice(start, start + length)
         loss = model.loss(ef.tensor(ids[:, seg]), ef.tensor(targets[:, seg]), memory=memory)
         t_logits, mems, cmems, t_recon = torch_compressive_segment(p, ids[:, seg], c, mems, cmems)
+        for layer in range(2):  # the compressed memory itself (most_used: the selection)
+            if cmems[layer] is None:
+                assert memory.compressed_length == 0
+            else:
+                assert_close(memory.compressed[layer].numpy(), cmems[layer].detach().numpy(), 1e-5, 1e-5,
+                             f"compressed memory of layer {layer} after the segment at {start}")
     assert memory.compressed_length == 4
-    t_loss = F.cross_entropy(t_logits.reshape(-1, 256), torch.tensor(targets[:, 12:]).reshape(-1))
+    t_loss = F.cross_entropy(t_logits.reshape(-1, 256), torch.tensor(targets[:, 18:]).reshape(-1))
     assert abs(loss.item() - t_loss.item()) <= 1e-4 * max(1.0, abs(t_loss.item()))
     recon = memory.reconstruction
     assert abs(recon.item() - t_recon.item()) <= 1e-4 * max(1e-3, abs(t_recon.item()))
     (loss + recon).backward()
     (t_loss + t_recon).backward()
     compare_grads(model, p)
+
+
+@pytest.mark.parametrize("compression", ["dilated_conv", "most_used"])
+def test_cli_trains_with_the_papers_other_compressions(word_corpus, tmp_path, compression):
+    """A short `eformer train` with dilated_conv / most_used: finite losses, the reconstruction loss logged
+    (trained on by dilated_conv, a measure only for most_used), `info` names the function; a misspelt one
+    exits with 2 and the valid names."""
+    import json
+    import subprocess
+
+    from test_train_cli import CLI
+
+    memory = {"kind": "compressive", "mem_len": 8, "cmem_len": 8, "compression_rate": 2, "compression": compression}
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({
+        "model": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=16, dropout=0.0, memory=memory),
+        "train": dict(steps=4, batch_size=2, lr=0.003, warmup_steps=1, log_every=1, eval_every=4, eval_batches=2,
+                      seed=3)}))
+    p = subprocess.run([CLI, "train", "--config", run_file, "--data", word_corpus, "--out", tmp_path / "out", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    train = [x for x in map(json.loads, (tmp_path / "out" / "log.jsonl").read_text().splitlines())
+             if x["event"] == "train"]
+    assert len(train) == 4 and all(math.isfinite(x["loss"]) for x in train)
+    assert all(math.isfinite(x["reconstruction_loss"]) for x in train)  # segments of 16 > mem_len 8: all evict
+    info = subprocess.run([CLI, "info", tmp_path / "out" / "checkpoint.safetensors"], capture_output=True, text=True)
+    assert info.returncode == 0 and f"at rate 2 by {compression}" in info.stdout
+    memory["compression"] = compression.replace("_", "-")
+    run_file.write_text(json.dumps({"model": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=16,
+                                                  memory=memory), "train": dict(steps=1)}))
+    bad = subprocess.run([CLI, "train", "--config", run_file, "--data", word_corpus, "--out", tmp_path / "bad"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "memory.compression" in bad.stderr and "most_used" in bad.stderr, bad.stderr
+    with pytest.raises(ValueError, match="memory.compression = 'dilated'; expected one of .*most_used"):
+        ef.models.ModelConfig(dict(COMPRESSIVE, memory=dict(COMPRESSIVE["memory"], compression="dilated")))

@@ -145,9 +145,6 @@ void validate_memory(const ModelConfig& c) {
     EF_CHECK(c.max_len % m.compression_rate == 0 && m.mem_len % m.compression_rate == 0, ValueError,
              "model config: memory.compression_rate = ", m.compression_rate, " must divide max_len = ", c.max_len,
              " (the segment) and mem_len = ", m.mem_len);
-    EF_CHECK(m.compression != "dilated_conv" && m.compression != "most_used", ValueError,
-             "model config: memory.compression = '", m.compression,
-             "' (Rae et al. 2020) is not implemented in eformer yet; use max_pool, mean_pool or conv");
   }
 }
 

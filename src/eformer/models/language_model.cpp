@@ -1,5 +1,6 @@
 #include "eformer/models/language_model.h"
 
+#include "eformer/attention/relative_usage.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/models/compressor.h"
 #include "eformer/ops/elementwise.h"
@@ -91,6 +92,16 @@ Tensor mean_squared_error(const Tensor& a, const Tensor& b) {
   Tensor d = sub(a, b);
   return mean(mul(d, d));
 }
+
+// The usage (attention/relative_usage.h) of the keys [context; segment] of `block`'s attention for
+// the segment `input` [B, N, D] (the block's input, before its LayerNorm); context may be undefined.
+Tensor key_usage(const TransformerBlock& block, bool pre_ln, const Tensor& input, const Tensor& context) {
+  autograd::NoGradGuard no_grad;
+  auto ln1 = std::dynamic_pointer_cast<nn::LayerNorm>(block.child("ln1"));
+  EF_CHECK(ln1 != nullptr, ValueError, block.describe(), ": no LayerNorm 'ln1'");
+  auto norm = [&](const Tensor& t) { return pre_ln && t.defined() ? ln1->forward(t) : t; };
+  return attention::relative_usage(*block.relative_attn(), norm(input), norm(context));
+}
 }  // namespace
 
 Tensor LanguageModel::memory_context(const SegmentMemory& memory, int64_t layer) const {
@@ -117,8 +128,15 @@ void LanguageModel::remember(SegmentMemory& memory, const std::vector<Tensor>& i
       // Rae et al. 2020, algorithm 2: the evicted memories compressed (f_c trained by the
       // attention reconstruction only: its inputs and the attention weights are stop-gradient).
       // A remainder of fewer than `rate` oldest memories (a short last segment) is dropped.
-      Tensor old = narrow(k.evicted, 1, evicted - n, n);
-      Tensor fresh = f.forward(old);
+      Tensor old = narrow(k.evicted, 1, evicted - n, n), usage;
+      if (f.needs_usage()) {
+        // most_used: the attention this segment's queries gave the evicted rows of [memory; segment],
+        // which follow the compressed memory among the keys.
+        const int64_t skip = compressed.defined() ? compressed.size(1) : 0;
+        usage = narrow(key_usage(block(i), config_.pre_ln, inputs[size_t(i)], memory_context(memory, i)), 1,
+                       skip + evicted - n, n);
+      }
+      Tensor fresh = f.forward(old, usage);
       const auto& attn = block(i).relative_attn();
       Tensor target = attn->content_attention(inputs[size_t(i)], old);
       Tensor loss = mean_squared_error(attn->content_attention(inputs[size_t(i)], fresh), target.detach());

@@ -48,7 +48,7 @@ struct DecodeState {
 
 // Parameter names: embed.tokens.weight, embed.positions.weight (learned), blocks.<i>.{ln1, attn,
 // ln2, ffn}.*, ln_f.* (pre-LN only), head.weight (untied only; tied logits = h E^T),
-// compressors.<i>.* (compressive memory with a conv compression).
+// compressors.<i>.conv.* (compressive memory with a conv or dilated_conv compression).
 class LanguageModel : public nn::Module {
  public:
   // config.arch must be "decoder" (ValueError otherwise); the config is validated.

@@ -45,7 +45,7 @@ MemoryEstimate estimate_memory(const models::ModelConfig& c, int64_t batch_size,
                  mul(c.n_layers, block_parameters(c, cross)) + mul(c.n_encoder_layers, block_parameters(c, false)) +
                  (c.tie_weights ? 0 : mul(c.vocab_size, d) + c.vocab_size) +
                  (c.memory.kind != "none" ? mul(c.n_layers, mul(d, d) - 2 * d) : 0) +  // + W_{k,R}, u, v, - biases
-                 (c.memory.kind == "compressive" && c.memory.compression == "conv"
+                 (c.memory.kind == "compressive" && (c.memory.compression == "conv" || c.memory.compression == "dilated_conv")
                       ? mul(c.n_layers, mul(mul(c.memory.compression_rate, d), d) + d)  // the compressors
                       : 0);
   e.parameter_bytes = 4 * e.parameters;

@@ -26,7 +26,8 @@
 //   {"event": "train", "step", "loss", "loss_hex" (the float32 loss as C's %a, exact), "lr",
 //    "grad_norm", "tokens", "elapsed_s", "tokens_per_s"; a compressive memory adds
 //    "reconstruction_loss" when the step evicted memories: the attention-reconstruction loss,
-//    which trains the compressors only and is not part of "loss"; under mpirun also "allreduce_s" and
+//    which trains the compressors only (conv, dilated_conv; a measure only with max_pool, mean_pool,
+//    most_used) and is not part of "loss"; under mpirun also "allreduce_s" and
 //    "step_s": this step's wait for the gradient sums after its backward (what overlapping them with it did
 //    not hide) and the whole step's time, on rank 0}
 //   {"event": "valid", "step", "loss", "bits_per_char", "batches", "elapsed_s"}
