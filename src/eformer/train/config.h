@@ -30,7 +30,7 @@ struct TrainConfig {
   double weight_decay = 0.1;   // AdamW, decoupled
   double beta1 = 0.9;
   double beta2 = 0.99;
-  double grad_clip = 1.0;  // global L2 norm; 0 turns clipping off
+  double grad_clip = 1.0;  // L2 norm of the model's gradients, and apart of the compressors'; 0: off
   int64_t log_every = 10;         // a "train" line in the log every k steps (and the first and last)
   int64_t eval_every = 0;         // a "valid" estimate every k steps; 0: only at the end
   int64_t eval_batches = 16;      // batches of the valid split per estimate, spread over it; 0: all

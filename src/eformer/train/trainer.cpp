@@ -214,6 +214,12 @@ TrainResult Trainer::run(int64_t stop_at_step) {
   std::unique_ptr<GradientAverager> averager;
   const bool tty = progress_ && isatty(fileno(progress_));
   const std::vector<Tensor> params = model_->parameters();
+  // Clipping groups: the Compressive Transformer's compressors learn only from the reconstruction loss,
+  // whose gradients are 10x the model's, so they are clipped on their own (the paper trains them with
+  // a separate optimizer); one global norm would shrink the model's steps with them.
+  std::vector<Tensor> model_params, compressor_params;
+  for (const auto& [name, p] : model_->named_parameters())
+    (name.rfind("compressors.", 0) == 0 ? compressor_params : model_params).push_back(p);
   if (world.parallel()) averager = std::make_unique<GradientAverager>(params, world, kBucketFloats);
   data::TokenSource train_tokens(corpus_, data::Split::Train);
   log({{"event", resumed_ ? "resume" : "start"},
@@ -332,8 +338,12 @@ TrainResult Trainer::run(int64_t stop_at_step) {
       allreduce_s = averager->finish();
       rng::default_generator().set_state({shared.seed, shared.stream, rng::default_generator().state().counter});
     }
-    double norm = config_.grad_clip > 0 ? double(optim::clip_grad_norm(params, config_.grad_clip))
-                                        : optim::grad_norm(params);
+    auto clip = [&](const std::vector<Tensor>& group) {
+      return config_.grad_clip > 0 ? double(optim::clip_grad_norm(group, config_.grad_clip))
+                                   : double(optim::grad_norm(group));
+    };
+    const double norm = clip(model_params);
+    const double compressor_norm = compressor_params.empty() ? -1.0 : clip(compressor_params);
     optimizer_->set_lr(lr);
     optimizer_->step();
     optimizer_->zero_grad();
@@ -372,6 +382,7 @@ TrainResult Trainer::run(int64_t stop_at_step) {
                    {"tokens_per_s", tokens_per_s()}};
       if (world.parallel()) line["allreduce_s"] = allreduce_s, line["step_s"] = now_s() - t0;
       if (reconstruction_value >= 0) line["reconstruction_loss"] = reconstruction_value;
+      if (compressor_norm >= 0) line["compressor_grad_norm"] = compressor_norm;
       log(line);
     }
     bool evaluated = false;
