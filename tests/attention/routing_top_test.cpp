@@ -4,17 +4,18 @@
 // suite's checks for this option (the suite runs each mechanism at its defaults): identical bits on 1
 // and 2 threads, padded keys change nothing at real queries, one centroid update per training forward
 // under recomputation, a checkpoint round trip; memory linear in N at a fixed window.
+#include "eformer/attention/kernels/routing_top.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <map>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include "../test_util.h"
-#include "eformer/attention/kernels/routing_top.h"
 #include "eformer/attention/mechanisms/routing.h"
 #include "eformer/eformer.h"
 
@@ -84,7 +85,8 @@ TEST(RoutingTopKernel, MembersAreEachCentroidsTopWInPositionOrder) {
         if (!mask[size_t(bh / H * N + i)]) continue;
         double dot = 0;
         for (int64_t x = 0; x < d; ++x)
-          dot += double(kn.data<float>()[(bh * N + i) * d + x]) * mu.data<float>()[((bh % H) * c + j) * d + x];
+          dot +=
+              double(kn.data<float>()[(bh * N + i) * d + x]) * mu.data<float>()[((bh % H) * c + j) * d + x];
         sim.push_back({-dot, int32_t(i)});
       }
       std::sort(sim.begin(), sim.end());
@@ -92,7 +94,8 @@ TEST(RoutingTopKernel, MembersAreEachCentroidsTopWInPositionOrder) {
       for (int64_t i = 0; i < w; ++i) expected.push_back(sim[size_t(i)].second);
       std::sort(expected.begin(), expected.end());
       const int32_t* got = members.data() + (bh * c + j) * w;
-      EXPECT_EQ(std::vector<int32_t>(got, got + w), expected) << seed.str() << " head " << bh << " cluster " << j;
+      EXPECT_EQ(std::vector<int32_t>(got, got + w), expected)
+          << seed.str() << " head " << bh << " cluster " << j;
     }
 }
 
@@ -134,7 +137,8 @@ std::vector<std::vector<float>> train_pass(Mechanism& m, const Tensor& x, const 
   return out;
 }
 
-const nlohmann::json kOptions = {{"clusters", 5}, {"window", 12}, {"decay", 0.5}, {"local_heads", 1}, {"seed", 4}};
+const nlohmann::json kOptions = {
+    {"clusters", 5}, {"window", 12}, {"decay", 0.5}, {"local_heads", 1}, {"seed", 4}};
 
 TEST(RoutingTopMechanism, ContractChecksOfTheOption) {
   Seed seed;

@@ -25,8 +25,8 @@ int64_t cluster_offset(int64_t bh, int64_t j, const TopSizes& s) { return (bh * 
 
 }  // namespace
 
-void top_members(const float* kn, const float* centroids, const bool* key_mask, const int64_t* n, int32_t* members,
-                 const TopSizes& s) {
+void top_members(const float* kn, const float* centroids, const bool* key_mask, const int64_t* n,
+                 int32_t* members, const TopSizes& s) {
   const int64_t N = s.N, d = s.d, groups = (s.c + kGroup - 1) / kGroup, gp = tile::round_up(kGroup);
   for_each_item(s.B * s.H * groups, d * gp + N * gp, [&](int64_t item, float* buf) {
     const int64_t bh = item / groups, b = bh / s.H, h = bh % s.H, j0 = item % groups * kGroup;
@@ -40,7 +40,8 @@ void top_members(const float* kn, const float* centroids, const bool* key_mask, 
     }
     const float* k = kn + bh * N * d;
     for (int64_t i0 = 0; i0 < N; i0 += kScoreRows)
-      tile::gemm(std::min(kScoreRows, N - i0), gp, d, k + i0 * d, d, 1, MT, gp, sim + i0 * gp, gp, 1.0f, false);
+      tile::gemm(std::min(kScoreRows, N - i0), gp, d, k + i0 * d, d, 1, MT, gp, sim + i0 * gp, gp, 1.0f,
+                 false);
     std::vector<int32_t> real;
     real.reserve(size_t(N));
     for (int64_t i = 0; i < N; ++i)
@@ -68,8 +69,8 @@ void top_forward(const float* q, const float* kn, const float* v, const int32_t*
                  float* out_c, float* lse_c, const TopSizes& s) {
   const int64_t N = s.N, d = s.d, dp = tile::round_up(d), wp = tile::round_up(s.w);
   // Per thread: K^T [d, wp], V [wp, dp], Q [kRows, d], S [kRows, wp], O [kRows, dp].
-  for_each_item(s.B * s.H * s.c, d * wp + wp * dp + kRows * d + kRows * wp + kRows * dp, [&](int64_t item,
-                                                                                            float* buf) {
+  const int64_t scratch = d * wp + wp * dp + kRows * d + kRows * wp + kRows * dp;
+  for_each_item(s.B * s.H * s.c, scratch, [&](int64_t item, float* buf) {
     const int64_t bh = item / s.c, j = item % s.c, m = n[bh / s.H];
     if (m == 0) return;
     const int32_t* mem = members + cluster_offset(bh, j, s);
@@ -125,8 +126,8 @@ void top_merge(const float* out_c, const int32_t* members, const int64_t* n, flo
 }
 
 void top_backward(const float* q, const float* kn, const float* v, const int32_t* members, const int64_t* n,
-                  const float* out_c, const float* lse_c, const float* dout, const float* inv_count, float* dq,
-                  float* dkn, float* dv, const TopSizes& s) {
+                  const float* out_c, const float* lse_c, const float* dout, const float* inv_count,
+                  float* dq, float* dkn, float* dv, const TopSizes& s) {
   const int64_t N = s.N, d = s.d, dp = tile::round_up(d), wp = tile::round_up(s.w), BH = s.B * s.H;
   const int64_t cluster_rows = BH * s.c * s.w;
   // Per-cluster gradients, summed into the tokens in cluster order below.
@@ -263,7 +264,9 @@ Tensor routing_top_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
         Tensor gc = g.contiguous_data();
         Tensor dq = Tensor::zeros(qc.shape()), dv = Tensor::zeros(vc.shape());
         Tensor dk = shared_qk ? dq : Tensor::zeros(kn.shape());
-        auto grads = [&] { return shared_qk ? std::vector<Tensor>{dq, dv} : std::vector<Tensor>{dq, dk, dv}; };
+        auto grads = [&] {
+          return shared_qk ? std::vector<Tensor>{dq, dv} : std::vector<Tensor>{dq, dk, dv};
+        };
         const int64_t rows = s.B * s.H * s.N;
         if (rows == 0) return grads();
         Tensor dkn = Tensor::zeros(kn.shape());

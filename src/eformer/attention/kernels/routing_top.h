@@ -29,8 +29,8 @@ struct TopSizes {
 
 // kn [B*H, N, d], centroids [H, c, d], n[b] = the members per cluster of sequence b (min(w, its real
 // tokens)) -> members [B*H, c, w]: per cluster its n[b] most similar real tokens, in position order.
-void top_members(const float* kn, const float* centroids, const bool* key_mask, const int64_t* n, int32_t* members,
-                 const TopSizes& s);
+void top_members(const float* kn, const float* centroids, const bool* key_mask, const int64_t* n,
+                 int32_t* members, const TopSizes& s);
 
 // q, kn, v [B*H, N, d] -> per-cluster outputs out_c [B*H, c, w, d] and log-sum-exps lse_c [B*H, c, w]
 // over the keys other than the row's own (-inf: the row saw none and took its own value).
@@ -46,8 +46,8 @@ void top_merge(const float* out_c, const int32_t* members, const int64_t* n, flo
 // dO_c = dout / count, P = exp(S - L) recomputed, D = dO_c . O_c, dS = P o (dO_c V^T - D),
 // dV = P^T dO_c, dK^ = scale dS^T Q, dQ = scale dS K^ (a row that took its own value: dV_i += dO_c,i).
 void top_backward(const float* q, const float* kn, const float* v, const int32_t* members, const int64_t* n,
-                  const float* out_c, const float* lse_c, const float* dout, const float* inv_count, float* dq,
-                  float* dkn, float* dv, const TopSizes& s);
+                  const float* out_c, const float* lse_c, const float* dout, const float* inv_count,
+                  float* dq, float* dkn, float* dv, const TopSizes& s);
 
 }  // namespace eformer::kernels
 

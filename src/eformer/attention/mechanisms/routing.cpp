@@ -181,7 +181,8 @@ RoutingAttention::RoutingAttention(const MechanismConfig& config, RoutingOptions
 std::string RoutingAttention::describe() const {
   return detail::concat("RoutingAttention(d_model=", config_.d_model, ", n_heads=", H_,
                         ", causal=", config_.causal ? "true" : "false", ", clusters=", clusters_,
-                        ", window=", options_.window, ", balance=", balance_name(options_.balance), ", decay=", options_.decay,
+                        ", window=", options_.window, ", balance=", balance_name(options_.balance),
+                        ", decay=", options_.decay,
                         ", local_heads=", options_.local_heads, ", rotary=", heads_.rotary ? "true" : "false", ")");
 }
 

@@ -21,8 +21,8 @@
 // generator state (autograd::checkpoint's recompute, the reversible backward) is a replay of the
 // last one, and routes with the centroids that one used, updating nothing.
 //
-// Streaming (causal, balance "nearest"): per sequence, head and cluster the last <= 2w - 1 keys and values; a new token
-// attends the cached keys of its cluster: the same outputs as the parallel causal pass.
+// Streaming (causal, so balance "nearest"): per sequence, head and cluster the last <= 2w - 1 keys and
+// values; a new token attends the cached keys of its cluster: the same outputs as the parallel causal pass.
 #pragma once
 #include <optional>
 #include <string>
