@@ -47,16 +47,16 @@ void top_members(const float* kn, const float* centroids, const bool* key_mask, 
     for (int64_t i = 0; i < N; ++i)
       if (!key_mask || key_mask[b * N + i]) real.push_back(int32_t(i));
     std::vector<int32_t> cand(real.size());
+    std::vector<float> key(static_cast<size_t>(N));
+    // A strict total order (similarity descending, NaN as -inf, then position): the same set on any run.
+    auto before = [&](int32_t a, int32_t b2) {
+      return key[size_t(a)] > key[size_t(b2)] || (key[size_t(a)] == key[size_t(b2)] && a < b2);
+    };
     for (int64_t j = 0; j < nj; ++j) {
-      // A strict total order (similarity descending, NaN last, then position): the same set on any run.
-      auto key = [&](int32_t i) {
+      for (int32_t i : real) {
         const float x = sim[int64_t(i) * gp + j];
-        return std::isnan(x) ? kNegInf : x;
-      };
-      auto before = [&](int32_t a, int32_t b2) {
-        const float ka = key(a), kb = key(b2);
-        return ka > kb || (ka == kb && a < b2);
-      };
+        key[size_t(i)] = std::isnan(x) ? kNegInf : x;
+      }
       std::copy(real.begin(), real.end(), cand.begin());
       std::nth_element(cand.begin(), cand.begin() + (take - 1), cand.end(), before);
       std::sort(cand.begin(), cand.begin() + take);
