@@ -105,8 +105,6 @@ void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const TileRu
   }
 }
 
-
-
 }  // namespace
 
 void gather_rows(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
@@ -116,7 +114,7 @@ void gather_rows(const float* x, const int32_t* order, int64_t i0, int64_t rows,
     std::fill(dst + i * ld + d, dst + (i + 1) * ld, 0.0f);
   }
 }
-// The same rows transposed: dst [d, ld] (columns rows..ld zero), the B operand of a score tile.
+
 void gather_transposed(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
                        int64_t ld) {
   for (int64_t i = 0; i < rows; ++i) {
