@@ -77,6 +77,16 @@ def check_agreement(H=2, d=16, N=256):
     assert err < 1e-4, err
 
 
+def inputs(N, H, d):
+    """c = 2^round(log2(sqrt(N))) clusters of window N / c; q, v, the upstream gradient g [1, H, N, d] and unit
+    centroids mu [H, c, d], all float32 from seed 0."""
+    c = 1 << round(math.log2(math.sqrt(N)))
+    rng = np.random.default_rng(0)
+    q, v, g = (rng.standard_normal((1, H, N, d)).astype(np.float32) for _ in range(3))
+    mu = rng.standard_normal((H, c, d)).astype(np.float32)
+    return c, N // c, q, v, g, mu / np.linalg.norm(mu, axis=-1, keepdims=True)
+
+
 def time_one(fn, reps):
     fn()
     times = []
@@ -107,12 +117,8 @@ def main():
     print(f"B=1 H={H} d={d} causal, forward + backward, {a.threads} threads")
     print(f"{'N':>7} {'c':>5} {'window':>6} {'eformer s':>10} {'peer s':>8} {'peer/eformer':>12}")
     for N in a.sizes:
-        c = 1 << round(math.log2(math.sqrt(N)))
-        w = N // c
-        rng = np.random.default_rng(0)
-        q, v, g = (rng.standard_normal((1, H, N, d)).astype(np.float32) for _ in range(3))
-        mu = rng.standard_normal((H, c, d)).astype(np.float32)
-        centroids, ge = ef.tensor(mu / np.linalg.norm(mu, axis=-1, keepdims=True)), ef.tensor(g)
+        c, w, q, v, g, mu = inputs(N, H, d)
+        centroids, ge = ef.tensor(mu), ef.tensor(g)
 
         def ours():
             qe, ve = ef.tensor(q, requires_grad=True), ef.tensor(v, requires_grad=True)
@@ -137,12 +143,7 @@ def bidirectional(a):
     print(f"B=1 H={H} d={d} bidirectional, forward + backward, {a.threads} threads")
     print(f"{'N':>7} {'c':>5} {'window':>6} {'top s':>8} {'nearest s':>10} {'peer s':>8} {'peer/top':>9}")
     for N in a.sizes:
-        c = 1 << round(math.log2(math.sqrt(N)))
-        w = N // c
-        rng = np.random.default_rng(0)
-        q, v, g = (rng.standard_normal((1, H, N, d)).astype(np.float32) for _ in range(3))
-        mu = rng.standard_normal((H, c, d)).astype(np.float32)
-        mu /= np.linalg.norm(mu, axis=-1, keepdims=True)
+        c, w, q, v, g, mu = inputs(N, H, d)
         centroids, ge = ef.tensor(mu), ef.tensor(g)
 
         def ours(balance):

@@ -18,6 +18,7 @@
 #include "../test_util.h"
 #include "eformer/attention/mechanisms/routing.h"
 #include "eformer/eformer.h"
+#include "routing_test_util.h"
 
 namespace eformer::attention {
 namespace {
@@ -39,11 +40,7 @@ MechanismConfig top_config(nlohmann::json options, bool causal = false) {
   return c;
 }
 
-Tensor buffer(const Mechanism& m, const std::string& name) {
-  for (const auto& [n, t] : m.state_dict())
-    if (n == name) return t;
-  return {};
-}
+using testing_routing::buffer;
 
 TEST(RoutingTopOptions, CausalIsRefusedNamingTheLeak) {
   expect_error<ValueError>([] { make_mechanism("routing", top_config(nlohmann::json::object(), true)); },
@@ -99,16 +96,11 @@ TEST(RoutingTopKernel, MembersAreEachCentroidsTopWInPositionOrder) {
     }
 }
 
-// Forward and the three gradients of the functional form on `threads` threads.
-std::vector<std::vector<float>> run_top(const Tensor& q, const Tensor& v, const Tensor& mu, const Tensor& g,
-                                        int64_t window, int threads) {
-  const int before = parallel::num_threads();
-  parallel::set_num_threads(threads);
-  Tensor ql = leaf(q), vl = leaf(v);
-  Tensor out = routing_top_attention(ql, ql, vl, mu, window);
-  backward(out, g);
-  parallel::set_num_threads(before);
-  return {values(out), values(grad(ql)), values(grad(vl))};
+// The functional form at window w.
+testing_routing::Attend top_at(int64_t window) {
+  return [=](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mu) {
+    return routing_top_attention(q, k, v, mu, window);
+  };
 }
 
 TEST(RoutingTopKernel, IdenticalBitsOnOneAndTwoThreadsAtOneHead) {
@@ -118,7 +110,8 @@ TEST(RoutingTopKernel, IdenticalBitsOnOneAndTwoThreadsAtOneHead) {
   Tensor q = normal({1, 1, N, d}, gen), v = normal({1, 1, N, d}, gen), g = normal({1, 1, N, d}, gen);
   for (int64_t window : {40, 150}) {
     Tensor mu = normal({1, 20, d}, gen);
-    auto one = run_top(q, v, mu, g, window, 1), two = run_top(q, v, mu, g, window, 2);
+    auto one = testing_routing::on_threads(top_at(window), q, v, mu, g, 1),
+         two = testing_routing::on_threads(top_at(window), q, v, mu, g, 2);
     for (size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i], two[i]) << seed.str() << " tensor " << i;
   }
 }
@@ -185,20 +178,9 @@ TEST(RoutingTopMechanism, ContractChecksOfTheOption) {
   EXPECT_EQ(values(other->forward(x, Tensor(), mask)), base);
 }
 
-// The allocator's peak over a forward and backward at length N (inputs included), c = N / 32, w = 32.
-int64_t peak_bytes(int64_t N) {
-  rng::Generator gen(1);
-  const int64_t H = 2, d = 32;
-  Tensor q = leaf(normal({1, H, N, d}, gen)), v = leaf(normal({1, H, N, d}, gen));
-  Tensor mu = normal({H, N / 32, d}, gen), g = normal({1, H, N, d}, gen);
-  allocator::reset_peak();
-  const int64_t live = allocator::stats().live_bytes;
-  backward(routing_top_attention(q, q, v, mu, 32), g);
-  return allocator::stats().peak_bytes - live;
-}
-
 TEST(RoutingTopKernel, MemoryGrowsLinearlyInNAtAFixedWindow) {
-  const int64_t small = peak_bytes(4096), large = peak_bytes(16384);
+  const int64_t small = testing_routing::peak_bytes(top_at(32), 4096),
+                large = testing_routing::peak_bytes(top_at(32), 16384);
   EXPECT_LT(double(large) / double(small), 4.6) << small << " -> " << large;
 }
 
