@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../test_util.h"
+#include "routing_test_util.h"
 #include "eformer/attention/kernels/routing.h"
 #include "eformer/attention/mechanisms/routing.h"
 #include "eformer/eformer.h"
@@ -34,11 +35,7 @@ MechanismConfig routing_config(nlohmann::json options, int64_t max_len = 256, bo
   return c;
 }
 
-Tensor buffer(const Mechanism& m, const std::string& name) {
-  for (const auto& [n, t] : m.state_dict())
-    if (n == name) return t;
-  return {};
-}
+using testing_routing::buffer;
 
 TEST(RoutingOptions, BadValuesAreErrorsNamingThem) {
   expect_error<ValueError>([] { make_mechanism("routing", routing_config({{"clusters", 0}})); }, {"clusters"});
@@ -108,18 +105,13 @@ TEST(RoutingKernel, NearestCentroidRowByRowEqualsTiles) {
   EXPECT_GE(std::count_if(used.begin(), used.end(), [](int64_t u) { return u > 0; }), c / 2) << seed.str();
 }
 
-// Forward and the three gradients of the functional form, on `threads` threads.
-std::vector<std::vector<float>> run_routing(const Tensor& q, const Tensor& v, const Tensor& mu, const Tensor& g,
-                                            bool causal, int threads) {
-  const int before = parallel::num_threads();
-  parallel::set_num_threads(threads);
-  Tensor ql = leaf(q), vl = leaf(v);
-  AttentionOptions opts;
-  opts.causal = causal;
-  Tensor out = routing_attention(ql, ql, vl, mu, 16, 0, opts);
-  backward(out, g);
-  parallel::set_num_threads(before);
-  return {values(out), values(grad(ql)), values(grad(vl))};
+// The functional form at window w, causal or not.
+testing_routing::Attend routing_at(int64_t window, bool causal) {
+  return [=](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mu) {
+    AttentionOptions opts;
+    opts.causal = causal;
+    return routing_attention(q, k, v, mu, window, 0, opts);
+  };
 }
 
 TEST(RoutingKernel, IdenticalBitsOnOneAndTwoThreadsAtOneHead) {
@@ -129,27 +121,15 @@ TEST(RoutingKernel, IdenticalBitsOnOneAndTwoThreadsAtOneHead) {
   Tensor q = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), g = normal({B, H, N, d}, gen),
          mu = normal({H, 8, d}, gen);
   for (bool causal : {false, true}) {
-    auto one = run_routing(q, v, mu, g, causal, 1), two = run_routing(q, v, mu, g, causal, 2);
+    auto one = testing_routing::on_threads(routing_at(16, causal), q, v, mu, g, 1),
+         two = testing_routing::on_threads(routing_at(16, causal), q, v, mu, g, 2);
     for (size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i], two[i]) << seed.str() << " tensor " << i;
   }
 }
 
-// The allocator's peak over a forward and backward at length N (inputs included), window 32.
-int64_t peak_bytes(int64_t N) {
-  rng::Generator gen(1);
-  const int64_t H = 2, d = 32;
-  Tensor q = leaf(normal({1, H, N, d}, gen)), v = leaf(normal({1, H, N, d}, gen));
-  Tensor mu = normal({H, N / 32, d}, gen), g = normal({1, H, N, d}, gen);
-  allocator::reset_peak();
-  const int64_t live = allocator::stats().live_bytes;
-  AttentionOptions opts;
-  opts.causal = true;
-  backward(routing_attention(q, q, v, mu, 32, 0, opts), g);
-  return allocator::stats().peak_bytes - live;
-}
-
 TEST(RoutingKernel, MemoryGrowsLinearlyInNAtAFixedWindow) {
-  const int64_t small = peak_bytes(4096), large = peak_bytes(16384);
+  const int64_t small = testing_routing::peak_bytes(routing_at(32, true), 4096),
+                large = testing_routing::peak_bytes(routing_at(32, true), 16384);
   EXPECT_LT(double(large) / double(small), 4.6) << small << " -> " << large;
 }
 

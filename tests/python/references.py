@@ -308,6 +308,40 @@ def torch_routing(q, k, v, centroids, window, causal, key_mask=None, local_heads
     return torch_sorted_chunks(q, k, v, [clusters], centroids.shape[1], window, causal, key_mask)
 
 
+def routing_top_members(kn, centroids, window, key_mask=None):
+    """Roy et al. 2021, sec. 4.1, balanced clusters: per head, centroid j takes the min(window, N, real
+    tokens) real tokens of highest k^_i . mu_j. kn [B, H, N, d], centroids [H, c, d] -> Bool [B, H, c, N]."""
+    B, H, N, d = kn.shape
+    real = torch.ones(B, N, dtype=torch.bool) if key_mask is None else torch.as_tensor(np.asarray(key_mask))
+    sim = torch.einsum("bhnd,hcd->bhcn", kn.detach(), centroids).masked_fill(~real[:, None, None, :], -math.inf)
+    member = torch.zeros(sim.shape, dtype=torch.bool)
+    for b in range(B):
+        w = min(window, N, int(real[b].sum()))
+        member[b].scatter_(-1, torch.topk(sim[b], w, -1).indices, True)
+    return member
+
+
+def torch_routing_top(q, k, v, centroids, window, key_mask=None, local_heads=0):
+    """Routing attention with balanced clusters (routing option balance "top", kernels/routing_top.h),
+    float64, dense: within each cluster of routing_top_members its queries attend its keys, the own key
+    left out (a member alone takes its own value); a token's output is the mean over its clusters, 0 in
+    none. The last local_heads heads are torch_routing's local heads (bidirectional)."""
+    B, H, N, d = q.shape
+    kn = normalized_keys(k)
+    member = routing_top_members(kn, centroids, window, key_mask)         # [B, H, c, N]
+    pair = member[..., :, None] & member[..., None, :] & ~torch.eye(N, dtype=torch.bool)  # [B, H, c, N, N]
+    s = ((q @ kn.transpose(-1, -2)) / math.sqrt(d))[:, :, None].masked_fill(~pair, -math.inf)
+    seen = pair.any(-1, keepdim=True)
+    o = (torch.softmax(torch.where(seen, s, torch.zeros_like(s)), -1) * seen) @ v[:, :, None]
+    o = torch.where(seen, o, v[:, :, None].expand_as(o)) * member[..., None]  # alone: its own value
+    count = member.sum(2)[..., None]
+    out = o.sum(2) / count.clamp(min=1)
+    if local_heads:
+        local = torch_routing(q, k, v, centroids, window, False, key_mask, local_heads)
+        out = torch.cat([out[:, :H - local_heads], local[:, H - local_heads:]], 1)
+    return out
+
+
 def torch_routing_ema(centroids, kn, clusters, decay, key_mask=None, local_heads=0):
     """The centroids after one moving-average step (kernels/routing.h): per routing head and cluster
     with real members, mu <- normalize(decay mu + (1 - decay) normalize(sum of its k^))."""

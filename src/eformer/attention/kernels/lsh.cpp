@@ -75,23 +75,6 @@ void tile_buckets(const Tile& t, const int32_t* order, const int32_t* bucket, co
   for (int64_t i = 0; i < t.rows; ++i) query_bucket[i] = bucket[order[t.q0 + i]];
 }
 
-// Rows `order[i0 ..)` of x [N, d] gathered into dst [rows, ld] (columns d..ld zero).
-void gather_rows(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
-                 int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) {
-    std::memcpy(dst + i * ld, x + int64_t(order[i0 + i]) * d, size_t(d) * sizeof(float));
-    std::fill(dst + i * ld + d, dst + (i + 1) * ld, 0.0f);
-  }
-}
-// The same rows transposed: dst [d, ld] (columns rows..ld zero), the B operand of a score tile.
-void gather_transposed(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
-                       int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* src = x + int64_t(order[i0 + i]) * d;
-    for (int64_t c = 0; c < d; ++c) dst[c * ld + i] = src[c];
-  }
-  for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ld + rows, dst + (c + 1) * ld, 0.0f);
-}
 
 // The score tile S [t.rows, ld] = scale Q K^T with the rule applied (hidden: -inf).
 void mask_scores(float* S, int64_t ld, const TileRule& rule) {
@@ -122,10 +105,25 @@ void probabilities_and_score_grads(float* S, float* dP, int64_t ld, const TileRu
   }
 }
 
-// p = exp(s - max) in place over one row of n scores, with 1 / sum p and the row's log-sum-exp (-inf and
-// inv = 0 when every score is -inf). The sum runs in column order: hidden keys add exact zeros, so the
-// result does not depend on where the visible keys sit in the tile (a causal tile's place in the sorted
-// order moves with later tokens; the outputs must not, bit for bit).
+}  // namespace
+
+void gather_rows(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
+                 int64_t ld) {
+  for (int64_t i = 0; i < rows; ++i) {
+    std::memcpy(dst + i * ld, x + int64_t(order[i0 + i]) * d, size_t(d) * sizeof(float));
+    std::fill(dst + i * ld + d, dst + (i + 1) * ld, 0.0f);
+  }
+}
+
+void gather_transposed(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
+                       int64_t ld) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* src = x + int64_t(order[i0 + i]) * d;
+    for (int64_t c = 0; c < d; ++c) dst[c * ld + i] = src[c];
+  }
+  for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ld + rows, dst + (c + 1) * ld, 0.0f);
+}
+
 void row_softmax(float* s, int64_t n, float& inv, float& lse) {
   float m = kNegInf;
   for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
@@ -141,7 +139,6 @@ void row_softmax(float* s, int64_t n, float& inv, float& lse) {
   inv = 1.0f / sum, lse = m + std::log(sum);
 }
 
-// Adds src [rows, ld] to rows order[i0 ..) of x [N, d].
 void scatter_add(const float* src, int64_t ld, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* x) {
   for (int64_t i = 0; i < rows; ++i) {
     float* dst = x + int64_t(order[i0 + i]) * d;
@@ -151,7 +148,21 @@ void scatter_add(const float* src, int64_t ld, const int32_t* order, int64_t i0,
   }
 }
 
-}  // namespace
+void lsh_normalize_rows(const float* k, float* kn, float* inv, int64_t rows, int64_t d) {
+  parallel::parallel_for(rows, 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) inv[i] = lsh_normalize_row(k + i * d, kn + i * d, d);
+  });
+}
+
+void lsh_normalize_backward(const float* kn, const float* dkn, const float* inv, float* dk, int64_t rows, int64_t d) {
+  parallel::parallel_for(rows, 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float dot = 0.0f;
+      for (int64_t c = 0; c < d; ++c) dot += kn[i * d + c] * dkn[i * d + c];
+      for (int64_t c = 0; c < d; ++c) dk[i * d + c] += (dkn[i * d + c] - kn[i * d + c] * dot) * inv[i];
+    }
+  });
+}
 
 void lsh_merge_round(float* acc, float& L, const float* o_r, float lse_r, int64_t d) {
   if (lse_r == kNegInf) return;
@@ -360,21 +371,8 @@ void lsh_attention_backward(const float* q, const float* kn, const float* v, con
 }  // namespace eformer::kernels
 
 namespace eformer::attention {
-namespace {
 
-// int32 indices through the counting allocator (so benchmarks' peaks include them).
-struct IndexBuffer {
-  int32_t* data = nullptr;
-  size_t bytes = 0;
-  explicit IndexBuffer(int64_t n) : bytes(size_t(std::max<int64_t>(n, 1)) * sizeof(int32_t)) {
-    data = static_cast<int32_t*>(allocator::allocate(bytes));
-  }
-  IndexBuffer(const IndexBuffer&) = delete;
-  IndexBuffer& operator=(const IndexBuffer&) = delete;
-  ~IndexBuffer() { allocator::deallocate(data, bytes); }
-};
-
-}  // namespace
+using kernels::IndexBuffer;
 
 Tensor lsh_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& rotations, int64_t n_buckets,
                      int64_t chunk, const AttentionOptions& opts) {
@@ -414,13 +412,7 @@ Tensor sorted_chunk_attention(const char* op, const Tensor& q, const Tensor& k, 
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
   // k^ = k / sqrt(|k|^2 + eps); inv_norm keeps 1 / sqrt(|k|^2 + eps) for the backward.
   Tensor kn = Tensor::empty(kc.shape()), inv_norm = Tensor::empty({rows});
-  {
-    const float* K = kc.data<float>();
-    float *KN = kn.data<float>(), *inv = inv_norm.data<float>();
-    parallel::parallel_for(rows, 1024, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) inv[i] = kernels::lsh_normalize_row(K + i * s.d, KN + i * s.d, s.d);
-    });
-  }
+  kernels::lsh_normalize_rows(kc.data<float>(), kn.data<float>(), inv_norm.data<float>(), rows, s.d);
   const bool* mask = km.defined() ? km.data<bool>() : nullptr;
   auto bucket = std::make_shared<IndexBuffer>(s.n_hashes * rows);
   auto order = std::make_shared<IndexBuffer>(s.n_hashes * rows);
@@ -450,16 +442,8 @@ Tensor sorted_chunk_attention(const char* op, const Tensor& q, const Tensor& k, 
                                         km.defined() ? km.data<bool>() : nullptr, bucket->data, order->data,
                                         od.data<float>(), lse.data<float>(), gc.data<float>(), dq.data<float>(),
                                         dkn.data<float>(), dv.data<float>(), s);
-        // dk = (dk^ - k^ (k^ . dk^)) / sqrt(|k|^2 + eps)
-        const float *KN = kn.data<float>(), *dKN = dkn.data<float>(), *inv = inv_norm.data<float>();
-        float* DK = dk.data<float>();
-        parallel::parallel_for(n, 1024, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i) {
-            float dot = 0.0f;
-            for (int64_t c = 0; c < s.d; ++c) dot += KN[i * s.d + c] * dKN[i * s.d + c];
-            for (int64_t c = 0; c < s.d; ++c) DK[i * s.d + c] += (dKN[i * s.d + c] - KN[i * s.d + c] * dot) * inv[i];
-          }
-        });
+        kernels::lsh_normalize_backward(kn.data<float>(), dkn.data<float>(), inv_norm.data<float>(),
+                                        dk.data<float>(), n, s.d);
         return grads();
       });
 }

@@ -55,6 +55,25 @@ inline float lsh_normalize_row(const float* k, float* kn, int64_t d) {
   return inv;
 }
 
+// kn [rows, d] and inv [rows] = 1 / sqrt(|k|^2 + eps) of k [rows, d], in parallel over rows.
+void lsh_normalize_rows(const float* k, float* kn, float* inv, int64_t rows, int64_t d);
+// The gradient through that normalization, added: dk += (dk^ - k^ (k^ . dk^)) inv, per row.
+void lsh_normalize_backward(const float* kn, const float* dkn, const float* inv, float* dk, int64_t rows, int64_t d);
+
+// The tile helpers of the sorted-bucket kernels (and of routing's balanced clusters, kernels/routing_top.h).
+// Rows `order[i0 ..)` of x [N, d] gathered into dst [rows, ld] (columns d..ld zero).
+void gather_rows(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst, int64_t ld);
+// The same rows transposed: dst [d, ld] (columns rows..ld zero), the B operand of a score tile.
+void gather_transposed(const float* x, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* dst,
+                       int64_t ld);
+// p = exp(s - max) in place over one row of n scores, with 1 / sum p and the row's log-sum-exp (-inf and
+// inv = 0 when every score is -inf). The sum runs in column order: hidden keys add exact zeros, so the
+// result does not depend on where the visible keys sit in the tile (a causal tile's place in the sorted
+// order moves with later tokens; the outputs must not, bit for bit).
+void row_softmax(float* s, int64_t n, float& inv, float& lse);
+// Adds src [rows, ld] to rows order[i0 ..) of x [N, d].
+void scatter_add(const float* src, int64_t ld, const int32_t* order, int64_t i0, int64_t rows, int64_t d, float* x);
+
 struct LshSizes {
   int64_t B = 0, H = 0, N = 0, d = 0;
   int64_t n_hashes = 0, n_buckets = 0, chunk = 0;

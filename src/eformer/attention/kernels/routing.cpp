@@ -102,17 +102,21 @@ void routing_ema_update(float* centroids, const float* sums, const float* counts
 
 namespace eformer::attention {
 
-Tensor routing_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& centroids, int64_t window,
-                         int64_t local_heads, const AttentionOptions& opts, ClusterSums* stats) {
-  const char* op = "routing_attention";
-  const AttentionDims dims = validate_attention(op, q, k, v, opts);
+int64_t check_routing_centroids(const char* op, const Tensor& centroids, const AttentionDims& dims) {
   EF_CHECK(centroids.defined() && centroids.dtype() == DType::Float32 && centroids.dim() == 3 &&
                centroids.size(0) == dims.H && centroids.size(1) >= 1 && centroids.size(2) == dims.d,
            ShapeError, op, ": centroids is ", centroids.defined() ? centroids.describe() : std::string("undefined"),
            "; expected float32 [heads, clusters, head_dim] = [", dims.H, ", c, ", dims.d, "]");
+  return centroids.size(1);
+}
+
+Tensor routing_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& centroids, int64_t window,
+                         int64_t local_heads, const AttentionOptions& opts, ClusterSums* stats) {
+  const char* op = "routing_attention";
+  const AttentionDims dims = validate_attention(op, q, k, v, opts);
+  const int64_t c = check_routing_centroids(op, centroids, dims);
   EF_CHECK(local_heads >= 0 && local_heads <= dims.H, ValueError, op, ": local_heads = ", local_heads,
            "; expected 0 ..", dims.H, " (the heads)");
-  const int64_t c = centroids.size(1);
   Tensor mu = centroids.detach().contiguous_data();
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
   if (stats) *stats = {Tensor::zeros({dims.H, c, dims.d}), Tensor::zeros({dims.H, c})};

@@ -49,6 +49,10 @@ struct ClusterSums {
   Tensor counts;  // [H, c]
 };
 
+// Checks centroids against the heads and head size of q: float32 [H, c >= 1, d], else a ShapeError naming
+// `op`; returns c.
+int64_t check_routing_centroids(const char* op, const Tensor& centroids, const AttentionDims& dims);
+
 // q, k, v [B, H, N, d] float32, centroids [H, c, d] (used as given, no gradient), window w >= 1,
 // 0 <= local_heads <= H -> [B, H, N, d]. opts.causal, opts.key_mask and opts.scale as lsh_attention;
 // dropout must be 0. With `stats`, the cluster sums of this forward are written there (for the

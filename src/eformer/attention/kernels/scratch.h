@@ -28,6 +28,18 @@ struct ScratchBuffer {
   }
 };
 
+// int32 indices through the counting allocator (so benchmarks' peaks include them).
+struct IndexBuffer {
+  int32_t* data = nullptr;
+  size_t bytes = 0;
+  explicit IndexBuffer(int64_t n) : bytes(size_t(std::max<int64_t>(n, 1)) * sizeof(int32_t)) {
+    data = static_cast<int32_t*>(allocator::allocate(bytes));
+  }
+  IndexBuffer(const IndexBuffer&) = delete;
+  IndexBuffer& operator=(const IndexBuffer&) = delete;
+  ~IndexBuffer() { allocator::deallocate(data, bytes); }
+};
+
 // Runs body(item, scratch) for item in [0, n) over the library's threads. Items are independent
 // and each is computed the same way whichever thread takes it, so the dynamic schedule (which
 // balances causal rows of unequal length) does not change any result.

@@ -6,7 +6,9 @@
 
 #include "eformer/attention/kernels/lsh.h"
 #include "eformer/attention/kernels/routing.h"
+#include "eformer/attention/kernels/routing_top.h"
 #include "eformer/attention/mechanisms/bucket_cache.h"
+#include "eformer/ops/shape.h"
 
 namespace eformer::attention {
 namespace {
@@ -20,6 +22,10 @@ std::vector<OptionSpec> routing_option_specs() {
                                                      "window >= N)"},
       {"window", "int", "64", "sorted chunk w (causal: the last <= 2w - 1 earlier keys of the token's cluster; "
                               "bidirectional: its sorted chunk and the one before)"},
+      {"balance", "string", "nearest", "nearest: each token in the cluster of its nearest centroid, attended in "
+                                       "sorted chunks of window; top: each centroid takes its window most similar "
+                                       "tokens, a token in several clusters averaged, in none 0 (Roy et al. sec. "
+                                       "4.1; bidirectional only: causal would leak)"},
       {"decay", "float", "0.999", "moving-average lambda of the centroids (Roy et al. sec. 4.1; 1: frozen)"},
       {"local_heads", "int", "0", "heads (the last ones) that attend a local window instead of routing"},
       {"seed", "int", "from the default generator", "the seed of the initial centroids"},
@@ -35,12 +41,54 @@ bool parse_shared_option(const std::string& who, const std::string& key, const n
     o.window = options::get_int(who, key, value, 1, 1 << 16);
   else if (key == "local_heads")
     o.local_heads = options::get_int(who, key, value, 0, 1 << 16);
+  else if (key == "balance")
+    o.balance = options::get_string(who, key, value, {"nearest", "top"}) == "top" ? RoutingBalance::top
+                                                                                   : RoutingBalance::nearest;
   else
     return false;
   return true;
 }
 
+const char* balance_name(RoutingBalance b) { return b == RoutingBalance::top ? "top" : "nearest"; }
+
+// The error of a causal request with balance "top", naming the leak.
+void check_balance_causal(const std::string& who, RoutingBalance balance, bool causal) {
+  EF_CHECK(!(causal && balance == RoutingBalance::top), ValueError, who,
+           ": option balance = 'top' has no causal form (a centroid's top-w tokens depend on later tokens: "
+           "a leak, and a streaming step cannot know them); use balance 'nearest' for causal attention");
+}
+
 }  // namespace
+
+Tensor routing_attention_balanced(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& centroids,
+                                  const RoutingOptions& o, const AttentionOptions& opts, ClusterSums* stats) {
+  if (o.balance == RoutingBalance::nearest)
+    return routing_attention(q, k, v, centroids, o.window, o.local_heads, opts, stats);
+  if (o.local_heads == 0) return routing_top_attention(q, k, v, centroids, o.window, opts, stats);
+  const char* op = "routing_attention";  // checked before the heads are split
+  const AttentionDims dims = validate_attention(op, q, k, v, opts);
+  check_routing_centroids(op, centroids, dims);
+  EF_CHECK(o.local_heads <= dims.H, ValueError, op, ": local_heads = ", o.local_heads, "; expected 0 ..", dims.H,
+           " (the heads)");
+  if (o.local_heads == dims.H) return routing_attention(q, k, v, centroids, o.window, o.local_heads, opts, stats);
+  // The routing heads by their balanced clusters, the local heads by the sorted-chunk kernel.
+  const int64_t H = q.size(1), Hr = H - o.local_heads;
+  auto heads = [](const Tensor& x, int64_t h0, int64_t n) { return narrow(x, 1, h0, n); };
+  const Tensor qr = heads(q, 0, Hr), ql = heads(q, Hr, o.local_heads);
+  const Tensor kr = q.is_same(k) ? qr : heads(k, 0, Hr), kl = q.is_same(k) ? ql : heads(k, Hr, o.local_heads);
+  ClusterSums routed;
+  Tensor a = routing_top_attention(qr, kr, heads(v, 0, Hr), narrow(centroids, 0, 0, Hr), o.window, opts,
+                                   stats ? &routed : nullptr);
+  Tensor b = routing_attention(ql, kl, heads(v, Hr, o.local_heads), narrow(centroids, 0, Hr, o.local_heads),
+                               o.window, o.local_heads, opts);
+  if (stats) {  // the local heads learn nothing: zeros after the routing heads' sums
+    const int64_t c = centroids.size(1), d = centroids.size(2);
+    *stats = {Tensor::zeros({H, c, d}), Tensor::zeros({H, c})};
+    std::copy_n(routed.sums.data<float>(), Hr * c * d, stats->sums.data<float>());
+    std::copy_n(routed.counts.data<float>(), Hr * c, stats->counts.data<float>());
+  }
+  return cat({a, b}, 1);
+}
 
 Tensor draw_routing_centroids(int64_t heads, int64_t clusters, int64_t d, rng::Generator& gen) {
   Tensor mu = Tensor::empty({heads, clusters, d});
@@ -78,12 +126,14 @@ Tensor routing_attention_functional(const Tensor& q, const Tensor& k, const Tens
   RoutingOptions o;
   for (const auto& [key, value] : args.options.items())
     if (!parse_shared_option(who, key, value, o))
-      throw ValueError(detail::concat(who, ": unknown option '", key, "'; valid options: window, local_heads"));
+      throw ValueError(
+          detail::concat(who, ": unknown option '", key, "'; valid options: window, local_heads, balance"));
   options::check_tensors(who, args, {"centroids"});
   const auto given = args.tensors.find("centroids");
   EF_CHECK(given != args.tensors.end(), ValueError, who,
            ": needs the tensor 'centroids' [heads, clusters, head_dim] (the module keeps its own)");
-  return routing_attention(q, k, v, given->second, o.window, o.local_heads, opts);
+  check_balance_causal(who, o.balance, opts.causal);
+  return routing_attention_balanced(q, k, v, given->second, o, opts);
 }
 
 MechanismEntry routing_entry() {
@@ -112,6 +162,7 @@ RoutingAttention::RoutingAttention(const MechanismConfig& config, RoutingOptions
       options_(std::move(options)) {
   EF_CHECK(options_.clusters > 0 || config.max_len > 0, ValueError, label(),
            ": needs max_len (the model's context) or the option clusters to fix its centroids");
+  check_balance_causal(label(), options_.balance, config.causal);
   EF_CHECK(options_.local_heads <= H_, ValueError, label(), ": option local_heads = ", options_.local_heads,
            "; expected at most n_heads = ", H_);
   clusters_ = options_.clusters > 0
@@ -130,7 +181,8 @@ RoutingAttention::RoutingAttention(const MechanismConfig& config, RoutingOptions
 std::string RoutingAttention::describe() const {
   return detail::concat("RoutingAttention(d_model=", config_.d_model, ", n_heads=", H_,
                         ", causal=", config_.causal ? "true" : "false", ", clusters=", clusters_,
-                        ", window=", options_.window, ", decay=", options_.decay,
+                        ", window=", options_.window, ", balance=", balance_name(options_.balance),
+                        ", decay=", options_.decay,
                         ", local_heads=", options_.local_heads, ", rotary=", heads_.rotary ? "true" : "false", ")");
 }
 
@@ -140,15 +192,15 @@ Tensor RoutingAttention::mix(const Tensor& x, const Tensor& memory, const Tensor
   opts.causal = config_.causal;
   opts.key_mask = key_mask;
   if (!is_training())
-    return output(routing_attention(h.q, h.k, h.v, *centroids_, options_.window, options_.local_heads, opts));
+    return output(routing_attention_balanced(h.q, h.k, h.v, *centroids_, options_, opts));
   rng::Generator& g = rng::default_generator();
   const rng::Generator::State mark = g.state();
   g.reserve(1);
   if (last_mark_ && *last_mark_ == mark)  // a replay: the same routing, no second update
-    return output(routing_attention(h.q, h.k, h.v, last_centroids_, options_.window, options_.local_heads, opts));
+    return output(routing_attention_balanced(h.q, h.k, h.v, last_centroids_, options_, opts));
   ClusterSums stats;
   const Tensor used = *centroids_;
-  Tensor out = routing_attention(h.q, h.k, h.v, used, options_.window, options_.local_heads, opts, &stats);
+  Tensor out = routing_attention_balanced(h.q, h.k, h.v, used, options_, opts, &stats);
   *centroids_ = routing_ema(used, stats, float(options_.decay));  // after the forward: nothing above saw it
   last_mark_ = mark, last_centroids_ = used;
   return output(out);

@@ -6,7 +6,11 @@
 //
 // Options (MechanismConfig::options; unknown keys are a ValueError listing these):
 //   clusters     c (default round(max_len / window), at least 1)
-//   window       w, the sorted chunk (default 64): causal, the last <= 2w - 1 earlier keys of a cluster
+//   window       w, the sorted chunk (default 64): causal, the last <= 2w - 1 earlier keys of a cluster;
+//                with balance "top", the tokens each centroid takes
+//   balance      "nearest" (default): each token in the cluster of its nearest centroid, sorted chunks of
+//                w; "top": each centroid takes its w most similar tokens (the paper's balanced clusters,
+//                kernels/routing_top.h), bidirectional only (causal is a ValueError: a leak)
 //   decay        the moving average's lambda (default 0.999; 1: frozen centroids)
 //   local_heads  how many of the heads (the last ones) attend locally instead (default 0)
 //   seed         the seed of the initial centroids (default: drawn from the default generator)
@@ -17,12 +21,13 @@
 // generator state (autograd::checkpoint's recompute, the reversible backward) is a replay of the
 // last one, and routes with the centroids that one used, updating nothing.
 //
-// Streaming (causal): per sequence, head and cluster the last <= 2w - 1 keys and values; a new token
-// attends the cached keys of its cluster: the same outputs as the parallel causal pass.
+// Streaming (causal, so balance "nearest"): per sequence, head and cluster the last <= 2w - 1 keys and
+// values; a new token attends the cached keys of its cluster: the same outputs as the parallel causal pass.
 #pragma once
 #include <optional>
 #include <string>
 
+#include "eformer/attention/kernels/routing.h"
 #include "eformer/attention/projected.h"
 #include "eformer/core/rng.h"
 
@@ -30,9 +35,13 @@ namespace eformer::attention {
 
 MechanismEntry routing_entry();
 
+// How tokens are spread over the clusters: the nearest centroid in sorted chunks, or each centroid's top w.
+enum class RoutingBalance { nearest, top };
+
 struct RoutingOptions {
   int64_t clusters = 0;  // 0: from max_len / window
   int64_t window = 64;
+  RoutingBalance balance = RoutingBalance::nearest;
   double decay = 0.999;
   int64_t local_heads = 0;
   int64_t seed = -1;  // -1: from the default generator
@@ -43,7 +52,14 @@ RoutingOptions parse_routing_options(const nlohmann::json& options, const std::s
 Tensor draw_routing_centroids(int64_t heads, int64_t clusters, int64_t d, rng::Generator& gen);
 
 // Functional form on q, k, v [B, H, N, d] (kind "routing" of attention()): args.tensors["centroids"]
-// [H, c, d] (required); args.options: window (default 64), local_heads (default 0).
+// [H, c, d] (required); args.options: window (default 64), local_heads (default 0), balance (default
+// "nearest"; "top" with opts.causal is a ValueError).
+// The attention of `o.balance` over heads [0, H - local_heads); the last local_heads heads attend their
+// local window (the "nearest" kernel with every token in one cluster). `stats` as routing_attention.
+Tensor routing_attention_balanced(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& centroids,
+                                  const RoutingOptions& o, const AttentionOptions& opts,
+                                  ClusterSums* stats = nullptr);
+
 Tensor routing_attention_functional(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
                                     const MechanismArgs& args = {});
 
