@@ -78,7 +78,8 @@ void bind_attention(py::module_& m) {
       py::arg("scale") = py::none(), py::arg("dropout") = 0.0f,
       "Transformer-XL attention (Dai et al. 2019, sec. 3.3), causal: q [B, H, N, d] (the last N of the K keys),\n"
       "k, v [B, H, K, d], r [H, K, d] the projected encodings of the distances K-1 .. 0, u, w [H, d] the content and\n"
-      "position biases; scores (q_i + u).k_j + (q_i + w).r_{i-j} through the relative shift. -> [B, H, N, d].");
+      "position biases; scores (q_i + u).k_j + (q_i + w).r_{i-j}, fused into the tiled kernel (no N x K scores).\n"
+      "-> [B, H, N, d].");
   m.def("relative_encodings", &attention::relative_encodings, py::arg("K"), py::arg("D"),
         "Sinusoidal encodings [K, D] of the distances K-1, ..., 0 (sin in the first D/2 columns, cos in the rest).");
   m.def("relative_shift", &relative_shift, py::arg("x"),

@@ -2,11 +2,9 @@
 
 #include <cmath>
 
-#include "eformer/autograd/autograd.h"
-#include "eformer/ops/dropout.h"
+#include "eformer/attention/kernels/block_sparse.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/matmul.h"
-#include "eformer/ops/relative_shift.h"
 #include "eformer/ops/shape.h"
 #include "eformer/ops/softmax.h"
 
@@ -29,6 +27,19 @@ Tensor relative_encodings(int64_t K, int64_t D) {
   return R;
 }
 
+namespace {
+
+// Every block of the N x K pairs, unmasked: the kernel's causal cut is the mask.
+std::shared_ptr<const kernels::BlockSparseLayout> relative_layout(int64_t N, int64_t K) {
+  const int64_t block = kernels::block_sparse_block();
+  return kernels::cached_layouts(detail::concat("relative n=", N, " k=", K, " block=", block), [&] {
+    return kernels::LayoutParts{std::make_shared<const kernels::BlockSparseLayout>(
+        kernels::build_layout(N, K, block, 1, [](int64_t, int64_t, int64_t) { return true; }))};
+  })[0];
+}
+
+}  // namespace
+
 Tensor relative_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& r, const Tensor& u,
                           const Tensor& w, float scale, float dropout) {
   EF_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && r.dim() == 3 && u.dim() == 2 && w.dim() == 2,
@@ -43,14 +54,13 @@ Tensor relative_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
            " (the N queries are the last N of the K keys)");
   EF_CHECK(dropout >= 0.0f && dropout < 1.0f, ValueError, "relative_attention: dropout = ", dropout,
            "; expected [0, 1)");
-  // (a) + (c): (q_i + u)^T k_j.
-  Tensor content = matmul(add(q, reshape(u, {H, 1, d})), k, false, true);
-  // (b) + (d): (q_i + v)^T r_p per distance, then the shift to (i, j) pairs (with the causal mask).
-  Tensor r_b = contiguous(expand(unsqueeze(r, 0), {B, H, K, d}));
-  Tensor position = relative_shift(matmul(add(q, reshape(w, {H, 1, d})), r_b, false, true));
-  Tensor p = softmax(mul_scalar(add(content, position), scale), -1);
-  if (dropout > 0.0f) p = eformer::dropout(p, dropout, true);
-  return matmul(p, v);
+  // (a) + (c) = (q_i + u)^T k_j is the kernel's content score; (b) + (d) = (q_i + w)^T r_{i-j} its
+  // position score bias, computed per tile (block_sparse.h, kernels::PositionScores). The biases'
+  // gradients are the sums over rows of those of q + u and q + w (autograd of the broadcast adds).
+  AttentionOptions opts;
+  opts.causal = true, opts.scale = scale, opts.dropout = dropout;
+  return block_sparse_attention(add(q, reshape(u, {H, 1, d})), k, v, opts, relative_layout(N, K),
+                                PositionScoreBias{add(q, reshape(w, {H, 1, d})), r});
 }
 
 RelativeAttention::RelativeAttention(int64_t d_model, int64_t n_heads, float dropout, int64_t layer)

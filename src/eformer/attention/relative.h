@@ -5,11 +5,15 @@
 // q_i = W_q x_i, k_j = W_{k,E} c_j, v_j = W_v c_j with c = [memory; x]; R the sinusoidal encodings of
 // the distances (Vaswani et al. 2017, sin in the first D/2 columns, cos in the last, as Dai et al.'s
 // code); u, v learned per head. The position term is computed once per distance and turned into
-// per-pair scores by the relative shift (ops/relative_shift.h), which is also the causal mask.
+// per-pair scores by the relative shift (Dai et al., appendix B), which is also the causal mask.
 //
-// What is fused: the shift and the causal mask are one O(N K) copy; the two score terms are two
-// GEMMs; the N x K scores are materialized per (batch, head) as in the `full` kernel (memory
-// O(B H N K)), not tiled into the flash kernel.
+// What is fused: everything. relative_attention runs the block-sparse kernel (kernels/
+// block_sparse.h) over every causal tile with the position term as its score bias: per tile of
+// queries [i0, i0 + Tq) and keys [j0, j0 + Tk), one GEMM of (q + v) against the Tq + Tk - 1 rows of
+// r the tile's distances need, read back along the shift as an index, added to the content tile
+// (q + u) k^T inside the online softmax; the backward recomputes tiles and sums dr per distance by
+// block diagonal. No N x K buffer: memory O(N d + K d) per (batch, head). ops/relative_shift remains
+// an op (the tests' materialized oracle uses it).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -25,8 +29,9 @@ Tensor relative_encodings(int64_t K, int64_t D);
 
 // The functional form on explicit heads: q [B, H, N, d], k, v [B, H, K, d] (N <= K, the queries are
 // the last N keys), r [H, K, d] = W_{k,R} R per head, u, w [H, d] the content and position biases.
-// Causal, bottom-right aligned. Attention dropout p on the probabilities (default generator).
-// Returns [B, H, N, d].
+// Causal, bottom-right aligned. Attention dropout p on the probabilities (default generator): the
+// kernel's fused dropout drops exactly the elements ops/dropout drops on the [B, H, N, K]
+// probabilities from the same generator state. Returns [B, H, N, d].
 Tensor relative_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& r, const Tensor& u,
                           const Tensor& w, float scale, float dropout = 0.0f);
 

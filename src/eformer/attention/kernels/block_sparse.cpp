@@ -30,10 +30,14 @@ struct Problem {
   const bool* key_mask;
   const FlashDropout* dropout;       // null: none
   const ScoreBiasTable* bias;        // null: none
+  const PositionScores* position;    // null: none
+  int64_t gp, Rp;                    // position: a tile's distances padded; r^T's columns padded
+  const float* rt = nullptr;         // position: r^T [H, d, Rp], columns M.. zero
   std::vector<char> key_block_real;  // [B, nk]: does the key block hold a real key?
 
   Problem(int64_t B_, int64_t H_, int64_t d_, float scale_, bool causal_, const BlockSparseLayout& layout,
-          const bool* km, const FlashDropout* dr, const ScoreBiasTable* bias_)
+          const bool* km, const FlashDropout* dr, const ScoreBiasTable* bias_,
+          const PositionScores* position_ = nullptr)
       : B(B_),
         H(H_),
         N(layout.rows),
@@ -52,7 +56,15 @@ struct Problem {
         key_mask(km),
         dropout(dr && dr->p > 0.0f ? dr : nullptr),
         bias(bias_),
+        position(position_),
+        gp(tile::round_up(2 * layout.block - 1)),
+        // A tile's distances start at row lo <= M - 1 of r and span round_up(rows + cols - 1) <= gp.
+        Rp(tile::round_up(layout.keys + gp)),
         key_block_real(size_t(B_ * layout.nk), 1) {
+    EF_CHECK(!position_ || (causal_ && !layout.reordered() && layout.masks.empty() &&
+                            layout.pairs() == layout.heads * layout.nq * layout.nk),
+             ValueError, "block_sparse_attention: the position score bias needs causal attention over a layout "
+             "in q/k order whose every block is full");
     if (!km) return;
     for (int64_t bb = 0; bb < B; ++bb)
       for (int64_t kb = 0; kb < L.nk; ++kb) {
@@ -66,6 +78,8 @@ struct Problem {
   bool live(int64_t bb, int64_t i0, int64_t rows, int64_t kb) const {
     return key_block_real[size_t(bb * L.nk + kb)] && !(causal && kb * b > i0 + rows - 1 + offset);
   }
+  // The first row of r a tile's distances need: p = N - 1 - i + j at its last row and first key.
+  int64_t position_row(int64_t i0, int64_t rows, int64_t j0) const { return N - i0 - rows + j0; }
   // Multiplies the tile x [rows, bp] (kernel rows i0.., keys j0..) of head bh by the dropout's Z.
   void drop(float* x, int64_t bh, int64_t i0, int64_t rows, int64_t j0, int64_t cols) const {
     if (!L.reordered()) return apply_dropout(x, bp, rows, cols, (bh * N + i0) * M + j0, M, *dropout);
@@ -75,11 +89,26 @@ struct Problem {
   }
 };
 
-// s [rows, bp] = scale Q_i K_j^T (columns up to round_up(cols)) plus head h's bias, then -inf wherever
-// the pair's element mask, the key mask or the causal rule forbids (query i0 + r, key j0 + c).
-void masked_scores(const Problem& P, float* s, int64_t h, const float* Q, const float* KT, int64_t i0,
+// s [rows, bp] = scale Q_i K_j^T (columns up to round_up(cols)) plus the bias of head bh % H, then
+// -inf wherever the pair's element mask, the key mask or the causal rule forbids (query i0 + r,
+// key j0 + c). g [rows, gp]: scratch of the position term.
+void masked_scores(const Problem& P, float* s, float* g, int64_t bh, const float* Q, const float* KT, int64_t i0,
                    int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
+  const int64_t h = bh % P.H;
   tile::gemm(rows, tile::round_up(cols), P.d, Q, P.d, 1, KT + j0, P.Mp, s, P.bp, P.scale, false);
+  if (P.position) {
+    // G = scale QW_i R_lo..^T over the tile's distances; row r, key c reads G[r, rows - 1 - r + c]
+    // (the relative shift of Dai et al., appendix B, as an index).
+    const int64_t lo = P.position_row(i0, rows, j0);
+    tile::gemm(rows, tile::round_up(rows + cols - 1), P.d, P.position->qw + (bh * P.N + i0) * P.d, P.d, 1,
+               P.rt + h * P.d * P.Rp + lo, P.Rp, g, P.gp, P.scale, false);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* gr = g + r * P.gp + rows - 1 - r;
+      float* sr = s + r * P.bp;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) sr[c] += gr[c];
+    }
+  }
   if (P.bias) {
     const float* table = P.bias->table + h * P.bias->labels.count();
     for (int64_t r = 0; r < rows; ++r)
@@ -104,10 +133,10 @@ void masked_scores(const Problem& P, float* s, int64_t h, const float* Q, const 
 
 // The backward of one pair: p = P = exp(S - L) and ds = dS = P o (dP o Z - D) with dP = dO_i V_j^T;
 // with dropout z = P o Z (for dV), else dV uses p.
-void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh, const float* Q,
+void pair_gradients(const Problem& P, float* p, float* ds, float* z, float* g, int64_t bh, const float* Q,
                     const float* dO, const float* KT, const float* VT, const float* Lse, const float* Drow,
                     int64_t i0, int64_t rows, int64_t j0, int64_t cols, const uint8_t* mask, const bool* km) {
-  masked_scores(P, p, bh % P.H, Q, KT, i0, rows, j0, cols, mask, km);
+  masked_scores(P, p, g, bh, Q, KT, i0, rows, j0, cols, mask, km);
   for (int64_t r = 0; r < rows; ++r) {
     const float l = Lse[r];
     float* pr = p + r * P.bp;
@@ -140,6 +169,20 @@ void pair_gradients(const Problem& P, float* p, float* ds, float* z, int64_t bh,
   }
 }
 
+// The position term's dS along the shift: g [rows, gp] = dG with dG[r, rows - 1 - r + c] = ds[r, c]
+// (0 elsewhere), so that dQW_i += scale dG R_lo.. and dR_lo.. += scale dG^T QW_i are two GEMMs.
+// Returns how many rows of r the tile's distances reach (at most rows + cols - 1; the rest are masked).
+int64_t shifted_position_grad(const Problem& P, float* g, const float* ds, int64_t i0, int64_t rows, int64_t j0,
+                              int64_t cols) {
+  std::memset(g, 0, size_t(rows * P.gp) * sizeof(float));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* gr = g + r * P.gp + rows - 1 - r;
+    const float* dsr = ds + r * P.bp;
+    for (int64_t c = 0; c < cols; ++c) gr[c] = dsr[c];
+  }
+  return std::min(rows + cols - 1, P.M - P.position_row(i0, rows, j0));
+}
+
 }  // namespace
 
 int64_t block_sparse_block() {
@@ -158,18 +201,23 @@ int64_t block_sparse_block() {
 void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
                                     float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,
                                     bool causal, const BlockSparseLayout& layout,
-                                    const FlashDropout* dropout, const ScoreBiasTable* bias) {
-  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout, bias);
+                                    const FlashDropout* dropout, const ScoreBiasTable* bias,
+                                    const PositionScores* position) {
+  Problem P(B, H, d, scale, causal, layout, key_mask, dropout, bias, position);
   const BlockSparseLayout& L = layout;
   const int64_t nq = L.nq, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
   // K^T [BH, d, Mp] (the B operand of S = Q K^T) and V with rows padded to dp (of O += P V).
   ScratchBuffer kt = transposed_padded(k, B * H, M, d, P.Mp);
   ScratchBuffer vpad = rows_padded(v, B * H * M, d, dp);
   const float* VP = vpad.data ? vpad.data : v;
+  ScratchBuffer rt = position ? transposed_padded(position->r, H, M, d, P.Rp) : ScratchBuffer();
+  P.rt = rt.data;
+  const int64_t gsize = position ? b * P.gp : 0;
   // Items in reverse query-block order: long causal rows first, so the dynamic schedule balances.
-  for_each_item(B * H * nq, b * bp + b * dp, [&](int64_t item, float* scratch) {
+  for_each_item(B * H * nq, b * bp + b * dp + gsize, [&](int64_t item, float* scratch) {
     float* s = scratch;           // S, then P   [b, bp]
     float* O = scratch + b * bp;  // the output rows, unnormalized   [b, dp]
+    float* g = O + b * dp;        // the position term   [b, gp]
     const int64_t bh = item / nq, qb = nq - 1 - item % nq, bb = bh / H, lh = P.layout_head(bh);
     const int64_t i0 = qb * b, rows = std::min(b, N - i0);
     const float* Q = q + (bh * N + i0) * d;
@@ -181,7 +229,7 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
     for (int64_t p = L.row_start[size_t(lh * nq + qb)]; p < L.row_start[size_t(lh * nq + qb + 1)]; ++p) {
       const int64_t kb = L.row_key_block[size_t(p)], j0 = kb * b, cols = std::min(b, M - j0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      masked_scores(P, s, bh % H, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
+      masked_scores(P, s, g, bh, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
       for (int64_t r = 0; r < rows; ++r) {
         const float rescale = state[size_t(r)].update(s + r * bp, cols);
         if (rescale != 1.0f) {
@@ -207,8 +255,9 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
                                      const float* out, const float* lse, const float* dout, float* dq,
                                      float* dk, float* dv, int64_t B, int64_t H, int64_t d, float scale,
                                      bool causal, const BlockSparseLayout& layout,
-                                     const FlashDropout* dropout, const ScoreBiasTable* bias, float* dbias) {
-  const Problem P(B, H, d, scale, causal, layout, key_mask, dropout, bias);
+                                     const FlashDropout* dropout, const ScoreBiasTable* bias, float* dbias,
+                                     const PositionScores* position, float* dqw, float* dr) {
+  Problem P(B, H, d, scale, causal, layout, key_mask, dropout, bias, position);
   const BlockSparseLayout& L = layout;
   const int64_t nq = L.nq, nk = L.nk, N = P.N, M = P.M, dp = P.dp, b = P.b, bp = P.bp;
   // D_i = sum_c dO[i, c] O[i, c]   [BH, N]
@@ -230,17 +279,26 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
   const float* KP = kpad.data ? kpad.data : k;
   const float* dOP = dopad.data ? dopad.data : dout;
   const int64_t tiles = (P.dropout ? 3 : 2) * b * bp;
+  // The position term: r^T (of its scores), R and QW with rows padded to dp (of dQW and dR).
+  ScratchBuffer rt = position ? transposed_padded(position->r, H, M, d, P.Rp) : ScratchBuffer();
+  ScratchBuffer rpad = position ? rows_padded(position->r, H * M, d, dp) : ScratchBuffer(),
+                qwpad = position ? rows_padded(position->qw, B * H * N, d, dp) : ScratchBuffer();
+  P.rt = rt.data;
+  const float* RP = rpad.data ? rpad.data : (position ? position->r : nullptr);
+  const float* QWP = qwpad.data ? qwpad.data : (position ? position->qw : nullptr);
+  const int64_t gsize = position ? b * P.gp : 0;
   // The bias gradient per (batch, head, key block) and label, summed over them in order below.
   const int64_t labels = bias ? bias->labels.count() : 0;
   ScratchBuffer dbias_parts(bias ? B * H * nk * labels : 0);
 
   // Pass 1, by key block: dV_j = sum_i (P o Z)^T dO_i, dK_j = scale sum_i dS^T Q_i.
-  for_each_item(B * H * nk, tiles + 2 * b * dp, [&](int64_t item, float* scratch) {
+  for_each_item(B * H * nk, tiles + 2 * b * dp + gsize, [&](int64_t item, float* scratch) {
     float* p = scratch;
     float* ds = p + b * bp;
     float* z = ds + b * bp;  // dropout only
     float* dK = scratch + tiles;
     float* dV = dK + b * dp;
+    float* g = dV + b * dp;  // position only
     const int64_t bh = item / nk, kb = item % nk, bb = bh / H, lh = P.layout_head(bh);
     const int64_t j0 = kb * b, cols = std::min(b, M - j0);
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
@@ -251,7 +309,7 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
     for (int64_t e = L.col_start[size_t(lh * nk + kb)]; e < L.col_start[size_t(lh * nk + kb + 1)]; ++e) {
       const int64_t qb = L.col_query_block[size_t(e)], i0 = qb * b, rows = std::min(b, N - i0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
+      pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
                      kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
                      rows, j0, cols, L.mask(L.col_mask[size_t(e)]), km);
       tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
@@ -276,26 +334,80 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
         }
   }
 
-  // Pass 2, by query block: dQ_i = scale sum_j dS K_j (P and dS recomputed; no races on dQ).
-  for_each_item(B * H * nq, tiles + b * dp, [&](int64_t item, float* scratch) {
+  // Pass 2, by query block: dQ_i = scale sum_j dS K_j (P and dS recomputed; no races on dQ), and
+  // the position term's dQW_i = scale sum_j dS_ij R_p(i,j).
+  for_each_item(B * H * nq, tiles + b * dp + (position ? gsize + b * dp : 0), [&](int64_t item, float* scratch) {
     float* p = scratch;
     float* ds = p + b * bp;
     float* z = ds + b * bp;
     float* dQ = scratch + tiles;
+    float* g = dQ + b * dp;     // position only   [b, gp]
+    float* dQW = g + gsize;     // position only   [b, dp]
     const int64_t bh = item / nq, qb = nq - 1 - item % nq, bb = bh / H, lh = P.layout_head(bh);
     const int64_t i0 = qb * b, rows = std::min(b, N - i0);
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
     std::memset(dQ, 0, size_t(rows * dp) * sizeof(float));
+    if (position) std::memset(dQW, 0, size_t(rows * dp) * sizeof(float));
     for (int64_t e = L.row_start[size_t(lh * nq + qb)]; e < L.row_start[size_t(lh * nq + qb + 1)]; ++e) {
       const int64_t kb = L.row_key_block[size_t(e)], j0 = kb * b, cols = std::min(b, M - j0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      pair_gradients(P, p, ds, z, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
+      pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
                      kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
                      rows, j0, cols, L.mask(L.row_mask[size_t(e)]), km);
       tile::gemm(rows, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ, dp, scale, true);
+      if (position) {
+        const int64_t span = shifted_position_grad(P, g, ds, i0, rows, j0, cols);
+        tile::gemm(rows, dp, span, g, P.gp, 1, RP + ((bh % H) * M + P.position_row(i0, rows, j0)) * dp, dp, dQW,
+                   dp, scale, true);
+      }
     }
-    for (int64_t r = 0; r < rows; ++r)
+    for (int64_t r = 0; r < rows; ++r) {
       std::memcpy(dq + (bh * N + i0 + r) * d, dQ + r * dp, size_t(d) * sizeof(float));
+      if (position) std::memcpy(dqw + (bh * N + i0 + r) * d, dQW + r * dp, size_t(d) * sizeof(float));
+    }
+  });
+  if (!position) return;
+
+  // Pass 3, by block diagonal kb - qb = delta: dR_p = scale sum_{p(i,j) = p} dS_ij QW_i. Every tile of
+  // a diagonal reaches rows lo.. lo + rows + cols - 2 of R within base .. base + 2 b - 2, base =
+  // N - b + delta b (a short last query block starts b - rows later); each item sums into its own
+  // 2 b rows, and the items are summed per head over (batch, diagonal) in order below.
+  const int64_t ndiag = nq + nk - 1, slot = 2 * b * dp;
+  ScratchBuffer dr_parts(B * H * ndiag * slot);
+  auto diagonal_base = [&](int64_t di) { return N - b + (di - (nq - 1)) * b; };
+  for_each_item(B * H * ndiag, tiles + gsize, [&](int64_t item, float* scratch) {
+    float* p = scratch;
+    float* ds = p + b * bp;
+    float* z = ds + b * bp;
+    float* g = scratch + tiles;
+    const int64_t bh = item / ndiag, di = item % ndiag, bb = bh / H, base = diagonal_base(di);
+    const bool* km = key_mask ? key_mask + bb * M : nullptr;
+    float* part = dr_parts.data + item * slot;
+    std::memset(part, 0, size_t(slot) * sizeof(float));
+    for (int64_t qb = std::max<int64_t>(0, nq - 1 - di); qb < nq && qb + di - (nq - 1) < nk; ++qb) {
+      const int64_t kb = qb + di - (nq - 1), i0 = qb * b, rows = std::min(b, N - i0), j0 = kb * b,
+                    cols = std::min(b, M - j0);
+      if (!P.live(bb, i0, rows, kb)) continue;
+      pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
+                     kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
+                     rows, j0, cols, nullptr, km);
+      const int64_t span = shifted_position_grad(P, g, ds, i0, rows, j0, cols);
+      tile::gemm(span, dp, rows, g, 1, P.gp, QWP + (bh * N + i0) * dp, dp,
+                 part + (P.position_row(i0, rows, j0) - base) * dp, dp, scale, true);
+    }
+  });
+  parallel::parallel_for(H, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      float* drh = dr + h * M * d;
+      std::fill(drh, drh + M * d, 0.0f);
+      for (int64_t bb = 0; bb < B; ++bb)
+        for (int64_t di = 0; di < ndiag; ++di) {
+          const float* part = dr_parts.data + ((bb * H + h) * ndiag + di) * slot;
+          const int64_t base = diagonal_base(di);
+          for (int64_t t = std::max<int64_t>(0, -base); t < 2 * b && base + t < M; ++t)
+            for (int64_t c = 0; c < d; ++c) drh[(base + t) * d + c] += part[t * dp + c];
+        }
+    }
   });
 }
 
@@ -354,6 +466,29 @@ PartInputs part_inputs(const kernels::BlockSparseLayout& L, const Tensor& q, con
 
 const bool* mask_ptr(const Tensor& km) { return km.defined() ? km.data<bool>() : nullptr; }
 
+// Dropout reserves the counters of the dense [B, H, N, M] probabilities (as flash and full), so an
+// element is dropped here iff full_attention drops it.
+kernels::FlashDropout reserve_dropout(float p, const AttentionDims& s) {
+  kernels::FlashDropout dr;
+  if (p > 0.0f) {
+    rng::Generator& gen = rng::default_generator();
+    dr.p = p;
+    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
+    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
+  }
+  return dr;
+}
+
+// ValueError / ShapeError unless the layout is built, in q/k order and of q's and k's sizes.
+void check_biased_layout(const char* op, const kernels::BlockSparseLayout* layout, const AttentionDims& s,
+                         const Tensor& q, const Tensor& k) {
+  EF_CHECK(layout != nullptr, ValueError, op, ": layout is null; expected a built layout");
+  EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, op, ": the layout is for n = ", layout->N,
+           ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
+           "; expected a layout of the same sizes");
+  EF_CHECK(!layout->reordered(), ValueError, op, ": a score bias needs a layout in q/k order");
+}
+
 }  // namespace
 
 Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
@@ -375,15 +510,7 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
   const int64_t BH = s.B * s.H;
-  // Dropout reserves the counters of the dense [B, H, N, M] probabilities (as flash and full), so
-  // an element is dropped here iff full_attention drops it.
-  kernels::FlashDropout dr;
-  if (opts.dropout > 0.0f) {
-    rng::Generator& gen = rng::default_generator();
-    dr.p = opts.dropout;
-    dr.counter = gen.reserve(uint64_t(BH * s.N * s.M + 3) / 4);
-    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
-  }
+  const kernels::FlashDropout dr = reserve_dropout(opts.dropout, s);
   // The kernel's causal cut works on its own indices: a reordered part carries causality in its rule.
   auto causal_of = [causal = opts.causal](const kernels::BlockSparseLayout& L) {
     return causal && !L.reordered();
@@ -491,11 +618,7 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                               const RelativeScoreBias& bias) {
   const char* op = "block_sparse_attention";
   const AttentionDims s = validate_attention(op, q, k, v, opts);
-  EF_CHECK(layout != nullptr, ValueError, op, ": layout is null; expected a built layout");
-  EF_CHECK(layout->N == s.N && layout->M == s.M, ShapeError, op, ": the layout is for n = ", layout->N,
-           ", m = ", layout->M, " but q is ", q.describe(), " and k is ", k.describe(),
-           "; expected a layout of the same sizes");
-  EF_CHECK(!layout->reordered(), ValueError, op, ": a score bias needs a layout in q/k order");
+  check_biased_layout(op, layout.get(), s, q, k);
   const kernels::RelativeLabels labels{bias.max_distance, bias.globals};
   EF_CHECK(bias.max_distance >= 0 && bias.globals >= 0, ValueError, op, ": max_distance = ", bias.max_distance,
            ", globals = ", bias.globals, "; expected both >= 0");
@@ -506,13 +629,7 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
   Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
   Tensor tc = bias.table.contiguous_data();
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
-  kernels::FlashDropout dr;
-  if (opts.dropout > 0.0f) {  // the counters of the dense [B, H, N, M], as the other overloads
-    rng::Generator& gen = rng::default_generator();
-    dr.p = opts.dropout;
-    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
-    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
-  }
+  const kernels::FlashDropout dr = reserve_dropout(opts.dropout, s);
   const kernels::ScoreBiasTable table{tc.data<float>(), labels};
   Tensor out = Tensor::zeros({s.B, s.H, s.N, s.d});
   Tensor lse = Tensor::empty({s.B, s.H, s.N});
@@ -534,6 +651,48 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
             gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H, s.d, s.scale, causal,
             *layout, &dr, &table, dtable.data<float>());
         return std::vector<Tensor>{dq, dk, dv, dtable};
+      });
+}
+
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              std::shared_ptr<const kernels::BlockSparseLayout> layout,
+                              const PositionScoreBias& bias) {
+  const char* op = "block_sparse_attention";
+  const AttentionDims s = validate_attention(op, q, k, v, opts);
+  check_biased_layout(op, layout.get(), s, q, k);
+  EF_CHECK(opts.causal && !opts.key_mask.defined(), ValueError, op,
+           ": the position score bias needs causal attention without a key mask");
+  EF_CHECK(bias.qw.defined() && bias.r.defined() && bias.qw.dtype() == DType::Float32 &&
+               bias.r.dtype() == DType::Float32 && bias.qw.shape() == q.shape() &&
+               bias.r.shape() == (Shape{s.H, s.M, s.d}),
+           ShapeError, op, ": the position bias is qw ", bias.qw.defined() ? bias.qw.describe() : "undefined",
+           ", r ", bias.r.defined() ? bias.r.describe() : "undefined", "; expected float32 qw ", q.describe(),
+           " and r [", s.H, ", ", s.M, ", ", s.d, "]");
+  Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data();
+  Tensor qwc = bias.qw.contiguous_data(), rc = bias.r.contiguous_data();
+  const kernels::FlashDropout dr = reserve_dropout(opts.dropout, s);
+  Tensor out = Tensor::zeros({s.B, s.H, s.N, s.d});
+  Tensor lse = Tensor::empty({s.B, s.H, s.N});
+  if (out.numel() > 0) {
+    const kernels::PositionScores position{qwc.data<float>(), rc.data<float>()};
+    kernels::block_sparse_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), nullptr,
+                                            out.data<float>(), lse.data<float>(), s.B, s.H, s.d, s.scale, true,
+                                            *layout, &dr, nullptr, &position);
+  }
+  Tensor od = out.detach();
+  return autograd::record(
+      "block_sparse_attention_position", out, {q, k, v, bias.qw, bias.r},
+      [qc, kc, vc, qwc, rc, od, lse, s, dr, layout](const Tensor& g) {
+        Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kc.shape()), dv = Tensor::zeros(vc.shape());
+        Tensor dqw = Tensor::zeros(qwc.shape()), dr_ = Tensor::zeros(rc.shape());
+        if (qc.numel() == 0 || kc.numel() == 0) return std::vector<Tensor>{dq, dk, dv, dqw, dr_};
+        Tensor gc = g.contiguous_data();
+        const kernels::PositionScores position{qwc.data<float>(), rc.data<float>()};
+        kernels::block_sparse_attention_backward(
+            qc.data<float>(), kc.data<float>(), vc.data<float>(), nullptr, od.data<float>(), lse.data<float>(),
+            gc.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>(), s.B, s.H, s.d, s.scale, true,
+            *layout, &dr, nullptr, nullptr, &position, dqw.data<float>(), dr_.data<float>());
+        return std::vector<Tensor>{dq, dk, dv, dqw, dr_};
       });
 }
 

@@ -45,6 +45,18 @@ Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                               std::shared_ptr<const kernels::BlockSparseLayout> layout,
                               const RelativeScoreBias& bias);
 
+// The Transformer-XL position term as the score bias (kernels::PositionScores): the score of query i
+// and key j of head h is scale (q_i^T k_j + qw_i^T r_{h, p}), p = N - 1 - i + j the row of r for the
+// distance i + M - N - j. qw [B, H, N, d], r [H, M, d]; differentiable in q, k, v, qw and r.
+struct PositionScoreBias {
+  Tensor qw, r;
+};
+// The same with that bias, causal (opts.causal must be set), over a layout in q/k order whose every
+// block is full (no element masks; the causal cut is the kernel's).
+Tensor block_sparse_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opts,
+                              std::shared_ptr<const kernels::BlockSparseLayout> layout,
+                              const PositionScoreBias& bias);
+
 }  // namespace eformer::attention
 
 namespace eformer::kernels {
@@ -67,6 +79,16 @@ struct ScoreBiasTable {
   RelativeLabels labels;
 };
 
+// The Transformer-XL position term (Dai et al. 2019, sec. 3.3, terms (b) + (d)) as a score bias:
+// kernel row i and key j of head h get scale qw_i^T r_p with qw_i = q_i + w and p = rows - 1 - i + j
+// the row of r for the distance i + keys - rows - j (p > keys - 1 only where the causal cut masks).
+// Per tile it is one GEMM of the tile's rows of qw against the rows + cols - 1 rows of r its
+// distances need, read back along the relative shift as an index: no rows x keys buffer.
+struct PositionScores {
+  const float* qw = nullptr;  // [B*H, rows, d]
+  const float* r = nullptr;   // [H, keys, d]
+};
+
 // The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
 // other sizes were not measured yet: see docs/BENCHMARKS.md).
 inline constexpr int64_t kBlockSparseBlock = 64;
@@ -80,7 +102,8 @@ int64_t block_sparse_block();
 void block_sparse_attention_forward(const float* q, const float* k, const float* v, const bool* key_mask,
                                     float* out, float* lse, int64_t B, int64_t H, int64_t d, float scale,
                                     bool causal, const BlockSparseLayout& layout,
-                                    const FlashDropout* dropout = nullptr, const ScoreBiasTable* bias = nullptr);
+                                    const FlashDropout* dropout = nullptr, const ScoreBiasTable* bias = nullptr,
+                                    const PositionScores* position = nullptr);
 
 // Inputs as above plus out, lse (the forward's) and dout [B*H, N, d]; writes dq [B*H, N, d], dk,
 // dv [B*H, M, d]. With D_i = rowsum(dO o O) and, per pair, P = exp(S - L), dS = P o (dO V^T o Z - D):
@@ -89,11 +112,16 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
 // element is summed by one thread in the layout's order: bits do not depend on the thread count.
 // With a bias (a layout in q/k order), dbias [H, labels] receives the sum of dS per head and label,
 // summed per key block and then over (batch, key block) in order.
+// With a position term (causal, every block full): dqw [B*H, N, d] = scale sum_j dS_ij r_p(i,j) in
+// the dQ pass, and dr [H, M, d] = scale sum_{p(i,j) = p} dS_ij qw_i in a third pass parallel over
+// (b, h, block diagonal) (a diagonal's tiles need the same 2 block - 1 rows of r), each into its
+// own rows, then summed over (batch, diagonal) in order.
 void block_sparse_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
                                      const float* out, const float* lse, const float* dout, float* dq,
                                      float* dk, float* dv, int64_t B, int64_t H, int64_t d, float scale,
                                      bool causal, const BlockSparseLayout& layout,
                                      const FlashDropout* dropout = nullptr, const ScoreBiasTable* bias = nullptr,
-                                     float* dbias = nullptr);
+                                     float* dbias = nullptr, const PositionScores* position = nullptr,
+                                     float* dqw = nullptr, float* dr = nullptr);
 
 }  // namespace eformer::kernels
