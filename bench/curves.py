@@ -36,6 +36,12 @@ def read_run(path):
             "tokens_per_step": tokens_per_step, "kind": start["model"]["attention"]["kind"]}
 
 
+def data_argument(logged):
+    """The --data argument that selects what a log's start event names (the image corpus is logged
+    with its folder: 'fashion-mnist (PATH)')."""
+    return "fashion-mnist" if logged.startswith("fashion-mnist") else logged
+
+
 def measure_rate(run, threads, steps):
     """tokens/s of the run's configuration here: median step time after the first two steps."""
     config = {"model": run["start"]["model"], "train": dict(run["start"]["train"])}
@@ -47,8 +53,10 @@ def measure_rate(run, threads, steps):
             json.dump(config, f)
         cmd = [os.path.join(ROOT, "build", "eformer"), "train", "--config", cfg, "--steps", str(steps), "--threads",
                str(threads), "--quiet", "--out", os.path.join(tmp, "out"), "--log-every", "1", "--eval-every",
-               "100000", "--checkpoint-every", "100000", "--data", run["start"]["data"]]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+               "100000", "--checkpoint-every", "100000", "--data", data_argument(run["start"]["data"])]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"{run['label']}: measuring its speed failed: {p.stderr.strip()}")
         events = [json.loads(line) for line in open(os.path.join(tmp, "out", "log.jsonl"))]
     times = [e["elapsed_s"] for e in events if e.get("event") == "train"]
     step_s = statistics.median(b - a for a, b in zip(times[2:], times[3:]))

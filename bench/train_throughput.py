@@ -4,7 +4,7 @@ same batch, context, optimizer and thread count, on random byte batches (the dat
     PYTHONPATH=build/python /usr/bin/python3 bench/train_throughput.py [--steps 12] [--threads 2]
     PYTHONPATH=build/python .peers/bin/python bench/train_throughput.py     # against current PyTorch
 
-Architecture (presets/small.json): 4 pre-LN layers, d_model 256, 4 heads, d_ff 1024 (GELU), learned
+Architecture (presets/small.json, but with learned positions on both sides): 4 pre-LN layers, d_model 256, 4 heads, d_ff 1024 (GELU), learned
 positions, tied LM head, context 256, batch 16, dropout 0, AdamW. The PyTorch model uses plain modules and
 torch's fused scaled_dot_product_attention (is_causal) where it has one (2.0+), else naive causal attention
 (Debian's torch 1.13).
@@ -82,6 +82,7 @@ def main():
     ef.set_num_threads(args.threads)
     preset = json.load(open(os.path.join(ROOT, "presets", "small.json")))
     m, t = preset["model"], preset["train"]
+    m = dict(m, positions="learned")  # the PyTorch model's (the preset now uses rotary; same math on both sides)
     B, N = t["batch_size"], m["max_len"]
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 256, (B, N + 1))
