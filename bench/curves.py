@@ -23,6 +23,12 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def describe_model(model):
+    """The attention kind, and the memory where the model has one (Transformer-XL, Compressive)."""
+    memory = model.get("memory", {}).get("kind", "none")
+    return model["attention"]["kind"] + ("" if memory == "none" else f" + {memory} memory")
+
+
 def read_run(path):
     events = [json.loads(line) for line in open(os.path.join(path, "log.jsonl"))]
     start = next(e for e in events if e.get("event") == "start")
@@ -33,7 +39,7 @@ def read_run(path):
         print(f"warning: {path} decays its learning rate (min_lr {train.get('min_lr')} != lr {train.get('lr')}): "
               "its curve depends on the run's length", file=sys.stderr)
     return {"label": os.path.basename(os.path.normpath(path)), "path": path, "start": start, "valid": valid,
-            "tokens_per_step": tokens_per_step, "kind": start["model"]["attention"]["kind"]}
+            "tokens_per_step": tokens_per_step, "kind": describe_model(start["model"])}
 
 
 def data_argument(logged):
