@@ -30,8 +30,13 @@ def describe_model(model):
 
 
 def read_run(path):
-    events = [json.loads(line) for line in open(os.path.join(path, "log.jsonl"))]
-    start = next(e for e in events if e.get("event") == "start")
+    log = os.path.join(path, "log.jsonl")
+    if not os.path.isfile(log):
+        raise SystemExit(f"{path}: no log.jsonl (a folder written by `eformer train --out`)")
+    events = [json.loads(line) for line in open(log)]
+    start = next((e for e in events if e.get("event") == "start"), None)
+    if start is None:
+        raise SystemExit(f"{log}: no start event (not an `eformer train` log?)")
     valid = [(e["step"], e["bits_per_char"]) for e in events if e.get("event") == "valid"]
     train = start["train"]
     tokens_per_step = train["batch_size"] * start["model"]["max_len"]
