@@ -26,6 +26,8 @@ void bind_ops_index(py::module_& m) {
 
   m.def("cumsum", &cumsum, py::arg("input"), py::arg("dim"), py::arg("reverse") = false,
         "Cumulative sum along dim; reverse=True sums from the end (suffix sums).");
+  m.def("logcumsumexp", &logcumsumexp, py::arg("input"), py::arg("dim"),
+        "log(cumsum(exp(input))) along dim, with a running maximum (finite for any finite input).");
 
   m.def("gather", &gather, py::arg("input"), py::arg("dim"), py::arg("index"));
   m.def("scatter_add", &scatter_add, py::arg("input"), py::arg("dim"), py::arg("index"), py::arg("src"));

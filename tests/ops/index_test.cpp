@@ -2,6 +2,7 @@
 // conv1d and embedding. Numerical parity with PyTorch lives in tests/python/test_ops_index.py.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -91,6 +92,8 @@ TEST(IndexOps, SelectAndCumsumCheckTheirArguments) {
   EXPECT_THROW(where(Tensor::zeros({2, 3}, DType::Bool), x, Tensor::zeros({2})), ShapeError);
   EXPECT_THROW(cumsum(x, 2), IndexError);
   EXPECT_THROW(cumsum(Tensor::zeros({2}, DType::Int64), 0), ShapeError);
+  EXPECT_THROW(logcumsumexp(x, -3), IndexError);
+  EXPECT_THROW(logcumsumexp(Tensor::zeros({2}, DType::Int64), 0), ShapeError);
 }
 
 TEST(IndexOps, Conv1dAndEmbeddingCheckTheirArguments) {
@@ -113,6 +116,12 @@ TEST(IndexOps, SmallExamples) {
   Tensor x = Tensor::from_vector(std::vector<float>{1, 2, 3, 4}, {4});
   EXPECT_EQ(cumsum(x, 0).to_vector(), (std::vector<float>{1, 3, 6, 10}));
   EXPECT_EQ(cumsum(x, 0, true).to_vector(), (std::vector<float>{10, 9, 7, 4}));
+  // Past exp's float range: log(e^1000 + e^1000) = 1000 + ln 2.
+  Tensor big = Tensor::from_vector(std::vector<float>{1000, 1000, -1e30f}, {3});
+  const std::vector<float> lse = logcumsumexp(big, 0).to_vector();
+  EXPECT_FLOAT_EQ(lse[0], 1000.f);
+  EXPECT_FLOAT_EQ(lse[1], 1000.f + std::log(2.f));
+  EXPECT_FLOAT_EQ(lse[2], lse[1]);
   Tensor ties = Tensor::from_vector(std::vector<float>{2, 1, 2, 1, 0}, {5});
   EXPECT_EQ(argsort(ties).to_int_vector(), (std::vector<int64_t>{4, 1, 3, 0, 2}));
   EXPECT_EQ(argsort(ties, 0, true).to_int_vector(), (std::vector<int64_t>{0, 2, 1, 3, 4}));

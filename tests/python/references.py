@@ -580,7 +580,7 @@ def sinkhorn_balance(x, iterations, causal):
     future = torch.ones(n, n, dtype=torch.bool).triu()
     x = x.masked_fill(future, SINKHORN_MASKED)
     for _ in range(iterations):
-        x = x - torch.log(torch.cumsum(torch.exp(x), -2) + 1e-30)
+        x = x - torch.logcumsumexp(x, -2)
         x = torch.log_softmax(x.masked_fill(future, SINKHORN_MASKED), -1).masked_fill(future, SINKHORN_MASKED)
     return torch.exp(x).masked_fill(future, 0.0)
 

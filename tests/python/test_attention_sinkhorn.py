@@ -57,6 +57,40 @@ def test_functional_form_and_every_gradient_match_the_float64_formulation(rng, c
         check(ours, reference, [q, k, v, *net, gumbel], rng, grad_inputs=[0, 1, 2, 3, 4, 5, 6])
 
 
+def test_causal_balancing_with_logits_past_exps_range(rng):
+    # A trained model's sorting logits divided by the temperature pass 88, where exp overflows: the causal
+    # column step keeps a running maximum, so outputs and gradients stay finite and exact; and the native
+    # step (its running log-sums) still equals the parallel pass.
+    B, H, N, d, hidden, block = 1, 2, 48, 8, 6, 4
+    n = N // block
+    q, k, v = (rng.standard_normal((B, H, N, d)) for _ in range(3))
+    net = draw_network(rng, H, d, hidden, n + 1)
+    net[2] = net[2] * 400
+
+    def ours(q, k, v, w2):
+        return ef.attention(q, k, v, kind="sinkhorn", causal=True, sort_w1=ef.tensor(net[0].astype(np.float32)),
+                            sort_b1=ef.tensor(net[1].astype(np.float32)), sort_w2=w2,
+                            sort_b2=ef.tensor(net[3].astype(np.float32)), block=block)
+
+    def reference(q, k, v, w2):
+        return torch_sinkhorn(q, k, v, {"w1": torch.tensor(net[0]), "b1": torch.tensor(net[1]), "w2": w2,
+                                        "b2": torch.tensor(net[3])}, block, 8, 0.75, 0, True)
+
+    check(ours, reference, [q, k, v, net[2]], rng, grad_inputs=[0, 1, 2, 3])
+    mech = models.make_mechanism("sinkhorn", 16, 2, causal=True, max_len=32, options={"block": 4})
+    mech.eval()
+    state = {name: t.numpy() * (300 if name.startswith("sort_w") else 1) for name, t in mech.named_parameters()}
+    mech.load_state_dict({name: ef.tensor(a.astype(np.float32)) for name, a in state.items()})
+    x = rng.standard_normal((2, 30, 16)).astype(np.float32)
+    with ef.no_grad():
+        base = mech(ef.tensor(x)).numpy()
+        stream = mech.start(2)
+        pieces = [mech.step(stream, ef.tensor(np.ascontiguousarray(x[:, a:b]))).numpy()
+                  for a, b in [(0, 7), (7, 8), (8, 30)]]
+    assert np.isfinite(base).all()
+    assert_close(np.concatenate(pieces, 1), base, 1e-4, 1e-5, "step vs forward")
+
+
 def test_the_sorting_matters(rng):
     # Another sorting network gives another output (the sorted block is not ignored).
     B, H, N, d, block = 1, 2, 24, 8, 4

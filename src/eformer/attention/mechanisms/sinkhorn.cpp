@@ -158,8 +158,9 @@ Tensor sinkhorn_balance(const Tensor& logits, int64_t iterations, bool causal) {
     for (int64_t j = i; j < n; ++j) future.data<bool>()[i * n + j] = true;
   Tensor x = masked_fill(logits, future, kMasked);
   for (int64_t it = 0; it < iterations; ++it) {
-    // Causal column normalization: X_ij - log sum_{k <= i} exp(X_kj); then the rows (log_softmax).
-    x = sub(x, log(add_scalar(cumsum(exp(x), -2), 1e-30f)));
+    // Causal column normalization: X_ij - log sum_{k <= i} exp(X_kj) (a running maximum: logits of a
+    // trained model pass exp's range); then the rows (log_softmax).
+    x = sub(x, logcumsumexp(x, -2));
     x = masked_fill(log_softmax(masked_fill(x, future, kMasked), -1), future, kMasked);
   }
   return masked_fill(exp(x), future, 0.0f);

@@ -9,10 +9,10 @@
 namespace eformer::attention {
 namespace {
 
-// Per (sequence, head): every key and value so far, the running column sums [iterations, n_max] of the
+// Per (sequence, head): every key and value so far, the running column log-sums [iterations, n_max] of the
 // rows before the current block, and the current block's sorted keys and values [block, d].
 struct SinkhornStream {
-  std::vector<float> k, v, column_sums, sorted_k, sorted_v;
+  std::vector<float> k, v, column_lse, sorted_k, sorted_v;
   bool has_sorted = false;
 };
 struct SinkhornState : RecurrentState {
@@ -46,12 +46,12 @@ void start_block(SinkhornStream& s, const Network& net, int64_t h, int64_t i, in
     x[size_t(j)] = (acc + net.b2[h * net.n_max + j]) * inv_temperature;
   }
   for (int64_t it = 0; it < iterations; ++it) {
-    float* sums = s.column_sums.data() + it * net.n_max;
+    float* column = s.column_lse.data() + it * net.n_max;
     float m = -INFINITY;
-    for (int64_t j = 0; j < i; ++j) {  // causal column step, then the running sums for later rows
-      const float e = std::exp(x[size_t(j)]);
-      fresh[size_t(j)] = x[size_t(j)] - std::log(sums[j] + e + 1e-30f);
-      sums[j] += e;
+    for (int64_t j = 0; j < i; ++j) {  // causal column step, then the running log-sums for later rows
+      const float a = std::max(column[j], x[size_t(j)]), b = std::min(column[j], x[size_t(j)]);
+      column[j] = b == -INFINITY ? a : a + std::log1p(std::exp(b - a));  // log(exp(column) + exp(x))
+      fresh[size_t(j)] = x[size_t(j)] - column[j];
       m = std::max(m, fresh[size_t(j)]);
     }
     float total = 0.0f;  // the row step: log_softmax over j < i
@@ -100,7 +100,7 @@ std::unique_ptr<RecurrentState> SinkhornAttention::start_native(int64_t batch) c
   auto state = std::make_unique<SinkhornState>();
   state->streams.resize(size_t(batch * H_));
   for (SinkhornStream& s : state->streams)
-    s.column_sums.assign(size_t(options_.iterations * net_.w2.size(2)), 0.0f);
+    s.column_lse.assign(size_t(options_.iterations * net_.w2.size(2)), -INFINITY);
   return state;
 }
 
