@@ -6,7 +6,7 @@ a differentiable relative bias table. Each (contender, direction, N) runs in a f
 of the timed repetitions is reported with the allocator peak above the inputs and the peak RSS.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/content_sparse_bench.py [--sizes 4096 16384] [--reps 2]
-        [--contenders sinkhorn etc flash] [--directions bidirectional causal]
+        [--contenders sinkhorn etc flash] [--directions bidirectional causal] [--warmup 1]
 """
 import argparse
 import json
@@ -56,6 +56,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
@@ -67,7 +68,7 @@ def main():
     a = p.parse_args()
     if a.worker:
         contender, direction, N = a.worker[0], a.worker[1], int(a.worker[2])
-        worker(contender, direction == "causal", N, a.reps, 1, a.threads, a.heads, a.head_dim)
+        worker(contender, direction == "causal", N, a.reps, a.warmup, a.threads, a.heads, a.head_dim)
         return
     print(f"B=1 H={a.heads} d={a.head_dim}, {a.threads} threads, forward + backward")
     print(f"{'N':>6} {'direction':>13} {'contender':>9} {'median s':>9} {'vs flash':>8} {'peak MiB':>9} "
@@ -79,6 +80,7 @@ def main():
                 if contender == "etc" and direction == "causal":
                     continue  # ETC is bidirectional only
                 cmd = [sys.executable, __file__, "--worker", contender, direction, str(N), "--reps", str(a.reps),
+                       "--warmup", str(a.warmup),
                        "--threads", str(a.threads), "--heads", str(a.heads), "--head-dim", str(a.head_dim)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 res[contender] = json.loads(out.strip().splitlines()[-1])
