@@ -14,6 +14,10 @@ H heads of d, each side in its own process (1 warm-up, then --reps timed calls, 
 back. Run with the peers' environment:
 
     PYTHONPATH=build/python /work/peers/.peers/bin/python bench/sinkhorn_peer.py [--sizes 4096 16384] [--reps 3]
+        [--interleaved] [--directions bidirectional causal]
+
+With --interleaved both sides run in one process and their timed calls alternate (the order swapped every
+round), so that a burst of load on the shared machine hits both; peak memory is then not reported.
 """
 import argparse
 import json
@@ -126,13 +130,10 @@ def rss_bytes(field):
         return int(re.search(field + r":\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def worker(side, causal, N, reps, threads, H, d):
-    """One side at one shape: 1 warm-up and `reps` timed forward + backward calls; prints one JSON line with the
-    times and the peak RSS above the RSS once the inputs are made (VmHWM, reset through /proc/self/clear_refs)."""
+def make_call(side, causal, N, H, d):
+    """One forward + backward of `side` ("eformer" or "peer") on q, k, v, g from seed 0, as a closure."""
     import torch
     import eformer as ef
-    torch.set_num_threads(threads)
-    ef.set_num_threads(threads)
     rng = np.random.default_rng(0)
     q, k, v, g = (rng.standard_normal((1, H, N, d)).astype(np.float32) for _ in range(4))
     if side == "eformer":
@@ -144,13 +145,28 @@ def worker(side, causal, N, reps, threads, H, d):
             ew = {n: ef.tensor(a, requires_grad=True) for n, a in weights.items()}
             ef.attention(qe, ke, ve, kind="sinkhorn", causal=causal, block=BLOCK, iterations=ITERATIONS,
                          temperature=TEMPERATURE, **ew).backward(ge)
-    else:
-        attn = peer_attention(N, H, d, causal)
-        tg = torch.tensor(g)
+        return call
+    attn = peer_attention(N, H, d, causal)
+    tg = torch.tensor(g)
 
-        def call():
-            tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
-            (attn(tq, tk, tv) * tg).sum().backward()
+    def call():
+        tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+        (attn(tq, tk, tv) * tg).sum().backward()
+    return call
+
+
+def set_threads(threads):
+    import torch
+    import eformer as ef
+    torch.set_num_threads(threads)
+    ef.set_num_threads(threads)
+
+
+def worker(side, causal, N, reps, threads, H, d):
+    """One side at one shape: 1 warm-up and `reps` timed forward + backward calls; prints one JSON line with the
+    times and the peak RSS above the RSS once the inputs are made (VmHWM, reset through /proc/self/clear_refs)."""
+    set_threads(threads)
+    call = make_call(side, causal, N, H, d)
     base = rss_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -163,6 +179,21 @@ def worker(side, causal, N, reps, threads, H, d):
     print(json.dumps({"times": times, "rss_peak": rss_bytes("VmHWM") - base}))
 
 
+def interleaved(causal, N, reps, H, d):
+    """Both sides in this process, each warmed up once, then `reps` rounds of one call each, the order swapped
+    every round, so that both see the same load: {side: {"times": [...]}} (no memory: the process is shared)."""
+    calls = {side: make_call(side, causal, N, H, d) for side in ("eformer", "peer")}
+    for call in calls.values():
+        call()
+    res = {side: {"times": []} for side in calls}
+    for r in range(reps):
+        for side in (("eformer", "peer") if r % 2 == 0 else ("peer", "eformer")):
+            t0 = time.perf_counter()
+            calls[side]()
+            res[side]["times"].append(time.perf_counter() - t0)
+    return res
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
@@ -172,6 +203,8 @@ def main():
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--directions", nargs="+", default=["bidirectional", "causal"],
                    choices=["bidirectional", "causal"])
+    p.add_argument("--interleaved", action="store_true", help="both sides in one process, their calls "
+                   "alternating (the same load for both; no memory figures)")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     require_libraries()
@@ -188,14 +221,17 @@ def main():
     print(f"\neformer {ef.__version__}, sinkhorn-transformer {importlib.metadata.version('sinkhorn-transformer')}, "
           f"torch {torch.__version__}; B=1 H={a.heads} d={a.head_dim} float32, forward + backward, {a.threads} "
           f"threads, block {BLOCK}, {ITERATIONS} iterations, temperature {TEMPERATURE}; median of {a.reps} after 1 "
-          "warm-up, each side in its own process\n")
+          "warm-up, " + ("the calls of the two sides alternating in one process\n" if a.interleaved else
+                         "each side in its own process\n"))
+    if a.interleaved:
+        set_threads(a.threads)
     print("| N | direction | eformer s | peer s | peer / eformer | eformer peak RSS MiB | peer peak RSS MiB | load |")
     print("|---|---|---|---|---|---|---|---|")
     for N in a.sizes:
         for direction in a.directions:
             load = os.getloadavg()[0]
-            res = {}
-            for side in ("eformer", "peer"):
+            res = interleaved(direction == "causal", N, a.reps, a.heads, a.head_dim) if a.interleaved else {}
+            for side in () if a.interleaved else ("eformer", "peer"):
                 cmd = [sys.executable, __file__, "--worker", side, direction, str(N), "--reps", str(a.reps),
                        "--threads", str(a.threads), "--heads", str(a.heads), "--head-dim", str(a.head_dim)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
@@ -204,8 +240,8 @@ def main():
                              + out.stderr)
                 res[side] = json.loads(out.stdout.strip().splitlines()[-1])
             ours, peer = (statistics.median(res[s]["times"]) for s in ("eformer", "peer"))
-            print(f"| {N} | {direction} | {ours:.3f} | {peer:.3f} | {peer / ours:.2f}x | "
-                  f"{res['eformer']['rss_peak'] / 2**20:.0f} | {res['peer']['rss_peak'] / 2**20:.0f} | "
+            rss = [f"{res[s]['rss_peak'] / 2**20:.0f}" if "rss_peak" in res[s] else "-" for s in ("eformer", "peer")]
+            print(f"| {N} | {direction} | {ours:.3f} | {peer:.3f} | {peer / ours:.2f}x | {rss[0]} | {rss[1]} | "
                   f"{load:.1f} |", flush=True)
 
 
