@@ -22,13 +22,15 @@ round), so that a burst of load on the shared machine hits both; peak memory is 
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/, so that `harness` imports
+from harness.worker import reset_hwm, rss_bytes  # noqa: E402
 
 BLOCK, ITERATIONS, TEMPERATURE = 64, 8, 0.75
 
@@ -125,11 +127,6 @@ def check_agreement(H=2, d=16, N=256):
           f"{np.abs(ours_v).max():.2f}): the peer mixes its sorted keys where the sorted values belong")
 
 
-def rss_bytes(field):
-    with open("/proc/self/status") as f:
-        return int(re.search(field + r":\s+(\d+)", f.read()).group(1)) * 1024
-
-
 def make_call(side, causal, N, H, d):
     """One forward + backward of `side` ("eformer" or "peer") on q, k, v, g from seed 0, as a closure."""
     import torch
@@ -168,8 +165,7 @@ def worker(side, causal, N, reps, threads, H, d):
     set_threads(threads)
     call = make_call(side, causal, N, H, d)
     base = rss_bytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_hwm()
     call()
     times = []
     for _ in range(reps):
