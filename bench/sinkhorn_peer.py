@@ -1,9 +1,9 @@
 """sinkhorn vs lucidrains' sinkhorn-transformer (SinkhornAttention, SinkhornCausalAttention), forward + backward.
 
-The two compute different attention (docs/BENCHMARKS.md, "sinkhorn vs sinkhorn-transformer"): the peer's
+The two compute different attention (docs/BENCHMARKS.md, "sinkhorn vs the sinkhorn-transformer package"): the peer's
 bidirectional sort net has no weights (R = relu of the block-mean query-key scores, then log(R + 1e-6) and
 Gumbel noise that it always draws), its sorted *values* are its sorted keys (`b_v_r = b_k_r.reshape(...)` in
-0.11.4), and its causal form is no Sinkhorn at all (a hard top-k of a softmax over earlier blocks, learned null
+0.11.4), and its causal form is no Sinkhorn at all (the top entry of a softmax over earlier blocks, learned null
 keys for the first block, half the heads shifted by b - 1 tokens). So the outputs are checked to agree only where
 both compute the same function: bidirectional, the peer's sort net replaced by ours (block key sums, the MLP,
 Sinkhorn balancing, written here in torch from docs/MECHANISMS.md) and v = k (which its value bug cannot tell
