@@ -14,7 +14,7 @@ void check_fits(const py::module_& np, const py::array& arr, DType dt) {
   const char kind = arr.dtype().kind();
   if (arr.size() == 0 || dt == DType::Bool) return;
   auto any = [](const py::object& mask) { return mask.attr("any")().cast<bool>(); };
-  if (dt == DType::Float32 && kind == 'f') {
+  if (dt == DType::Float32 && kind == 'f' && arr.itemsize() > 4) {  // float32 and float16 always fit
     py::object beyond = np.attr("isfinite")(arr).attr("__and__")(
         np.attr("abs")(arr).attr("__gt__")(double(std::numeric_limits<float>::max())));
     EF_CHECK(!any(beyond), ValueError, "tensor: a finite value beyond float32's range (", std::numeric_limits<float>::max(),
