@@ -1,15 +1,16 @@
 #include "eformer/attention/kernels/narrow_attention.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/tile_dropout.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/rng.h"
+#include "eformer/ops/activation.h"
 
 namespace eformer::kernels {
 namespace {
@@ -25,20 +26,53 @@ int64_t keys_per_chunk(int64_t N, int64_t M) {
 }
 int64_t chunks(int64_t n, int64_t per) { return (n + per - 1) / per; }
 
-// s [rows, M] (rows i0 .. of head b) -> softmax over the keys the rules allow, in place; 0 elsewhere.
+// The row loops below keep 16 independent lanes so that they vectorize (a plain max or sum over
+// floats does not: the compiler may not reorder it).
+constexpr int kLanes = 16;
+
+// max over s[0, n), NaN skipped (x > m is false for a NaN x); -inf when n = 0.
+float row_max(const float* s, int64_t n) {
+  float lane[kLanes];
+  std::fill(lane, lane + kLanes, -std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] = s[j + l] > lane[l] ? s[j + l] : lane[l];
+  float m = -std::numeric_limits<float>::infinity();
+  for (; j < n; ++j) m = s[j] > m ? s[j] : m;
+  for (int l = 0; l < kLanes; ++l) m = lane[l] > m ? lane[l] : m;
+  return m;
+}
+
+// s = exp(s - m) in place over [0, n); returns the sum (NaN if some s is NaN).
+float exp_and_sum(float* s, int64_t n, float m) {
+  float lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += s[j + l] = fast_exp(s[j + l] - m);
+  float sum = 0.0f;
+  for (; j < n; ++j) sum += s[j] = fast_exp(s[j] - m);
+  for (int l = 0; l < kLanes; ++l) sum += lane[l];
+  return sum;
+}
+
+// s [rows, M] (rows i0 .. of one head) -> softmax over the keys the rules allow, in place; 0 at the
+// others and on a row with none; NaN on a row with a NaN score (as softmax).
 void softmax_rows(float* s, int64_t rows, int64_t i0, int64_t N, int64_t M, const bool* km, bool causal) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     float* sr = s + r * M;
     // Keys [0, end) pass the causal rule (j <= i + M - N); the key mask removes some of them.
     const int64_t end = causal ? std::clamp<int64_t>(i0 + r + (M - N) + 1, 0, M) : M;
-    for (int64_t j = end; j < M; ++j) sr[j] = kNegInf;
+    std::fill(sr + end, sr + M, kNegInf);
     if (km)
       for (int64_t j = 0; j < end; ++j) sr[j] = km[j] ? sr[j] : kNegInf;
-    attention::OnlineSoftmax row;
-    row.update(sr, M);  // exp(s - max) in place; 0 at -inf; a NaN row stays NaN
-    const float inv = row.inverse_sum();
-#pragma omp simd
+    const float m = row_max(sr, end);
+    if (m == kNegInf) {  // nothing attendable (or only NaN scores): 0, or NaN as softmax gives
+      const bool nan = std::any_of(sr, sr + end, [](float x) { return std::isnan(x); });
+      std::fill(sr, sr + M, nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+      continue;
+    }
+    const float inv = 1.0f / exp_and_sum(sr, M, m);  // exp(-inf) = 0 at the masked keys; sum >= 1
     for (int64_t j = 0; j < M; ++j) sr[j] *= inv;
   }
 }
