@@ -22,7 +22,7 @@ int64_t rows_per_chunk(int64_t N, int64_t M) {
   return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(M, 1), 16, std::max<int64_t>(N, 1));
 }
 int64_t keys_per_chunk(int64_t N, int64_t M) {
-  return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(N, 1), 32, std::max<int64_t>(M, 1));
+  return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(N, 1), 128, std::max<int64_t>(M, 1));
 }
 int64_t chunks(int64_t n, int64_t per) { return (n + per - 1) / per; }
 
@@ -51,6 +51,18 @@ float exp_and_sum(float* s, int64_t n, float m) {
     for (int l = 0; l < kLanes; ++l) lane[l] += s[j + l] = fast_exp(s[j + l] - m);
   float sum = 0.0f;
   for (; j < n; ++j) sum += s[j] = fast_exp(s[j] - m);
+  for (int l = 0; l < kLanes; ++l) sum += lane[l];
+  return sum;
+}
+
+// sum_j a[j] b[j] over [0, n).
+float dot(const float* a, const float* b, int64_t n) {
+  float lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += a[j + l] * b[j + l];
+  float sum = 0.0f;
+  for (; j < n; ++j) sum += a[j] * b[j];
   for (int l = 0; l < kLanes; ++l) sum += lane[l];
   return sum;
 }
@@ -119,10 +131,7 @@ void narrow_attention_backward(const float* q, const float* k, const float* v, c
       for (int64_t r = 0; r < n; ++r) {
         float* dr = dsc + r * M;
         const float* pr = pc + r * M;
-        float D = 0.0f;  // rowsum(P o dP o Z) = rowsum(dO o O)
-#pragma omp simd reduction(+ : D)
-        for (int64_t j = 0; j < M; ++j) D += pr[j] * dr[j];
-#pragma omp simd
+        const float D = dot(pr, dr, M);  // rowsum(P o dP o Z) = rowsum(dO o O)
         for (int64_t j = 0; j < M; ++j) dr[j] = pr[j] * (dr[j] - D);
       }
       if (dq)
