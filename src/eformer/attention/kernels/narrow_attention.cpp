@@ -15,14 +15,14 @@
 namespace eformer::kernels {
 namespace {
 
-// About 64K floats (256 KiB, L2) of scores per work item: 256 query rows at M = 256 keys.
+// About 64K floats (256 KiB, L2) of scores per chunk: 256 query rows at M = 256 keys.
 constexpr int64_t kChunkFloats = 65536;
+// Chunks per work item of the backward (a group of rows, whose dK, dV sums are its own): a fixed number,
+// so the grouping, and the bits, do not depend on the thread count.
+constexpr int64_t kChunksPerGroup = 8;
 
 int64_t rows_per_chunk(int64_t N, int64_t M) {
-  return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(M, 1), 16, std::max<int64_t>(N, 1));
-}
-int64_t keys_per_chunk(int64_t N, int64_t M) {
-  return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(N, 1), 128, std::max<int64_t>(M, 1));
+  return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(M, 1), 32, std::max<int64_t>(N, 1));
 }
 int64_t chunks(int64_t n, int64_t per) { return (n + per - 1) / per; }
 
@@ -115,48 +115,61 @@ void narrow_attention_forward(const float* q, const float* k, const float* v, co
 }
 
 void narrow_attention_backward(const float* q, const float* k, const float* v, const float* p,
-                               const float* dout, float* ds, float* dq, float* dk, float* dv, int64_t B,
-                               int64_t H, int64_t N, int64_t M, int64_t d, float scale,
-                               const FlashDropout* dropout) {
+                               const float* dout, float* dq, float* dk, float* dv, int64_t B, int64_t H,
+                               int64_t N, int64_t M, int64_t d, float scale, const FlashDropout* dropout) {
   const bool drop = dropout && dropout->p > 0.0f;
-  // dS and dQ, by chunks of query rows.
-  const int64_t rows = rows_per_chunk(N, M), row_chunks = chunks(N, rows);
-  if (dq || dk)
-    for_each_item(B * H * row_chunks, 0, [&](int64_t item, float*) {
-      const int64_t bh = item / row_chunks, i0 = (item % row_chunks) * rows, n = std::min(rows, N - i0);
-      float* dsc = ds + (bh * N + i0) * M;
-      const float* pc = p + (bh * N + i0) * M;
-      blas::sgemm(false, true, n, M, d, 1.0f, dout + (bh * N + i0) * d, d, v + bh * M * d, d, 0.0f, dsc, M);
-      if (drop) apply_dropout(dsc, M, n, M, (bh * N + i0) * M, M, *dropout);  // dP o Z
+  const int64_t rows = rows_per_chunk(N, M), group = rows * kChunksPerGroup, groups = chunks(N, group);
+  const int64_t BH = B * H, Md = M * d;
+  // Each group's dK, dV [BH, groups, M, d] when a head has several groups (one group writes dk, dv).
+  ScratchBuffer partial(groups > 1 ? 2 * BH * groups * Md : 0);
+  for_each_item(BH * groups, rows * M * (drop ? 2 : 1), [&](int64_t item, float* scratch) {
+    const int64_t bh = item / groups, g0 = (item % groups) * group, g1 = std::min(N, g0 + group);
+    const int64_t slot = groups > 1 ? item : -1;
+    float* dkg = slot >= 0 ? partial.data + slot * Md : dk ? dk + bh * Md : nullptr;
+    float* dvg = slot >= 0 ? partial.data + (BH * groups + slot) * Md : dv ? dv + bh * Md : nullptr;
+    float* ds = scratch;                              // dS of the chunk [n, M]
+    float* pz = drop ? scratch + rows * M : nullptr;  // P o Z of the chunk
+    for (int64_t i0 = g0; i0 < g1; i0 += rows) {
+      const int64_t n = std::min(rows, g1 - i0), e0 = (bh * N + i0) * M;
+      const float beta = i0 == g0 ? 0.0f : 1.0f;  // the group's first chunk starts its sums
+      const float* pc = p + e0;
+      const float* doc = dout + (bh * N + i0) * d;
+      if (dv) {  // dV += (P o Z)^T dO
+        const float* pzc = pc;
+        if (drop) {
+          std::memcpy(pz, pc, size_t(n * M) * sizeof(float));
+          apply_dropout(pz, M, n, M, e0, M, *dropout);
+          pzc = pz;
+        }
+        blas::sgemm(true, false, M, d, n, 1.0f, pzc, M, doc, d, beta, dvg, d);
+      }
+      if (!dq && !dk) continue;
+      blas::sgemm(false, true, n, M, d, 1.0f, doc, d, v + bh * Md, d, 0.0f, ds, M);  // dP = dO v^T
+      if (drop) apply_dropout(ds, M, n, M, e0, M, *dropout);                         // dP o Z
       for (int64_t r = 0; r < n; ++r) {
-        float* dr = dsc + r * M;
+        float* dr = ds + r * M;
         const float* pr = pc + r * M;
         const float D = dot(pr, dr, M);  // rowsum(P o dP o Z) = rowsum(dO o O)
         for (int64_t j = 0; j < M; ++j) dr[j] = pr[j] * (dr[j] - D);
       }
       if (dq)
-        blas::sgemm(false, false, n, d, M, scale, dsc, M, k + bh * M * d, d, 0.0f, dq + (bh * N + i0) * d, d);
-    });
-  // dK and dV, by chunks of keys: each sums over all N query rows in one GEMM.
-  const int64_t keys = keys_per_chunk(N, M), key_chunks = chunks(M, keys);
-  if (dk || dv)
-    for_each_item(B * H * key_chunks, drop && dv ? N * keys : 0, [&](int64_t item, float* scratch) {
-      const int64_t bh = item / key_chunks, j0 = (item % key_chunks) * keys, c = std::min(keys, M - j0);
-      const float* qh = q + bh * N * d;
-      const float* doh = dout + bh * N * d;
-      if (dk)
-        blas::sgemm(true, false, c, d, N, scale, ds + bh * N * M + j0, M, qh, d, 0.0f, dk + (bh * M + j0) * d,
-                    d);
-      if (!dv) return;
-      const float* pz = p + bh * N * M + j0;
-      int64_t ld = M;
-      if (drop) {  // the columns [j0, j0 + c) of P o Z
-        for (int64_t i = 0; i < N; ++i) std::memcpy(scratch + i * c, pz + i * M, size_t(c) * sizeof(float));
-        apply_dropout(scratch, c, N, c, bh * N * M + j0, M, *dropout);
-        pz = scratch, ld = c;
+        blas::sgemm(false, false, n, d, M, scale, ds, M, k + bh * Md, d, 0.0f, dq + (bh * N + i0) * d, d);
+      if (dk) blas::sgemm(true, false, M, d, n, scale, ds, M, q + (bh * N + i0) * d, d, beta, dkg, d);
+    }
+  });
+  if (groups == 1) return;
+  // dK, dV = the groups' sums, added in group order.
+  parallel::parallel_for(BH, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t bh = h0; bh < h1; ++bh)
+      for (int which = 0; which < 2; ++which) {
+        float* out = which == 0 ? dk : dv;
+        if (!out) continue;
+        const float* part = partial.data + (which * BH * groups + bh * groups) * Md;
+        std::copy(part, part + Md, out + bh * Md);
+        for (int64_t g = 1; g < groups; ++g)
+          for (int64_t e = 0; e < Md; ++e) out[bh * Md + e] += part[g * Md + e];
       }
-      blas::sgemm(true, false, c, d, N, 1.0f, pz, ld, doh, d, 0.0f, dv + (bh * M + j0) * d, d);
-    });
+  });
 }
 
 }  // namespace eformer::kernels
@@ -198,11 +211,10 @@ Tensor narrow_attention(const Tensor& q, const Tensor& k, const Tensor& v, const
         };
         Tensor dq = grad_like(need_q, qc), dk = grad_like(need_k, kc), dv = grad_like(need_v, vc);
         if (!empty) {
-          Tensor ds = need_q || need_k ? Tensor::empty(p.shape()) : Tensor();
           auto data = [](Tensor& t) { return t.defined() ? t.data<float>() : nullptr; };
           kernels::narrow_attention_backward(qc.data<float>(), kc.data<float>(), vc.data<float>(),
-                                             p.data<float>(), gc.data<float>(), data(ds), data(dq), data(dk),
-                                             data(dv), s.B, s.H, s.N, s.M, s.d, s.scale, &dr);
+                                             p.data<float>(), gc.data<float>(), data(dq), data(dk), data(dv),
+                                             s.B, s.H, s.N, s.M, s.d, s.scale, &dr);
         }
         return std::vector<Tensor>{dq, dk, dv};
       });

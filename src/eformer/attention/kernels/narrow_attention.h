@@ -3,7 +3,7 @@
 // then no bigger than a few copies of q, so they are computed by whole GEMMs (oneDNN), soft-maxed while
 // the chunk is in cache, and kept for the backward: no score tile is recomputed, and every product is
 // one GEMM per (batch, head, chunk) instead of flash's 128 x 128 register tiles, which at M = 32 keys
-// run a quarter empty. Memory: B H N M floats kept, plus as many during the backward (dS).
+// run a quarter empty. Memory: the B H N M probabilities, kept from the forward to the backward.
 #pragma once
 #include <cstdint>
 
@@ -37,11 +37,12 @@ void narrow_attention_forward(const float* q, const float* k, const float* v, co
 
 // From the forward's p and dout [B*H, N, d]: dq [B*H, N, d], dk, dv [B*H, M, d]; a null output is not
 // computed. With dP = dO v^T o Z, D_i = rowsum(P o dP) (= rowsum(dO o O)), dS = P o (dP - D):
-// dQ = scale dS k, dK = scale dS^T q, dV = (P o Z)^T dO. ds is scratch [B*H, N, M]. Parallel over
-// (b, h, row chunk) for dS and dQ, then over (b, h, key chunk) for dK and dV: no reduction is split.
+// dQ = scale dS k, dK = scale dS^T q, dV = (P o Z)^T dO. Parallel over (b, h, group of query rows): a
+// group sums its chunks' dK, dV in order (dS lives in a per-thread chunk, while P is in cache), and the
+// groups' sums are added in order after; the grouping depends on N and M only, not on the thread count.
 void narrow_attention_backward(const float* q, const float* k, const float* v, const float* p,
-                               const float* dout, float* ds, float* dq, float* dk, float* dv, int64_t B,
-                               int64_t H, int64_t N, int64_t M, int64_t d, float scale,
+                               const float* dout, float* dq, float* dk, float* dv, int64_t B, int64_t H,
+                               int64_t N, int64_t M, int64_t d, float scale,
                                const FlashDropout* dropout = nullptr);
 
 }  // namespace eformer::kernels
