@@ -30,8 +30,9 @@ std::vector<std::vector<float>> run(AttentionFn fn, const Tensor& q, const Tenso
 TEST(NarrowAttention, AgreesWithFullWithGradients) {
   Seed seed;
   rng::Generator gen(seed.value);
-  // 1200 x 70: two query chunks (936 rows + a remainder); 70 x 1200: two key chunks of the backward.
-  for (auto [N, M] : {std::pair<int64_t, int64_t>{1200, 70}, {70, 1200}, {33, 9}, {1, 40}}) {
+  // 1200 x 70: two query chunks (936 rows + a remainder); 2000 x 300: the backward's dK, dV summed over two
+  // groups of chunks (1744 rows + a remainder); 70 x 1200: few queries, long rows.
+  for (auto [N, M] : {std::pair<int64_t, int64_t>{1200, 70}, {2000, 300}, {70, 1200}, {33, 9}, {1, 40}}) {
     for (bool causal : {false, true}) {
       for (float dropout : {0.0f, 0.25f}) {
         const int64_t B = 2, H = 2, d = 12;

@@ -11,9 +11,11 @@ import eformer as ef
 from conftest import check
 from test_attention_exact import qkv, random_key_mask, torch_attention
 
-# (N, M): a few keys or a few queries; 130 x 600 and 2000 x 37 give two query (or key) chunks with a remainder
-# (chunks hold about 64K scores), 1 x 300 a single query.
-SIZES = [(300, 37), (37, 300), (130, 600), (600, 130), (2000, 37), (37, 2000), (1, 300), (300, 1), (65, 65)]
+# (N, M): a few keys or a few queries. Chunks hold about 64K scores (at least 32 rows) and the backward sums dK, dV
+# over groups of 8 chunks: 130 x 600 and 2000 x 37 give two chunks with a remainder, 2000 x 300 two groups (the
+# second a chunk and a remainder); 1 x 300 a single query.
+SIZES = [(300, 37), (37, 300), (130, 600), (600, 130), (2000, 37), (37, 2000), (2000, 300), (1, 300), (300, 1),
+         (65, 65)]
 
 
 def narrow(q, k, v, **kw):
@@ -69,7 +71,7 @@ def test_dropout_drops_flashs_elements(rng):
 
 
 def test_bit_identical_on_1_and_2_threads(rng):
-    B, H, N, M, d = 2, 3, 700, 130, 40  # several query chunks and key chunks per head
+    B, H, N, M, d = 2, 3, 2000, 300, 40  # two groups of query chunks per head, summed after
     q, k, v = qkv(rng, B, H, N, M, d)
     g = rng.standard_normal((B, H, N, d))
     km = ef.tensor(random_key_mask(rng, B, M))
