@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import eformer as ef
-from conftest import check
+from conftest import check, on_thread_counts
 from test_attention_exact import qkv, random_key_mask, torch_attention
 
 # (N, M): a few keys or a few queries. Chunks hold about 64K scores (at least 32 rows) and the backward sums dK, dV
@@ -75,14 +75,7 @@ def test_bit_identical_on_1_and_2_threads(rng):
     q, k, v = qkv(rng, B, H, N, M, d)
     g = rng.standard_normal((B, H, N, d))
     km = ef.tensor(random_key_mask(rng, B, M))
-    before = ef.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            ef.set_num_threads(threads)
-            results.append(outputs_and_grads(narrow, q, k, v, g, causal=True, key_mask=km))
-    finally:
-        ef.set_num_threads(before)
+    results = on_thread_counts(lambda: outputs_and_grads(narrow, q, k, v, g, causal=True, key_mask=km))
     for a, b, what in zip(*results, ["out", "dq", "dk", "dv"]):
         assert np.array_equal(a, b), what
 

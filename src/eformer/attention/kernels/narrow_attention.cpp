@@ -9,7 +9,6 @@
 #include "eformer/attention/kernels/tile_dropout.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
-#include "eformer/core/rng.h"
 #include "eformer/ops/activation.h"
 
 namespace eformer::kernels {
@@ -183,15 +182,8 @@ Tensor narrow_attention(const Tensor& q, const Tensor& k, const Tensor& v, const
   Tensor km = opts.key_mask.defined() ? opts.key_mask.contiguous_data() : Tensor();
   Tensor out = Tensor::empty({s.B, s.H, s.N, s.d});
   Tensor p = Tensor::empty({s.B, s.H, s.N, s.M});
-  // Dropout reserves ceil(B H N M / 4) counters, as flash_attention and ops/dropout.h on the
-  // [B, H, N, M] probabilities, so all three drop the same elements.
-  kernels::FlashDropout dr;
-  if (opts.dropout > 0.0f) {
-    rng::Generator& gen = rng::default_generator();
-    dr.p = opts.dropout;
-    dr.counter = gen.reserve(uint64_t(s.B * s.H * s.N * s.M + 3) / 4);
-    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
-  }
+  // The mask of flash_attention and ops/dropout.h on the same [B, H, N, M] probabilities.
+  const kernels::FlashDropout dr = kernels::reserve_dropout(opts.dropout, s.B * s.H * s.N * s.M);
   if (out.numel() > 0) {
     if (s.M == 0)
       std::fill(out.data<float>(), out.data<float>() + out.numel(), 0.0f);  // no key: every row is 0
