@@ -28,8 +28,9 @@ Tensor isab_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const int64_t m = inducing.size(1);
   AttentionOptions first;
   first.key_mask = opts.key_mask, first.scale = opts.scale;
-  const Tensor h = narrow_attention(expand(reshape(inducing, {1, dims.H, m, dims.d}), {dims.B, dims.H, m, dims.d}),
-                                   k, v, first);  // [B, H, m, d]
+  const Tensor h =
+      narrow_attention(expand(reshape(inducing, {1, dims.H, m, dims.d}), {dims.B, dims.H, m, dims.d}), k, v,
+                       first);  // [B, H, m, d]
   AttentionOptions second;
   second.scale = opts.scale, second.dropout = opts.dropout;
   return narrow_attention(q, h, h, second);
@@ -91,7 +92,7 @@ Tensor IsabAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& k
   AttentionOptions opts;
   opts.dropout = active_dropout();
   return output(narrow_attention(h.q, split_heads(h_k_proj_->forward(induced), H_),
-                                split_heads(h_v_proj_->forward(induced), H_), opts));
+                                 split_heads(h_v_proj_->forward(induced), H_), opts));
 }
 
 }  // namespace eformer::attention
