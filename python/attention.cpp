@@ -11,6 +11,7 @@
 #include "eformer/attention/relative.h"
 #include "eformer/ops/relative_shift.h"
 #include "eformer/attention/kernels/kernelized.h"
+#include "eformer/attention/kernels/narrow_attention.h"
 #include "eformer/attention/mechanisms/sparse.h"
 
 namespace eformer::python {
@@ -40,6 +41,20 @@ py::dict capabilities_dict(const attention::Capabilities& c) {
   return d;
 }
 
+// The keyword arguments every attention call shares; scale None means 1/sqrt(d).
+attention::AttentionOptions attention_options(const char* who, bool causal, const py::object& key_mask,
+                                              const py::object& scale, float dropout) {
+  attention::AttentionOptions opts;
+  opts.causal = causal;
+  opts.dropout = dropout;
+  if (!key_mask.is_none()) opts.key_mask = key_mask.cast<Tensor>();
+  if (!scale.is_none()) {
+    opts.scale = scale.cast<float>();
+    EF_CHECK(opts.scale != 0.0f, ValueError, who, ": scale = 0; pass None for 1/sqrt(head_dim)");
+  }
+  return opts;
+}
+
 }  // namespace
 
 py::dict capabilities_to_python(const attention::Capabilities& c) { return capabilities_dict(c); }
@@ -49,14 +64,7 @@ void bind_attention(py::module_& m) {
       "attention",
       [](const Tensor& q, const Tensor& k, const Tensor& v, const std::string& kind, bool causal,
          const py::object& key_mask, const py::object& scale, float dropout, const py::kwargs& options) {
-        attention::AttentionOptions opts;
-        opts.causal = causal;
-        opts.dropout = dropout;
-        if (!key_mask.is_none()) opts.key_mask = key_mask.cast<Tensor>();
-        if (!scale.is_none()) {
-          opts.scale = scale.cast<float>();
-          EF_CHECK(opts.scale != 0.0f, ValueError, "attention: scale = 0; pass None for 1/sqrt(head_dim)");
-        }
+        const auto opts = attention_options("attention", causal, key_mask, scale, dropout);
         return attention::attention(q, k, v, kind, opts, mechanism_args(options));
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kind") = "flash", py::arg("causal") = false,
@@ -67,6 +75,17 @@ void bind_attention(py::module_& m) {
       "probabilities (kinds that have them), drawn from the default generator. A query with no attendable key\n"
       "outputs 0 (zero gradients). **options: the mechanism's own options (eformer.mechanisms() lists them);\n"
       "tensors among them are tensor arguments (performer: omega [m, d]).");
+  m.def(
+      "narrow_attention",
+      [](const Tensor& q, const Tensor& k, const Tensor& v, bool causal, const py::object& key_mask,
+         const py::object& scale, float dropout) {
+        return attention::narrow_attention(q, k, v,
+                                           attention_options("narrow_attention", causal, key_mask, scale, dropout));
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false, py::arg("key_mask") = py::none(),
+      py::arg("scale") = py::none(), py::arg("dropout") = 0.0f,
+      "Exact attention when one side is short (min(N, M) <= 512: Linformer's k rows, ISAB's inducing points):\n"
+      "the N x M probabilities by whole GEMMs, kept for the backward; beyond that, flash. Arguments as attention's.");
   m.def(
       "relative_attention",
       [](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& r, const Tensor& u, const Tensor& w,

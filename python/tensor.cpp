@@ -1,8 +1,10 @@
 // Tensor, numpy conversion, autograd, allocator counters, RNG and threads.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
 #include "bindings.h"
+#include "eformer/core/parallel.h"
 
 namespace eformer::python {
 namespace {
@@ -14,7 +16,7 @@ void check_fits(const py::module_& np, const py::array& arr, DType dt) {
   const char kind = arr.dtype().kind();
   if (arr.size() == 0 || dt == DType::Bool) return;
   auto any = [](const py::object& mask) { return mask.attr("any")().cast<bool>(); };
-  if (dt == DType::Float32 && kind == 'f') {
+  if (dt == DType::Float32 && kind == 'f' && arr.itemsize() > 4) {  // float32 and float16 always fit
     py::object beyond = np.attr("isfinite")(arr).attr("__and__")(
         np.attr("abs")(arr).attr("__gt__")(double(std::numeric_limits<float>::max())));
     EF_CHECK(!any(beyond), ValueError, "tensor: a finite value beyond float32's range (", std::numeric_limits<float>::max(),
@@ -59,7 +61,15 @@ Tensor from_numpy(const py::object& data, const py::object& dtype) {
     default: break;
   }
   if (!conv) throw ValueError("tensor: could not convert the data to " + std::string(dtype_name(dt)));
-  std::memcpy(t.raw_data(), conv.data(), size_t(t.numel()) * dtype_size(dt));
+  // Large arrays by 1 MiB pieces over the threads (one core alone does not reach the memory bandwidth).
+  const size_t bytes = size_t(t.numel()) * dtype_size(dt);
+  constexpr int64_t kPiece = int64_t(1) << 20;
+  auto* dst = static_cast<char*>(t.raw_data());
+  const auto* src = static_cast<const char*>(conv.data());
+  parallel::parallel_for((int64_t(bytes) + kPiece - 1) / kPiece, 4, [&](int64_t p0, int64_t p1) {
+    const size_t begin = size_t(p0 * kPiece), end = std::min(bytes, size_t(p1 * kPiece));
+    std::memcpy(dst + begin, src + begin, end - begin);
+  });
   return t;
 }
 

@@ -68,6 +68,19 @@ def check(ef_fn, torch_fn, inputs, rng=None, grad=True, rtol=1e-4, atol=1e-5, gr
     return e_out, t_out
 
 
+def on_thread_counts(fn, counts=(1, 2)):
+    """fn() run with each library thread count in turn (the count restored after): a list of its results."""
+    before = ef.get_num_threads()
+    try:
+        results = []
+        for threads in counts:
+            ef.set_num_threads(threads)
+            results.append(fn())
+        return results
+    finally:
+        ef.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def word_corpus(tmp_path_factory):
     """About 40 KB of learnable text (1500 lines of 4 to 11 common words), for CLI runs."""

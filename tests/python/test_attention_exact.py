@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import eformer as ef
-from conftest import check
+from conftest import check, on_thread_counts
 
 # The exact kinds, from the registry: softmax mechanisms whose pattern is every key (at N = 2048,
 # where the default windows and strides of the sparse family leave keys out).
@@ -149,14 +149,7 @@ def test_bit_identical_on_1_and_2_threads(rng, kind):
     q, k, v = qkv(rng, B, H, N, M, d)
     g = rng.standard_normal((B, H, N, d))
     km = ef.tensor(random_key_mask(rng, B, M))
-    before = ef.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            ef.set_num_threads(threads)
-            results.append(run(kind, q, k, v, g, causal=True, key_mask=km))
-    finally:
-        ef.set_num_threads(before)
+    results = on_thread_counts(lambda: run(kind, q, k, v, g, causal=True, key_mask=km))
     for a, b, what in zip(*results, ["out", "dq", "dk", "dv"]):
         assert np.array_equal(a, b), what
 

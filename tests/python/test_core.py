@@ -104,7 +104,10 @@ def test_checkpoint_matches_plain_gradients_with_dropout(rng):
 
 
 def test_numpy_round_trip_and_dtypes():
-    for a in (np.arange(6, dtype=np.int64).reshape(2, 3), np.array([True, False]), np.full((2, 2), 2.5, dtype=np.float32)):
+    # The last: 9 MiB and a bit, copied in 1 MiB pieces over the threads, the last piece partial.
+    large = np.random.default_rng().standard_normal(9 * 2**18 + 7).astype(np.float32)
+    for a in (np.arange(6, dtype=np.int64).reshape(2, 3), np.array([True, False]), np.full((2, 2), 2.5, dtype=np.float32),
+              large):
         t = ef.tensor(a)
         assert t.numpy().dtype == a.dtype and np.array_equal(t.numpy(), a)
     assert ef.tensor(np.zeros(3)).dtype == "float32"  # float64 data becomes float32

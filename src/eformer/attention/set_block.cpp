@@ -1,6 +1,6 @@
 #include "eformer/attention/set_block.h"
 
-#include "eformer/attention/kernels/flash.h"
+#include "eformer/attention/kernels/narrow_attention.h"
 #include "eformer/ops/activation.h"
 #include "eformer/ops/elementwise.h"
 #include "eformer/ops/shape.h"
@@ -55,7 +55,7 @@ Tensor SetAttentionBlock::forward_heads(const Tensor& x, const Tensor& k, const 
   if (q.size(0) != B) q = expand(q, {B, H_, m, D_ / H_});
   AttentionOptions opts;
   opts.key_mask = key_mask;
-  const Tensor attended = out_proj_->forward(merge_heads(flash_attention(q, k, v, opts)));
+  const Tensor attended = out_proj_->forward(merge_heads(narrow_attention(q, k, v, opts)));
   const Tensor h = norm1_->forward(add(x.size(0) == B ? x : expand(x, {B, m, D_}), attended));  // Hh = LN(X + Multihead)
   return norm2_->forward(add(h, relu(ff_->forward(h))));  // LN(Hh + rFF(Hh))
 }

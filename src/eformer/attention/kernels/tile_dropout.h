@@ -11,6 +11,20 @@
 
 namespace eformer::kernels {
 
+// The FlashDropout of a call dropping p of `elements` probabilities: it reserves ceil(elements / 4)
+// counters of the default generator, as ops/dropout.h on the contiguous [B, H, N, M] probabilities, so
+// every kernel drops the same elements from the same generator state. p = 0: none, nothing reserved.
+inline FlashDropout reserve_dropout(float p, int64_t elements) {
+  FlashDropout dr;
+  if (p > 0.0f) {
+    rng::Generator& gen = rng::default_generator();
+    dr.p = p;
+    dr.counter = gen.reserve(uint64_t(elements + 3) / 4);
+    dr.seed = gen.state().seed, dr.stream = gen.state().stream;
+  }
+  return dr;
+}
+
 // x[r, c] *= Z_e = keep_e / (1 - p) for the tile x [rows, ld] (cols used) whose element (r, c) is
 // element e = e0 + r M + c of P [B, H, N, M]; the keep rule of FlashDropout (ops/dropout.cpp's).
 inline void apply_dropout(float* x, int64_t ld, int64_t rows, int64_t cols, int64_t e0, int64_t M,

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "eformer/attention/kernels/flash.h"
+#include "eformer/attention/kernels/narrow_attention.h"
 #include "eformer/ops/shape.h"
 
 namespace eformer::attention {
@@ -28,11 +28,12 @@ Tensor isab_core(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   const int64_t m = inducing.size(1);
   AttentionOptions first;
   first.key_mask = opts.key_mask, first.scale = opts.scale;
-  const Tensor h = flash_attention(expand(reshape(inducing, {1, dims.H, m, dims.d}), {dims.B, dims.H, m, dims.d}),
-                                   k, v, first);  // [B, H, m, d]
+  const Tensor h =
+      narrow_attention(expand(reshape(inducing, {1, dims.H, m, dims.d}), {dims.B, dims.H, m, dims.d}), k, v,
+                       first);  // [B, H, m, d]
   AttentionOptions second;
   second.scale = opts.scale, second.dropout = opts.dropout;
-  return flash_attention(q, h, h, second);
+  return narrow_attention(q, h, h, second);
 }
 
 IsabOptions parse_isab_options(const nlohmann::json& options) {
@@ -90,8 +91,8 @@ Tensor IsabAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& k
   const Tensor induced = block_->forward_heads(reshape(*inducing_, {1, m, D}), h.k, h.v, key_mask);  // H [B, m, D]
   AttentionOptions opts;
   opts.dropout = active_dropout();
-  return output(flash_attention(h.q, split_heads(h_k_proj_->forward(induced), H_),
-                                split_heads(h_v_proj_->forward(induced), H_), opts));
+  return output(narrow_attention(h.q, split_heads(h_k_proj_->forward(induced), H_),
+                                 split_heads(h_v_proj_->forward(induced), H_), opts));
 }
 
 }  // namespace eformer::attention

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "eformer/attention/kernels/flash.h"
+#include "eformer/attention/kernels/narrow_attention.h"
 #include "eformer/attention/kernels/per_head_matmul.h"
 #include "eformer/nn/linear.h"
 #include "eformer/ops/select.h"
@@ -45,7 +45,7 @@ Tensor project_and_attend(const Tensor& q, const Tensor& k, const Tensor& v, con
   const Tensor vp = contiguous(per_head_left(slice(F, 2, 0, M), values));
   AttentionOptions inner = opts;
   inner.key_mask = Tensor();
-  return flash_attention(q, kp, vp, inner);
+  return narrow_attention(q, kp, vp, inner);
 }
 
 void check_projection(const char* what, const Tensor& p, int64_t H, int64_t M, int64_t rows) {
