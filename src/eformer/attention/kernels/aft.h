@@ -52,6 +52,15 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
 // block past that range, pair by pair. Differentiable w.r.t. k, v and w (the backward likewise by GEMMs).
 Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const char* op = "aft_full_causal");
 
+// Bidirectional AFT-full with GEMMs (kernels/aft_full.cpp): k, v [B, H, M, d], w [H, >= N, >= M] ->
+// A [B, H, N, d], equal to aft_average with the Dense bidirectional layout. Query blocks of 128 rows, each
+// one GEMM [rows, M] x [M, 2 B d] on exp(w - row max) and [exp(K - b) (.) V | exp(K - b)]; the backward
+// recomputes exp(w) by the same blocks, so memory is O(M B d + 128 M) whatever N (no [N, M] temporary).
+// Where the range of K plus that of w exceeds 60 (the GEMM's factors could underflow) the whole call goes
+// to aft_average (pair by pair, exact at any range). Differentiable w.r.t. k, v and w.
+Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N,
+                              const char* op = "aft_full_bidirectional");
+
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:
 // the last p keys for Band and Toeplitz, all of them for Dense, none for None).

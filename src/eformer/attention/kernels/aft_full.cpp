@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "eformer/attention/kernels/aft.h"
+#include "eformer/attention/kernels/scratch.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -203,6 +204,109 @@ void full_causal_backward(const FullHead& h, const float* A, const float* L, con
   }
 }
 
+// Bidirectional AFT-full (aft.h, aft_full_bidirectional): every query sees every key, so one reference per
+// column, b = max_t' K_t', and one per row, a_t = max_t' w_t,t', serve all pairs:
+//     [num | den]_t = sum_t' exp(w_t,t' - a_t) [exp(K_t' - b) (.) V_t' | exp(K_t' - b)],  L_t = a_t + b + log den
+// by query blocks of kBlock rows, E [C, M] = exp(w - a) made per block (memory O(M B d + kBlock M), no
+// [N, M] tensor). The caller has checked that the range of K plus the range of w is below kRange.
+// X [M, 2 BD] = [exp(K - b) (.) V | exp(K - b)] over all keys, b [BD] = the maximum of K per column.
+void bidirectional_operands(const FullHead& h, float* X, float* b) {
+  const int64_t M = h.N, BD = h.BD;
+  std::fill(b, b + BD, -kInf);
+  for (int64_t j = 0; j < M; ++j)
+    for (int64_t c = 0; c < BD; ++c) b[c] = std::max(b[c], h.K[j * BD + c]);
+  parallel::parallel_for(M, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+      for (int64_t c = 0; c < BD; ++c) {
+        const float e = fast_exp(h.K[j * BD + c] - b[c]);
+        X[j * 2 * BD + c] = e * h.V[j * BD + c], X[j * 2 * BD + BD + c] = e;
+      }
+  });
+}
+
+// E [C, M] = exp(w_t,t' - a_t) for rows [i0, i1), a [C] = the row maxima.
+void bias_block(const float* w, int64_t ldw, int64_t M, int64_t i0, int64_t i1, float* E, float* a) {
+  parallel::parallel_for(i1 - i0, 8, [&](int64_t from, int64_t to) {
+    for (int64_t r = from; r < to; ++r) {
+      const float* wr = w + (i0 + r) * ldw;
+      float m = -kInf;
+      for (int64_t j = 0; j < M; ++j) m = std::max(m, wr[j]);
+      a[r] = m;
+      for (int64_t j = 0; j < M; ++j) E[r * M + j] = fast_exp(wr[j] - m);
+    }
+  });
+}
+
+// Forward of one head: K, V [M, BD] (h.N = M keys), w rows [N, ldw] -> A, L [N, BD].
+void full_bidirectional_forward(const FullHead& h, int64_t N, float* A, float* L) {
+  const int64_t M = h.N, BD = h.BD;
+  ScratchBuffer X(M * 2 * BD), b(BD), E(kBlock * M), a(kBlock), P(kBlock * 2 * BD);
+  bidirectional_operands(h, X.data, b.data);
+  for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+    const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
+    bias_block(h.w, h.ldw, M, i0, i1, E.data, a.data);
+    blas::sgemm(false, false, C, 2 * BD, M, 1.f, E.data, M, X.data, 2 * BD, 0.f, P.data, 2 * BD);
+    parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+      for (int64_t r = from; r < to; ++r)
+        for (int64_t c = 0; c < BD; ++c) {
+          const float num = P.data[r * 2 * BD + c], den = P.data[r * 2 * BD + BD + c];
+          A[(i0 + r) * BD + c] = num / den, L[(i0 + r) * BD + c] = a.data[r] + b.data[c] + std::log(den);
+        }
+    });
+  }
+}
+
+// Backward of one head, exp(w) recomputed by row blocks: with P_t,t' = exp(w + K - L), r = dA, u = dA (.) A,
+// [G | -H] = [r | -u] exp(a + b - L) (the factor left out of E and X), Q = sum over blocks E^T [G | -H]
+// [M, 2 BD]: dV = e_k (.) Q_G, dK = V (.) dV + e_k (.) Q_H; dw [C, M] = E (.) ([G | -H] X^T) per block.
+void full_bidirectional_backward(const FullHead& h, int64_t N, const float* A, const float* L,
+                                 const float* G, float* dK, float* dV, float* dw) {
+  const int64_t M = h.N, BD = h.BD;
+  ScratchBuffer X(M * 2 * BD), b(BD), E(kBlock * M), a(kBlock), GH(kBlock * 2 * BD), Q(M * 2 * BD),
+      R(kBlock * M);
+  bidirectional_operands(h, X.data, b.data);
+  for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+    const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
+    bias_block(h.w, h.ldw, M, i0, i1, E.data, a.data);
+    parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+      for (int64_t r = from; r < to; ++r)
+        for (int64_t c = 0; c < BD; ++c) {
+          const int64_t o = (i0 + r) * BD + c;
+          const float f = fast_exp(a.data[r] + b.data[c] - L[o]);
+          GH.data[r * 2 * BD + c] = G[o] * f, GH.data[r * 2 * BD + BD + c] = -G[o] * A[o] * f;
+        }
+    });
+    blas::sgemm(true, false, M, 2 * BD, C, 1.f, E.data, M, GH.data, 2 * BD, i0 == 0 ? 0.f : 1.f, Q.data,
+                2 * BD);
+    blas::sgemm(false, true, C, M, 2 * BD, 1.f, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, M);
+    for (int64_t r = 0; r < C; ++r)
+      for (int64_t j = 0; j < M; ++j) dw[(i0 + r) * h.ldw + j] = E.data[r * M + j] * R.data[r * M + j];
+  }
+  if (N == 0) std::fill(Q.data, Q.data + M * 2 * BD, 0.f);
+  parallel::parallel_for(M, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+      for (int64_t c = 0; c < BD; ++c) {
+        const float ek = X.data[j * 2 * BD + BD + c], vg = ek * Q.data[j * 2 * BD + c];
+        dV[j * BD + c] = vg, dK[j * BD + c] = h.V[j * BD + c] * vg + ek * Q.data[j * 2 * BD + BD + c];
+      }
+  });
+}
+
+// The largest range of K (per column, over the keys) plus of w (per row, over the M keys) of one head.
+float full_ranges(const FullHead& h, int64_t N) {
+  const int64_t M = h.N, BD = h.BD;
+  std::vector<float> lo(static_cast<size_t>(BD), kInf), hi(static_cast<size_t>(BD), -kInf);
+  running_range(h, 0, M, lo.data(), hi.data());
+  float rk = 0.f, rw = 0.f;
+  for (int64_t c = 0; c < BD; ++c) rk = std::max(rk, hi[c] - lo[c]);
+  for (int64_t t = 0; t < N; ++t) {
+    const float* wr = h.w + t * h.ldw;
+    const auto [mn, mx] = std::minmax_element(wr, wr + M);
+    rw = std::max(rw, *mx - *mn);
+  }
+  return rk + rw;
+}
+
 // [B, H, N, d] head h <-> [N, B d].
 void to_columns(const float* x, int64_t B, int64_t H, int64_t N, int64_t d, int64_t h, float* out) {
   for (int64_t b = 0; b < B; ++b)
@@ -265,6 +369,71 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
                                         dKh.data<float>(), dVh.data<float>(), dw.data<float>() + h * R * ldw);
           kernels::from_columns(dKh.data<float>(), B, H, N, d, h, dk.data<float>());
           kernels::from_columns(dVh.data<float>(), B, H, N, d, h, dv.data<float>());
+        }
+        return std::vector<Tensor>{dk, dv, dw};
+      });
+}
+
+}  // namespace eformer::attention
+
+namespace eformer::attention {
+
+Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N, const char* op) {
+  EF_CHECK(k.defined() && v.defined() && k.dim() == 4 && v.shape() == k.shape() &&
+               k.dtype() == DType::Float32 && v.dtype() == DType::Float32 && k.size(2) >= 1,
+           ShapeError, op, ": k and v must be float32 [batch, heads, keys >= 1, dim] of one shape; got ",
+           k.defined() ? k.describe() : "undefined", " and ", v.defined() ? v.describe() : "undefined");
+  const int64_t B = k.size(0), H = k.size(1), M = k.size(2), d = k.size(3), BD = B * d;
+  EF_CHECK(N >= 0 && w.defined() && w.dtype() == DType::Float32 && w.dim() == 3 && w.size(0) == H &&
+               w.size(1) >= N && w.size(2) >= M,
+           ShapeError, op, ": w is ", w.defined() ? w.describe() : "undefined", "; expected [", H, ", >= ", N,
+           ", >= ", M, "]");
+  Tensor kc = k.contiguous_data(), vc = v.contiguous_data(), wc = w.contiguous_data();
+  const int64_t R = wc.size(1), ldw = wc.size(2);
+  std::vector<Tensor> Ks, Vs;  // per head, in column layout [M, BD]
+  for (int64_t h = 0; h < H; ++h) {
+    Ks.push_back(Tensor::empty({M, BD})), Vs.push_back(Tensor::empty({M, BD}));
+    kernels::to_columns(kc.data<float>(), B, H, M, d, h, Ks[h].data<float>());
+    kernels::to_columns(vc.data<float>(), B, H, M, d, h, Vs[h].data<float>());
+    const kernels::FullHead fh{Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD,
+                               ldw};
+    if (kernels::full_ranges(fh, N) >= kernels::kRange) {  // too wide for the GEMM's factors: exact pairs
+      AftLayout L;
+      L.kind = AftBias::Dense;
+      return aft_average(k, v, w, L, N, {}, op);
+    }
+  }
+  Tensor A = Tensor::empty({B, H, N, d});
+  std::vector<Tensor> Ls;  // the log-normalizers [N, BD] per head, kept for the backward
+  for (int64_t h = 0; h < H; ++h) {
+    Tensor Ah = Tensor::empty({N, BD}), Lh = Tensor::empty({N, BD});
+    const kernels::FullHead fh{Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD,
+                               ldw};
+    kernels::full_bidirectional_forward(fh, N, Ah.data<float>(), Lh.data<float>());
+    kernels::from_columns(Ah.data<float>(), B, H, N, d, h, A.data<float>());
+    Ls.push_back(Lh);
+  }
+  Ks.clear(), Vs.clear();  // the backward rebuilds them (memory O(N d) between the passes)
+  Tensor Ad = A.detach();
+  return autograd::record(
+      "aft_full_bidirectional", A, {k, v, w}, [kc, vc, wc, Ad, Ls, B, H, N, M, d, R, ldw](const Tensor& g) {
+        const int64_t BD = B * d;
+        Tensor gc = g.contiguous_data();
+        Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
+        Tensor Kh = Tensor::empty({M, BD}), Vh = Tensor::empty({M, BD}), Ah = Tensor::empty({N, BD}),
+               Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({M, BD}), dVh = Tensor::empty({M, BD});
+        for (int64_t h = 0; h < H; ++h) {
+          kernels::to_columns(kc.data<float>(), B, H, M, d, h, Kh.data<float>());
+          kernels::to_columns(vc.data<float>(), B, H, M, d, h, Vh.data<float>());
+          kernels::to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
+          kernels::to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
+          const kernels::FullHead fh{Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD,
+                                     ldw};
+          kernels::full_bidirectional_backward(fh, N, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(),
+                                               dKh.data<float>(), dVh.data<float>(),
+                                               dw.data<float>() + h * R * ldw);
+          kernels::from_columns(dKh.data<float>(), B, H, M, d, h, dk.data<float>());
+          kernels::from_columns(dVh.data<float>(), B, H, M, d, h, dv.data<float>());
         }
         return std::vector<Tensor>{dk, dv, dw};
       });
