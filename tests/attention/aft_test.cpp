@@ -194,6 +194,86 @@ TEST(Aft, BlockedBidirectionalFullMatchesTheFloat64DefinitionAcrossBlocks) {
   }
 }
 
+// The banded GEMM path of AFT-local and AFT-conv (kernels/aft_band.cpp) vs the float64 definition: sizes
+// with a partial last block of 32 rows, fewer queries than the window, and a wide-range case where some
+// rows take the pair-by-pair path (keys whose channels spread beyond the GEMM's range) and the rest the GEMM.
+TEST(Aft, BandedWindowGemmMatchesTheFloat64DefinitionAcrossBlocks) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 2, d = 4, s = 9;
+  for (const char* range : {"ordinary", "some wide keys", "all wide"})
+    for (int64_t N : {7, 75})
+      for (bool causal : {false, true})
+        for (const char* kind : {"band", "toeplitz"}) {
+          const int64_t M = causal ? N : N + 5;
+          const std::string kd = kind, rg = range;
+          SCOPED_TRACE(seed.str() + " " + kd + (causal ? " causal" : " bidirectional") + " N " +
+                       std::to_string(N) + " " + rg);
+          Tensor k = normal({B, H, M, d}, gen, rg == "all wide" ? 40.0f : 1.0f);
+          if (rg == "some wide keys")  // keys 20 and 50: one channel at +-50, past the GEMM's range of 60
+            for (int64_t bh = 0; bh < B * H; ++bh)
+              for (int64_t j : {int64_t(20), int64_t(50)})
+                if (j < M) k.data<float>()[(bh * M + j) * d + bh % d] = bh % 2 ? 50.0f : -50.0f;
+          Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen);
+          const AftLayout L = kd == "band" ? aft_layout("aft_local", s, causal) : aft_layout("aft_conv", s, causal);
+          Tensor w = kd == "band" ? normal({H, N + 2, L.S}, gen, 2.0f) : normal({H, L.S}, gen, 2.0f);
+          Tensor dense = dense_of(kd == "band" ? contiguous(slice(w, 1, 0, N)) : w, N, M, L.p);
+          Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+          Tensor A = aft_average(kl, vl, wl, L, N);
+          backward(A, g);
+          const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, causal);
+          expect_near_all(values(A), r.A, 2e-5, "A");
+          expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
+          expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
+          std::vector<double> dwl(size_t(w.numel()), 0.0);
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t t = 0; t < N; ++t)
+              for (int64_t j = 0; j < M; ++j)
+                if (const int64_t i = j - t + L.p; i >= 0 && i < L.S)
+                  dwl[kd == "band" ? (h * (N + 2) + t) * L.S + i : h * L.S + i] += r.dw[(h * N + t) * M + j];
+          expect_near_all(values(grad(wl)), dwl, 1e-4, "grad w");
+        }
+}
+
+// Causal to the bit on the banded path (later keys and values change no earlier output), and the same bits
+// on one and two threads, also with a single (batch, head) where only the GEMMs could use the threads.
+TEST(Aft, BandedWindowGemmIsCausalToTheBitAndThreadIndependent) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int before = parallel::num_threads();
+  for (int64_t B : {1, 3}) {
+    const int64_t H = 1, N = 150, d = 96, cut = 70;
+    SCOPED_TRACE(seed.str() + " B " + std::to_string(B));
+    const AftLayout L = aft_layout("aft_local", 32, true);
+    Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), g = normal({B, H, N, d}, gen),
+           w = normal({H, N, L.S}, gen);
+    Tensor k2 = k.clone_data(), v2 = v.clone_data();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = (cut + 1) * d; i < N * d; ++i)
+        k2.data<float>()[b * N * d + i] += 30.0f, v2.data<float>()[b * N * d + i] -= 3.0f;
+    const std::vector<float> a1 = values(aft_average(k, v, w, L, N)), a2 = values(aft_average(k2, v2, w, L, N));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < (cut + 1) * d; ++i)
+        ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
+    std::vector<std::vector<float>> runs;
+    for (int threads : {1, 2}) {
+      parallel::set_num_threads(threads);
+      Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+      Tensor A = aft_average(kl, vl, wl, L, N);
+      backward(A, g);
+      std::vector<float> all = values(A);
+      for (const Tensor& x : {grad(kl), grad(vl), grad(wl)}) {
+        const std::vector<float> xs = values(x);
+        all.insert(all.end(), xs.begin(), xs.end());
+      }
+      runs.push_back(all);
+    }
+    parallel::set_num_threads(before);
+    ASSERT_EQ(runs[0].size(), runs[1].size());
+    for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
+  }
+}
+
 MechanismArgs with_w(const Tensor& w) {
   MechanismArgs a;
   a.tensors["w"] = w;
