@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../test_util.h"
+#include "eformer/attention/kernels/aft_pairs.h"
 #include "eformer/attention/mechanisms/aft.h"
 #include "eformer/eformer.h"
 
@@ -272,6 +273,14 @@ TEST(Aft, BandedWindowGemmIsCausalToTheBitAndThreadIndependent) {
     ASSERT_EQ(runs[0].size(), runs[1].size());
     for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
   }
+}
+
+TEST(Aft, FastLogOfTheNormalizersMatchesTheLibraryLog) {
+  for (double x = 1e-37; x < 1e37; x *= 1.0137)  // every binade, at uneven points
+    for (float y : {float(x), std::nextafter(float(x), 0.f)}) {
+      const double exact = std::log(double(y)), got = kernels::fast_log(y);
+      ASSERT_NEAR(got, exact, 2e-7 * std::max(1.0, std::fabs(exact))) << "x = " << y;
+    }
 }
 
 MechanismArgs with_w(const Tensor& w) {

@@ -90,6 +90,7 @@ void band_operand(const AftHead& h, const float* r, float* X) {
   for (int64_t j = 0; j < h.M; ++j) {
     const float *kk = h.key(j), *vv = h.value(j);
     float* xj = X + j * 2 * d;
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const float e = fast_exp(kk[c] - r[j]);
       xj[c] = e * vv[c], xj[d + c] = e;
@@ -101,23 +102,47 @@ void band_operand(const AftHead& h, const float* r, float* X) {
 // A [d], lse [d] as average_row.
 void combine_row(int64_t d, const float* P, float a, const Running& pre, const Running* suf, float* A,
                  float* lse) {
-  const bool window = std::isfinite(a);
+  if (std::isfinite(a) && suf) {  // prefix, window and suffix; the part holding m has den >= exp(-kRange)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float m = std::max(std::max(pre.mx[c], suf->mx[c]), a);
+      const float sp = fast_exp(pre.mx[c] - m), ss = fast_exp(suf->mx[c] - m), sw = fast_exp(a - m);
+      const float num = pre.num[c] * sp + suf->num[c] * ss + P[c] * sw;
+      const float den = pre.den[c] * sp + suf->den[c] * ss + P[d + c] * sw;
+      A[c] = num / den, lse[c] = m + fast_log(den);
+    }
+    return;
+  }
+  if (!std::isfinite(a)) {  // an empty window (bidirectional, a query past the keys): the general form
+    const bool window = std::isfinite(a);
+    for (int64_t c = 0; c < d; ++c) {
+      float m = std::max(pre.mx[c], suf ? suf->mx[c] : -kInf);
+      m = window ? std::max(m, a) : m;
+      m = m == -kInf ? 0.f : m;
+      const float sp = fast_exp(pre.mx[c] - m);
+      float num = pre.num[c] * sp, den = pre.den[c] * sp;
+      if (suf) {
+        const float ss = fast_exp(suf->mx[c] - m);
+        num += suf->num[c] * ss, den += suf->den[c] * ss;
+      }
+      if (window) {
+        const float sw = fast_exp(a - m);
+        num += P[c] * sw, den += P[d + c] * sw;
+      }
+      const bool any = den > 0.f;
+      A[c] = any ? num / den : 0.f, lse[c] = any ? m + std::log(den) : -kInf;
+    }
+    return;
+  }
+  // Causal: the prefix and the window, one exponential per channel (the larger reference scales by 1).
+  // The window's den is >= exp(-kRange), so the log is of a normal float.
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) {
-    float m = std::max(pre.mx[c], suf ? suf->mx[c] : -kInf);
-    m = window ? std::max(m, a) : m;
-    m = m == -kInf ? 0.f : m;
-    const float sp = fast_exp(pre.mx[c] - m);
-    float num = pre.num[c] * sp, den = pre.den[c] * sp;
-    if (suf) {
-      const float ss = fast_exp(suf->mx[c] - m);
-      num += suf->num[c] * ss, den += suf->den[c] * ss;
-    }
-    if (window) {
-      const float sw = fast_exp(a - m);
-      num += P[c] * sw, den += P[d + c] * sw;
-    }
-    const bool any = den > 0.f;
-    A[c] = any ? num / den : 0.f, lse[c] = any ? m + std::log(den) : -kInf;
+    const float x = pre.mx[c] - a, e = fast_exp(-std::fabs(x));
+    const bool prefix_larger = x > 0.f;
+    const float sp = prefix_larger ? 1.f : e, sw = prefix_larger ? e : 1.f;
+    const float num = pre.num[c] * sp + P[c] * sw, den = pre.den[c] * sp + P[d + c] * sw;
+    A[c] = num / den, lse[c] = (prefix_larger ? pre.mx[c] : a) + fast_log(den);
   }
 }
 
@@ -171,6 +196,7 @@ void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const flo
       float* gh = GH + (t - i0) * 2 * d;
       const bool serve = gemm[t] && lse[t * d] != -kInf;
       any = any || serve;
+#pragma omp simd
       for (int64_t c = 0; c < d; ++c) {
         const int64_t o = t * d + c;
         const float f = serve ? fast_exp(a[t] - lse[o]) : 0.f;
@@ -182,6 +208,7 @@ void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const flo
       blas::sgemm(true, false, jhi - jlo, 2 * d, C, 1.f, E, J, GH, 2 * d, 0.f, Q, 2 * d);
       for (int64_t j = jlo; j < jhi; ++j) {
         const float *x = X + j * 2 * d + d, *q = Q + (j - jlo) * 2 * d;
+#pragma omp simd
         for (int64_t c = 0; c < d; ++c) dv[j * d + c] += x[c] * q[c], dk[j * d + c] += x[c] * q[d + c];
       }
       blas::sgemm(false, true, C, jhi - jlo, 2 * d, 1.f, GH, 2 * d, X + jlo * 2 * d, 2 * d, 0.f, R, J);

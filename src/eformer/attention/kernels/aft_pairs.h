@@ -3,6 +3,8 @@
 // over keys and over queries, and the per-row forward and backward.
 #pragma once
 #include <algorithm>
+#include <bit>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -40,10 +42,14 @@ struct Running {
   void reset(int64_t d) {
     std::fill(num, num + d, 0.f), std::fill(den, den + d, 0.f), std::fill(mx, mx + d, -kInf);
   }
+  // One exponential per channel: exp(-|K - mx|) rescales the sums (K above the maximum) or weighs K.
   void add(const float* kk, const float* vv, int64_t d) {
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
-      const float m = std::max(mx[c], kk[c]), s = fast_exp(mx[c] - m), e = fast_exp(kk[c] - m);
-      num[c] = num[c] * s + e * vv[c], den[c] = den[c] * s + e, mx[c] = m;
+      const float x = kk[c] - mx[c], e = fast_exp(-std::fabs(x));
+      const bool grows = x > 0.f;
+      const float s = grows ? e : 1.f, f = grows ? 1.f : e;
+      num[c] = num[c] * s + f * vv[c], den[c] = den[c] * s + f, mx[c] = grows ? kk[c] : mx[c];
     }
   }
 };
@@ -57,19 +63,45 @@ struct QuerySums {
   }
   void add(const float* r, const float* A, const float* lse, int64_t d) {
     if (lse[0] == -kInf) return;  // a query with no real key has no gradient
-    for (int64_t c = 0; c < d; ++c) {
-      const float m = std::min(ref[c], lse[c]), s = fast_exp(m - ref[c]), e = fast_exp(m - lse[c]);
-      sr[c] = sr[c] * s + e * r[c], su[c] = su[c] * s + e * r[c] * A[c], ref[c] = m;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {  // one exponential, as Running::add
+      const float x = ref[c] - lse[c], e = fast_exp(-std::fabs(x));
+      const bool drops = x > 0.f;
+      const float s = drops ? e : 1.f, f = drops ? 1.f : e;
+      sr[c] = sr[c] * s + f * r[c], su[c] = su[c] * s + f * r[c] * A[c], ref[c] = drops ? lse[c] : ref[c];
     }
   }
   // Key j with bias 0 toward every held query: dv += exp(K - ref) sr, dk -= exp(K - ref) su.
   void apply(const float* kk, float* dv, float* dk, int64_t d) const {
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const float e = fast_exp(kk[c] - ref[c]);
       dv[c] += e * sr[c], dk[c] -= e * su[c];
     }
   }
 };
+
+// log x for a normal positive float (the log-normalizers), vectorizable: x = 2^e m with m in
+// [sqrt(1/2), sqrt(2)), log(1 + f) by Cephes' minimax polynomial for logf, e ln 2 in two parts.
+inline float fast_log(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  int32_t e = int32_t((bits >> 23) & 0xff) - 126;
+  float m = std::bit_cast<float>((bits & 0x7fffffu) | 0x3f000000u);  // [0.5, 1)
+  const bool small = m < 0.70710678f;
+  e -= small ? 1 : 0;
+  const float f = (small ? m + m : m) - 1.f, z = f * f;
+  float y = 7.0376836292e-2f;
+  y = std::fma(y, f, -1.1514610310e-1f);
+  y = std::fma(y, f, 1.1676998740e-1f);
+  y = std::fma(y, f, -1.2420140846e-1f);
+  y = std::fma(y, f, 1.4249322787e-1f);
+  y = std::fma(y, f, -1.6668057665e-1f);
+  y = std::fma(y, f, 2.0000714765e-1f);
+  y = std::fma(y, f, -2.4999993993e-1f);
+  y = std::fma(y, f, 3.3333331174e-1f);
+  y = y * f * z + float(e) * -2.12194440e-4f - 0.5f * z;
+  return f + y + float(e) * 0.693359375f;
+}
 
 // Query t's average from the prefix sums `pre`, the suffix sums `suf` (null: none) and its window, pair by
 // pair: A [d], lse [d]; scratch [3 d].
