@@ -21,7 +21,10 @@
 // referenced at the minimum lse of the queries they hold, so their factors are <= 1 too).
 //
 // Costs: None O(N d); Band and Toeplitz O(N S d); Dense O(N M d) time (no N x M x d tensor: the
-// exponentials are made and consumed pair by pair). Extra memory O(N d) (A and lse).
+// exponentials are made and consumed pair by pair). Extra memory O(N d) (A and lse). Band and Toeplitz
+// without a key mask sum the window as banded GEMMs (kernels/aft_band.cpp: N d exponentials, the window's
+// products in GEMMs of 32-query blocks), pair by pair only for queries whose window holds a key whose
+// channels spread past the GEMM's range.
 #pragma once
 #include <cstdint>
 
