@@ -20,12 +20,12 @@
 namespace eformer::attention {
 namespace {
 
-using testing::expect_near_all;
-using testing::normal;
-using testing::leaf;
-using testing::values;
 using testing::expect_error;
+using testing::expect_near_all;
+using testing::leaf;
+using testing::normal;
 using testing::Seed;
+using testing::values;
 
 // Float64 eq. 2 without the gate, from the definition: A [B, H, N, d] and, for the upstream g, the
 // gradients of sum(A * g) w.r.t. k, v [B, H, M, d] and the dense w [H, N, M].
@@ -216,13 +216,15 @@ TEST(Aft, BandedWindowGemmMatchesTheFloat64DefinitionAcrossBlocks) {
               for (int64_t j : {int64_t(20), int64_t(50)})
                 if (j < M) k.data<float>()[(bh * M + j) * d + bh % d] = bh % 2 ? 50.0f : -50.0f;
           Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen);
-          const AftLayout L = kd == "band" ? aft_layout("aft_local", s, causal) : aft_layout("aft_conv", s, causal);
+          const AftLayout L =
+              kd == "band" ? aft_layout("aft_local", s, causal) : aft_layout("aft_conv", s, causal);
           Tensor w = kd == "band" ? normal({H, N + 2, L.S}, gen, 2.0f) : normal({H, L.S}, gen, 2.0f);
           Tensor dense = dense_of(kd == "band" ? contiguous(slice(w, 1, 0, N)) : w, N, M, L.p);
           Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
           Tensor A = aft_average(kl, vl, wl, L, N);
           backward(A, g);
-          const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, causal);
+          const Reference r =
+              reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, causal);
           expect_near_all(values(A), r.A, 2e-5, "A");
           expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
           expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
@@ -252,7 +254,8 @@ TEST(Aft, BandedWindowGemmIsCausalToTheBitAndThreadIndependent) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = (cut + 1) * d; i < N * d; ++i)
         k2.data<float>()[b * N * d + i] += 30.0f, v2.data<float>()[b * N * d + i] -= 3.0f;
-    const std::vector<float> a1 = values(aft_average(k, v, w, L, N)), a2 = values(aft_average(k2, v2, w, L, N));
+    const std::vector<float> a1 = values(aft_average(k, v, w, L, N)),
+                             a2 = values(aft_average(k2, v2, w, L, N));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < (cut + 1) * d; ++i)
         ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;

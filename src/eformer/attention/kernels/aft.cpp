@@ -153,7 +153,8 @@ void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse
 }
 
 // dw_t,t' += sum_c P_t,t' dA_t (V_t' - A_t) over query t's window, at row[t' - first(t)].
-void bias_row_add(const AftHead& h, int64_t t, const float* At, const float* lt, const float* gt, float* row) {
+void bias_row_add(const AftHead& h, int64_t t, const float* At, const float* lt, const float* gt,
+                  float* row) {
   const int64_t d = h.d, j0 = h.first(t), j1 = h.last(t);
   if (lt[0] == -kInf) return;
   for (int64_t j = j0; j < j1; ++j) {

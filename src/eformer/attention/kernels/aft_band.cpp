@@ -72,7 +72,8 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
       const float *r = plan.r.data() + hb * M, *sg = sigma.data() + hb * M;
       const int64_t j0 = h.first(t), j1 = h.last(t), i0 = t / kRows * kRows, jlo = h.first(i0);
       float a = -kInf, spread = 0.f;
-      for (int64_t j = j0; j < j1; ++j) a = std::max(a, h.bias(t, j) + r[j]), spread = std::max(spread, sg[j]);
+      for (int64_t j = j0; j < j1; ++j)
+        a = std::max(a, h.bias(t, j) + r[j]), spread = std::max(spread, sg[j]);
       plan.a[item] = a;
       const bool gemm = j0 < j1 && std::isfinite(a) && spread < kRange;
       plan.gemm[item] = gemm;
@@ -163,8 +164,8 @@ void band_forward(const AftHead& h, const BandPlan& plan, int64_t hb, float* A, 
   for (int64_t i0 = 0; i0 < N; i0 += kRows) {
     const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0), jhi = h.last(i1 - 1);
     if (std::any_of(gemm + i0, gemm + i1, [](uint8_t g) { return g != 0; }))
-      blas::sgemm(false, false, i1 - i0, 2 * d, jhi - jlo, 1.f, plan.block(hb, i0 / kRows), J, X + jlo * 2 * d,
-                  2 * d, 0.f, P, 2 * d);
+      blas::sgemm(false, false, i1 - i0, 2 * d, jhi - jlo, 1.f, plan.block(hb, i0 / kRows), J,
+                  X + jlo * 2 * d, 2 * d, 0.f, P, 2 * d);
     for (int64_t t = i0; t < i1; ++t) {
       for (; next < h.first(t); ++next) pre.add(h.key(next), h.value(next), d);
       const Running suf{sf + t * d, sf + (N + t) * d, sf + (2 * N + t) * d};

@@ -206,7 +206,8 @@ void full_causal_backward(const FullHead& h, const float* A, const float* L, con
 
 // Bidirectional AFT-full (aft.h, aft_full_bidirectional): every query sees every key, so one reference per
 // column, b = max_t' K_t', and one per row, a_t = max_t' w_t,t', serve all pairs:
-//     [num | den]_t = sum_t' exp(w_t,t' - a_t) [exp(K_t' - b) (.) V_t' | exp(K_t' - b)],  L_t = a_t + b + log den
+//     [num | den]_t = sum_t' exp(w_t,t' - a_t) [exp(K_t' - b) (.) V_t' | exp(K_t' - b)],  L_t = a_t + b + log
+//     den
 // by query blocks of kBlock rows, E [C, M] = exp(w - a) made per block (memory O(M B d + kBlock M), no
 // [N, M] tensor). The caller has checked that the range of K plus the range of w is below kRange.
 // X [M, 2 BD] = [exp(K - b) (.) V | exp(K - b)] over all keys, b [BD] = the maximum of K per column.
@@ -259,8 +260,8 @@ void full_bidirectional_forward(const FullHead& h, int64_t N, float* A, float* L
 // Backward of one head, exp(w) recomputed by row blocks: with P_t,t' = exp(w + K - L), r = dA, u = dA (.) A,
 // [G | -H] = [r | -u] exp(a + b - L) (the factor left out of E and X), Q = sum over blocks E^T [G | -H]
 // [M, 2 BD]: dV = e_k (.) Q_G, dK = V (.) dV + e_k (.) Q_H; dw [C, M] = E (.) ([G | -H] X^T) per block.
-void full_bidirectional_backward(const FullHead& h, int64_t N, const float* A, const float* L,
-                                 const float* G, float* dK, float* dV, float* dw) {
+void full_bidirectional_backward(const FullHead& h, int64_t N, const float* A, const float* L, const float* G,
+                                 float* dK, float* dV, float* dw) {
   const int64_t M = h.N, BD = h.BD;
   ScratchBuffer X(M * 2 * BD), b(BD), E(kBlock * M), a(kBlock), GH(kBlock * 2 * BD), Q(M * 2 * BD),
       R(kBlock * M);
@@ -395,8 +396,8 @@ Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w,
     Ks.push_back(Tensor::empty({M, BD})), Vs.push_back(Tensor::empty({M, BD}));
     kernels::to_columns(kc.data<float>(), B, H, M, d, h, Ks[h].data<float>());
     kernels::to_columns(vc.data<float>(), B, H, M, d, h, Vs[h].data<float>());
-    const kernels::FullHead fh{Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD,
-                               ldw};
+    const kernels::FullHead fh{
+        Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
     if (kernels::full_ranges(fh, N) >= kernels::kRange) {  // too wide for the GEMM's factors: exact pairs
       AftLayout L;
       L.kind = AftBias::Dense;
@@ -407,8 +408,8 @@ Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w,
   std::vector<Tensor> Ls;  // the log-normalizers [N, BD] per head, kept for the backward
   for (int64_t h = 0; h < H; ++h) {
     Tensor Ah = Tensor::empty({N, BD}), Lh = Tensor::empty({N, BD});
-    const kernels::FullHead fh{Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD,
-                               ldw};
+    const kernels::FullHead fh{
+        Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
     kernels::full_bidirectional_forward(fh, N, Ah.data<float>(), Lh.data<float>());
     kernels::from_columns(Ah.data<float>(), B, H, N, d, h, A.data<float>());
     Ls.push_back(Lh);
@@ -427,8 +428,8 @@ Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w,
           kernels::to_columns(vc.data<float>(), B, H, M, d, h, Vh.data<float>());
           kernels::to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
           kernels::to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
-          const kernels::FullHead fh{Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD,
-                                     ldw};
+          const kernels::FullHead fh{
+              Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
           kernels::full_bidirectional_backward(fh, N, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(),
                                                dKh.data<float>(), dVh.data<float>(),
                                                dw.data<float>() + h * R * ldw);

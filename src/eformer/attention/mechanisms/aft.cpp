@@ -289,8 +289,10 @@ AftAttention::AftAttention(std::string name, const MechanismConfig& config, AftO
   // Sizes from outside, checked before they size a parameter (a window, kernel or d' of 2^62 would
   // overflow the shape arithmetic): 65536 is far beyond any useful value.
   for (const auto& [option, value] : {std::pair<const char*, int64_t>{"window", options_.window},
-                                      {"kernel", options_.kernel}, {"hidden", options_.hidden}})
-    EF_CHECK(value <= 65536, ValueError, label(), ": option ", option, " = ", value, "; expected at most 65536");
+                                      {"kernel", options_.kernel},
+                                      {"hidden", options_.hidden}})
+    EF_CHECK(value <= 65536, ValueError, label(), ": option ", option, " = ", value,
+             "; expected at most 65536");
   if (this->name() == "aft_full" && options_.factorized) {
     w_u_ = &register_parameter("w_u", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
     w_v_ = &register_parameter("w_v", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
