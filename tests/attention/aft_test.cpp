@@ -134,65 +134,45 @@ TEST(Aft, AverageMatchesTheFloat64DefinitionIncludingLargeKeys) {
       }
 }
 
-TEST(Aft, BlockedCausalFullMatchesTheFloat64DefinitionAcrossBlocks) {
+// AFT-full's GEMM kernels (kernels/aft_full.cpp), causal and bidirectional, vs the float64 definition over
+// three query blocks of 128 (the last partial; bidirectional with fewer keys than queries and two heads).
+TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t B = 2, H = 1, N = 300, d = 3;  // three query blocks of the GEMM path
-  for (float kscale : {1.0f, 80.0f}) {         // 80: past the GEMM's range, the pair-by-pair path
-    SCOPED_TRACE(seed.str() + " |K| scale " + std::to_string(kscale));
-    Tensor k = normal({B, H, N, d}, gen, kscale);
-    for (int64_t i = 0; i < k.numel(); ++i)
-      k.data<float>()[i] = std::clamp(k.data<float>()[i], -kscale, kscale);
-    Tensor v = normal({B, H, N, d}, gen), g = normal({B, H, N, d}, gen),
-           w = normal({H, N + 3, N + 1}, gen, 0.5f);
-    Tensor dense = contiguous(slice(slice(w, 1, 0, N), 2, 0, N));
-    Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
-    Tensor A = aft_full_causal(kl, vl, wl);
-    backward(A, g);
-    const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, N, d, true);
-    expect_near_all(values(A), r.A, 2e-5, "A");
-    expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
-    expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
-    std::vector<double> dw(size_t(w.numel()), 0.0);
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t j = 0; j < N; ++j) dw[t * (N + 1) + j] = r.dw[t * N + j];
-    expect_near_all(values(grad(wl)), dw, 1e-4, "grad w");
-    // Causal to the bit: changing the keys after row 200 leaves rows <= 200 as they were.
-    Tensor k2 = k.clone_data();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 201 * d; i < N * d; ++i) k2.data<float>()[b * N * d + i] += 7.0f;
-    const std::vector<float> a1 = values(A), a2 = values(aft_full_causal(k2, v, w));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < 201 * d; ++i)
-        ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
-  }
-}
-
-TEST(Aft, BlockedBidirectionalFullMatchesTheFloat64DefinitionAcrossBlocks) {
-  Seed seed;
-  rng::Generator gen(seed.value);
-  const int64_t B = 2, H = 2, N = 300, M = 270, d = 3;  // three query blocks, the last one partial
-  for (float kscale : {1.0f, 80.0f}) {                  // 80: past the GEMM's range, the pair-by-pair path
-    SCOPED_TRACE(seed.str() + " |K| scale " + std::to_string(kscale));
-    Tensor k = normal({B, H, M, d}, gen, kscale);
-    for (int64_t i = 0; i < k.numel(); ++i)
-      k.data<float>()[i] = std::clamp(k.data<float>()[i], -kscale, kscale);
-    Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen),
-           w = normal({H, N + 3, M + 1}, gen, 0.5f);
-    Tensor dense = contiguous(slice(slice(w, 1, 0, N), 2, 0, M));
-    Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
-    Tensor A = aft_full_bidirectional(kl, vl, wl, N);
-    backward(A, g);
-    const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, false);
-    expect_near_all(values(A), r.A, 2e-5, "A");
-    expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
-    expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
-    std::vector<double> dw(size_t(w.numel()), 0.0);
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t t = 0; t < N; ++t)
-        for (int64_t j = 0; j < M; ++j) dw[(h * (N + 3) + t) * (M + 1) + j] = r.dw[(h * N + t) * M + j];
-    expect_near_all(values(grad(wl)), dw, 1e-4, "grad w");
-  }
+  const int64_t B = 2, N = 300, d = 3;
+  for (bool causal : {true, false})
+    for (float kscale : {1.0f, 80.0f}) {  // 80: past the GEMM's range, the pair-by-pair path
+      const int64_t H = causal ? 1 : 2, M = causal ? N : 270;
+      SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional") + " |K| scale " +
+                   std::to_string(kscale));
+      Tensor k = normal({B, H, M, d}, gen, kscale);
+      for (int64_t i = 0; i < k.numel(); ++i)
+        k.data<float>()[i] = std::clamp(k.data<float>()[i], -kscale, kscale);
+      Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen),
+             w = normal({H, N + 3, M + 1}, gen, 0.5f);
+      Tensor dense = contiguous(slice(slice(w, 1, 0, N), 2, 0, M));
+      Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+      Tensor A = causal ? aft_full_causal(kl, vl, wl) : aft_full_bidirectional(kl, vl, wl, N);
+      backward(A, g);
+      const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, causal);
+      expect_near_all(values(A), r.A, 2e-5, "A");
+      expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
+      expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
+      std::vector<double> dw(size_t(w.numel()), 0.0);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t j = 0; j < M; ++j) dw[(h * (N + 3) + t) * (M + 1) + j] = r.dw[(h * N + t) * M + j];
+      expect_near_all(values(grad(wl)), dw, 1e-4, "grad w");
+      if (!causal) continue;
+      // Causal to the bit: changing the keys after row 200 leaves rows <= 200 as they were.
+      Tensor k2 = k.clone_data();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 201 * d; i < N * d; ++i) k2.data<float>()[b * N * d + i] += 7.0f;
+      const std::vector<float> a1 = values(A), a2 = values(aft_full_causal(k2, v, w));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < 201 * d; ++i)
+          ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
+    }
 }
 
 // The banded GEMM path of AFT-local and AFT-conv (kernels/aft_band.cpp) vs the float64 definition: sizes

@@ -320,6 +320,32 @@ void from_columns(const float* in, int64_t B, int64_t H, int64_t N, int64_t d, i
       std::memcpy(x + ((b * H + h) * N + t) * d, in + t * B * d + b * d, size_t(d) * sizeof(float));
 }
 
+// The backward of a per-head kernel in column layout (k, v [B, H, M, d] contiguous, w [H, R, ldw], the
+// forward's A [B, H, N, d] and log-normalizers Ls [N, B d] per head): per head, K, V, A and the upstream G to
+// columns, backward(head, A, L, G, dK, dV, dw rows) and dK, dV back -> {dk, dv, dw}.
+template <class Backward>
+std::vector<Tensor> backward_by_heads(const Tensor& kc, const Tensor& vc, const Tensor& wc, const Tensor& Ad,
+                                      const Tensor& g, const std::vector<Tensor>& Ls, Backward backward) {
+  const int64_t B = kc.size(0), H = kc.size(1), M = kc.size(2), d = kc.size(3), N = Ad.size(2), BD = B * d;
+  const int64_t R = wc.size(1), ldw = wc.size(2);
+  Tensor gc = g.contiguous_data();
+  Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
+  Tensor Kh = Tensor::empty({M, BD}), Vh = Tensor::empty({M, BD}), Ah = Tensor::empty({N, BD}),
+         Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({M, BD}), dVh = Tensor::empty({M, BD});
+  for (int64_t h = 0; h < H; ++h) {
+    to_columns(kc.data<float>(), B, H, M, d, h, Kh.data<float>());
+    to_columns(vc.data<float>(), B, H, M, d, h, Vh.data<float>());
+    to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
+    to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
+    const FullHead fh{Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
+    backward(fh, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(), dKh.data<float>(),
+             dVh.data<float>(), dw.data<float>() + h * R * ldw);
+    from_columns(dKh.data<float>(), B, H, M, d, h, dk.data<float>());
+    from_columns(dVh.data<float>(), B, H, M, d, h, dv.data<float>());
+  }
+  return {dk, dv, dw};
+}
+
 }  // namespace
 }  // namespace eformer::kernels
 
@@ -352,27 +378,9 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
     Ls.push_back(Lh);
   }
   Tensor Ad = A.detach();
-  return autograd::record(
-      "aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls, B, H, N, d, R, ldw](const Tensor& g) {
-        const int64_t BD = B * d;
-        Tensor gc = g.contiguous_data();
-        Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
-        Tensor Kh = Tensor::empty({N, BD}), Vh = Tensor::empty({N, BD}), Ah = Tensor::empty({N, BD}),
-               Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({N, BD}), dVh = Tensor::empty({N, BD});
-        for (int64_t h = 0; h < H; ++h) {
-          kernels::to_columns(kc.data<float>(), B, H, N, d, h, Kh.data<float>());
-          kernels::to_columns(vc.data<float>(), B, H, N, d, h, Vh.data<float>());
-          kernels::to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
-          kernels::to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
-          const kernels::FullHead fh{
-              Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, N, BD, ldw};
-          kernels::full_causal_backward(fh, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(),
-                                        dKh.data<float>(), dVh.data<float>(), dw.data<float>() + h * R * ldw);
-          kernels::from_columns(dKh.data<float>(), B, H, N, d, h, dk.data<float>());
-          kernels::from_columns(dVh.data<float>(), B, H, N, d, h, dv.data<float>());
-        }
-        return std::vector<Tensor>{dk, dv, dw};
-      });
+  return autograd::record("aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls](const Tensor& g) {
+    return kernels::backward_by_heads(kc, vc, wc, Ad, g, Ls, kernels::full_causal_backward);
+  });
 }
 
 }  // namespace eformer::attention
@@ -416,28 +424,12 @@ Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w,
   }
   Ks.clear(), Vs.clear();  // the backward rebuilds them (memory O(N d) between the passes)
   Tensor Ad = A.detach();
-  return autograd::record(
-      "aft_full_bidirectional", A, {k, v, w}, [kc, vc, wc, Ad, Ls, B, H, N, M, d, R, ldw](const Tensor& g) {
-        const int64_t BD = B * d;
-        Tensor gc = g.contiguous_data();
-        Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
-        Tensor Kh = Tensor::empty({M, BD}), Vh = Tensor::empty({M, BD}), Ah = Tensor::empty({N, BD}),
-               Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({M, BD}), dVh = Tensor::empty({M, BD});
-        for (int64_t h = 0; h < H; ++h) {
-          kernels::to_columns(kc.data<float>(), B, H, M, d, h, Kh.data<float>());
-          kernels::to_columns(vc.data<float>(), B, H, M, d, h, Vh.data<float>());
-          kernels::to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
-          kernels::to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
-          const kernels::FullHead fh{
-              Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
-          kernels::full_bidirectional_backward(fh, N, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(),
-                                               dKh.data<float>(), dVh.data<float>(),
-                                               dw.data<float>() + h * R * ldw);
-          kernels::from_columns(dKh.data<float>(), B, H, M, d, h, dk.data<float>());
-          kernels::from_columns(dVh.data<float>(), B, H, M, d, h, dv.data<float>());
-        }
-        return std::vector<Tensor>{dk, dv, dw};
-      });
+  return autograd::record("aft_full_bidirectional", A, {k, v, w}, [kc, vc, wc, Ad, Ls, N](const Tensor& g) {
+    return kernels::backward_by_heads(
+        kc, vc, wc, Ad, g, Ls,
+        [N](const kernels::FullHead& fh, const float* A, const float* L, const float* G, float* dK, float* dV,
+            float* dw) { kernels::full_bidirectional_backward(fh, N, A, L, G, dK, dV, dw); });
+  });
 }
 
 }  // namespace eformer::attention
