@@ -21,36 +21,45 @@ namespace eformer::kernels {
 void average_row(const AftHead& h, int64_t t, const Running& pre, const Running* suf, float* A, float* lse,
                  float* m, float* num, float* den) {
   const int64_t d = h.d, j0 = h.first(t), j1 = h.last(t);
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) m[c] = suf ? std::max(pre.mx[c], suf->mx[c]) : pre.mx[c];
   for (int64_t j = j0; j < j1; ++j) {
     if (!h.real(j)) continue;
     const float wb = h.bias(t, j);
     const float* kk = h.key(j);
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) m[c] = std::max(m[c], kk[c] + wb);
   }
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) m[c] = m[c] == -kInf ? 0.f : m[c];  // no real key: den stays 0
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) {
     const float s = fast_exp(pre.mx[c] - m[c]);
     num[c] = pre.num[c] * s, den[c] = pre.den[c] * s;
   }
-  if (suf)
+  if (suf) {
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const float s = fast_exp(suf->mx[c] - m[c]);
       num[c] += suf->num[c] * s, den[c] += suf->den[c] * s;
     }
+  }
   for (int64_t j = j0; j < j1; ++j) {
     if (!h.real(j)) continue;
     const float wb = h.bias(t, j);
     const float *kk = h.key(j), *vv = h.value(j);
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const float e = fast_exp(kk[c] + wb - m[c]);
       num[c] += e * vv[c], den[c] += e;
     }
   }
-  // A query with no real key (every key padded) outputs 0, with lse = -inf (no gradient).
+  // A query with no real key (every key padded) outputs 0, with lse = -inf (no gradient); otherwise the
+  // part holding the maximum m contributes 1, so den >= 1 and fast_log applies.
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) {
     const bool any = den[c] > 0.f;
-    A[c] = any ? num[c] / den[c] : 0.f, lse[c] = any ? m[c] + std::log(den[c]) : -kInf;
+    A[c] = any ? num[c] / den[c] : 0.f, lse[c] = any ? m[c] + fast_log(den[c]) : -kInf;
   }
 }
 
