@@ -141,13 +141,19 @@ TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
   rng::Generator gen(seed.value);
   const int64_t B = 2, N = 300, d = 3;
   for (bool causal : {true, false})
-    for (float kscale : {1.0f, 80.0f}) {  // 80: past the GEMM's range, the pair-by-pair path
+    // 80: past the GEMM's range, the pair-by-pair path; -1: scale 1 but key 150 past that range alone
+    // (causal: the rows from 150 on pair by pair, the earlier ones by the GEMM).
+    for (float kscale : {1.0f, 80.0f, -1.0f}) {
       const int64_t H = causal ? 1 : 2, M = causal ? N : 270;
       SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional") + " |K| scale " +
                    std::to_string(kscale));
-      Tensor k = normal({B, H, M, d}, gen, kscale);
+      const float scale = std::fabs(kscale);
+      Tensor k = normal({B, H, M, d}, gen, scale);
       for (int64_t i = 0; i < k.numel(); ++i)
-        k.data<float>()[i] = std::clamp(k.data<float>()[i], -kscale, kscale);
+        k.data<float>()[i] = std::clamp(k.data<float>()[i], -scale, scale);
+      if (kscale < 0)
+        for (int64_t bh = 0; bh < B * H; ++bh)
+          k.data<float>()[(bh * M + 150) * d + bh % d] = bh % 2 ? 40.f : -40.f;
       Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen),
              w = normal({H, N + 3, M + 1}, gen, 0.5f);
       Tensor dense = contiguous(slice(slice(w, 1, 0, N), 2, 0, M));

@@ -49,10 +49,11 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
                    const Tensor& key_mask = {}, const char* op = "aft_average");
 
 // Causal AFT-full with GEMMs (kernels/aft_full.cpp): k, v [B, H, N, d], w [H, >= N, >= N] -> A [B, H, N, d],
-// equal to aft_average with the Dense causal layout. Query blocks of 128: the keys before a block in one
-// GEMM on exp(w - a) and exp(K - b) (.) V with references from those earlier keys only (so causal outputs
-// never depend on later keys), while the range of K plus w stays below 60; the block's own keys, and any
-// block past that range, pair by pair. Differentiable w.r.t. k, v and w (the backward likewise by GEMMs).
+// equal to aft_average with the Dense causal layout. Query blocks of 128, each one GEMM over the keys up to
+// the block's end on exp(w + r - a) (exactly 0 above the diagonal) and exp(K - r) (.) V, with r per key and
+// a per query from keys up to it only (so causal outputs never depend on later keys, not even by rounding);
+// from the first key whose channels spread by 60 or more on, the queries are summed pair by pair.
+// Differentiable w.r.t. k, v and w (the backward likewise by GEMMs).
 Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const char* op = "aft_full_causal");
 
 // Bidirectional AFT-full with GEMMs (kernels/aft_full.cpp): k, v [B, H, M, d], w [H, >= N, >= M] ->
