@@ -53,14 +53,16 @@ const Tensor* find_tensor(const MechanismArgs& args, const char* key) {
   return it == args.tensors.end() ? nullptr : &it->second;
 }
 
-// AFT-full: the GEMM kernels (kernels/aft_full.cpp) where there is no key mask, else the per-pair kernel.
-// Causal: blocked GEMMs with references from earlier keys only; a maximum over all keys (or a choice of
-// path made from them) would let later keys move earlier outputs by rounding.
+// AFT-full: the GEMM kernels (kernels/aft_full.cpp) where there is no key mask, else the per-pair kernel
+// (which also names the error of a causal call with N != M or of no keys). Causal: references and the
+// choice of path from the keys up to each query only; a maximum over all keys would let later keys move
+// earlier outputs by rounding.
 Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool causal, int64_t N,
                         const Tensor& key_mask, const char* op) {
   AftLayout L;
   L.kind = AftBias::Dense, L.causal = causal;
-  if (key_mask.defined() || (causal && N != k.size(2))) return aft_average(k, v, w, L, N, key_mask, op);
+  if (key_mask.defined() || k.size(2) == 0 || (causal && N != k.size(2)))
+    return aft_average(k, v, w, L, N, key_mask, op);
   return causal ? aft_full_causal(k, v, w, op) : aft_full_bidirectional(k, v, w, N, op);
 }
 
