@@ -188,6 +188,44 @@ void bias_row(const AftHead* heads, int64_t B, int64_t H, int64_t hh, int64_t N,
   }
 }
 
+namespace {
+
+// Bidirectional AFT-simple (w = 0, eq. 5) where no key is padded: every query sees every key with bias 0,
+// so A_t = sum_t' exp(K_t' - m) V_t' / sum_t' exp(K_t' - m) is the same row for every t (m = max_t' K_t').
+// One (batch, head): k, v [M, d] -> A [N, d] (every row that average) and its lse [d].
+void global_forward(const float* k, const float* v, int64_t M, int64_t N, int64_t d, float* A, float* lse,
+                    float* scratch) {
+  float *m = scratch, *num = scratch + d, *den = scratch + 2 * d;
+  std::fill(m, m + d, -kInf), std::fill(num, num + d, 0.f), std::fill(den, den + d, 0.f);
+  for (int64_t j = 0; j < M; ++j)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) m[c] = std::max(m[c], k[j * d + c]);
+  for (int64_t j = 0; j < M; ++j)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float e = fast_exp(k[j * d + c] - m[c]);
+      num[c] += e * v[j * d + c], den[c] += e;
+    }
+  for (int64_t c = 0; c < d; ++c) lse[c] = m[c] + std::log(den[c]), num[c] /= den[c];
+  for (int64_t t = 0; t < N; ++t) std::memcpy(A + t * d, num, size_t(d) * sizeof(float));
+}
+// Its backward: with R = sum_t dA_t and P_t' = exp(K_t' - lse), dV_t' = P_t' R, dK_t' = P_t' R (V_t' - A).
+void global_backward(const float* k, const float* v, const float* A, const float* lse, const float* g,
+                     int64_t M, int64_t N, int64_t d, float* dk, float* dv, float* scratch) {
+  float* R = scratch;
+  std::fill(R, R + d, 0.f);
+  for (int64_t t = 0; t < N; ++t)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) R[c] += g[t * d + c];
+  for (int64_t j = 0; j < M; ++j)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float pr = fast_exp(k[j * d + c] - lse[c]) * R[c];
+      dv[j * d + c] = pr, dk[j * d + c] = pr * (v[j * d + c] - A[c]);
+    }
+}
+
+}  // namespace
 }  // namespace eformer::kernels
 
 namespace eformer::attention {
@@ -264,6 +302,31 @@ std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float*
   return heads;
 }
 
+// Bidirectional AFT-simple without padding (kernels::global_forward): A and lse per (batch, head).
+Tensor global_average(const Tensor& k, const Tensor& v, const Tensor& kc, const Tensor& vc,
+                      const AftDims& s) {
+  const int64_t M = s.M, N = s.N, d = s.d;
+  Tensor A = Tensor::empty({s.B, s.H, N, d}), lse = Tensor::empty({s.B, s.H, d});
+  const float *pk = kc.data<float>(), *pv = vc.data<float>();
+  kernels::for_each_item(s.B * s.H, 3 * d, [&](int64_t bh, float* buf) {
+    kernels::global_forward(pk + bh * M * d, pv + bh * M * d, M, N, d, A.data<float>() + bh * N * d,
+                            lse.data<float>() + bh * d, buf);
+  });
+  Tensor Ad = A.detach();
+  return autograd::record("aft_global_average", A, {k, v}, [kc, vc, Ad, lse, s](const Tensor& g) {
+    const int64_t M = s.M, N = s.N, d = s.d;
+    Tensor gc = g.contiguous_data();
+    Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+    kernels::for_each_item(s.B * s.H, d, [&](int64_t bh, float* buf) {
+      kernels::global_backward(kc.data<float>() + bh * M * d, vc.data<float>() + bh * M * d,
+                               Ad.data<float>() + bh * N * d, lse.data<float>() + bh * d,
+                               gc.data<float>() + bh * N * d, M, N, d, dk.data<float>() + bh * M * d,
+                               dv.data<float>() + bh * M * d, buf);
+    });
+    return std::vector<Tensor>{dk, dv};
+  });
+}
+
 }  // namespace
 
 Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, int64_t N,
@@ -282,6 +345,7 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
   // The window as banded GEMMs (kernels/aft_band.cpp) where no key is padded.
   if ((layout.kind == AftBias::Band || layout.kind == AftBias::Toeplitz) && !pm)
     return kernels::band_average(k, v, w, kc, vc, wc, heads, s.B, s.H, N, layout);
+  if (layout.kind == AftBias::None && !layout.causal && !pm) return global_average(k, v, kc, vc, s);
   Tensor A = Tensor::empty({s.B, s.H, N, s.d}), lse = Tensor::empty({s.B, s.H, N, s.d});
   const int64_t d = s.d;
   float *pA = A.data<float>(), *pl = lse.data<float>();
