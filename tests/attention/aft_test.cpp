@@ -181,6 +181,35 @@ TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
     }
 }
 
+// AFT-full's GEMMs are split by fixed column chunks, each on one thread: the same bits on one and two threads
+// (a threaded GEMM may split its sums over K by the thread count), at a size where that split happened.
+TEST(Aft, BlockedFullGivesTheSameBitsOnOneAndTwoThreads) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int before = parallel::num_threads();
+  const int64_t B = 2, H = 1, N = 300, d = 256;
+  Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), w = normal({H, N, N}, gen, 0.3f),
+         g = normal({B, H, N, d}, gen);
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional"));
+    std::vector<std::vector<float>> runs;
+    for (int threads : {1, 2}) {
+      parallel::set_num_threads(threads);
+      Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+      Tensor A = causal ? aft_full_causal(kl, vl, wl) : aft_full_bidirectional(kl, vl, wl, N);
+      backward(A, g);
+      std::vector<float> all = values(A);
+      for (const Tensor& x : {grad(kl), grad(vl), grad(wl)}) {
+        const std::vector<float> xs = values(x);
+        all.insert(all.end(), xs.begin(), xs.end());
+      }
+      runs.push_back(all);
+    }
+    parallel::set_num_threads(before);
+    for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
+  }
+}
+
 // The banded GEMM path of AFT-local and AFT-conv (kernels/aft_band.cpp) vs the float64 definition: sizes
 // with a partial last block of 32 rows, fewer queries than the window, and a wide-range case where some
 // rows take the pair-by-pair path (keys whose channels spread beyond the GEMM's range) and the rest the GEMM.

@@ -164,8 +164,8 @@ void band_forward(const AftHead& h, const BandPlan& plan, int64_t hb, float* A, 
   for (int64_t i0 = 0; i0 < N; i0 += kRows) {
     const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0), jhi = h.last(i1 - 1);
     if (std::any_of(gemm + i0, gemm + i1, [](uint8_t g) { return g != 0; }))
-      blas::sgemm(false, false, i1 - i0, 2 * d, jhi - jlo, 1.f, plan.block(hb, i0 / kRows), J,
-                  X + jlo * 2 * d, 2 * d, 0.f, P, 2 * d);
+      column_sgemm(false, false, i1 - i0, 2 * d, jhi - jlo, plan.block(hb, i0 / kRows), J, X + jlo * 2 * d,
+                   2 * d, 0.f, P, 2 * d);
     for (int64_t t = i0; t < i1; ++t) {
       for (; next < h.first(t); ++next) pre.add(h.key(next), h.value(next), d);
       const Running suf{sf + t * d, sf + (N + t) * d, sf + (2 * N + t) * d};
@@ -206,13 +206,13 @@ void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const flo
     }
     if (any && jhi > jlo) {
       const float* E = plan.block(hb, i0 / kRows);
-      blas::sgemm(true, false, jhi - jlo, 2 * d, C, 1.f, E, J, GH, 2 * d, 0.f, Q, 2 * d);
+      column_sgemm(true, false, jhi - jlo, 2 * d, C, E, J, GH, 2 * d, 0.f, Q, 2 * d);
       for (int64_t j = jlo; j < jhi; ++j) {
         const float *x = X + j * 2 * d + d, *q = Q + (j - jlo) * 2 * d;
 #pragma omp simd
         for (int64_t c = 0; c < d; ++c) dv[j * d + c] += x[c] * q[c], dk[j * d + c] += x[c] * q[d + c];
       }
-      blas::sgemm(false, true, C, jhi - jlo, 2 * d, 1.f, GH, 2 * d, X + jlo * 2 * d, 2 * d, 0.f, R, J);
+      column_sgemm(false, true, C, jhi - jlo, 2 * d, GH, 2 * d, X + jlo * 2 * d, 2 * d, 0.f, R, J);
       for (int64_t t = i0; t < i1; ++t) {
         if (!gemm[t]) continue;
         const float *e = E + (t - i0) * J, *rr = R + (t - i0) * J;

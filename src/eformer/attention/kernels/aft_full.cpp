@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "eformer/attention/kernels/aft.h"
+#include "eformer/attention/kernels/aft_pairs.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
@@ -31,7 +32,6 @@
 namespace eformer::kernels {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kBlock = 128;
 constexpr float kRange = 60.0f;
 
@@ -133,7 +133,7 @@ void full_causal_forward(const FullHead& h, float* A, float* L) {
     const bool any = std::any_of(p.gemm.begin() + i0, p.gemm.begin() + i1, [](uint8_t g) { return g != 0; });
     if (any) {
       causal_bias_block(h, p, i0, i1, E.data);
-      blas::sgemm(false, false, C, 2 * BD, i1, 1.f, E.data, i1, X.data, 2 * BD, 0.f, P.data, 2 * BD);
+      column_sgemm(false, false, C, 2 * BD, i1, E.data, i1, X.data, 2 * BD, 0.f, P.data, 2 * BD);
     }
     parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
       std::vector<float> num(static_cast<size_t>(BD)), den(static_cast<size_t>(BD)),
@@ -183,8 +183,8 @@ void full_causal_backward(const FullHead& h, const float* A, const float* L, con
         }
       });
       // Q [i1, 2 BD] += E^T [G | -H]; dw [C, i1] = E (.) ([G | -H] X^T) on and below the diagonal.
-      blas::sgemm(true, false, i1, 2 * BD, C, 1.f, E.data, i1, GH.data, 2 * BD, 1.f, Q.data, 2 * BD);
-      blas::sgemm(false, true, C, i1, 2 * BD, 1.f, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, i1);
+      column_sgemm(true, false, i1, 2 * BD, C, E.data, i1, GH.data, 2 * BD, 1.f, Q.data, 2 * BD);
+      column_sgemm(false, true, C, i1, 2 * BD, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, i1);
       for (int64_t t = i0; t < i1; ++t)
         if (p.gemm[t])
           for (int64_t j = 0; j <= t; ++j)
@@ -276,7 +276,7 @@ void full_bidirectional_forward(const FullHead& h, int64_t N, float* A, float* L
   for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
     const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
     bias_block(h.w, h.ldw, M, i0, i1, E.data, a.data);
-    blas::sgemm(false, false, C, 2 * BD, M, 1.f, E.data, M, X.data, 2 * BD, 0.f, P.data, 2 * BD);
+    column_sgemm(false, false, C, 2 * BD, M, E.data, M, X.data, 2 * BD, 0.f, P.data, 2 * BD);
     parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
       for (int64_t r = from; r < to; ++r)
         for (int64_t c = 0; c < BD; ++c) {
@@ -307,9 +307,8 @@ void full_bidirectional_backward(const FullHead& h, int64_t N, const float* A, c
           GH.data[r * 2 * BD + c] = G[o] * f, GH.data[r * 2 * BD + BD + c] = -G[o] * A[o] * f;
         }
     });
-    blas::sgemm(true, false, M, 2 * BD, C, 1.f, E.data, M, GH.data, 2 * BD, i0 == 0 ? 0.f : 1.f, Q.data,
-                2 * BD);
-    blas::sgemm(false, true, C, M, 2 * BD, 1.f, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, M);
+    column_sgemm(true, false, M, 2 * BD, C, E.data, M, GH.data, 2 * BD, i0 == 0 ? 0.f : 1.f, Q.data, 2 * BD);
+    column_sgemm(false, true, C, M, 2 * BD, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, M);
     for (int64_t r = 0; r < C; ++r)
       for (int64_t j = 0; j < M; ++j) dw[(i0 + r) * h.ldw + j] = E.data[r * M + j] * R.data[r * M + j];
   }

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "eformer/attention/kernels/aft.h"
+#include "eformer/core/blas.h"
+#include "eformer/core/parallel.h"
 #include "eformer/ops/activation.h"
 
 namespace eformer::kernels {
@@ -101,6 +103,21 @@ inline float fast_log(float x) {
   y = std::fma(y, f, 3.3333331174e-1f);
   y = y * f * z + float(e) * -2.12194440e-4f - 0.5f * z;
   return f + y + float(e) * 0.693359375f;
+}
+
+// C [M, N] = op(A) op(B) + beta C (alpha 1) by fixed chunks of 128 columns of C, each chunk one GEMM run on a
+// single thread inside our own parallel loop: a GEMM threaded by oneDNN may split its sums over K, and how
+// depends on the thread count; this way every element is summed the same way on any thread count.
+inline void column_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  constexpr int64_t kCols = 128;
+  const int64_t chunks = (N + kCols - 1) / kCols;
+#pragma omp parallel for num_threads(parallel::num_threads()) schedule(static, 1)
+  for (int64_t cc = 0; cc < chunks; ++cc) {
+    const int64_t n0 = cc * kCols, n = std::min(N, n0 + kCols) - n0;
+    blas::sgemm(trans_a, trans_b, M, n, K, 1.f, A, lda, trans_b ? B + n0 * ldb : B + n0, ldb, beta, C + n0,
+                ldc);
+  }
 }
 
 // Query t's average from the prefix sums `pre`, the suffix sums `suf` (null: none) and its window, pair by
