@@ -181,32 +181,44 @@ TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
     }
 }
 
+// average(k, v, w) -> A: its output and the gradients of k, v and w for the upstream g are the same bits on
+// one and on two threads.
+template <class F>
+void expect_same_bits_on_one_and_two_threads(const Tensor& k, const Tensor& v, const Tensor& w,
+                                             const Tensor& g, F average) {
+  const int before = parallel::num_threads();
+  std::vector<std::vector<float>> runs;
+  for (int threads : {1, 2}) {
+    parallel::set_num_threads(threads);
+    Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+    Tensor A = average(kl, vl, wl);
+    backward(A, g);
+    std::vector<float> all = values(A);
+    for (const Tensor& x : {grad(kl), grad(vl), grad(wl)}) {
+      const std::vector<float> xs = values(x);
+      all.insert(all.end(), xs.begin(), xs.end());
+    }
+    runs.push_back(all);
+  }
+  parallel::set_num_threads(before);
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
+}
+
 // AFT-full's GEMMs are split by fixed column chunks, each on one thread: the same bits on one and two threads
 // (a threaded GEMM may split its sums over K by the thread count), at a size where that split happened.
 TEST(Aft, BlockedFullGivesTheSameBitsOnOneAndTwoThreads) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int before = parallel::num_threads();
   const int64_t B = 2, H = 1, N = 300, d = 256;
   Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), w = normal({H, N, N}, gen, 0.3f),
          g = normal({B, H, N, d}, gen);
   for (bool causal : {true, false}) {
     SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional"));
-    std::vector<std::vector<float>> runs;
-    for (int threads : {1, 2}) {
-      parallel::set_num_threads(threads);
-      Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
-      Tensor A = causal ? aft_full_causal(kl, vl, wl) : aft_full_bidirectional(kl, vl, wl, N);
-      backward(A, g);
-      std::vector<float> all = values(A);
-      for (const Tensor& x : {grad(kl), grad(vl), grad(wl)}) {
-        const std::vector<float> xs = values(x);
-        all.insert(all.end(), xs.begin(), xs.end());
-      }
-      runs.push_back(all);
-    }
-    parallel::set_num_threads(before);
-    for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
+    expect_same_bits_on_one_and_two_threads(
+        k, v, w, g, [&](const Tensor& kl, const Tensor& vl, const Tensor& wl) {
+          return causal ? aft_full_causal(kl, vl, wl) : aft_full_bidirectional(kl, vl, wl, N);
+        });
   }
 }
 
@@ -258,7 +270,6 @@ TEST(Aft, BandedWindowGemmMatchesTheFloat64DefinitionAcrossBlocks) {
 TEST(Aft, BandedWindowGemmIsCausalToTheBitAndThreadIndependent) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int before = parallel::num_threads();
   for (int64_t B : {1, 3}) {
     const int64_t H = 1, N = 150, d = 96, cut = 70;
     SCOPED_TRACE(seed.str() + " B " + std::to_string(B));
@@ -274,22 +285,9 @@ TEST(Aft, BandedWindowGemmIsCausalToTheBitAndThreadIndependent) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < (cut + 1) * d; ++i)
         ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
-    std::vector<std::vector<float>> runs;
-    for (int threads : {1, 2}) {
-      parallel::set_num_threads(threads);
-      Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
-      Tensor A = aft_average(kl, vl, wl, L, N);
-      backward(A, g);
-      std::vector<float> all = values(A);
-      for (const Tensor& x : {grad(kl), grad(vl), grad(wl)}) {
-        const std::vector<float> xs = values(x);
-        all.insert(all.end(), xs.begin(), xs.end());
-      }
-      runs.push_back(all);
-    }
-    parallel::set_num_threads(before);
-    ASSERT_EQ(runs[0].size(), runs[1].size());
-    for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
+    expect_same_bits_on_one_and_two_threads(
+        k, v, w, g,
+        [&](const Tensor& kl, const Tensor& vl, const Tensor& wl) { return aft_average(kl, vl, wl, L, N); });
   }
 }
 
