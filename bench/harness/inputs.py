@@ -114,7 +114,8 @@ def sinkhorn_network(entry, rng, N, H, d):
 def aft_bias(entry, rng, N, causal, H):
     """AFT's position bias at the entry's default window/kernel, one per head of q (the functional form's
     layout). Where the entry's `heads` default is 1 (the paper's AFT-full and AFT-local: one bias for every
-    channel) the heads get the same bias, so single-bias peers compute the same thing."""
+    channel) one bias head w [1, ...], which the functional form shares by every head (as the module does), so
+    single-bias peers compute the same thing and neither side exponentiates H copies of it."""
     window, kernel = option_default(entry, "window"), option_default(entry, "kernel")
     if window is not None:
         s = int(window)
@@ -126,8 +127,7 @@ def aft_bias(entry, rng, N, causal, H):
     else:
         return {}
     shared = option_default(entry, "heads") == "1"
-    w = 0.1 * rng.standard_normal((1 if shared else H,) + shape)
-    return {"w": np.ascontiguousarray(np.broadcast_to(w, (H,) + shape)).astype(np.float32)}
+    return {"w": (0.1 * rng.standard_normal((1 if shared else H,) + shape)).astype(np.float32)}
 
 
 def linformer_projections(entry, rng, N, H, d):

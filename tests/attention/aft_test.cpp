@@ -13,18 +13,19 @@
 #include <vector>
 
 #include "../test_util.h"
+#include "eformer/attention/kernels/aft_pairs.h"
 #include "eformer/attention/mechanisms/aft.h"
 #include "eformer/eformer.h"
 
 namespace eformer::attention {
 namespace {
 
-using testing::expect_near_all;
-using testing::normal;
-using testing::leaf;
-using testing::values;
 using testing::expect_error;
+using testing::expect_near_all;
+using testing::leaf;
+using testing::normal;
 using testing::Seed;
+using testing::values;
 
 // Float64 eq. 2 without the gate, from the definition: A [B, H, N, d] and, for the upstream g, the
 // gradients of sum(A * g) w.r.t. k, v [B, H, M, d] and the dense w [H, N, M].
@@ -133,38 +134,169 @@ TEST(Aft, AverageMatchesTheFloat64DefinitionIncludingLargeKeys) {
       }
 }
 
-TEST(Aft, BlockedCausalFullMatchesTheFloat64DefinitionAcrossBlocks) {
+// AFT-full's GEMM kernels (kernels/aft_full.cpp), causal and bidirectional, vs the float64 definition over
+// three query blocks of 128 (the last partial; bidirectional with fewer keys than queries and two heads).
+TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t B = 2, H = 1, N = 300, d = 3;  // three query blocks of the GEMM path
-  for (float kscale : {1.0f, 80.0f}) {         // 80: past the GEMM's range, the pair-by-pair path
-    SCOPED_TRACE(seed.str() + " |K| scale " + std::to_string(kscale));
-    Tensor k = normal({B, H, N, d}, gen, kscale);
-    for (int64_t i = 0; i < k.numel(); ++i)
-      k.data<float>()[i] = std::clamp(k.data<float>()[i], -kscale, kscale);
-    Tensor v = normal({B, H, N, d}, gen), g = normal({B, H, N, d}, gen),
-           w = normal({H, N + 3, N + 1}, gen, 0.5f);
-    Tensor dense = contiguous(slice(slice(w, 1, 0, N), 2, 0, N));
+  const int64_t B = 2, N = 300, d = 3;
+  for (bool causal : {true, false})
+    // 80: past the GEMM's range, the pair-by-pair path; -1: scale 1 but key 150 past that range alone
+    // (causal: the rows from 150 on pair by pair, the earlier ones by the GEMM).
+    for (float kscale : {1.0f, 80.0f, -1.0f}) {
+      const int64_t H = causal ? 1 : 2, M = causal ? N : 270;
+      SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional") + " |K| scale " +
+                   std::to_string(kscale));
+      const float scale = std::fabs(kscale);
+      Tensor k = normal({B, H, M, d}, gen, scale);
+      for (int64_t i = 0; i < k.numel(); ++i)
+        k.data<float>()[i] = std::clamp(k.data<float>()[i], -scale, scale);
+      if (kscale < 0)
+        for (int64_t bh = 0; bh < B * H; ++bh)
+          k.data<float>()[(bh * M + 150) * d + bh % d] = bh % 2 ? 40.f : -40.f;
+      Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen),
+             w = normal({H, N + 3, M + 1}, gen, 0.5f);
+      Tensor dense = contiguous(slice(slice(w, 1, 0, N), 2, 0, M));
+      Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+      Tensor A = causal ? aft_full_causal(kl, vl, wl) : aft_full_bidirectional(kl, vl, wl, N);
+      backward(A, g);
+      const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, causal);
+      expect_near_all(values(A), r.A, 2e-5, "A");
+      expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
+      expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
+      std::vector<double> dw(size_t(w.numel()), 0.0);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t j = 0; j < M; ++j) dw[(h * (N + 3) + t) * (M + 1) + j] = r.dw[(h * N + t) * M + j];
+      expect_near_all(values(grad(wl)), dw, 1e-4, "grad w");
+      if (!causal) continue;
+      // Causal to the bit: changing the keys after row 200 leaves rows <= 200 as they were.
+      Tensor k2 = k.clone_data();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 201 * d; i < N * d; ++i) k2.data<float>()[b * N * d + i] += 7.0f;
+      const std::vector<float> a1 = values(A), a2 = values(aft_full_causal(k2, v, w));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < 201 * d; ++i)
+          ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
+    }
+}
+
+// average(k, v, w) -> A: its output and the gradients of k, v and w for the upstream g are the same bits on
+// one and on two threads.
+template <class F>
+void expect_same_bits_on_one_and_two_threads(const Tensor& k, const Tensor& v, const Tensor& w,
+                                             const Tensor& g, F average) {
+  const int before = parallel::num_threads();
+  std::vector<std::vector<float>> runs;
+  for (int threads : {1, 2}) {
+    parallel::set_num_threads(threads);
     Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
-    Tensor A = aft_full_causal(kl, vl, wl);
+    Tensor A = average(kl, vl, wl);
     backward(A, g);
-    const Reference r = reference(values(k), values(v), values(dense), values(g), B, H, N, N, d, true);
-    expect_near_all(values(A), r.A, 2e-5, "A");
-    expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
-    expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
-    std::vector<double> dw(size_t(w.numel()), 0.0);
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t j = 0; j < N; ++j) dw[t * (N + 1) + j] = r.dw[t * N + j];
-    expect_near_all(values(grad(wl)), dw, 1e-4, "grad w");
-    // Causal to the bit: changing the keys after row 200 leaves rows <= 200 as they were.
-    Tensor k2 = k.clone_data();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 201 * d; i < N * d; ++i) k2.data<float>()[b * N * d + i] += 7.0f;
-    const std::vector<float> a1 = values(A), a2 = values(aft_full_causal(k2, v, w));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < 201 * d; ++i)
-        ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
+    std::vector<float> all = values(A);
+    for (const Tensor& x : {grad(kl), grad(vl), grad(wl)}) {
+      const std::vector<float> xs = values(x);
+      all.insert(all.end(), xs.begin(), xs.end());
+    }
+    runs.push_back(all);
   }
+  parallel::set_num_threads(before);
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
+}
+
+// AFT-full's GEMMs are split by fixed column chunks, each on one thread: the same bits on one and two threads
+// (a threaded GEMM may split its sums over K by the thread count), at a size where that split happened.
+TEST(Aft, BlockedFullGivesTheSameBitsOnOneAndTwoThreads) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 1, N = 300, d = 256;
+  Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), w = normal({H, N, N}, gen, 0.3f),
+         g = normal({B, H, N, d}, gen);
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional"));
+    expect_same_bits_on_one_and_two_threads(
+        k, v, w, g, [&](const Tensor& kl, const Tensor& vl, const Tensor& wl) {
+          return causal ? aft_full_causal(kl, vl, wl) : aft_full_bidirectional(kl, vl, wl, N);
+        });
+  }
+}
+
+// The banded GEMM path of AFT-local and AFT-conv (kernels/aft_band.cpp) vs the float64 definition: sizes
+// with a partial last block of 32 rows, fewer queries than the window, and a wide-range case where some
+// rows take the pair-by-pair path (keys whose channels spread beyond the GEMM's range) and the rest the GEMM.
+TEST(Aft, BandedWindowGemmMatchesTheFloat64DefinitionAcrossBlocks) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 2, d = 4, s = 9;
+  for (const char* range : {"ordinary", "some wide keys", "all wide"})
+    for (int64_t N : {7, 75})
+      for (bool causal : {false, true})
+        for (const char* kind : {"band", "toeplitz"}) {
+          const int64_t M = causal ? N : N + 5;
+          const std::string kd = kind, rg = range;
+          SCOPED_TRACE(seed.str() + " " + kd + (causal ? " causal" : " bidirectional") + " N " +
+                       std::to_string(N) + " " + rg);
+          Tensor k = normal({B, H, M, d}, gen, rg == "all wide" ? 40.0f : 1.0f);
+          if (rg == "some wide keys")  // keys 20 and 50: one channel at +-50, past the GEMM's range of 60
+            for (int64_t bh = 0; bh < B * H; ++bh)
+              for (int64_t j : {int64_t(20), int64_t(50)})
+                if (j < M) k.data<float>()[(bh * M + j) * d + bh % d] = bh % 2 ? 50.0f : -50.0f;
+          Tensor v = normal({B, H, M, d}, gen), g = normal({B, H, N, d}, gen);
+          const AftLayout L =
+              kd == "band" ? aft_layout("aft_local", s, causal) : aft_layout("aft_conv", s, causal);
+          Tensor w = kd == "band" ? normal({H, N + 2, L.S}, gen, 2.0f) : normal({H, L.S}, gen, 2.0f);
+          Tensor dense = dense_of(kd == "band" ? contiguous(slice(w, 1, 0, N)) : w, N, M, L.p);
+          Tensor kl = leaf(k), vl = leaf(v), wl = leaf(w);
+          Tensor A = aft_average(kl, vl, wl, L, N);
+          backward(A, g);
+          const Reference r =
+              reference(values(k), values(v), values(dense), values(g), B, H, N, M, d, causal);
+          expect_near_all(values(A), r.A, 2e-5, "A");
+          expect_near_all(values(grad(kl)), r.dk, 1e-4, "grad k");
+          expect_near_all(values(grad(vl)), r.dv, 1e-4, "grad v");
+          std::vector<double> dwl(size_t(w.numel()), 0.0);
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t t = 0; t < N; ++t)
+              for (int64_t j = 0; j < M; ++j)
+                if (const int64_t i = j - t + L.p; i >= 0 && i < L.S)
+                  dwl[kd == "band" ? (h * (N + 2) + t) * L.S + i : h * L.S + i] += r.dw[(h * N + t) * M + j];
+          expect_near_all(values(grad(wl)), dwl, 1e-4, "grad w");
+        }
+}
+
+// Causal to the bit on the banded path (later keys and values change no earlier output), and the same bits
+// on one and two threads, also with a single (batch, head) where only the GEMMs could use the threads.
+TEST(Aft, BandedWindowGemmIsCausalToTheBitAndThreadIndependent) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  for (int64_t B : {1, 3}) {
+    const int64_t H = 1, N = 150, d = 96, cut = 70;
+    SCOPED_TRACE(seed.str() + " B " + std::to_string(B));
+    const AftLayout L = aft_layout("aft_local", 32, true);
+    Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), g = normal({B, H, N, d}, gen),
+           w = normal({H, N, L.S}, gen);
+    Tensor k2 = k.clone_data(), v2 = v.clone_data();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = (cut + 1) * d; i < N * d; ++i)
+        k2.data<float>()[b * N * d + i] += 30.0f, v2.data<float>()[b * N * d + i] -= 3.0f;
+    const std::vector<float> a1 = values(aft_average(k, v, w, L, N)),
+                             a2 = values(aft_average(k2, v2, w, L, N));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < (cut + 1) * d; ++i)
+        ASSERT_EQ(a1[b * N * d + i], a2[b * N * d + i]) << "row " << i / d;
+    expect_same_bits_on_one_and_two_threads(
+        k, v, w, g,
+        [&](const Tensor& kl, const Tensor& vl, const Tensor& wl) { return aft_average(kl, vl, wl, L, N); });
+  }
+}
+
+TEST(Aft, FastLogOfTheNormalizersMatchesTheLibraryLog) {
+  for (double x = 1e-37; x < 1e37; x *= 1.0137)  // every binade, at uneven points
+    for (float y : {float(x), std::nextafter(float(x), 0.f)}) {
+      const double exact = std::log(double(y)), got = kernels::fast_log(y);
+      ASSERT_NEAR(got, exact, 2e-7 * std::max(1.0, std::fabs(exact))) << "x = " << y;
+    }
 }
 
 MechanismArgs with_w(const Tensor& w) {

@@ -195,6 +195,39 @@ def test_padded_keys_are_left_out_and_a_query_without_keys_gives_zero(rng, kind)
     assert np.array_equal(ef_in[1].grad.numpy()[1], np.zeros((H, N, d), dtype=np.float32))
 
 
+@pytest.mark.parametrize("kind", ["aft_full", "aft_full_factors", "aft_local", "aft_conv"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kscale", [1.0, 80.0])
+def test_one_bias_head_is_shared_by_every_head(rng, kind, causal, kscale):
+    """A bias of one head, w [1, ...], serves all H heads (one GEMM over their columns); its gradient is the sum
+    over the heads. Several query blocks (N = 300 > 128 rows), the last partial; |K| = 80: the exact path."""
+    N, M = (300, 300) if causal else (300, 261)
+    k = np.clip(kscale * rng.standard_normal((B, H, M, d)), -kscale, kscale)
+    inputs = [rng.standard_normal((B, H, N, d)), k, rng.standard_normal((B, H, M, d))]
+    inputs += [b[:1] for b in bias_inputs(kind, rng, N, M, causal, s=5)]
+    inputs = [x.astype(np.float32).astype(np.float64) for x in inputs]
+
+    def reference(q, k, v, *bias):
+        shared = [b.expand(H, *b.shape[1:]) for b in bias]  # autograd sums the heads' gradients
+        return eq2(q, k, v, dense_w(kind, shared, N, M, causal), causal)
+    tol = dict(rtol=1e-4, atol=1e-5) if kscale == 1.0 else dict(rtol=2e-4, atol=2e-5)
+    check(call(kind, causal), reference, inputs, rng, **tol)
+
+
+@pytest.mark.parametrize("kind", ["aft_full", "aft_local"])
+def test_one_shared_bias_head_with_padded_keys_equals_the_bias_copied_to_every_head(rng, kind):
+    N = 11
+    inputs = [rng.standard_normal((B, H, N, d)).astype(np.float32) for _ in range(3)]
+    w = bias_inputs(kind, rng, N, N, False)[0][:1].astype(np.float32)
+    mask = np.ones((B, N), dtype=bool)
+    mask[0, [1, 6]] = False
+    mask[1, 3] = False
+    outs = [ef.attention(*(ef.tensor(x) for x in inputs), kind=kind, causal=False, key_mask=ef.tensor(mask),
+                         w=ef.tensor(np.ascontiguousarray(np.broadcast_to(ww, (n,) + w.shape[1:]))))
+            for n, ww in ((1, w), (H, w))]
+    assert_close(outs[0].numpy(), outs[1].numpy(), 1e-5, 1e-6, "shared w vs w copied per head")
+
+
 def dense_w2d(u, height, width):
     """The w [H, N, N] of 2-D AFT-conv by its definition: u[h, dy + p, dx + p] where key (y', x') is within the
     kernel's footprint of query (y, x) (dy = y' - y, dx = x' - x, p = (s - 1) // 2), 0 elsewhere."""

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "eformer/attention/kernels/aft_pairs.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/error.h"
@@ -14,79 +15,51 @@
 #include "eformer/ops/shape.h"
 
 namespace eformer::kernels {
-namespace {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// One (batch, head): keys and values [rows, d] starting at absolute key k0, the head's bias (null for
-// None) read as w[t * a + t' + b] at absolute positions, and the window rule of aft.h.
-struct AftHead {
-  const float *k, *v, *w;
-  const bool* km;  // key mask [M] (null: every key is real)
-  int64_t k0, M, d, a, b, S, p;
-  bool dense, causal;
-  bool real(int64_t j) const { return !km || km[j]; }
-  int64_t lo(int64_t t) const { return dense ? 0 : t - p; }
-  int64_t hi(int64_t t) const {
-    const int64_t h = dense ? M - 1 : t - p + S - 1;
-    return causal ? std::min(h, t) : h;
-  }
-  int64_t first(int64_t t) const { return std::clamp<int64_t>(lo(t), 0, M); }     // window start
-  int64_t last(int64_t t) const { return std::clamp<int64_t>(hi(t) + 1, 0, M); }  // window end (excl.)
-  float bias(int64_t t, int64_t j) const { return w ? w[t * a + j + b] : 0.f; }
-  const float* key(int64_t j) const { return k + (j - k0) * d; }
-  const float* value(int64_t j) const { return v + (j - k0) * d; }
-};
-
-// A running sum over keys with bias 0: num = sum exp(K - mx) V, den = sum exp(K - mx), mx = max K.
-struct Running {
-  float *num, *den, *mx;
-  void reset(int64_t d) {
-    std::fill(num, num + d, 0.f), std::fill(den, den + d, 0.f), std::fill(mx, mx + d, -kInf);
-  }
-  void add(const float* kk, const float* vv, int64_t d) {
-    for (int64_t c = 0; c < d; ++c) {
-      const float m = std::max(mx[c], kk[c]), s = fast_exp(mx[c] - m), e = fast_exp(kk[c] - m);
-      num[c] = num[c] * s + e * vv[c], den[c] = den[c] * s + e, mx[c] = m;
-    }
-  }
-};
 
 // Query t's average from the prefix sums `pre`, the suffix sums `suf` (null: none) and its window:
 // A [d], lse [d]; m, num, den: scratch [d].
 void average_row(const AftHead& h, int64_t t, const Running& pre, const Running* suf, float* A, float* lse,
                  float* m, float* num, float* den) {
   const int64_t d = h.d, j0 = h.first(t), j1 = h.last(t);
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) m[c] = suf ? std::max(pre.mx[c], suf->mx[c]) : pre.mx[c];
   for (int64_t j = j0; j < j1; ++j) {
     if (!h.real(j)) continue;
     const float wb = h.bias(t, j);
     const float* kk = h.key(j);
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) m[c] = std::max(m[c], kk[c] + wb);
   }
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) m[c] = m[c] == -kInf ? 0.f : m[c];  // no real key: den stays 0
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) {
     const float s = fast_exp(pre.mx[c] - m[c]);
     num[c] = pre.num[c] * s, den[c] = pre.den[c] * s;
   }
-  if (suf)
+  if (suf) {
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const float s = fast_exp(suf->mx[c] - m[c]);
       num[c] += suf->num[c] * s, den[c] += suf->den[c] * s;
     }
+  }
   for (int64_t j = j0; j < j1; ++j) {
     if (!h.real(j)) continue;
     const float wb = h.bias(t, j);
     const float *kk = h.key(j), *vv = h.value(j);
+#pragma omp simd
     for (int64_t c = 0; c < d; ++c) {
       const float e = fast_exp(kk[c] + wb - m[c]);
       num[c] += e * vv[c], den[c] += e;
     }
   }
-  // A query with no real key (every key padded) outputs 0, with lse = -inf (no gradient).
+  // A query with no real key (every key padded) outputs 0, with lse = -inf (no gradient); otherwise the
+  // part holding the maximum m contributes 1, so den >= 1 and fast_log applies.
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) {
     const bool any = den[c] > 0.f;
-    A[c] = any ? num[c] / den[c] : 0.f, lse[c] = any ? m[c] + std::log(den[c]) : -kInf;
+    A[c] = any ? num[c] / den[c] : 0.f, lse[c] = any ? m[c] + fast_log(den[c]) : -kInf;
   }
 }
 
@@ -103,21 +76,27 @@ void causal_sweep(const AftHead& h, int64_t t0, int64_t t1, int64_t& next, Runni
   }
 }
 
-// Bidirectional: a reverse pass stores each query's suffix sums (keys after its window) in A, lse and
-// sm [N, d]; the forward pass then adds the prefix sums and the window.
-void bidirectional_head(const AftHead& h, int64_t N, float* A, float* lse, float* sm, float* scratch) {
+void suffix_sums(const AftHead& h, int64_t N, float* num, float* den, float* mx) {
   const int64_t d = h.d;
-  float* run = scratch + 3 * d;  // [3 d]
-  Running r{run, run + d, run + 2 * d};
+  std::vector<float> run(static_cast<size_t>(3 * d));
+  Running r{run.data(), run.data() + d, run.data() + 2 * d};
   r.reset(d);
   int64_t low = h.M;  // the suffix holds keys [low, M)
   for (int64_t t = N - 1; t >= 0; --t) {
     for (; low > h.last(t); --low)
       if (h.real(low - 1)) r.add(h.key(low - 1), h.value(low - 1), d);
-    std::memcpy(A + t * d, r.num, size_t(d) * sizeof(float));
-    std::memcpy(lse + t * d, r.den, size_t(d) * sizeof(float));
-    std::memcpy(sm + t * d, r.mx, size_t(d) * sizeof(float));
+    std::memcpy(num + t * d, r.num, size_t(d) * sizeof(float));
+    std::memcpy(den + t * d, r.den, size_t(d) * sizeof(float));
+    std::memcpy(mx + t * d, r.mx, size_t(d) * sizeof(float));
   }
+}
+
+// Bidirectional: a reverse pass stores each query's suffix sums (keys after its window) in A, lse and
+// sm [N, d]; the forward pass then adds the prefix sums and the window.
+void bidirectional_head(const AftHead& h, int64_t N, float* A, float* lse, float* sm, float* scratch) {
+  const int64_t d = h.d;
+  suffix_sums(h, N, A, lse, sm);
+  Running r{scratch + 3 * d, scratch + 4 * d, scratch + 5 * d};
   r.reset(d);
   int64_t next = 0;
   for (int64_t t = 0; t < N; ++t) {
@@ -128,52 +107,25 @@ void bidirectional_head(const AftHead& h, int64_t N, float* A, float* lse, float
   }
 }
 
-// A reverse-accumulated sum over queries, per channel: sr = sum exp(ref - lse_t) r_t and su likewise
-// with u_t, ref = min lse_t of the queries held (so every factor is <= 1).
-struct QuerySums {
-  float *sr, *su, *ref;
-  void reset(int64_t d) {
-    std::fill(sr, sr + d, 0.f), std::fill(su, su + d, 0.f), std::fill(ref, ref + d, kInf);
-  }
-  void add(const float* r, const float* A, const float* lse, int64_t d) {
-    if (lse[0] == -kInf) return;  // a query with no real key has no gradient
+void window_row_backward(const AftHead& h, int64_t t, const float* At, const float* lt, const float* gt,
+                         float* dk, float* dv) {
+  const int64_t d = h.d;
+  if (lt[0] == -kInf) return;
+  for (int64_t j = h.first(t); j < h.last(t); ++j) {
+    if (!h.real(j)) continue;
+    const float wb = h.bias(t, j);
+    const float* kk = h.key(j);
+    float *dkj = dk + j * d, *dvj = dv + j * d;
     for (int64_t c = 0; c < d; ++c) {
-      const float m = std::min(ref[c], lse[c]), s = fast_exp(m - ref[c]), e = fast_exp(m - lse[c]);
-      sr[c] = sr[c] * s + e * r[c], su[c] = su[c] * s + e * r[c] * A[c], ref[c] = m;
+      const float pw = fast_exp(kk[c] + wb - lt[c]);
+      dvj[c] += pw * gt[c], dkj[c] -= pw * gt[c] * At[c];
     }
   }
-  // Key j with bias 0 toward every held query: dv += exp(K - ref) sr, dk -= exp(K - ref) su.
-  void apply(const float* kk, float* dv, float* dk, int64_t d) const {
-    for (int64_t c = 0; c < d; ++c) {
-      const float e = fast_exp(kk[c] - ref[c]);
-      dv[c] += e * sr[c], dk[c] -= e * su[c];
-    }
-  }
-};
+}
 
-// Backward of one (batch, head) for k and v. With r_t = dA_t and u_t = dA_t (.) A_t per channel and the
-// weights P_t,t' = exp(K_t' + w_t,t' - lse_t):  dV_t' = sum_t P_t,t' r_t,
-// dK_t' = V_t' (.) dV_t' - sum_t P_t,t' u_t.  Window pairs directly; prefix and suffix keys through
-// QuerySums (the queries that see key t' with bias 0 are those whose window starts after it, or ends
-// before it).
-void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse, const float* g, float* dk,
-                   float* dv, float* scratch) {
+void outside_window_backward(const AftHead& h, int64_t N, const float* A, const float* lse, const float* g,
+                             float* dk, float* dv, float* scratch) {
   const int64_t d = h.d, M = h.M;
-  std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
-  for (int64_t t = 0; t < N; ++t) {
-    const float *gt = g + t * d, *At = A + t * d, *lt = lse + t * d;
-    if (lt[0] == -kInf) continue;
-    for (int64_t j = h.first(t); j < h.last(t); ++j) {
-      if (!h.real(j)) continue;
-      const float wb = h.bias(t, j);
-      const float* kk = h.key(j);
-      float *dkj = dk + j * d, *dvj = dv + j * d;
-      for (int64_t c = 0; c < d; ++c) {
-        const float pw = fast_exp(kk[c] + wb - lt[c]);
-        dvj[c] += pw * gt[c], dkj[c] -= pw * gt[c] * At[c];
-      }
-    }
-  }
   QuerySums q{scratch, scratch + d, scratch + 2 * d};
   if (!h.dense) {  // prefix keys: query t holds key j < first(t); first is non-decreasing in t
     q.reset(d);
@@ -192,8 +144,36 @@ void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse
       if (h.real(j)) q.apply(h.key(j), dv + j * d, dk + j * d, d);
     }
   }
+}
+
+// Backward of one (batch, head) for k and v. With r_t = dA_t and u_t = dA_t (.) A_t per channel and the
+// weights P_t,t' = exp(K_t' + w_t,t' - lse_t):  dV_t' = sum_t P_t,t' r_t,
+// dK_t' = V_t' (.) dV_t' - sum_t P_t,t' u_t.  Window pairs directly; prefix and suffix keys through
+// QuerySums (the queries that see key t' with bias 0 are those whose window starts after it, or ends
+// before it).
+void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse, const float* g, float* dk,
+                   float* dv, float* scratch) {
+  const int64_t d = h.d, M = h.M;
+  std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
+  for (int64_t t = 0; t < N; ++t) window_row_backward(h, t, A + t * d, lse + t * d, g + t * d, dk, dv);
+  outside_window_backward(h, N, A, lse, g, dk, dv, scratch);
   for (int64_t j = 0; j < M; ++j)
     for (int64_t c = 0; c < d; ++c) dk[j * d + c] += h.value(j)[c] * dv[j * d + c];
+}
+
+// dw_t,t' += sum_c P_t,t' dA_t (V_t' - A_t) over query t's window, at row[t' - first(t)].
+void bias_row_add(const AftHead& h, int64_t t, const float* At, const float* lt, const float* gt,
+                  float* row) {
+  const int64_t d = h.d, j0 = h.first(t), j1 = h.last(t);
+  if (lt[0] == -kInf) return;
+  for (int64_t j = j0; j < j1; ++j) {
+    if (!h.real(j)) continue;
+    const float wb = h.bias(t, j);
+    const float *kk = h.key(j), *vv = h.value(j);
+    float acc = 0.f;
+    for (int64_t c = 0; c < d; ++c) acc += fast_exp(kk[c] + wb - lt[c]) * gt[c] * (vv[c] - At[c]);
+    row[j - j0] += acc;
+  }
 }
 
 // The bias gradient of query row t of head `hh`, summed over the batch in order:
@@ -201,22 +181,48 @@ void backward_head(const AftHead& h, int64_t N, const float* A, const float* lse
 void bias_row(const AftHead* heads, int64_t B, int64_t H, int64_t hh, int64_t N, int64_t t, const float* A,
               const float* lse, const float* g, float* row) {
   const AftHead& h0 = heads[hh];
-  const int64_t d = h0.d, j0 = h0.first(t), j1 = h0.last(t);
-  for (int64_t j = j0; j < j1; ++j) row[j - j0] = 0.f;
+  for (int64_t j = h0.first(t); j < h0.last(t); ++j) row[j - h0.first(t)] = 0.f;
   for (int64_t b = 0; b < B; ++b) {
-    const AftHead& h = heads[b * H + hh];
-    const int64_t o = ((b * H + hh) * N + t) * d;
-    if (lse[o] == -kInf) continue;
-    for (int64_t j = j0; j < j1; ++j) {
-      if (!h.real(j)) continue;
-      const float wb = h.bias(t, j);
-      const float *kk = h.key(j), *vv = h.value(j);
-      float acc = 0.f;
-      for (int64_t c = 0; c < d; ++c)
-        acc += fast_exp(kk[c] + wb - lse[o + c]) * g[o + c] * (vv[c] - A[o + c]);
-      row[j - j0] += acc;
-    }
+    const int64_t o = ((b * H + hh) * N + t) * h0.d;
+    bias_row_add(heads[b * H + hh], t, A + o, lse + o, g + o, row);
   }
+}
+
+namespace {
+
+// Bidirectional AFT-simple (w = 0, eq. 5) where no key is padded: every query sees every key with bias 0,
+// so A_t = sum_t' exp(K_t' - m) V_t' / sum_t' exp(K_t' - m) is the same row for every t (m = max_t' K_t').
+// One (batch, head): k, v [M, d] -> A [N, d] (every row that average) and its lse [d].
+void global_forward(const float* k, const float* v, int64_t M, int64_t N, int64_t d, float* A, float* lse,
+                    float* scratch) {
+  float *m = scratch, *num = scratch + d, *den = scratch + 2 * d;
+  std::fill(m, m + d, -kInf), std::fill(num, num + d, 0.f), std::fill(den, den + d, 0.f);
+  for (int64_t j = 0; j < M; ++j)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) m[c] = std::max(m[c], k[j * d + c]);
+  for (int64_t j = 0; j < M; ++j)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float e = fast_exp(k[j * d + c] - m[c]);
+      num[c] += e * v[j * d + c], den[c] += e;
+    }
+  for (int64_t c = 0; c < d; ++c) lse[c] = m[c] + std::log(den[c]), num[c] /= den[c];
+  for (int64_t t = 0; t < N; ++t) std::memcpy(A + t * d, num, size_t(d) * sizeof(float));
+}
+// Its backward: with R = sum_t dA_t and P_t' = exp(K_t' - lse), dV_t' = P_t' R, dK_t' = P_t' R (V_t' - A).
+void global_backward(const float* k, const float* v, const float* A, const float* lse, const float* g,
+                     int64_t M, int64_t N, int64_t d, float* dk, float* dv, float* scratch) {
+  float* R = scratch;
+  std::fill(R, R + d, 0.f);
+  for (int64_t t = 0; t < N; ++t)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) R[c] += g[t * d + c];
+  for (int64_t j = 0; j < M; ++j)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float pr = fast_exp(k[j * d + c] - lse[c]) * R[c];
+      dv[j * d + c] = pr, dk[j * d + c] = pr * (v[j * d + c] - A[c]);
+    }
 }
 
 }  // namespace
@@ -296,6 +302,31 @@ std::vector<AftHead> heads_of(const AftDims& s, const AftLayout& L, const float*
   return heads;
 }
 
+// Bidirectional AFT-simple without padding (kernels::global_forward): A and lse per (batch, head).
+Tensor global_average(const Tensor& k, const Tensor& v, const Tensor& kc, const Tensor& vc,
+                      const AftDims& s) {
+  const int64_t M = s.M, N = s.N, d = s.d;
+  Tensor A = Tensor::empty({s.B, s.H, N, d}), lse = Tensor::empty({s.B, s.H, d});
+  const float *pk = kc.data<float>(), *pv = vc.data<float>();
+  kernels::for_each_item(s.B * s.H, 3 * d, [&](int64_t bh, float* buf) {
+    kernels::global_forward(pk + bh * M * d, pv + bh * M * d, M, N, d, A.data<float>() + bh * N * d,
+                            lse.data<float>() + bh * d, buf);
+  });
+  Tensor Ad = A.detach();
+  return autograd::record("aft_global_average", A, {k, v}, [kc, vc, Ad, lse, s](const Tensor& g) {
+    const int64_t M = s.M, N = s.N, d = s.d;
+    Tensor gc = g.contiguous_data();
+    Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+    kernels::for_each_item(s.B * s.H, d, [&](int64_t bh, float* buf) {
+      kernels::global_backward(kc.data<float>() + bh * M * d, vc.data<float>() + bh * M * d,
+                               Ad.data<float>() + bh * N * d, lse.data<float>() + bh * d,
+                               gc.data<float>() + bh * N * d, M, N, d, dk.data<float>() + bh * M * d,
+                               dv.data<float>() + bh * M * d, buf);
+    });
+    return std::vector<Tensor>{dk, dv};
+  });
+}
+
 }  // namespace
 
 Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftLayout& layout, int64_t N,
@@ -309,9 +340,13 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
          wc = w.defined() ? w.contiguous_data() : Tensor();
   Tensor km = key_mask.defined() ? key_mask.contiguous_data() : Tensor();
   const bool* pm = km.defined() ? km.data<bool>() : nullptr;
-  Tensor A = Tensor::empty({s.B, s.H, N, s.d}), lse = Tensor::empty({s.B, s.H, N, s.d});
   const auto heads = heads_of(s, layout, kc.data<float>(), vc.data<float>(),
                               wc.defined() ? wc.data<float>() : nullptr, pm, s.M, 0);
+  // The window as banded GEMMs (kernels/aft_band.cpp) where no key is padded.
+  if ((layout.kind == AftBias::Band || layout.kind == AftBias::Toeplitz) && !pm)
+    return kernels::band_average(k, v, w, kc, vc, wc, heads, s.B, s.H, N, layout);
+  if (layout.kind == AftBias::None && !layout.causal && !pm) return global_average(k, v, kc, vc, s);
+  Tensor A = Tensor::empty({s.B, s.H, N, s.d}), lse = Tensor::empty({s.B, s.H, N, s.d});
   const int64_t d = s.d;
   float *pA = A.data<float>(), *pl = lse.data<float>();
   kernels::for_each_item(s.B * s.H, 6 * d + (layout.causal ? 0 : N * d), [&](int64_t bh, float* buf) {

@@ -21,7 +21,10 @@
 // referenced at the minimum lse of the queries they hold, so their factors are <= 1 too).
 //
 // Costs: None O(N d); Band and Toeplitz O(N S d); Dense O(N M d) time (no N x M x d tensor: the
-// exponentials are made and consumed pair by pair). Extra memory O(N d) (A and lse).
+// exponentials are made and consumed pair by pair). Extra memory O(N d) (A and lse). Band and Toeplitz
+// without a key mask sum the window as banded GEMMs (kernels/aft_band.cpp: N d exponentials, the window's
+// products in GEMMs of 32-query blocks), pair by pair only for queries whose window holds a key whose
+// channels spread past the GEMM's range.
 #pragma once
 #include <cstdint>
 
@@ -46,11 +49,21 @@ Tensor aft_average(const Tensor& k, const Tensor& v, const Tensor& w, const AftL
                    const Tensor& key_mask = {}, const char* op = "aft_average");
 
 // Causal AFT-full with GEMMs (kernels/aft_full.cpp): k, v [B, H, N, d], w [H, >= N, >= N] -> A [B, H, N, d],
-// equal to aft_average with the Dense causal layout. Query blocks of 128: the keys before a block in one
-// GEMM on exp(w - a) and exp(K - b) (.) V with references from those earlier keys only (so causal outputs
-// never depend on later keys), while the range of K plus w stays below 60; the block's own keys, and any
-// block past that range, pair by pair. Differentiable w.r.t. k, v and w (the backward likewise by GEMMs).
+// equal to aft_average with the Dense causal layout. Query blocks of 128, each one GEMM over the keys up to
+// the block's end on exp(w + r - a) (exactly 0 above the diagonal) and exp(K - r) (.) V, with r per key and
+// a per query from keys up to it only (so causal outputs never depend on later keys, not even by rounding);
+// from the first key whose channels spread by 60 or more on, the queries are summed pair by pair.
+// Differentiable w.r.t. k, v and w (the backward likewise by GEMMs).
 Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const char* op = "aft_full_causal");
+
+// Bidirectional AFT-full with GEMMs (kernels/aft_full.cpp): k, v [B, H, M, d], w [H, >= N, >= M] ->
+// A [B, H, N, d], equal to aft_average with the Dense bidirectional layout. Query blocks of 128 rows, each
+// one GEMM [rows, M] x [M, 2 B d] on exp(w - row max) and [exp(K - b) (.) V | exp(K - b)]; the backward
+// recomputes exp(w) by the same blocks, so memory is O(M B d + 128 M) whatever N (no [N, M] temporary).
+// Where the range of K plus that of w exceeds 60 (the GEMM's factors could underflow) the whole call goes
+// to aft_average (pair by pair, exact at any range). Differentiable w.r.t. k, v and w.
+Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N,
+                              const char* op = "aft_full_bidirectional");
 
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:

@@ -1,14 +1,19 @@
-// Causal AFT-full with GEMMs (kernels/aft.h, aft_full_causal): the queries in blocks of kBlock rows. For
-// block [i0, i1) the keys before it (t' < i0, every one visible to every query of the block) are one GEMM
-//     [num | den] = E [exp(K - b) (.) V | exp(K - b)],   E_t,t' = exp(w_t,t' - a_t)   ([C, i0] x [i0, 2 B d])
-// with a_t = max_t'<i0 w_t,t' and b = the maximum of K over those keys per (batch, channel): references
-// from earlier keys only, so no later key moves an output (not even by rounding). The block's own keys
-// (the diagonal, t' in [i0, t]) are summed pair by pair with the exact per-(t, channel) maximum, and the two
-// parts are combined in log space. Every factor of the GEMM is >= exp(-(range of K + range of w)), so the
-// GEMM is used for a block only while that range (over the earlier keys and the block's w rows) is below
-// kRange; otherwise the earlier keys are summed pair by pair too (exact at any range). The backward is the
-// same split: dV, dK and dw of the earlier keys by GEMMs with the saved log-normalizer, the diagonal pair by
-// pair. Columns are (batch, channel) pairs, so one GEMM serves the whole batch of a head.
+// AFT-full with GEMMs (kernels/aft.h, aft_full_causal and aft_full_bidirectional), one head at a time in
+// column layout (K, V [N, B d]: the batch's columns side by side, so one GEMM serves the whole batch).
+//
+// Causal: exp(w_t,t' + K_t',c) = E_t,t' exp(K_t',c - r_t') exp(a_t) with r_t' the maximum of key t' over
+// its columns (one number per key) and a_t = max_t'<=t (w_t,t' + r_t'), so E <= 1 with a 1 in every row, and
+// the queries in blocks of kBlock rows: block [i0, i1) is one GEMM
+//     [num | den] = E [x (.) V | x],   x = exp(K - r),   E_t,t' = exp(w_t,t' + r_t' - a_t) for t' <= t, else
+//     0
+// ([C, i1] x [i1, 2 B d]). x is made once (N B d exponentials) and E by blocks (N^2 / 2 in all, no [N, N]
+// tensor). Channel c's largest term is >= exp(-sigma_t'), sigma_t' = r_t' minus the smallest column of key
+// t', so the GEMM serves query t while every key t' <= t has sigma < kRange; later queries are summed pair
+// by pair with the exact maximum (exact at any range). References and that choice come from keys <= t, and E
+// is exactly 0 above the diagonal (the GEMM adds exact zeros), so no later key moves an output, not even by
+// rounding. The backward is the same with the saved log-normalizer L: [G | -H] = [dA | -dA (.) A] exp(a - L),
+// Q = sum over blocks E^T [G | -H] gives dV = x (.) Q_G and dK = V (.) dV + x (.) Q_H, dw = E (.) ([G | -H]
+// x^T).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,6 +21,8 @@
 #include <vector>
 
 #include "eformer/attention/kernels/aft.h"
+#include "eformer/attention/kernels/aft_pairs.h"
+#include "eformer/attention/kernels/scratch.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -25,7 +32,6 @@
 namespace eformer::kernels {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kBlock = 128;
 constexpr float kRange = 60.0f;
 
@@ -34,44 +40,6 @@ struct FullHead {
   const float *K, *V, *w;
   int64_t N, BD, ldw;
 };
-
-// Per block: whether the GEMM serves the earlier keys, and its references a [C], b [BD].
-struct BlockRefs {
-  bool gemm = false;
-  std::vector<float> a, b;
-};
-
-// The references of block [i0, i1), from the running minimum / maximum of K over keys < i0 (kmin, kmax).
-BlockRefs block_refs(const FullHead& h, int64_t i0, int64_t i1, const float* kmin, const float* kmax) {
-  BlockRefs r;
-  if (i0 == 0) return r;
-  float rk = 0.f, rw = 0.f;
-  for (int64_t c = 0; c < h.BD; ++c) rk = std::max(rk, kmax[c] - kmin[c]);
-  r.a.resize(size_t(i1 - i0));
-  for (int64_t t = i0; t < i1; ++t) {
-    const float* wr = h.w + t * h.ldw;
-    float lo = kInf, hi = -kInf;
-    for (int64_t j = 0; j < i0; ++j) lo = std::min(lo, wr[j]), hi = std::max(hi, wr[j]);
-    r.a[t - i0] = hi, rw = std::max(rw, hi - lo);
-  }
-  r.gemm = rk + rw < kRange;
-  r.b.assign(kmax, kmax + h.BD);
-  return r;
-}
-
-// X [i0, 2 BD] = [exp(K - b) (.) V | exp(K - b)] over keys < i0; E [C, i0] = exp(w - a).
-void gemm_operands(const FullHead& h, int64_t i0, int64_t i1, const BlockRefs& r, float* X, float* E) {
-  const int64_t BD = h.BD;
-  parallel::parallel_for(i0, 16, [&](int64_t from, int64_t to) {
-    for (int64_t j = from; j < to; ++j)
-      for (int64_t c = 0; c < BD; ++c) {
-        const float e = fast_exp(h.K[j * BD + c] - r.b[c]);
-        X[j * 2 * BD + c] = e * h.V[j * BD + c], X[j * 2 * BD + BD + c] = e;
-      }
-  });
-  for (int64_t t = i0; t < i1; ++t)
-    for (int64_t j = 0; j < i0; ++j) E[(t - i0) * i0 + j] = fast_exp(h.w[t * h.ldw + j] - r.a[t - i0]);
-}
 
 // Keys [j0, j1) of row t pair by pair, folded into (num, den, ref) per column with the exact maximum.
 void exact_pairs(const FullHead& h, int64_t t, int64_t j0, int64_t j1, float* num, float* den, float* ref) {
@@ -99,38 +67,91 @@ void running_range(const FullHead& h, int64_t j0, int64_t j1, float* kmin, float
       kmin[c] = std::min(kmin[c], h.K[j * h.BD + c]), kmax[c] = std::max(kmax[c], h.K[j * h.BD + c]);
 }
 
+// Causal references (from keys <= t only): r [N] per key, a [N] per query, and whether the GEMM serves it.
+struct CausalPlan {
+  std::vector<float> r, a;
+  std::vector<uint8_t> gemm;
+};
+CausalPlan causal_plan(const FullHead& h) {
+  const int64_t N = h.N, BD = h.BD;
+  CausalPlan p;
+  p.r.resize(size_t(N)), p.a.resize(size_t(N)), p.gemm.resize(size_t(N));
+  std::vector<float> sigma(static_cast<size_t>(N));
+  parallel::parallel_for(N, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j) {
+      const float* kj = h.K + j * BD;
+      const auto [lo, hi] = std::minmax_element(kj, kj + BD);
+      p.r[j] = *hi, sigma[j] = *hi - *lo;
+    }
+  });
+  float spread = 0.f;
+  for (int64_t t = 0; t < N; ++t) spread = std::max(spread, sigma[t]), p.gemm[t] = spread < kRange;
+  parallel::parallel_for(N, 16, [&](int64_t from, int64_t to) {
+    for (int64_t t = from; t < to; ++t) {
+      float m = -kInf;
+      for (int64_t j = 0; j <= t; ++j) m = std::max(m, h.w[t * h.ldw + j] + p.r[j]);
+      p.a[t] = m;
+    }
+  });
+  return p;
+}
+
+// X [N, 2 BD] = [x (.) V | x], x = exp(K - r) per key.
+void causal_operand(const FullHead& h, const float* r, float* X) {
+  const int64_t BD = h.BD;
+  parallel::parallel_for(h.N, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+#pragma omp simd
+      for (int64_t c = 0; c < BD; ++c) {
+        const float e = fast_exp(h.K[j * BD + c] - r[j]);
+        X[j * 2 * BD + c] = e * h.V[j * BD + c], X[j * 2 * BD + BD + c] = e;
+      }
+  });
+}
+
+// E [C, i1] of rows [i0, i1): exp(w_t,t' + r_t' - a_t) for t' <= t in rows the GEMM serves, else 0.
+void causal_bias_block(const FullHead& h, const CausalPlan& p, int64_t i0, int64_t i1, float* E) {
+  parallel::parallel_for(i1 - i0, 4, [&](int64_t from, int64_t to) {
+    for (int64_t t = i0 + from; t < i0 + to; ++t) {
+      float* row = E + (t - i0) * i1;
+      std::fill(row, row + i1, 0.f);
+      if (!p.gemm[t]) continue;
+      const float* wr = h.w + t * h.ldw;
+      for (int64_t j = 0; j <= t; ++j) row[j] = fast_exp(wr[j] + p.r[j] - p.a[t]);
+    }
+  });
+}
+
 // Forward: A, L [N, BD] (the average and its log-normalizer).
 void full_causal_forward(const FullHead& h, float* A, float* L) {
   const int64_t N = h.N, BD = h.BD;
-  std::vector<float> kmin(static_cast<size_t>(BD), kInf), kmax(static_cast<size_t>(BD), -kInf), X, E, P;
+  const CausalPlan p = causal_plan(h);
+  ScratchBuffer X(N * 2 * BD), E(kBlock * N), P(kBlock * 2 * BD);
+  causal_operand(h, p.r.data(), X.data);
   for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
     const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
-    const BlockRefs r = block_refs(h, i0, i1, kmin.data(), kmax.data());
-    if (r.gemm) {
-      X.resize(size_t(i0 * 2 * BD)), E.resize(size_t(C * i0)), P.resize(size_t(C * 2 * BD));
-      gemm_operands(h, i0, i1, r, X.data(), E.data());
-      blas::sgemm(false, false, C, 2 * BD, i0, 1.f, E.data(), i0, X.data(), 2 * BD, 0.f, P.data(), 2 * BD);
+    const bool any = std::any_of(p.gemm.begin() + i0, p.gemm.begin() + i1, [](uint8_t g) { return g != 0; });
+    if (any) {
+      causal_bias_block(h, p, i0, i1, E.data);
+      column_sgemm(false, false, C, 2 * BD, i1, E.data, i1, X.data, 2 * BD, 0.f, P.data, 2 * BD);
     }
     parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
       std::vector<float> num(static_cast<size_t>(BD)), den(static_cast<size_t>(BD)),
           ref(static_cast<size_t>(BD));
       for (int64_t t = i0 + from; t < i0 + to; ++t) {
-        if (r.gemm) {
-          for (int64_t c = 0; c < BD; ++c) {
-            num[c] = P[(t - i0) * 2 * BD + c], den[c] = P[(t - i0) * 2 * BD + BD + c];
-            ref[c] = r.a[t - i0] + r.b[c];
-          }
-        } else {
-          std::fill(num.begin(), num.end(), 0.f), std::fill(den.begin(), den.end(), 0.f);
-          std::fill(ref.begin(), ref.end(), -kInf);
-          exact_pairs(h, t, 0, i0, num.data(), den.data(), ref.data());
+        if (p.gemm[t]) {
+          const float *pn = P.data + (t - i0) * 2 * BD, *pd = pn + BD;
+          for (int64_t c = 0; c < BD; ++c)
+            A[t * BD + c] = pn[c] / pd[c], L[t * BD + c] = p.a[t] + std::log(pd[c]);
+          continue;
         }
-        exact_pairs(h, t, i0, t + 1, num.data(), den.data(), ref.data());
+        std::fill(num.begin(), num.end(), 0.f), std::fill(den.begin(), den.end(), 0.f);
+        std::fill(ref.begin(), ref.end(), -kInf);
+        exact_pairs(h, t, 0, t + 1, num.data(), den.data(), ref.data());
         for (int64_t c = 0; c < BD; ++c)
           A[t * BD + c] = num[c] / den[c], L[t * BD + c] = ref[c] + std::log(den[c]);
       }
     });
-    running_range(h, i0, i1, kmin.data(), kmax.data());
   }
 }
 
@@ -139,58 +160,59 @@ void full_causal_forward(const FullHead& h, float* A, float* L) {
 void full_causal_backward(const FullHead& h, const float* A, const float* L, const float* G, float* dK,
                           float* dV, float* dw) {
   const int64_t N = h.N, BD = h.BD;
+  const CausalPlan p = causal_plan(h);
   std::fill(dK, dK + N * BD, 0.f), std::fill(dV, dV + N * BD, 0.f);
-  std::vector<float> kmin(static_cast<size_t>(BD), kInf), kmax(static_cast<size_t>(BD), -kInf), X, E, GH, Q,
-      R;
+  ScratchBuffer X(N * 2 * BD), E(kBlock * N), GH(kBlock * 2 * BD), Q(N * 2 * BD), R(kBlock * N);
+  causal_operand(h, p.r.data(), X.data);
+  std::fill(Q.data, Q.data + N * 2 * BD, 0.f);
   const int64_t chunk = 64;  // columns per work item of the pair loops
   for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
     const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
-    const BlockRefs r = block_refs(h, i0, i1, kmin.data(), kmax.data());
-    running_range(h, i0, i1, kmin.data(), kmax.data());
-    const int64_t j_exact = r.gemm ? i0 : 0;  // pairs (t, t' >= j_exact) go pair by pair
-    if (r.gemm) {
-      X.resize(size_t(i0 * 2 * BD)), E.resize(size_t(C * i0)), GH.resize(size_t(C * 2 * BD));
-      Q.resize(size_t(i0 * 2 * BD)), R.resize(size_t(C * i0));
-      gemm_operands(h, i0, i1, r, X.data(), E.data());
-      // [G | -H], G = r exp(a + b - L), H = u exp(a + b - L): the weights' factor left out of E and X.
-      for (int64_t t = i0; t < i1; ++t)
-        for (int64_t c = 0; c < BD; ++c) {
-          const int64_t o = t * BD + c;
-          const float f = fast_exp(r.a[t - i0] + r.b[c] - L[o]);
-          GH[(t - i0) * 2 * BD + c] = G[o] * f, GH[(t - i0) * 2 * BD + BD + c] = -G[o] * A[o] * f;
-        }
-      // Q [i0, 2 BD] = E^T [G | -H]: dV = e_k (.) Q_G, dK = V (.) dV + e_k (.) Q_H.
-      blas::sgemm(true, false, i0, 2 * BD, C, 1.f, E.data(), i0, GH.data(), 2 * BD, 0.f, Q.data(), 2 * BD);
-      parallel::parallel_for(i0, 16, [&](int64_t from, int64_t to) {
-        for (int64_t j = from; j < to; ++j)
+    if (std::any_of(p.gemm.begin() + i0, p.gemm.begin() + i1, [](uint8_t g) { return g != 0; })) {
+      causal_bias_block(h, p, i0, i1, E.data);
+      // [G | -H], G = r exp(a - L), H = u exp(a - L): the weights' factor left out of E and X.
+      parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+        for (int64_t t = i0 + from; t < i0 + to; ++t) {
+          float* gh = GH.data + (t - i0) * 2 * BD;
+#pragma omp simd
           for (int64_t c = 0; c < BD; ++c) {
-            const float ek = X[j * 2 * BD + BD + c], vg = ek * Q[j * 2 * BD + c];
-            dV[j * BD + c] += vg, dK[j * BD + c] += h.V[j * BD + c] * vg + ek * Q[j * 2 * BD + BD + c];
+            const int64_t o = t * BD + c;
+            const float f = p.gemm[t] ? fast_exp(p.a[t] - L[o]) : 0.f;
+            gh[c] = G[o] * f, gh[BD + c] = -G[o] * A[o] * f;
           }
+        }
       });
-      // dw [C, i0] = E (.) ([G | -H] X^T).
-      blas::sgemm(false, true, C, i0, 2 * BD, 1.f, GH.data(), 2 * BD, X.data(), 2 * BD, 0.f, R.data(), i0);
+      // Q [i1, 2 BD] += E^T [G | -H]; dw [C, i1] = E (.) ([G | -H] X^T) on and below the diagonal.
+      column_sgemm(true, false, i1, 2 * BD, C, E.data, i1, GH.data, 2 * BD, 1.f, Q.data, 2 * BD);
+      column_sgemm(false, true, C, i1, 2 * BD, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, i1);
       for (int64_t t = i0; t < i1; ++t)
-        for (int64_t j = 0; j < i0; ++j) dw[t * h.ldw + j] = E[(t - i0) * i0 + j] * R[(t - i0) * i0 + j];
+        if (p.gemm[t])
+          for (int64_t j = 0; j <= t; ++j)
+            dw[t * h.ldw + j] = E.data[(t - i0) * i1 + j] * R.data[(t - i0) * i1 + j];
     }
-    // Pair by pair: dK, dV by column chunks (each column's sums in one order), dw by rows.
+    // The rows the GEMM does not serve, pair by pair: dK, dV by column chunks (each column's sums in one
+    // order), dw by rows.
+    if (std::all_of(p.gemm.begin() + i0, p.gemm.begin() + i1, [](uint8_t g) { return g != 0; })) continue;
     parallel::parallel_for((BD + chunk - 1) / chunk, 1, [&](int64_t from, int64_t to) {
       for (int64_t cc = from; cc < to; ++cc) {
         const int64_t c0 = cc * chunk, c1 = std::min(BD, c0 + chunk);
-        for (int64_t t = i0; t < i1; ++t)
-          for (int64_t j = j_exact; j <= t; ++j) {
+        for (int64_t t = i0; t < i1; ++t) {
+          if (p.gemm[t]) continue;
+          for (int64_t j = 0; j <= t; ++j) {
             const float wb = h.w[t * h.ldw + j];
             for (int64_t c = c0; c < c1; ++c) {
               const int64_t o = t * BD + c;
-              const float p = fast_exp(h.K[j * BD + c] + wb - L[o]);
-              dV[j * BD + c] += p * G[o], dK[j * BD + c] += p * G[o] * (h.V[j * BD + c] - A[o]);
+              const float pw = fast_exp(h.K[j * BD + c] + wb - L[o]);
+              dV[j * BD + c] += pw * G[o], dK[j * BD + c] += pw * G[o] * (h.V[j * BD + c] - A[o]);
             }
           }
+        }
       }
     });
     parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
-      for (int64_t t = i0 + from; t < i0 + to; ++t)
-        for (int64_t j = j_exact; j <= t; ++j) {
+      for (int64_t t = i0 + from; t < i0 + to; ++t) {
+        if (p.gemm[t]) continue;
+        for (int64_t j = 0; j <= t; ++j) {
           const float wb = h.w[t * h.ldw + j];
           float acc = 0.f;
           for (int64_t c = 0; c < BD; ++c) {
@@ -199,8 +221,120 @@ void full_causal_backward(const FullHead& h, const float* A, const float* L, con
           }
           dw[t * h.ldw + j] = acc;
         }
+      }
     });
   }
+  parallel::parallel_for(N, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+#pragma omp simd
+      for (int64_t c = 0; c < BD; ++c) {
+        const float x = X.data[j * 2 * BD + BD + c], vg = x * Q.data[j * 2 * BD + c];
+        dV[j * BD + c] += vg, dK[j * BD + c] += h.V[j * BD + c] * vg + x * Q.data[j * 2 * BD + BD + c];
+      }
+  });
+}
+
+// Bidirectional AFT-full (aft.h, aft_full_bidirectional): every query sees every key, so one reference per
+// column, b = max_t' K_t', and one per row, a_t = max_t' w_t,t', serve all pairs:
+//     [num | den]_t = sum_t' exp(w_t,t' - a_t) [exp(K_t' - b) (.) V_t' | exp(K_t' - b)],  L_t = a_t + b + log
+//     den
+// by query blocks of kBlock rows, E [C, M] = exp(w - a) made per block (memory O(M B d + kBlock M), no
+// [N, M] tensor). The caller has checked that the range of K plus the range of w is below kRange.
+// X [M, 2 BD] = [exp(K - b) (.) V | exp(K - b)] over all keys, b [BD] = the maximum of K per column.
+void bidirectional_operands(const FullHead& h, float* X, float* b) {
+  const int64_t M = h.N, BD = h.BD;
+  std::fill(b, b + BD, -kInf);
+  for (int64_t j = 0; j < M; ++j)
+    for (int64_t c = 0; c < BD; ++c) b[c] = std::max(b[c], h.K[j * BD + c]);
+  parallel::parallel_for(M, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+      for (int64_t c = 0; c < BD; ++c) {
+        const float e = fast_exp(h.K[j * BD + c] - b[c]);
+        X[j * 2 * BD + c] = e * h.V[j * BD + c], X[j * 2 * BD + BD + c] = e;
+      }
+  });
+}
+
+// E [C, M] = exp(w_t,t' - a_t) for rows [i0, i1), a [C] = the row maxima.
+void bias_block(const float* w, int64_t ldw, int64_t M, int64_t i0, int64_t i1, float* E, float* a) {
+  parallel::parallel_for(i1 - i0, 8, [&](int64_t from, int64_t to) {
+    for (int64_t r = from; r < to; ++r) {
+      const float* wr = w + (i0 + r) * ldw;
+      float m = -kInf;
+      for (int64_t j = 0; j < M; ++j) m = std::max(m, wr[j]);
+      a[r] = m;
+      for (int64_t j = 0; j < M; ++j) E[r * M + j] = fast_exp(wr[j] - m);
+    }
+  });
+}
+
+// Forward of one head: K, V [M, BD] (h.N = M keys), w rows [N, ldw] -> A, L [N, BD].
+void full_bidirectional_forward(const FullHead& h, int64_t N, float* A, float* L) {
+  const int64_t M = h.N, BD = h.BD;
+  ScratchBuffer X(M * 2 * BD), b(BD), E(kBlock * M), a(kBlock), P(kBlock * 2 * BD);
+  bidirectional_operands(h, X.data, b.data);
+  for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+    const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
+    bias_block(h.w, h.ldw, M, i0, i1, E.data, a.data);
+    column_sgemm(false, false, C, 2 * BD, M, E.data, M, X.data, 2 * BD, 0.f, P.data, 2 * BD);
+    parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+      for (int64_t r = from; r < to; ++r)
+        for (int64_t c = 0; c < BD; ++c) {
+          const float num = P.data[r * 2 * BD + c], den = P.data[r * 2 * BD + BD + c];
+          A[(i0 + r) * BD + c] = num / den, L[(i0 + r) * BD + c] = a.data[r] + b.data[c] + std::log(den);
+        }
+    });
+  }
+}
+
+// Backward of one head, exp(w) recomputed by row blocks: with P_t,t' = exp(w + K - L), r = dA, u = dA (.) A,
+// [G | -H] = [r | -u] exp(a + b - L) (the factor left out of E and X), Q = sum over blocks E^T [G | -H]
+// [M, 2 BD]: dV = e_k (.) Q_G, dK = V (.) dV + e_k (.) Q_H; dw [C, M] = E (.) ([G | -H] X^T) per block.
+void full_bidirectional_backward(const FullHead& h, int64_t N, const float* A, const float* L, const float* G,
+                                 float* dK, float* dV, float* dw) {
+  const int64_t M = h.N, BD = h.BD;
+  ScratchBuffer X(M * 2 * BD), b(BD), E(kBlock * M), a(kBlock), GH(kBlock * 2 * BD), Q(M * 2 * BD),
+      R(kBlock * M);
+  bidirectional_operands(h, X.data, b.data);
+  for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+    const int64_t i1 = std::min(N, i0 + kBlock), C = i1 - i0;
+    bias_block(h.w, h.ldw, M, i0, i1, E.data, a.data);
+    parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
+      for (int64_t r = from; r < to; ++r)
+        for (int64_t c = 0; c < BD; ++c) {
+          const int64_t o = (i0 + r) * BD + c;
+          const float f = fast_exp(a.data[r] + b.data[c] - L[o]);
+          GH.data[r * 2 * BD + c] = G[o] * f, GH.data[r * 2 * BD + BD + c] = -G[o] * A[o] * f;
+        }
+    });
+    column_sgemm(true, false, M, 2 * BD, C, E.data, M, GH.data, 2 * BD, i0 == 0 ? 0.f : 1.f, Q.data, 2 * BD);
+    column_sgemm(false, true, C, M, 2 * BD, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, M);
+    for (int64_t r = 0; r < C; ++r)
+      for (int64_t j = 0; j < M; ++j) dw[(i0 + r) * h.ldw + j] = E.data[r * M + j] * R.data[r * M + j];
+  }
+  if (N == 0) std::fill(Q.data, Q.data + M * 2 * BD, 0.f);
+  parallel::parallel_for(M, 16, [&](int64_t from, int64_t to) {
+    for (int64_t j = from; j < to; ++j)
+      for (int64_t c = 0; c < BD; ++c) {
+        const float ek = X.data[j * 2 * BD + BD + c], vg = ek * Q.data[j * 2 * BD + c];
+        dV[j * BD + c] = vg, dK[j * BD + c] = h.V[j * BD + c] * vg + ek * Q.data[j * 2 * BD + BD + c];
+      }
+  });
+}
+
+// The largest range of K (per column, over the keys) plus of w (per row, over the M keys) of one head.
+float full_ranges(const FullHead& h, int64_t N) {
+  const int64_t M = h.N, BD = h.BD;
+  std::vector<float> lo(static_cast<size_t>(BD), kInf), hi(static_cast<size_t>(BD), -kInf);
+  running_range(h, 0, M, lo.data(), hi.data());
+  float rk = 0.f, rw = 0.f;
+  for (int64_t c = 0; c < BD; ++c) rk = std::max(rk, hi[c] - lo[c]);
+  for (int64_t t = 0; t < N; ++t) {
+    const float* wr = h.w + t * h.ldw;
+    const auto [mn, mx] = std::minmax_element(wr, wr + M);
+    rw = std::max(rw, *mx - *mn);
+  }
+  return rk + rw;
 }
 
 // [B, H, N, d] head h <-> [N, B d].
@@ -213,6 +347,32 @@ void from_columns(const float* in, int64_t B, int64_t H, int64_t N, int64_t d, i
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < N; ++t)
       std::memcpy(x + ((b * H + h) * N + t) * d, in + t * B * d + b * d, size_t(d) * sizeof(float));
+}
+
+// The backward of a per-head kernel in column layout (k, v [B, H, M, d] contiguous, w [H, R, ldw], the
+// forward's A [B, H, N, d] and log-normalizers Ls [N, B d] per head): per head, K, V, A and the upstream G to
+// columns, backward(head, A, L, G, dK, dV, dw rows) and dK, dV back -> {dk, dv, dw}.
+template <class Backward>
+std::vector<Tensor> backward_by_heads(const Tensor& kc, const Tensor& vc, const Tensor& wc, const Tensor& Ad,
+                                      const Tensor& g, const std::vector<Tensor>& Ls, Backward backward) {
+  const int64_t B = kc.size(0), H = kc.size(1), M = kc.size(2), d = kc.size(3), N = Ad.size(2), BD = B * d;
+  const int64_t R = wc.size(1), ldw = wc.size(2);
+  Tensor gc = g.contiguous_data();
+  Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
+  Tensor Kh = Tensor::empty({M, BD}), Vh = Tensor::empty({M, BD}), Ah = Tensor::empty({N, BD}),
+         Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({M, BD}), dVh = Tensor::empty({M, BD});
+  for (int64_t h = 0; h < H; ++h) {
+    to_columns(kc.data<float>(), B, H, M, d, h, Kh.data<float>());
+    to_columns(vc.data<float>(), B, H, M, d, h, Vh.data<float>());
+    to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
+    to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
+    const FullHead fh{Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
+    backward(fh, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(), dKh.data<float>(),
+             dVh.data<float>(), dw.data<float>() + h * R * ldw);
+    from_columns(dKh.data<float>(), B, H, M, d, h, dk.data<float>());
+    from_columns(dVh.data<float>(), B, H, M, d, h, dv.data<float>());
+  }
+  return {dk, dv, dw};
 }
 
 }  // namespace
@@ -247,27 +407,58 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
     Ls.push_back(Lh);
   }
   Tensor Ad = A.detach();
-  return autograd::record(
-      "aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls, B, H, N, d, R, ldw](const Tensor& g) {
-        const int64_t BD = B * d;
-        Tensor gc = g.contiguous_data();
-        Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
-        Tensor Kh = Tensor::empty({N, BD}), Vh = Tensor::empty({N, BD}), Ah = Tensor::empty({N, BD}),
-               Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({N, BD}), dVh = Tensor::empty({N, BD});
-        for (int64_t h = 0; h < H; ++h) {
-          kernels::to_columns(kc.data<float>(), B, H, N, d, h, Kh.data<float>());
-          kernels::to_columns(vc.data<float>(), B, H, N, d, h, Vh.data<float>());
-          kernels::to_columns(Ad.data<float>(), B, H, N, d, h, Ah.data<float>());
-          kernels::to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
-          const kernels::FullHead fh{
-              Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, N, BD, ldw};
-          kernels::full_causal_backward(fh, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(),
-                                        dKh.data<float>(), dVh.data<float>(), dw.data<float>() + h * R * ldw);
-          kernels::from_columns(dKh.data<float>(), B, H, N, d, h, dk.data<float>());
-          kernels::from_columns(dVh.data<float>(), B, H, N, d, h, dv.data<float>());
-        }
-        return std::vector<Tensor>{dk, dv, dw};
-      });
+  return autograd::record("aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls](const Tensor& g) {
+    return kernels::backward_by_heads(kc, vc, wc, Ad, g, Ls, kernels::full_causal_backward);
+  });
+}
+
+}  // namespace eformer::attention
+
+namespace eformer::attention {
+
+Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N, const char* op) {
+  EF_CHECK(k.defined() && v.defined() && k.dim() == 4 && v.shape() == k.shape() &&
+               k.dtype() == DType::Float32 && v.dtype() == DType::Float32 && k.size(2) >= 1,
+           ShapeError, op, ": k and v must be float32 [batch, heads, keys >= 1, dim] of one shape; got ",
+           k.defined() ? k.describe() : "undefined", " and ", v.defined() ? v.describe() : "undefined");
+  const int64_t B = k.size(0), H = k.size(1), M = k.size(2), d = k.size(3), BD = B * d;
+  EF_CHECK(N >= 0 && w.defined() && w.dtype() == DType::Float32 && w.dim() == 3 && w.size(0) == H &&
+               w.size(1) >= N && w.size(2) >= M,
+           ShapeError, op, ": w is ", w.defined() ? w.describe() : "undefined", "; expected [", H, ", >= ", N,
+           ", >= ", M, "]");
+  Tensor kc = k.contiguous_data(), vc = v.contiguous_data(), wc = w.contiguous_data();
+  const int64_t R = wc.size(1), ldw = wc.size(2);
+  std::vector<Tensor> Ks, Vs;  // per head, in column layout [M, BD]
+  for (int64_t h = 0; h < H; ++h) {
+    Ks.push_back(Tensor::empty({M, BD})), Vs.push_back(Tensor::empty({M, BD}));
+    kernels::to_columns(kc.data<float>(), B, H, M, d, h, Ks[h].data<float>());
+    kernels::to_columns(vc.data<float>(), B, H, M, d, h, Vs[h].data<float>());
+    const kernels::FullHead fh{
+        Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
+    if (kernels::full_ranges(fh, N) >= kernels::kRange) {  // too wide for the GEMM's factors: exact pairs
+      AftLayout L;
+      L.kind = AftBias::Dense;
+      return aft_average(k, v, w, L, N, {}, op);
+    }
+  }
+  Tensor A = Tensor::empty({B, H, N, d});
+  std::vector<Tensor> Ls;  // the log-normalizers [N, BD] per head, kept for the backward
+  for (int64_t h = 0; h < H; ++h) {
+    Tensor Ah = Tensor::empty({N, BD}), Lh = Tensor::empty({N, BD});
+    const kernels::FullHead fh{
+        Ks[h].data<float>(), Vs[h].data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
+    kernels::full_bidirectional_forward(fh, N, Ah.data<float>(), Lh.data<float>());
+    kernels::from_columns(Ah.data<float>(), B, H, N, d, h, A.data<float>());
+    Ls.push_back(Lh);
+  }
+  Ks.clear(), Vs.clear();  // the backward rebuilds them (memory O(N d) between the passes)
+  Tensor Ad = A.detach();
+  return autograd::record("aft_full_bidirectional", A, {k, v, w}, [kc, vc, wc, Ad, Ls, N](const Tensor& g) {
+    return kernels::backward_by_heads(
+        kc, vc, wc, Ad, g, Ls,
+        [N](const kernels::FullHead& fh, const float* A, const float* L, const float* G, float* dK, float* dV,
+            float* dw) { kernels::full_bidirectional_backward(fh, N, A, L, G, dK, dV, dw); });
+  });
 }
 
 }  // namespace eformer::attention

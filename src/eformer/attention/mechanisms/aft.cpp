@@ -53,64 +53,17 @@ const Tensor* find_tensor(const MechanismArgs& args, const char* key) {
   return it == args.tensors.end() ? nullptr : &it->second;
 }
 
-// The largest range of K (per channel) plus w (per row) for which the GEMM form of AFT-full is used.
-constexpr float kGemmRange = 60.0f;
-
-// max - min over the allowed entries: K per (b, h, channel) over the keys; w per (head, row) over t' < M
-// (t' <= t causal). Returns the largest K range plus the largest w range.
-float value_ranges(const Tensor& k, const Tensor& w, int64_t N, bool causal) {
-  const Tensor kc = k.contiguous_data(), wc = w.contiguous_data();
-  const int64_t BH = k.size(0) * k.size(1), M = k.size(2), d = k.size(3), H = w.size(0), R = w.size(1),
-                C = w.size(2);
-  float rk = 0.f, rw = 0.f;
-  const float* pk = kc.data<float>();
-  std::vector<float> lo(static_cast<size_t>(d)), hi(static_cast<size_t>(d));
-  for (int64_t bh = 0; bh < BH; ++bh) {
-    std::fill(lo.begin(), lo.end(), INFINITY), std::fill(hi.begin(), hi.end(), -INFINITY);
-    for (int64_t j = 0; j < M; ++j)
-      for (int64_t c = 0; c < d; ++c) {
-        const float x = pk[(bh * M + j) * d + c];
-        lo[c] = std::min(lo[c], x), hi[c] = std::max(hi[c], x);
-      }
-    for (int64_t c = 0; c < d; ++c) rk = std::max(rk, hi[c] - lo[c]);
-  }
-  const float* pw = wc.data<float>();
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t t = 0; t < N; ++t) {
-      float a = INFINITY, b = -INFINITY;
-      for (int64_t j = 0; j < (causal ? t + 1 : M); ++j) {
-        const float x = pw[(h * R + t) * C + j];
-        a = std::min(a, x), b = std::max(b, x);
-      }
-      rw = std::max(rw, b - a);
-    }
-  return rk + rw;
-}
-
-// Bidirectional AFT-full as GEMMs (the paper's form): A = E_w (E_k (.) V) / E_w E_k with E_w = exp(w - its
-// row maximum) and E_k = exp(K - its maximum over the keys), per channel; one GEMM
-// [N, M] x [M, B 2 d] per head for numerator and denominator together. Every factor is >= exp(-range),
-// so this is used only while the ranges of K and w sum below kGemmRange (no underflow, in particular
-// of a causal prefix below a later maximum); else the per-pair kernel (kernels/aft.h), exact at any range.
+// AFT-full: the GEMM kernels (kernels/aft_full.cpp) where there is no key mask, else the per-pair kernel
+// (which also names the error of a causal call with N != M or of no keys). Causal: references and the
+// choice of path from the keys up to each query only; a maximum over all keys would let later keys move
+// earlier outputs by rounding.
 Tensor aft_full_average(const Tensor& k, const Tensor& v, const Tensor& w, bool causal, int64_t N,
                         const Tensor& key_mask, const char* op) {
-  const int64_t B = k.size(0), H = k.size(1), M = k.size(2), d = k.size(3);
-  const bool shapes_ok = w.defined() && w.dim() == 3 && w.size(0) == H && w.size(1) >= N && w.size(2) >= M &&
-                         v.shape() == k.shape() && (!causal || N == M) && M >= 1;
   AftLayout L;
   L.kind = AftBias::Dense, L.causal = causal;
-  // Causal: blocked GEMMs with references from earlier keys only (kernels/aft_full.cpp); a maximum over
-  // all keys (or a choice of path made from them) would let later keys move earlier outputs by rounding.
-  if (causal && shapes_ok && !key_mask.defined()) return aft_full_causal(k, v, w, op);
-  if (causal || key_mask.defined() || !shapes_ok || value_ranges(k, w, N, causal) > kGemmRange)
+  if (key_mask.defined() || k.size(2) == 0 || (causal && N != k.size(2)))
     return aft_average(k, v, w, L, N, key_mask, op);
-  const Tensor wn = slice(slice(w, 1, 0, N), 2, 0, M);              // [H, N, M]
-  const Tensor ew = exp(sub(wn, max(wn.detach(), 2, true).first));  // [H, N, M]
-  const Tensor ek = exp(sub(k, max(k.detach(), 2, true).first));    // [B, H, M, d]
-  Tensor x = reshape(permute(cat({mul(ek, v), ek}, 3), {1, 2, 0, 3}), {H, M, B * 2 * d});
-  Tensor nd = permute(reshape(bmm(ew, x), {H, N, B, 2 * d}), {2, 0, 1, 3});  // [B, H, N, 2 d]
-  const auto parts = split(nd, {d, d}, 3);
-  return div(parts[0], parts[1]);
+  return causal ? aft_full_causal(k, v, w, op) : aft_full_bidirectional(k, v, w, N, op);
 }
 
 // Rows y + dy of img [B, h, w, C] (zero outside the image).
@@ -239,14 +192,29 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
   EF_CHECK(v.defined() && v.shape() == k.shape(), ShapeError, op, ": v is ",
            v.defined() ? v.describe() : "undefined", "; expected k's shape ", k.describe(),
            " (sigmoid(q) gates the average of v channel by channel)");
-  if (name == "aft_full")
-    return mul(sigmoid(q), aft_full_average(k, v, bias, opts.causal, N, opts.key_mask, op.c_str()));
   if (image_h > 0) {
     EF_CHECK(!opts.causal && !opts.key_mask.defined(), ValueError, op,
              ": the 2-D form (image_shape) is bidirectional and takes no key_mask");
     return mul(sigmoid(q), aft_conv2d_average(k, v, bias, image_h, image_w, op.c_str()));
   }
-  return mul(sigmoid(q), aft_average(k, v, bias, L, N, opts.key_mask, op.c_str()));
+  const auto average = [&](const Tensor& kk, const Tensor& vv, const Tensor& mask) {
+    return name == "aft_full" ? aft_full_average(kk, vv, bias, opts.causal, N, mask, op.c_str())
+                              : aft_average(kk, vv, bias, L, N, mask, op.c_str());
+  };
+  const int64_t B = k.size(0), H = k.size(1), d = k.size(3);
+  if (!bias.defined() || bias.size(0) != 1 || H == 1) return mul(sigmoid(q), average(k, v, opts.key_mask));
+  // One bias head (w [1, ...]) shared by every head, as the module with heads = 1: the heads become
+  // batch rows [B H, 1, M, d] of that one bias head, so one GEMM serves them all and the gradient of the
+  // shared w is summed over the heads.
+  Tensor mask;
+  if (opts.key_mask.defined()) {
+    EF_CHECK(opts.key_mask.dim() == 2 && opts.key_mask.size(0) == B && opts.key_mask.size(1) == M, ShapeError,
+             op, ": key_mask is ", opts.key_mask.describe(), "; expected bool [batch, keys] = [", B, ", ", M,
+             "]");
+    mask = reshape(contiguous(expand(reshape(opts.key_mask, {B, 1, M}), {B, H, M})), {B * H, M});
+  }
+  const Tensor A = average(reshape(k, {B * H, 1, M, d}), reshape(v, {B * H, 1, M, d}), mask);
+  return mul(sigmoid(q), reshape(A, {B, H, N, d}));
 }
 
 void parse_image_shape(const std::string& who, const nlohmann::json& v, int64_t& height, int64_t& width) {
@@ -323,8 +291,10 @@ AftAttention::AftAttention(std::string name, const MechanismConfig& config, AftO
   // Sizes from outside, checked before they size a parameter (a window, kernel or d' of 2^62 would
   // overflow the shape arithmetic): 65536 is far beyond any useful value.
   for (const auto& [option, value] : {std::pair<const char*, int64_t>{"window", options_.window},
-                                      {"kernel", options_.kernel}, {"hidden", options_.hidden}})
-    EF_CHECK(value <= 65536, ValueError, label(), ": option ", option, " = ", value, "; expected at most 65536");
+                                      {"kernel", options_.kernel},
+                                      {"hidden", options_.hidden}})
+    EF_CHECK(value <= 65536, ValueError, label(), ": option ", option, " = ", value,
+             "; expected at most 65536");
   if (this->name() == "aft_full" && options_.factorized) {
     w_u_ = &register_parameter("w_u", nn::normal_init({H_, L, options_.hidden}, 1e-2f));
     w_v_ = &register_parameter("w_v", nn::normal_init({H_, L, options_.hidden}, 1e-2f));

@@ -4,7 +4,7 @@
 // Registered names:
 //   "aft_full"    w [H, L, L] over max_len L (fixed-length), by default factorized w = U V^T (eq. 7) with
 //                 U, V [H, L, d'] (option hidden = d', 256; factorized false: w itself); GEMMs on exp(w) and
-//                 exp(K) (.) V while the ranges allow (causal: blocked, kernels/aft_full.cpp), else per pair
+//                 exp(K) (.) V by query blocks while the ranges allow (kernels/aft_full.cpp), else per pair
 //   "aft_simple"  w = 0 (eq. 5): O(N d)
 //   "aft_local"   w learned inside the window |t - t'| < s and 0 outside (eq. 4, *not* -inf: global
 //                 connectivity is kept); the band is stored directly, w [H, L, S] (fixed-length; S = s
@@ -44,6 +44,8 @@ MechanismEntry aft_entry(const std::string& name);
 //   aft_local   "w" the band [H, >= N, S]: w_t,t' = w[h, t, t' - t + p], p = S - 1 causal (S = s) and
 //               (S - 1) / 2 bidirectional (S = 2 s - 1, odd)
 //   aft_conv    "w" the (reparameterized) kernel [H, s], p = s - 1 causal, (s - 1) / 2 bidirectional
+// A w (or w_u and w_v) of one head, [1, ...], is shared by all H heads (the module with heads = 1): one
+// GEMM over the heads' columns, its gradient summed over the heads (aft_full, aft_local, aft_conv).
 // No JSON options. opts.key_mask is honoured; no scale or dropout (ValueError).
 Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, const Tensor& v,
                      const AttentionOptions& opts, const MechanismArgs& args = {});

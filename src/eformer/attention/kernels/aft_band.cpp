@@ -1,0 +1,286 @@
+// AFT-local and AFT-conv (the Band and Toeplitz layouts of kernels/aft.h) with the window as GEMMs. The
+// window's sum of query t, sum_t' exp(w_t,t' + K_t') V_t' over t' in [first(t), last(t)), factors as
+//     exp(a_t) sum_t' E_t,t' X_t',   E_t,t' = exp(w_t,t' + r_t' - a_t),   X_t' = exp(K_t' - r_t') [V_t' | 1]
+// with r_t' the maximum of K_t' over the channels of every (batch, head) sharing the bias (one number per
+// key) and a_t the maximum of w_t,t' + r_t' over the window, so E <= 1 with a 1 in every row and X <= 1.
+// Per block of kRows queries, E is a band [rows, rows + S - 1] and the window sums of the block are one
+// GEMM E X [rows, 2 d]: T d exponentials in all instead of T S d, the window summed by the GEMM. The keys
+// outside the window (bias 0) are the running prefix and suffix sums of the pair-by-pair kernel
+// (kernels/aft.cpp), combined with the window in log space; nothing is subtracted.
+//
+// Exactness: a channel c of key t' contributes exp(K_t',c - r_t') >= exp(-sigma_t'), sigma_t' = r_t' minus
+// the minimum of K_t' over those channels, so the window's largest term of every channel stays far from
+// underflow while sigma < kRange over the window. A row whose window holds a key with a wider spread is
+// summed pair by pair instead (exact at any range). Both the references and that choice for row t come from
+// keys t' in its window only, and E_t,t' = 0 exactly for keys outside it, so in the causal form no later key
+// changes an earlier output, not even by rounding (the GEMM adds exact zeros).
+//
+// Backward, with the saved log-normalizer L: P_t,t' = E_t,t' X_t' F_t, F_t = exp(a_t - L_t) per channel, so
+// with [G | -H]_t = [dA_t F_t | -dA_t A_t F_t]:  Q = E^T [G | -H] gives dV = x (.) Q_G and the window's
+// part of dK, x (.) Q_H (x = exp(K - r)); dw_t,t' = E_t,t' ([G | -H] X^T)_t,t'. The bias gradient is made
+// per (batch, head) and summed over the batch in order afterwards, so no result depends on the threads.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "eformer/attention/kernels/aft_pairs.h"
+#include "eformer/attention/kernels/scratch.h"
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/blas.h"
+#include "eformer/core/parallel.h"
+
+namespace eformer::kernels {
+namespace {
+
+constexpr int64_t kRows = 32;    // query rows per block
+constexpr float kRange = 60.0f;  // the widest spread of a key's channels the GEMM serves
+
+// What the batch shares per bias head hb: the key references r [M], the row references a [N] (-inf for
+// an empty window), whether the GEMM serves each row, and the band blocks E [blocks, kRows, J] (J =
+// kRows + S - 1 columns; block i's column 0 is key first(i kRows); rows the GEMM does not serve are 0).
+struct BandPlan {
+  int64_t N = 0, M = 0, J = 0, blocks = 0;
+  std::vector<float> r, a, E;
+  std::vector<uint8_t> gemm;
+  const float* block(int64_t hb, int64_t i) const { return E.data() + ((hb * blocks + i) * kRows) * J; }
+};
+
+BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int64_t N) {
+  const AftHead& h0 = heads[0];
+  BandPlan plan;
+  plan.N = N, plan.M = h0.M, plan.J = kRows + h0.S - 1, plan.blocks = (N + kRows - 1) / kRows;
+  const int64_t M = plan.M, d = h0.d, J = plan.J;
+  plan.r.assign(size_t(H * M), 0.f), plan.a.assign(size_t(H * N), -kInf), plan.gemm.assign(size_t(H * N), 0);
+  plan.E.assign(size_t(H * plan.blocks * kRows * J), 0.f);
+  std::vector<float> sigma(static_cast<size_t>(H * M));
+  parallel::parallel_for(H * M, 64, [&](int64_t from, int64_t to) {
+    for (int64_t item = from; item < to; ++item) {
+      const int64_t hb = item / M, j = item % M;
+      float lo = kInf, hi = -kInf;
+      for (int64_t b = 0; b < B; ++b) {
+        const float* kk = heads[b * H + hb].key(j);
+        for (int64_t c = 0; c < d; ++c) lo = std::min(lo, kk[c]), hi = std::max(hi, kk[c]);
+      }
+      plan.r[item] = hi, sigma[item] = hi - lo;
+    }
+  });
+  parallel::parallel_for(H * N, 16, [&](int64_t from, int64_t to) {
+    for (int64_t item = from; item < to; ++item) {
+      const int64_t hb = item / N, t = item % N;
+      const AftHead& h = heads[hb];
+      const float *r = plan.r.data() + hb * M, *sg = sigma.data() + hb * M;
+      const int64_t j0 = h.first(t), j1 = h.last(t), i0 = t / kRows * kRows, jlo = h.first(i0);
+      float a = -kInf, spread = 0.f;
+      for (int64_t j = j0; j < j1; ++j)
+        a = std::max(a, h.bias(t, j) + r[j]), spread = std::max(spread, sg[j]);
+      plan.a[item] = a;
+      const bool gemm = j0 < j1 && std::isfinite(a) && spread < kRange;
+      plan.gemm[item] = gemm;
+      if (!gemm) continue;
+      float* row = plan.E.data() + ((hb * plan.blocks + t / kRows) * kRows + t % kRows) * J;
+      for (int64_t j = j0; j < j1; ++j) row[j - jlo] = fast_exp(h.bias(t, j) + r[j] - a);
+    }
+  });
+  return plan;
+}
+
+// X [M, 2 d] = [x (.) V | x], x = exp(K - r) of one (batch, head).
+void band_operand(const AftHead& h, const float* r, float* X) {
+  const int64_t d = h.d;
+  for (int64_t j = 0; j < h.M; ++j) {
+    const float *kk = h.key(j), *vv = h.value(j);
+    float* xj = X + j * 2 * d;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float e = fast_exp(kk[c] - r[j]);
+      xj[c] = e * vv[c], xj[d + c] = e;
+    }
+  }
+}
+
+// Combines query t's window sums P = [num | den] (reference a) with the prefix (and suffix) sums:
+// A [d], lse [d] as average_row.
+void combine_row(int64_t d, const float* P, float a, const Running& pre, const Running* suf, float* A,
+                 float* lse) {
+  if (std::isfinite(a) && suf) {  // prefix, window and suffix; the part holding m has den >= exp(-kRange)
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const float m = std::max(std::max(pre.mx[c], suf->mx[c]), a);
+      const float sp = fast_exp(pre.mx[c] - m), ss = fast_exp(suf->mx[c] - m), sw = fast_exp(a - m);
+      const float num = pre.num[c] * sp + suf->num[c] * ss + P[c] * sw;
+      const float den = pre.den[c] * sp + suf->den[c] * ss + P[d + c] * sw;
+      A[c] = num / den, lse[c] = m + fast_log(den);
+    }
+    return;
+  }
+  if (!std::isfinite(a)) {  // an empty window (bidirectional, a query past the keys): the general form
+    const bool window = std::isfinite(a);
+    for (int64_t c = 0; c < d; ++c) {
+      float m = std::max(pre.mx[c], suf ? suf->mx[c] : -kInf);
+      m = window ? std::max(m, a) : m;
+      m = m == -kInf ? 0.f : m;
+      const float sp = fast_exp(pre.mx[c] - m);
+      float num = pre.num[c] * sp, den = pre.den[c] * sp;
+      if (suf) {
+        const float ss = fast_exp(suf->mx[c] - m);
+        num += suf->num[c] * ss, den += suf->den[c] * ss;
+      }
+      if (window) {
+        const float sw = fast_exp(a - m);
+        num += P[c] * sw, den += P[d + c] * sw;
+      }
+      const bool any = den > 0.f;
+      A[c] = any ? num / den : 0.f, lse[c] = any ? m + std::log(den) : -kInf;
+    }
+    return;
+  }
+  // Causal: the prefix and the window, one exponential per channel (the larger reference scales by 1).
+  // The window's den is >= exp(-kRange), so the log is of a normal float.
+#pragma omp simd
+  for (int64_t c = 0; c < d; ++c) {
+    const float x = pre.mx[c] - a, e = fast_exp(-std::fabs(x));
+    const bool prefix_larger = x > 0.f;
+    const float sp = prefix_larger ? 1.f : e, sw = prefix_larger ? e : 1.f;
+    const float num = pre.num[c] * sp + P[c] * sw, den = pre.den[c] * sp + P[d + c] * sw;
+    A[c] = num / den, lse[c] = (prefix_larger ? pre.mx[c] : a) + fast_log(den);
+  }
+}
+
+// Forward of one (batch, head) with bias head hb: A, lse [N, d]; scratch as forward_scratch.
+int64_t forward_scratch(int64_t M, int64_t N, int64_t d, bool causal) {
+  return M * 2 * d + kRows * 2 * d + 6 * d + (causal ? 0 : 3 * N * d);
+}
+void band_forward(const AftHead& h, const BandPlan& plan, int64_t hb, float* A, float* lse, float* buf) {
+  const int64_t N = plan.N, M = plan.M, d = h.d, J = plan.J;
+  float *X = buf, *P = X + M * 2 * d, *run = P + kRows * 2 * d, *tmp = run + 3 * d, *sf = tmp + 3 * d;
+  band_operand(h, plan.r.data() + hb * M, X);
+  if (!h.causal) suffix_sums(h, N, sf, sf + N * d, sf + 2 * N * d);
+  Running pre{run, run + d, run + 2 * d};
+  pre.reset(d);
+  int64_t next = 0;
+  const float* a = plan.a.data() + hb * N;
+  const uint8_t* gemm = plan.gemm.data() + hb * N;
+  for (int64_t i0 = 0; i0 < N; i0 += kRows) {
+    const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0), jhi = h.last(i1 - 1);
+    if (std::any_of(gemm + i0, gemm + i1, [](uint8_t g) { return g != 0; }))
+      column_sgemm(false, false, i1 - i0, 2 * d, jhi - jlo, plan.block(hb, i0 / kRows), J, X + jlo * 2 * d,
+                   2 * d, 0.f, P, 2 * d);
+    for (int64_t t = i0; t < i1; ++t) {
+      for (; next < h.first(t); ++next) pre.add(h.key(next), h.value(next), d);
+      const Running suf{sf + t * d, sf + (N + t) * d, sf + (2 * N + t) * d};
+      if (gemm[t])
+        combine_row(d, P + (t - i0) * 2 * d, a[t], pre, h.causal ? nullptr : &suf, A + t * d, lse + t * d);
+      else
+        average_row(h, t, pre, h.causal ? nullptr : &suf, A + t * d, lse + t * d, tmp, tmp + d, tmp + 2 * d);
+    }
+  }
+}
+
+// Backward of one (batch, head): dk, dv [M, d]; its bias gradient band [N, S] (band[t, t' - t + p]).
+int64_t backward_scratch(int64_t M, int64_t d, int64_t J) {
+  return M * 2 * d + kRows * 2 * d + J * 2 * d + kRows * J + J + 3 * d;
+}
+void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const float* A, const float* lse,
+                   const float* g, float* dk, float* dv, float* band, float* buf) {
+  const int64_t N = plan.N, M = plan.M, d = h.d, J = plan.J, S = h.S;
+  float *X = buf, *GH = X + M * 2 * d, *Q = GH + kRows * 2 * d, *R = Q + J * 2 * d, *row = R + kRows * J,
+        *tmp = row + J;
+  band_operand(h, plan.r.data() + hb * M, X);
+  std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
+  const float* a = plan.a.data() + hb * N;
+  const uint8_t* gemm = plan.gemm.data() + hb * N;
+  for (int64_t i0 = 0; i0 < N; i0 += kRows) {
+    const int64_t i1 = std::min(N, i0 + kRows), C = i1 - i0, jlo = h.first(i0), jhi = h.last(i1 - 1);
+    bool any = false;
+    for (int64_t t = i0; t < i1; ++t) {
+      float* gh = GH + (t - i0) * 2 * d;
+      const bool serve = gemm[t] && lse[t * d] != -kInf;
+      any = any || serve;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) {
+        const int64_t o = t * d + c;
+        const float f = serve ? fast_exp(a[t] - lse[o]) : 0.f;
+        gh[c] = g[o] * f, gh[d + c] = -g[o] * A[o] * f;
+      }
+    }
+    if (any && jhi > jlo) {
+      const float* E = plan.block(hb, i0 / kRows);
+      column_sgemm(true, false, jhi - jlo, 2 * d, C, E, J, GH, 2 * d, 0.f, Q, 2 * d);
+      for (int64_t j = jlo; j < jhi; ++j) {
+        const float *x = X + j * 2 * d + d, *q = Q + (j - jlo) * 2 * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) dv[j * d + c] += x[c] * q[c], dk[j * d + c] += x[c] * q[d + c];
+      }
+      column_sgemm(false, true, C, jhi - jlo, 2 * d, GH, 2 * d, X + jlo * 2 * d, 2 * d, 0.f, R, J);
+      for (int64_t t = i0; t < i1; ++t) {
+        if (!gemm[t]) continue;
+        const float *e = E + (t - i0) * J, *rr = R + (t - i0) * J;
+        for (int64_t j = h.first(t); j < h.last(t); ++j) band[t * S + j - t + h.p] = e[j - jlo] * rr[j - jlo];
+      }
+    }
+    for (int64_t t = i0; t < i1; ++t) {  // the rows the GEMM does not serve: pair by pair
+      if (gemm[t]) continue;
+      window_row_backward(h, t, A + t * d, lse + t * d, g + t * d, dk, dv);
+      const int64_t j0 = h.first(t), j1 = h.last(t);
+      std::fill(row, row + (j1 - j0), 0.f);
+      bias_row_add(h, t, A + t * d, lse + t * d, g + t * d, row);
+      for (int64_t j = j0; j < j1; ++j) band[t * S + j - t + h.p] = row[j - j0];
+    }
+  }
+  outside_window_backward(h, N, A, lse, g, dk, dv, tmp);
+  for (int64_t j = 0; j < M; ++j)
+    for (int64_t c = 0; c < d; ++c) dk[j * d + c] += h.value(j)[c] * dv[j * d + c];
+}
+
+}  // namespace
+
+Tensor band_average(const Tensor& k, const Tensor& v, const Tensor& w, const Tensor& kc, const Tensor& vc,
+                    const Tensor& wc, const std::vector<AftHead>& heads, int64_t B, int64_t H, int64_t N,
+                    const attention::AftLayout& layout) {
+  const int64_t M = heads[0].M, d = heads[0].d;
+  auto plan = std::make_shared<const BandPlan>(make_plan(heads, B, H, N));
+  Tensor A = Tensor::empty({B, H, N, d}), lse = Tensor::empty({B, H, N, d});
+  float *pA = A.data<float>(), *pl = lse.data<float>();
+  for_each_item(B * H, forward_scratch(M, N, d, layout.causal), [&](int64_t bh, float* buf) {
+    band_forward(heads[bh], *plan, bh % H, pA + bh * N * d, pl + bh * N * d, buf);
+  });
+  Tensor Ad = A.detach();
+  return autograd::record(
+      "aft_band_average", A, {k, v, w}, [kc, vc, wc, Ad, lse, heads, plan, B, H, N, layout](const Tensor& g) {
+        const int64_t M = heads[0].M, d = heads[0].d, S = layout.S;
+        Tensor gc = g.contiguous_data();
+        Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
+        ScratchBuffer bands(B * H * N * S);  // each (batch, head)'s bias gradient [N, S]
+        std::fill(bands.data, bands.data + B * H * N * S, 0.f);
+        const float *pA = Ad.data<float>(), *pl = lse.data<float>(), *pg = gc.data<float>();
+        for_each_item(B * H, backward_scratch(M, d, plan->J), [&](int64_t bh, float* buf) {
+          const int64_t o = bh * N * d;
+          band_backward(heads[bh], *plan, bh % H, pA + o, pl + o, pg + o, dk.data<float>() + bh * M * d,
+                        dv.data<float>() + bh * M * d, bands.data + bh * N * S, buf);
+        });
+        // dw: the batch summed in order per (bias head, row); a kernel (Toeplitz) also over the rows.
+        Tensor dw = Tensor::zeros(wc.shape());
+        const bool toeplitz = layout.kind == attention::AftBias::Toeplitz;
+        Tensor rows = toeplitz ? Tensor::zeros({H, N, S}) : Tensor();
+        float* out = toeplitz ? rows.data<float>() : dw.data<float>();
+        const int64_t head_stride = toeplitz ? N * S : wc.size(1) * S;
+        parallel::parallel_for(H * N, 16, [&](int64_t from, int64_t to) {
+          for (int64_t item = from; item < to; ++item) {
+            const int64_t hb = item / N, t = item % N;
+            float* o = out + hb * head_stride + t * S;
+            for (int64_t b = 0; b < B; ++b) {
+              const float* src = bands.data + ((b * H + hb) * N + t) * S;
+              for (int64_t i = 0; i < S; ++i) o[i] += src[i];
+            }
+          }
+        });
+        if (toeplitz)
+          for (int64_t hb = 0; hb < H; ++hb)
+            for (int64_t t = 0; t < N; ++t)
+              for (int64_t i = 0; i < S; ++i) dw.data<float>()[hb * S + i] += out[(hb * N + t) * S + i];
+        return std::vector<Tensor>{dk, dv, dw};
+      });
+}
+
+}  // namespace eformer::kernels
