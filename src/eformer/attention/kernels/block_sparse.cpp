@@ -183,20 +183,32 @@ int64_t shifted_position_grad(const Problem& P, float* g, const float* ds, int64
   return std::min(rows + cols - 1, P.M - P.position_row(i0, rows, j0));
 }
 
-// out [rows, d] = sum over g = 0 .. G - 1, in that order, of parts [G, rows, dp].
-void sum_group_partials(float* out, const float* parts, int64_t G, int64_t rows, int64_t d, int64_t dp) {
-  parallel::parallel_for(rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* o = out + r * d;
-      std::memcpy(o, parts + r * dp, size_t(d) * sizeof(float));
-      for (int64_t g = 1; g < G; ++g) {
-        const float* x = parts + (g * rows + r) * dp;
+// The backward's partials of one gradient (dQ, dQW) [rows, d], one per key-block group: group 0
+// accumulates in the output itself when its rows need no padding (d == dp), groups 1 .. G - 1 in
+// scratch [G - 1, rows, dp]; sum() then adds them in group order.
+struct GroupPartials {
+  float* out;
+  int64_t G, rows, d, dp;
+  bool direct;
+  ScratchBuffer parts;
+  GroupPartials(float* out_, int64_t G_, int64_t rows_, int64_t d_, int64_t dp_)
+      : out(out_), G(G_), rows(rows_), d(d_), dp(dp_), direct(d_ == dp_),
+        parts(std::max<int64_t>(0, G_ - (d_ == dp_)) * rows_ * dp_) {}
+  float* group(int64_t g) const { return direct && g == 0 ? out : parts.data + (g - direct) * rows * dp; }
+  void sum() const {
+    parallel::parallel_for(rows, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = out + r * d;
+        if (!direct) std::memcpy(o, group(0) + r * dp, size_t(d) * sizeof(float));
+        for (int64_t g = 1; g < G; ++g) {
+          const float* x = group(g) + r * dp;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) o[c] += x[c];
+          for (int64_t c = 0; c < d; ++c) o[c] += x[c];
+        }
       }
-    }
-  });
-}
+    });
+  }
+};
 
 }  // namespace
 
@@ -241,10 +253,10 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
     std::memset(O, 0, size_t(rows * dp) * sizeof(float));
     std::vector<attention::OnlineSoftmax> state(static_cast<size_t>(rows));
-    for (int64_t p = L.row_start[size_t(lh * nq + qb)]; p < L.row_start[size_t(lh * nq + qb + 1)]; ++p) {
-      const int64_t kb = L.row_key_block[size_t(p)], j0 = kb * b, cols = std::min(b, M - j0);
+    for (int64_t p = L.row_begin(lh, qb); p < L.row_end(lh, qb); ++p) {
+      const int64_t kb = L.row_key(p), j0 = kb * b, cols = std::min(b, M - j0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      masked_scores(P, s, g, bh, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
+      masked_scores(P, s, g, bh, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask_id(p)), km);
       for (int64_t r = 0; r < rows; ++r) {
         const float rescale = state[size_t(r)].update(s + r * bp, cols);
         if (rescale != 1.0f) {
@@ -312,8 +324,9 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
   // scale dS K_j into its group's own dQ (and the position term's dQW = scale dG R) partial;
   // the partials are then summed in group order. 5 tile products per pair; G depends on B H and nk
   // only, so every element is summed in one order whatever the thread count.
-  const int64_t G = backward_groups(B * H, nk), rows_all = B * H * N;
-  ScratchBuffer dq_parts(G * rows_all * dp), dqw_parts(position ? G * rows_all * dp : 0);
+  // The position term runs in one group: its dQW partials would double the memory of dQ's.
+  const int64_t G = position ? 1 : backward_groups(B * H, nk), rows_all = B * H * N;
+  const GroupPartials dq_parts(dq, G, rows_all, d, dp), dqw_parts(dqw, position ? G : 0, rows_all, d, dp);
   for_each_item(B * H * G, tiles + 2 * b * dp + gsize, [&](int64_t item, float* scratch) {
     float* p = scratch;
     float* ds = p + b * bp;
@@ -323,8 +336,8 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
     float* g = dV + b * dp;  // position only
     const int64_t bh = item / G, group = item % G, bb = bh / H, lh = P.layout_head(bh);
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
-    float* dQ = dq_parts.data + (group * rows_all + bh * N) * dp;
-    float* dQW = position ? dqw_parts.data + (group * rows_all + bh * N) * dp : nullptr;
+    float* dQ = dq_parts.group(group) + bh * N * dp;
+    float* dQW = position ? dqw_parts.group(group) + bh * N * dp : nullptr;
     std::memset(dQ, 0, size_t(N * dp) * sizeof(float));
     if (dQW) std::memset(dQW, 0, size_t(N * dp) * sizeof(float));
     for (int64_t kb = group; kb < nk; kb += G) {
@@ -333,12 +346,12 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
       std::memset(dV, 0, size_t(cols * dp) * sizeof(float));
       float* db = bias ? dbias_parts.data + (bh * nk + kb) * labels : nullptr;
       if (db) std::fill(db, db + labels, 0.0f);
-      for (int64_t e = L.col_start[size_t(lh * nk + kb)]; e < L.col_start[size_t(lh * nk + kb + 1)]; ++e) {
-        const int64_t qb = L.col_query_block[size_t(e)], i0 = qb * b, rows = std::min(b, N - i0);
+      for (int64_t e = L.col_begin(lh, kb); e < L.col_end(lh, kb); ++e) {
+        const int64_t qb = L.col_query(e), i0 = qb * b, rows = std::min(b, N - i0);
         if (!P.live(bb, i0, rows, kb)) continue;
         pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
                        kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
-                       rows, j0, cols, L.mask(L.col_mask[size_t(e)]), km);
+                       rows, j0, cols, L.mask(L.col_mask_id(e)), km);
         tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
         tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
         tile::gemm(rows, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ + i0 * dp, dp, scale, true);
@@ -357,8 +370,8 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
       }
     }
   });
-  sum_group_partials(dq, dq_parts.data, G, rows_all, d, dp);
-  if (position) sum_group_partials(dqw, dqw_parts.data, G, rows_all, d, dp);
+  dq_parts.sum();
+  if (position) dqw_parts.sum();
 
   if (dbias) {
     std::fill(dbias, dbias + H * labels, 0.0f);

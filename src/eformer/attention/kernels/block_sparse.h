@@ -90,8 +90,8 @@ struct PositionScores {
   const float* r = nullptr;   // [H, keys, d]
 };
 
-// The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
-// other sizes were not measured yet: see docs/BENCHMARKS.md).
+// The block size the mechanisms build their layouts with (flash's dense layout uses kFlashBlock;
+// docs/BENCHMARKS.md, block size).
 inline constexpr int64_t kBlockSparseBlock = 64;
 // The block size in use: kBlockSparseBlock, or EFORMER_SPARSE_BLOCK (an integer >= 1, read once; for
 // measuring other sizes, docs/BENCHMARKS.md).
@@ -120,13 +120,14 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
 // dv [B*H, M, d]. With D_i = rowsum(dO o O) and, per pair, P = exp(S - L), dS = P o (dP o Z - D)
 // with dP = dO_i V_j^T: dV = (P o Z)^T dO, dK = scale dS^T Q and dQ = scale dS K (5 tile products
 // per pair) in one pass parallel over (b, h, key-block group): G = backward_groups(B H, nk) groups,
-// key block kb in group kb mod G, each group adding into its own dQ partial [B*H, N, d] (memory
-// G B H N d floats), summed in group order afterwards. Every element is summed in an order fixed by
+// key block kb in group kb mod G, each group adding into its own dQ partial [B*H, N, d] (group 0
+// into dq itself when d is a multiple of the vector width: memory (G - 1) B H N d floats), summed
+// in group order afterwards. Every element is summed in an order fixed by
 // the layout and G: bits do not depend on the thread count.
 // With a bias (a layout in q/k order), dbias [H, labels] receives the sum of dS per head and label,
 // summed per key block and then over (batch, key block) in order.
-// With a position term (causal, every block full): dqw [B*H, N, d] = scale sum_j dS_ij r_p(i,j) by
-// group partials as dQ, and dr [H, M, d] = scale sum_{p(i,j) = p} dS_ij qw_i in a second pass parallel
+// With a position term (causal, every block full), G = 1: dqw [B*H, N, d] = scale sum_j dS_ij r_p(i,j)
+// alongside dQ, and dr [H, M, d] = scale sum_{p(i,j) = p} dS_ij qw_i in a second pass parallel
 // over (b, h, block diagonal) (a diagonal's tiles need the same 2 block - 1 rows of r), each into its
 // own rows, then summed over (batch, diagonal) in order.
 void block_sparse_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
