@@ -184,24 +184,22 @@ int64_t shifted_position_grad(const Problem& P, float* g, const float* ds, int64
 }
 
 // The backward's partials of one gradient (dQ, dQW) [rows, d], one per key-block group: group 0
-// accumulates in the output itself when its rows need no padding (d == dp), groups 1 .. G - 1 in
-// scratch [G - 1, rows, dp]; sum() then adds them in group order.
+// accumulates in the output itself, groups 1 .. G - 1 in scratch [G - 1, rows, d]; sum() then adds
+// them to the output in group order.
 struct GroupPartials {
   float* out;
-  int64_t G, rows, d, dp;
-  bool direct;
+  int64_t G, rows, d;
   ScratchBuffer parts;
-  GroupPartials(float* out_, int64_t G_, int64_t rows_, int64_t d_, int64_t dp_)
-      : out(out_), G(G_), rows(rows_), d(d_), dp(dp_), direct(d_ == dp_),
-        parts(std::max<int64_t>(0, G_ - (d_ == dp_)) * rows_ * dp_) {}
-  float* group(int64_t g) const { return direct && g == 0 ? out : parts.data + (g - direct) * rows * dp; }
+  GroupPartials(float* out_, int64_t G_, int64_t rows_, int64_t d_)
+      : out(out_), G(G_), rows(rows_), d(d_), parts(std::max<int64_t>(0, G_ - 1) * rows_ * d_) {}
+  float* group(int64_t g) const { return g == 0 ? out : parts.data + (g - 1) * rows * d; }
   void sum() const {
+    if (G <= 1) return;
     parallel::parallel_for(rows, 256, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         float* o = out + r * d;
-        if (!direct) std::memcpy(o, group(0) + r * dp, size_t(d) * sizeof(float));
         for (int64_t g = 1; g < G; ++g) {
-          const float* x = group(g) + r * dp;
+          const float* x = group(g) + r * d;
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) o[c] += x[c];
         }
@@ -209,6 +207,20 @@ struct GroupPartials {
     });
   }
 };
+
+// y [rows, d] (row stride d) += alpha A B with the product [rows, dp] (tile::gemm's operands): in
+// place when d = dp, else through the tile t [rows, dp].
+void gemm_into_rows(int64_t rows, int64_t d, int64_t dp, int64_t K, const float* A, int64_t a_rs, int64_t a_cs,
+                    const float* Bm, int64_t ldb, float* y, float alpha, float* t) {
+  if (d == dp) return tile::gemm(rows, dp, K, A, a_rs, a_cs, Bm, ldb, y, d, alpha, true);
+  tile::gemm(rows, dp, K, A, a_rs, a_cs, Bm, ldb, t, dp, alpha, false);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* yr = y + r * d;
+    const float* tr = t + r * dp;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) yr[c] += tr[c];
+  }
+}
 
 }  // namespace
 
@@ -326,8 +338,8 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
   // only, so every element is summed in one order whatever the thread count.
   // The position term runs in one group: its dQW partials would double the memory of dQ's.
   const int64_t G = position ? 1 : backward_groups(B * H, nk), rows_all = B * H * N;
-  const GroupPartials dq_parts(dq, G, rows_all, d, dp), dqw_parts(dqw, position ? G : 0, rows_all, d, dp);
-  for_each_item(B * H * G, tiles + 2 * b * dp + gsize, [&](int64_t item, float* scratch) {
+  const GroupPartials dq_parts(dq, G, rows_all, d), dqw_parts(dqw, position ? G : 0, rows_all, d);
+  for_each_item(B * H * G, tiles + 3 * b * dp + gsize, [&](int64_t item, float* scratch) {
     float* p = scratch;
     float* ds = p + b * bp;
     float* z = ds + b * bp;  // dropout only
@@ -336,10 +348,11 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
     float* g = dV + b * dp;  // position only
     const int64_t bh = item / G, group = item % G, bb = bh / H, lh = P.layout_head(bh);
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
-    float* dQ = dq_parts.group(group) + bh * N * dp;
-    float* dQW = position ? dqw_parts.group(group) + bh * N * dp : nullptr;
-    std::memset(dQ, 0, size_t(N * dp) * sizeof(float));
-    if (dQW) std::memset(dQW, 0, size_t(N * dp) * sizeof(float));
+    float* t = g + gsize;  // a dQ tile when d < dp   [b, dp]
+    float* dQ = dq_parts.group(group) + bh * N * d;
+    float* dQW = position ? dqw_parts.group(group) + bh * N * d : nullptr;
+    std::memset(dQ, 0, size_t(N * d) * sizeof(float));
+    if (dQW) std::memset(dQW, 0, size_t(N * d) * sizeof(float));
     for (int64_t kb = group; kb < nk; kb += G) {
       const int64_t j0 = kb * b, cols = std::min(b, M - j0);
       std::memset(dK, 0, size_t(cols * dp) * sizeof(float));
@@ -354,14 +367,14 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
                        rows, j0, cols, L.mask(L.col_mask_id(e)), km);
         tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
         tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
-        tile::gemm(rows, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ + i0 * dp, dp, scale, true);
+        gemm_into_rows(rows, d, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ + i0 * d, scale, t);
         if (db)  // d(score) / d(bias) = 1: dS summed per label
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t c = 0; c < cols; ++c) db[bias->labels(i0 + r, j0 + c)] += ds[r * bp + c];
         if (dQW) {
           const int64_t span = shifted_position_grad(P, g, ds, i0, rows, j0, cols);
-          tile::gemm(rows, dp, span, g, P.gp, 1, RP + ((bh % H) * M + P.position_row(i0, rows, j0)) * dp, dp,
-                     dQW + i0 * dp, dp, scale, true);
+          gemm_into_rows(rows, d, dp, span, g, P.gp, 1, RP + ((bh % H) * M + P.position_row(i0, rows, j0)) * dp, dp,
+                         dQW + i0 * d, scale, t);
         }
       }
       for (int64_t c = 0; c < cols; ++c) {

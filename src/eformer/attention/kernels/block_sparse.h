@@ -100,7 +100,7 @@ int64_t block_sparse_block();
 // The number of key-block groups of the backward: enough (batch, head, group) items to keep
 // kBackwardItems threads busy at B H = 1 (the causal triangle's columns are unequal), at most
 // kMaxBackwardGroups and nk; a function of B H and nk only, never of the thread count.
-inline constexpr int64_t kBackwardItems = 16;
+inline constexpr int64_t kBackwardItems = 4;
 inline constexpr int64_t kMaxBackwardGroups = 8;
 inline int64_t backward_groups(int64_t BH, int64_t nk) {
   const int64_t want = (kBackwardItems + BH - 1) / std::max<int64_t>(BH, 1);
@@ -121,8 +121,7 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
 // with dP = dO_i V_j^T: dV = (P o Z)^T dO, dK = scale dS^T Q and dQ = scale dS K (5 tile products
 // per pair) in one pass parallel over (b, h, key-block group): G = backward_groups(B H, nk) groups,
 // key block kb in group kb mod G, each group adding into its own dQ partial [B*H, N, d] (group 0
-// into dq itself when d is a multiple of the vector width: memory (G - 1) B H N d floats), summed
-// in group order afterwards. Every element is summed in an order fixed by
+// into dq itself: memory (G - 1) B H N d floats), summed in group order afterwards. Every element is summed in an order fixed by
 // the layout and G: bits do not depend on the thread count.
 // With a bias (a layout in q/k order), dbias [H, labels] receives the sum of dS per head and label,
 // summed per key block and then over (batch, key block) in order.
