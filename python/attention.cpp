@@ -127,7 +127,7 @@ void bind_attention(py::module_& m) {
           int64_t tiles = 0;  // block pairs computed over the `heads` heads
           for (int64_t h = 0; h < heads; ++h) {
             const int64_t lh = h % L->heads;
-            tiles += L->row_start[size_t((lh + 1) * L->nq)] - L->row_start[size_t(lh * L->nq)];
+            tiles += L->row_begin(lh + 1, 0) - L->row_begin(lh, 0);
           }
           py::dict d;
           d["block"] = L->block;
@@ -135,7 +135,7 @@ void bind_attention(py::module_& m) {
           d["keys"] = L->keys;
           d["layout_heads"] = L->heads;
           d["pairs"] = tiles;
-          d["masked_pairs"] = int64_t(std::count_if(L->row_mask.begin(), L->row_mask.end(), [](int32_t x) { return x >= 0; }));
+          d["masked_pairs"] = L->masked_pairs();
           d["allowed_elements"] = L->allowed_elements;
           d["masks"] = int64_t(L->masks.size() / size_t(L->block * L->block));
           out.append(d);

@@ -154,6 +154,35 @@ def test_bit_identical_on_1_and_2_threads(rng, kind):
         assert np.array_equal(a, b), what
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("N,M", [(700, 700), (520, 900), (900, 333)])
+def test_flash_at_one_head_matches_torch(rng, causal, N, M):
+    # B = H = 1 with many 128-key tiles: the backward splits the key blocks into several groups.
+    q, k, v = qkv(rng, 1, 1, N, M, 32)
+    km = random_key_mask(rng, 1, M)
+    check(lambda q, k, v, km: ef.attention(q, k, v, kind="flash", causal=causal, key_mask=km),
+          lambda q, k, v, km: torch_attention(q, k, v, causal, km.numpy()), [q, k, v, km], rng)
+
+
+def test_flash_bit_identical_on_1_2_and_3_threads_at_one_head(rng):
+    N, M, d = 1000, 1100, 24
+    q, k, v = qkv(rng, 1, 1, N, M, d)
+    g = rng.standard_normal((1, 1, N, d))
+    km = ef.tensor(random_key_mask(rng, 1, M))
+    before = ef.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            ef.set_num_threads(threads)
+            ef.manual_seed(0)  # the same dropout mask on every run
+            results.append(run("flash", q, k, v, g, causal=True, key_mask=km, dropout=0.1))
+    finally:
+        ef.set_num_threads(before)
+    for other in results[1:]:
+        for a, b, what in zip(results[0], other, ["out", "dq", "dk", "dv"]):
+            assert np.array_equal(a, b), what
+
+
 def test_flash_memory_is_linear_in_n(rng):
     B, H, N, d = 1, 8, 4096, 64
     q, k, v = [ef.tensor(rng.standard_normal((B, H, N, d)).astype(np.float32), requires_grad=True)

@@ -89,6 +89,16 @@ void check_index(const std::vector<int64_t>& index, int64_t n, const char* what)
   }
 }
 
+BlockSparseLayout dense_layout(int64_t N, int64_t M, int64_t block) {
+  EF_CHECK(N >= 0 && M >= 0, ValueError, "dense_layout: n = ", N, ", m = ", M, "; expected both >= 0");
+  EF_CHECK(block >= 1, ValueError, "dense_layout: block = ", block, "; expected >= 1");
+  BlockSparseLayout L;
+  L.N = L.rows = N, L.M = L.keys = M, L.block = block, L.heads = 1, L.dense = true;
+  L.nq = (N + block - 1) / block, L.nk = (M + block - 1) / block;
+  L.allowed_elements = N * M;
+  return L;
+}
+
 BlockSparseLayout build_layout(int64_t N, int64_t M, int64_t block, int64_t heads, const ElementRule& allowed,
                                const CandidateBlocks& candidates, std::vector<int64_t> query_index,
                                std::vector<int64_t> key_index) {

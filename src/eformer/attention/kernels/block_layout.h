@@ -7,6 +7,7 @@
 // "full" (no mask), any other keeps its mask; equal masks are stored once (a causal diagonal, a
 // stride's diagonals). Layouts are cached by a key naming (pattern, N, M, options, seed, block).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -35,8 +36,23 @@ struct BlockSparseLayout {
   std::vector<int32_t> col_query_block, col_mask;
   std::vector<uint8_t> masks;    // [number of masks, block, block], 1 = allowed
   int64_t allowed_elements = 0;  // |pattern| over all heads
+  // The dense layout (dense_layout()): every pair, no masks, and no pair lists stored (they would be
+  // O(N M / block^2)); the views below compute them.
+  bool dense = false;
 
-  int64_t pairs() const { return int64_t(row_key_block.size()); }
+  // The views as the kernel reads them: pairs row_begin(h, qb) .. row_end(h, qb) with key block
+  // row_key(e) and mask row_mask_id(e); col_begin(h, kb) .. col_end(h, kb) with col_query(e), col_mask_id(e).
+  int64_t row_begin(int64_t h, int64_t qb) const { return dense ? (h * nq + qb) * nk : row_start[size_t(h * nq + qb)]; }
+  int64_t row_end(int64_t h, int64_t qb) const { return row_begin(h, qb + 1); }
+  int64_t row_key(int64_t e) const { return dense ? e % nk : row_key_block[size_t(e)]; }
+  int32_t row_mask_id(int64_t e) const { return dense ? -1 : row_mask[size_t(e)]; }
+  int64_t col_begin(int64_t h, int64_t kb) const { return dense ? (h * nk + kb) * nq : col_start[size_t(h * nk + kb)]; }
+  int64_t col_end(int64_t h, int64_t kb) const { return col_begin(h, kb + 1); }
+  int64_t col_query(int64_t e) const { return dense ? e % nq : col_query_block[size_t(e)]; }
+  int32_t col_mask_id(int64_t e) const { return dense ? -1 : col_mask[size_t(e)]; }
+  int64_t masked_pairs() const { return dense ? 0 : int64_t(std::count_if(row_mask.begin(), row_mask.end(), [](int32_t x) { return x >= 0; })); }
+
+  int64_t pairs() const { return dense ? heads * nq * nk : int64_t(row_key_block.size()); }
   bool reordered() const { return !query_index.empty() || !key_index.empty(); }
   const uint8_t* mask(int32_t id) const {
     return id < 0 ? nullptr : masks.data() + size_t(id) * block * block;
@@ -59,6 +75,10 @@ using CandidateBlocks = std::function<void(int64_t h, int64_t qb, int64_t block,
 BlockSparseLayout build_layout(int64_t N, int64_t M, int64_t block, int64_t heads, const ElementRule& allowed,
                                const CandidateBlocks& candidates = {}, std::vector<int64_t> query_index = {},
                                std::vector<int64_t> key_index = {});
+
+// Every (query block, key block) pair of N queries and M keys in blocks of `block`, no element masks:
+// exact attention (flash) on the block-sparse kernel. Stores no pair lists (O(1) memory).
+BlockSparseLayout dense_layout(int64_t N, int64_t M, int64_t block);
 
 // A pattern as the layouts of its disjoint parts (one for most patterns).
 using LayoutParts = std::vector<std::shared_ptr<const BlockSparseLayout>>;

@@ -183,6 +183,45 @@ int64_t shifted_position_grad(const Problem& P, float* g, const float* ds, int64
   return std::min(rows + cols - 1, P.M - P.position_row(i0, rows, j0));
 }
 
+// The backward's partials of one gradient (dQ, dQW) [rows, d], one per key-block group: group 0
+// accumulates in the output itself, groups 1 .. G - 1 in scratch [G - 1, rows, d]; sum() then adds
+// them to the output in group order.
+struct GroupPartials {
+  float* out;
+  int64_t G, rows, d;
+  ScratchBuffer parts;
+  GroupPartials(float* out_, int64_t G_, int64_t rows_, int64_t d_)
+      : out(out_), G(G_), rows(rows_), d(d_), parts(std::max<int64_t>(0, G_ - 1) * rows_ * d_) {}
+  float* group(int64_t g) const { return g == 0 ? out : parts.data + (g - 1) * rows * d; }
+  void sum() const {
+    if (G <= 1) return;
+    parallel::parallel_for(rows, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = out + r * d;
+        for (int64_t g = 1; g < G; ++g) {
+          const float* x = group(g) + r * d;
+#pragma omp simd
+          for (int64_t c = 0; c < d; ++c) o[c] += x[c];
+        }
+      }
+    });
+  }
+};
+
+// y [rows, d] (row stride d) += alpha A B with the product [rows, dp] (tile::gemm's operands): in
+// place when d = dp, else through the tile t [rows, dp].
+void gemm_into_rows(int64_t rows, int64_t d, int64_t dp, int64_t K, const float* A, int64_t a_rs, int64_t a_cs,
+                    const float* Bm, int64_t ldb, float* y, float alpha, float* t) {
+  if (d == dp) return tile::gemm(rows, dp, K, A, a_rs, a_cs, Bm, ldb, y, d, alpha, true);
+  tile::gemm(rows, dp, K, A, a_rs, a_cs, Bm, ldb, t, dp, alpha, false);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* yr = y + r * d;
+    const float* tr = t + r * dp;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) yr[c] += tr[c];
+  }
+}
+
 }  // namespace
 
 int64_t block_sparse_block() {
@@ -226,10 +265,10 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
     std::memset(O, 0, size_t(rows * dp) * sizeof(float));
     std::vector<attention::OnlineSoftmax> state(static_cast<size_t>(rows));
-    for (int64_t p = L.row_start[size_t(lh * nq + qb)]; p < L.row_start[size_t(lh * nq + qb + 1)]; ++p) {
-      const int64_t kb = L.row_key_block[size_t(p)], j0 = kb * b, cols = std::min(b, M - j0);
+    for (int64_t p = L.row_begin(lh, qb); p < L.row_end(lh, qb); ++p) {
+      const int64_t kb = L.row_key(p), j0 = kb * b, cols = std::min(b, M - j0);
       if (!P.live(bb, i0, rows, kb)) continue;
-      masked_scores(P, s, g, bh, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask[size_t(p)]), km);
+      masked_scores(P, s, g, bh, Q, KT, i0, rows, j0, cols, L.mask(L.row_mask_id(p)), km);
       for (int64_t r = 0; r < rows; ++r) {
         const float rescale = state[size_t(r)].update(s + r * bp, cols);
         if (rescale != 1.0f) {
@@ -291,38 +330,61 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
   const int64_t labels = bias ? bias->labels.count() : 0;
   ScratchBuffer dbias_parts(bias ? B * H * nk * labels : 0);
 
-  // Pass 1, by key block: dV_j = sum_i (P o Z)^T dO_i, dK_j = scale sum_i dS^T Q_i.
-  for_each_item(B * H * nk, tiles + 2 * b * dp + gsize, [&](int64_t item, float* scratch) {
+  // One pass by (batch, head, key-block group) (FlashAttention-2's backward, Dao 2023, Alg. 2, with
+  // its dQ atomics replaced by partials): key block kb belongs to group kb mod G; an item computes
+  // dV_j = sum_i (P o Z)^T dO_i and dK_j = scale sum_i dS^T Q_i for each of its key blocks and adds
+  // scale dS K_j into its group's own dQ (and the position term's dQW = scale dG R) partial;
+  // the partials are then summed in group order. 5 tile products per pair; G depends on B H and nk
+  // only, so every element is summed in one order whatever the thread count.
+  // The position term runs in one group: its dQW partials would double the memory of dQ's.
+  const int64_t G = position ? 1 : backward_groups(B * H, nk), rows_all = B * H * N;
+  const GroupPartials dq_parts(dq, G, rows_all, d), dqw_parts(dqw, position ? G : 0, rows_all, d);
+  for_each_item(B * H * G, tiles + 3 * b * dp + gsize, [&](int64_t item, float* scratch) {
     float* p = scratch;
     float* ds = p + b * bp;
     float* z = ds + b * bp;  // dropout only
     float* dK = scratch + tiles;
     float* dV = dK + b * dp;
     float* g = dV + b * dp;  // position only
-    const int64_t bh = item / nk, kb = item % nk, bb = bh / H, lh = P.layout_head(bh);
-    const int64_t j0 = kb * b, cols = std::min(b, M - j0);
+    const int64_t bh = item / G, group = item % G, bb = bh / H, lh = P.layout_head(bh);
     const bool* km = key_mask ? key_mask + bb * M : nullptr;
-    std::memset(dK, 0, size_t(cols * dp) * sizeof(float));
-    std::memset(dV, 0, size_t(cols * dp) * sizeof(float));
-    float* db = bias ? dbias_parts.data + item * labels : nullptr;
-    if (db) std::fill(db, db + labels, 0.0f);
-    for (int64_t e = L.col_start[size_t(lh * nk + kb)]; e < L.col_start[size_t(lh * nk + kb + 1)]; ++e) {
-      const int64_t qb = L.col_query_block[size_t(e)], i0 = qb * b, rows = std::min(b, N - i0);
-      if (!P.live(bb, i0, rows, kb)) continue;
-      pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
-                     kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
-                     rows, j0, cols, L.mask(L.col_mask[size_t(e)]), km);
-      tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
-      tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
-      if (db)  // d(score) / d(bias) = 1: dS summed per label
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t c = 0; c < cols; ++c) db[bias->labels(i0 + r, j0 + c)] += ds[r * bp + c];
-    }
-    for (int64_t c = 0; c < cols; ++c) {
-      std::memcpy(dk + (bh * M + j0 + c) * d, dK + c * dp, size_t(d) * sizeof(float));
-      std::memcpy(dv + (bh * M + j0 + c) * d, dV + c * dp, size_t(d) * sizeof(float));
+    float* t = g + gsize;  // a dQ tile when d < dp   [b, dp]
+    float* dQ = dq_parts.group(group) + bh * N * d;
+    float* dQW = position ? dqw_parts.group(group) + bh * N * d : nullptr;
+    std::memset(dQ, 0, size_t(N * d) * sizeof(float));
+    if (dQW) std::memset(dQW, 0, size_t(N * d) * sizeof(float));
+    for (int64_t kb = group; kb < nk; kb += G) {
+      const int64_t j0 = kb * b, cols = std::min(b, M - j0);
+      std::memset(dK, 0, size_t(cols * dp) * sizeof(float));
+      std::memset(dV, 0, size_t(cols * dp) * sizeof(float));
+      float* db = bias ? dbias_parts.data + (bh * nk + kb) * labels : nullptr;
+      if (db) std::fill(db, db + labels, 0.0f);
+      for (int64_t e = L.col_begin(lh, kb); e < L.col_end(lh, kb); ++e) {
+        const int64_t qb = L.col_query(e), i0 = qb * b, rows = std::min(b, N - i0);
+        if (!P.live(bb, i0, rows, kb)) continue;
+        pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
+                       kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
+                       rows, j0, cols, L.mask(L.col_mask_id(e)), km);
+        tile::gemm(cols, dp, rows, P.dropout ? z : p, 1, bp, dOP + (bh * N + i0) * dp, dp, dV, dp, 1.0f, true);
+        tile::gemm(cols, dp, rows, ds, 1, bp, QP + (bh * N + i0) * dp, dp, dK, dp, scale, true);
+        gemm_into_rows(rows, d, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ + i0 * d, scale, t);
+        if (db)  // d(score) / d(bias) = 1: dS summed per label
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < cols; ++c) db[bias->labels(i0 + r, j0 + c)] += ds[r * bp + c];
+        if (dQW) {
+          const int64_t span = shifted_position_grad(P, g, ds, i0, rows, j0, cols);
+          gemm_into_rows(rows, d, dp, span, g, P.gp, 1, RP + ((bh % H) * M + P.position_row(i0, rows, j0)) * dp, dp,
+                         dQW + i0 * d, scale, t);
+        }
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        std::memcpy(dk + (bh * M + j0 + c) * d, dK + c * dp, size_t(d) * sizeof(float));
+        std::memcpy(dv + (bh * M + j0 + c) * d, dV + c * dp, size_t(d) * sizeof(float));
+      }
     }
   });
+  dq_parts.sum();
+  if (position) dqw_parts.sum();
 
   if (dbias) {
     std::fill(dbias, dbias + H * labels, 0.0f);
@@ -333,42 +395,9 @@ void block_sparse_attention_backward(const float* q, const float* k, const float
           for (int64_t l = 0; l < labels; ++l) dbias[h * labels + l] += part[l];
         }
   }
-
-  // Pass 2, by query block: dQ_i = scale sum_j dS K_j (P and dS recomputed; no races on dQ), and
-  // the position term's dQW_i = scale sum_j dS_ij R_p(i,j).
-  for_each_item(B * H * nq, tiles + b * dp + (position ? gsize + b * dp : 0), [&](int64_t item, float* scratch) {
-    float* p = scratch;
-    float* ds = p + b * bp;
-    float* z = ds + b * bp;
-    float* dQ = scratch + tiles;
-    float* g = dQ + b * dp;     // position only   [b, gp]
-    float* dQW = g + gsize;     // position only   [b, dp]
-    const int64_t bh = item / nq, qb = nq - 1 - item % nq, bb = bh / H, lh = P.layout_head(bh);
-    const int64_t i0 = qb * b, rows = std::min(b, N - i0);
-    const bool* km = key_mask ? key_mask + bb * M : nullptr;
-    std::memset(dQ, 0, size_t(rows * dp) * sizeof(float));
-    if (position) std::memset(dQW, 0, size_t(rows * dp) * sizeof(float));
-    for (int64_t e = L.row_start[size_t(lh * nq + qb)]; e < L.row_start[size_t(lh * nq + qb + 1)]; ++e) {
-      const int64_t kb = L.row_key_block[size_t(e)], j0 = kb * b, cols = std::min(b, M - j0);
-      if (!P.live(bb, i0, rows, kb)) continue;
-      pair_gradients(P, p, ds, z, g, bh, q + (bh * N + i0) * d, dout + (bh * N + i0) * d,
-                     kt.data + bh * d * P.Mp, vt.data + bh * d * P.Mp, lse + bh * N + i0, D + bh * N + i0, i0,
-                     rows, j0, cols, L.mask(L.row_mask[size_t(e)]), km);
-      tile::gemm(rows, dp, cols, ds, bp, 1, KP + (bh * M + j0) * dp, dp, dQ, dp, scale, true);
-      if (position) {
-        const int64_t span = shifted_position_grad(P, g, ds, i0, rows, j0, cols);
-        tile::gemm(rows, dp, span, g, P.gp, 1, RP + ((bh % H) * M + P.position_row(i0, rows, j0)) * dp, dp, dQW,
-                   dp, scale, true);
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(dq + (bh * N + i0 + r) * d, dQ + r * dp, size_t(d) * sizeof(float));
-      if (position) std::memcpy(dqw + (bh * N + i0 + r) * d, dQW + r * dp, size_t(d) * sizeof(float));
-    }
-  });
   if (!position) return;
 
-  // Pass 3, by block diagonal kb - qb = delta: dR_p = scale sum_{p(i,j) = p} dS_ij QW_i. Every tile of
+  // Pass 2, by block diagonal kb - qb = delta: dR_p = scale sum_{p(i,j) = p} dS_ij QW_i. Every tile of
   // a diagonal reaches rows lo.. lo + rows + cols - 2 of R within base .. base + 2 b - 2, base =
   // N - b + delta b (a short last query block starts b - rows later); each item sums into its own
   // 2 b rows, and the items are summed per head over (batch, diagonal) in order below.

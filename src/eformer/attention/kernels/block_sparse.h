@@ -6,6 +6,7 @@
 // layout is exact attention. The forward saves O and the row log-sum-exp L; the backward recomputes
 // score tiles from q, k and L: memory is O(N d) plus the layout, never O(N M).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -90,11 +91,21 @@ struct PositionScores {
 };
 
 // The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
-// other sizes were not measured yet: see docs/BENCHMARKS.md).
+// docs/BENCHMARKS.md, block size).
 inline constexpr int64_t kBlockSparseBlock = 64;
 // The block size in use: kBlockSparseBlock, or EFORMER_SPARSE_BLOCK (an integer >= 1, read once; for
 // measuring other sizes, docs/BENCHMARKS.md).
 int64_t block_sparse_block();
+
+// The number of key-block groups of the backward: enough (batch, head, group) items to keep
+// kBackwardItems threads busy at B H = 1 (the causal triangle's columns are unequal), at most
+// kMaxBackwardGroups and nk; a function of B H and nk only, never of the thread count.
+inline constexpr int64_t kBackwardItems = 4;
+inline constexpr int64_t kMaxBackwardGroups = 8;
+inline int64_t backward_groups(int64_t BH, int64_t nk) {
+  const int64_t want = (kBackwardItems + BH - 1) / std::max<int64_t>(BH, 1);
+  return std::max<int64_t>(1, std::min({want, kMaxBackwardGroups, nk}));
+}
 
 // q [B*H, N, d], k, v [B*H, M, d], key_mask [B, M] or null, out [B*H, N, d], lse [B*H, N]
 // (+inf on a row with no attendable key); dropout null = none. Parallel over (b, h, query block),
@@ -106,15 +117,17 @@ void block_sparse_attention_forward(const float* q, const float* k, const float*
                                     const PositionScores* position = nullptr);
 
 // Inputs as above plus out, lse (the forward's) and dout [B*H, N, d]; writes dq [B*H, N, d], dk,
-// dv [B*H, M, d]. With D_i = rowsum(dO o O) and, per pair, P = exp(S - L), dS = P o (dO V^T o Z - D):
-// dV = (P o Z)^T dO and dK = scale dS^T Q in a pass parallel over (b, h, key block), then
-// dQ = scale dS K in a pass parallel over (b, h, query block) that recomputes P and dS. Every
-// element is summed by one thread in the layout's order: bits do not depend on the thread count.
+// dv [B*H, M, d]. With D_i = rowsum(dO o O) and, per pair, P = exp(S - L), dS = P o (dP o Z - D)
+// with dP = dO_i V_j^T: dV = (P o Z)^T dO, dK = scale dS^T Q and dQ = scale dS K (5 tile products
+// per pair) in one pass parallel over (b, h, key-block group): G = backward_groups(B H, nk) groups,
+// key block kb in group kb mod G, each group adding into its own dQ partial [B*H, N, d] (group 0
+// into dq itself: memory (G - 1) B H N d floats), summed in group order afterwards. Every element is summed in an order fixed by
+// the layout and G: bits do not depend on the thread count.
 // With a bias (a layout in q/k order), dbias [H, labels] receives the sum of dS per head and label,
 // summed per key block and then over (batch, key block) in order.
-// With a position term (causal, every block full): dqw [B*H, N, d] = scale sum_j dS_ij r_p(i,j) in
-// the dQ pass, and dr [H, M, d] = scale sum_{p(i,j) = p} dS_ij qw_i in a third pass parallel over
-// (b, h, block diagonal) (a diagonal's tiles need the same 2 block - 1 rows of r), each into its
+// With a position term (causal, every block full), G = 1: dqw [B*H, N, d] = scale sum_j dS_ij r_p(i,j)
+// alongside dQ, and dr [H, M, d] = scale sum_{p(i,j) = p} dS_ij qw_i in a second pass parallel
+// over (b, h, block diagonal) (a diagonal's tiles need the same 2 block - 1 rows of r), each into its
 // own rows, then summed over (batch, diagonal) in order.
 void block_sparse_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
                                      const float* out, const float* lse, const float* dout, float* dq,
