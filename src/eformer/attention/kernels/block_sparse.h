@@ -90,7 +90,7 @@ struct PositionScores {
   const float* r = nullptr;   // [H, keys, d]
 };
 
-// The block size the mechanisms build their layouts with (flash keeps its own 128 x 128 tiles;
+// The block size the mechanisms build their layouts with (flash's dense layout uses kFlashBlock;
 // docs/BENCHMARKS.md, block size).
 inline constexpr int64_t kBlockSparseBlock = 64;
 // The block size in use: kBlockSparseBlock, or EFORMER_SPARSE_BLOCK (an integer >= 1, read once; for

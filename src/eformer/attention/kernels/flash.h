@@ -1,7 +1,9 @@
 // Exact attention by a fused, tiled, online-softmax kernel (FlashAttention, Dao et al. 2022;
-// the backward as in FlashAttention-2): never materializes the N x M scores. The forward saves
-// only the output O and the per-row log-sum-exp L [B, H, N]; the backward recomputes score
-// tiles from q, k and L. Extra memory is O(N) (plus a few tiles per thread).
+// the backward as in FlashAttention-2): never materializes the N x M scores. It is the block-sparse
+// kernel (block_sparse.h) on the dense layout (every block pair, kFlashBlock x kFlashBlock tiles):
+// the forward saves only the output O and the per-row log-sum-exp L [B, H, N]; the backward
+// recomputes score tiles from q, k and L. Extra memory is O(N d) (the backward's dQ partials, a few
+// tiles per thread).
 #pragma once
 #include <cstdint>
 
@@ -20,10 +22,8 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
 
 namespace eformer::kernels {
 
-// Tile sizes: queries x keys of one score tile (scratch per thread: 2 tiles of floats, 3 in the
-// backward with dropout).
-inline constexpr int64_t kFlashBlockQ = 128;
-inline constexpr int64_t kFlashBlockK = 128;
+// The dense layout's block: queries x keys of one score tile (docs/BENCHMARKS.md, block size).
+inline constexpr int64_t kFlashBlock = 128;
 
 // Fused dropout on the probabilities (AttentionOptions::dropout), 0 < p < 1. The mask of P
 // [B, H, N, M] is never stored: element e = ((b H + h) N + i) M + j is kept iff
@@ -46,8 +46,8 @@ void flash_attention_forward(const float* q, const float* k, const float* v, con
 // D_i = rowsum(dO o O) and, per tile, P = exp(S - L), dS = P o (dO V^T o Z - D) (Z = 1 without
 // dropout): dV = (P o Z)^T dO, dK = scale dS^T Q, dQ = scale dS K (FlashAttention-2 with dropout;
 // D_i = rowsum(P o Z o dO V^T) = rowsum(dO o O) still). `dropout` must be the forward's. Parallel
-// over (b, h): each head's dQ, dK, dV are accumulated by one thread, key block by key block, in a
-// fixed order (no atomics).
+// over (b, h, key-block group) as block_sparse_attention_backward: bits do not depend on the
+// thread count.
 void flash_attention_backward(const float* q, const float* k, const float* v, const bool* key_mask,
                               const float* out, const float* lse, const float* dout, float* dq, float* dk,
                               float* dv, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d, float scale,
