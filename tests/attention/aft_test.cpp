@@ -134,17 +134,18 @@ TEST(Aft, AverageMatchesTheFloat64DefinitionIncludingLargeKeys) {
       }
 }
 
-// AFT-full's GEMM kernels (kernels/aft_full.cpp), causal and bidirectional, vs the float64 definition over
-// three query blocks of 128 (the last partial; bidirectional with fewer keys than queries and two heads).
+// AFT-full's GEMM kernels (kernels/aft_full.cpp), causal and bidirectional, vs the float64 definition: causal
+// over three query blocks of 128 (the last partial), bidirectional over two panels of 512 rows (the last
+// partial; fewer keys than queries, two heads) and with w needing no gradient (the backward skips dw).
 TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t B = 2, N = 300, d = 3;
+  const int64_t B = 2, d = 3;
   for (bool causal : {true, false})
     // 80: past the GEMM's range, the pair-by-pair path; -1: scale 1 but key 150 past that range alone
     // (causal: the rows from 150 on pair by pair, the earlier ones by the GEMM).
     for (float kscale : {1.0f, 80.0f, -1.0f}) {
-      const int64_t H = causal ? 1 : 2, M = causal ? N : 270;
+      const int64_t N = causal ? 300 : 600, H = causal ? 1 : 2, M = causal ? N : 570;
       SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional") + " |K| scale " +
                    std::to_string(kscale));
       const float scale = std::fabs(kscale);
@@ -169,7 +170,13 @@ TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
         for (int64_t t = 0; t < N; ++t)
           for (int64_t j = 0; j < M; ++j) dw[(h * (N + 3) + t) * (M + 1) + j] = r.dw[(h * N + t) * M + j];
       expect_near_all(values(grad(wl)), dw, 1e-4, "grad w");
-      if (!causal) continue;
+      if (!causal) {
+        Tensor kn = leaf(k), vn = leaf(v);
+        backward(aft_full_bidirectional(kn, vn, w, N), g);
+        expect_near_all(values(grad(kn)), r.dk, 1e-4, "grad k, w without gradient");
+        expect_near_all(values(grad(vn)), r.dv, 1e-4, "grad v, w without gradient");
+        continue;
+      }
       // Causal to the bit: changing the keys after row 200 leaves rows <= 200 as they were.
       Tensor k2 = k.clone_data();
       for (int64_t b = 0; b < B; ++b)
@@ -205,15 +212,16 @@ void expect_same_bits_on_one_and_two_threads(const Tensor& k, const Tensor& v, c
   for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "value " << i;
 }
 
-// AFT-full's GEMMs are split by fixed column chunks, each on one thread: the same bits on one and two threads
-// (a threaded GEMM may split its sums over K by the thread count), at a size where that split happened.
+// AFT-full's GEMMs are split by fixed column chunks or tiles, each on one thread: the same bits on one and
+// two threads (a threaded GEMM may split its sums over K by the thread count), at a size where that split
+// happened.
 TEST(Aft, BlockedFullGivesTheSameBitsOnOneAndTwoThreads) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t B = 2, H = 1, N = 300, d = 256;
-  Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), w = normal({H, N, N}, gen, 0.3f),
-         g = normal({B, H, N, d}, gen);
   for (bool causal : {true, false}) {
+    const int64_t B = 2, H = 1, N = causal ? 300 : 600, d = 256;  // bidirectional: two panels of 512 rows
+    Tensor k = normal({B, H, N, d}, gen), v = normal({B, H, N, d}, gen), w = normal({H, N, N}, gen, 0.3f),
+           g = normal({B, H, N, d}, gen);
     SCOPED_TRACE(seed.str() + (causal ? " causal" : " bidirectional"));
     expect_same_bits_on_one_and_two_threads(
         k, v, w, g, [&](const Tensor& kl, const Tensor& vl, const Tensor& wl) {
