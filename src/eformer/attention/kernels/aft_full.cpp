@@ -260,8 +260,11 @@ BidirRefs bidirectional_refs(const FullHead& h, int64_t N) {
   running_range(h, 0, M, lo.data(), refs.b.data());
   parallel::parallel_for(N, 16, [&](int64_t from, int64_t to) {
     for (int64_t t = from; t < to; ++t) {
-      const auto [mn, mx] = std::minmax_element(h.w + t * h.ldw, h.w + t * h.ldw + M);
-      refs.a[size_t(t)] = *mx, rw[size_t(t)] = *mx - *mn;
+      const float* wr = h.w + t * h.ldw;
+      float mn = kInf, mx = -kInf;
+#pragma omp simd reduction(min : mn) reduction(max : mx)
+      for (int64_t j = 0; j < M; ++j) mn = std::min(mn, wr[j]), mx = std::max(mx, wr[j]);
+      refs.a[size_t(t)] = mx, rw[size_t(t)] = mx - mn;
     }
   });
   for (int64_t c = 0; c < BD; ++c) refs.range = std::max(refs.range, refs.b[size_t(c)] - lo[size_t(c)]);
