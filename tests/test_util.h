@@ -73,6 +73,8 @@ inline Tensor normal(const Shape& shape, rng::Generator& gen, float stddev = 1.0
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = mean + stddev * p[i];
   return t;
 }
+// N(0, 1) values from the default generator (for tests that seed or replay it: rng::manual_seed, checkpoint).
+inline Tensor normal(const Shape& shape) { return normal(shape, rng::default_generator()); }
 
 // A fresh leaf: a copy of t's values that requires gradients.
 inline Tensor leaf(const Tensor& t) {

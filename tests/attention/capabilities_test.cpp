@@ -157,8 +157,7 @@ TEST(Capabilities, EveryCausalMechanismStreamsThroughTheFallback) {
   auto m = make_mechanism(t.name, cfg(true));
   EXPECT_NE(m->streaming_path().find("fallback"), std::string::npos);
   rng::Generator gen(5);
-  Tensor x = Tensor::empty({2, 9, 8});
-  rng::normal_(x.data<float>(), x.numel(), gen);
+  Tensor x = testing::normal({2, 9, 8}, gen);
   Tensor full = m->forward(x).contiguous_data();
   auto state = m->start(2);
   Tensor a = m->step(contiguous(slice(x, 1, 0, 4)), *state).contiguous_data();

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "../test_util.h"
 #include "eformer/eformer.h"
 
 namespace eformer {
@@ -15,18 +16,14 @@ TEST(Autograd, ChainRuleAndAccumulation) {
   EXPECT_EQ(grad(x).to_vector(), (std::vector<float>{6, 8, 10}));
 }
 
-// The hook data-parallel training overlaps its gradient sums with: called once per leaf, with the leaf's .grad
-// already complete, for a leaf used late in the forward before the backward reaches one used early; the
+// The hook data-parallel training overlaps its gradient sums with: called once per leaf, with the leaf's
+// .grad already complete, for a leaf used late in the forward before the backward reaches one used early; the
 // gradients are the same bits as without it.
 TEST(Autograd, LeafReadyHookFiresOncePerLeafAsSoonAsItsGradientIsComplete) {
   auto run = [](bool hooked, std::vector<std::string>* order) {
     rng::manual_seed(3);
-    auto randn = [](const Shape& shape) {
-      Tensor t = Tensor::empty(shape);
-      rng::normal_(t.data<float>(), t.numel());
-      return t;
-    };
-    Tensor a = randn({4, 4}), b = randn({4, 4}), c = randn({4, 4}), unused = randn({2});
+    using testing::normal;
+    Tensor a = normal({4, 4}), b = normal({4, 4}), c = normal({4, 4}), unused = normal({2});
     for (const Tensor& t : {a, b, c, unused}) set_requires_grad(t, true);
     // a is used first and again later (its gradient completes last, with b's), c only at the end (first).
     Tensor h = matmul(tanh(matmul(a, b)), a);

@@ -1,16 +1,12 @@
 #include <gtest/gtest.h>
 
+#include "../test_util.h"
 #include "eformer/eformer.h"
 
 namespace eformer {
 namespace {
 
-Tensor random_leaf(const Shape& s) {
-  Tensor t = Tensor::empty(s);
-  rng::normal_(t.data<float>(), t.numel());
-  set_requires_grad(t, true);
-  return t;
-}
+Tensor random_leaf(const Shape& s) { return testing::leaf(testing::normal(s)); }
 
 // A block with a random draw inside: tanh-free MLP-ish map plus noise from the default generator,
 // so a recompute that did not replay the generator would give different gradients.

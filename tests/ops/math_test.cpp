@@ -5,10 +5,13 @@
 #include <cmath>
 #include <string>
 
+#include "../test_util.h"
 #include "eformer/eformer.h"
 
 namespace eformer {
 namespace {
+
+using testing::normal;
 
 template <class E, class F>
 std::string message_of(F f) {
@@ -19,13 +22,6 @@ std::string message_of(F f) {
   }
   ADD_FAILURE() << "no exception of the expected type";
   return "";
-}
-
-Tensor random_tensor(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(shape);
-  rng::Generator gen(seed);
-  rng::normal_(t.data<float>(), t.numel(), gen);
-  return t;
 }
 
 TEST(MathKernels, FastExpIsAccurate) {
@@ -103,8 +99,9 @@ TEST(MathOps, ErrorMessagesNameTheValue) {
 
 TEST(MathOps, ResultsDoNotDependOnThreadCount) {
   const int threads = parallel::num_threads();
-  Tensor x = random_tensor({523, 301}, 1), w = random_tensor({301}, 2), b = random_tensor({301}, 3);
-  Tensor g = random_tensor({523, 301}, 4);
+  rng::Generator gen(1);
+  Tensor x = normal({523, 301}, gen), w = normal({301}, gen), b = normal({301}, gen),
+         g = normal({523, 301}, gen);
   Tensor target = Tensor::from_vector(std::vector<int64_t>(523, 5), {523});
   auto run = [&] {
     std::vector<std::vector<float>> results;
