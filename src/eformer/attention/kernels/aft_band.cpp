@@ -34,7 +34,6 @@ namespace eformer::kernels {
 namespace {
 
 constexpr int64_t kRows = 32;    // query rows per block
-constexpr float kRange = 60.0f;  // the widest spread of a key's channels the GEMM serves
 
 // What the batch shares per bias head hb: the key references r [M], the row references a [N] (-inf for
 // an empty window), whether the GEMM serves each row, and the band blocks E [blocks, kRows, J] (J =

@@ -17,6 +17,9 @@
 namespace eformer::kernels {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+// The widest spread of exponents (a key's channels, or K plus w) the GEMM forms serve: their factors stay
+// above exp(-60), far from float underflow; wider inputs are summed pair by pair.
+constexpr float kRange = 60.0f;
 
 // One (batch, head): keys and values [rows, d] starting at absolute key k0, the head's bias (null for
 // None) read as w[t * a + t' + b] at absolute positions, and the window rule of aft.h.
