@@ -132,8 +132,10 @@ void full_bidirectional_backward(const BidirHead& h, const BidirRefs& refs, cons
                                  const float* G, float* dK, float* dV, float* dw) {
   const int64_t N = h.N, M = h.M, BD = h.BD(), d = h.d, rows = std::max<int64_t>(1, std::min(N, kPanel));
   const float *a = refs.a.data(), *ref = refs.b.data();
-  ScratchBuffer X(M * 2 * BD), E(rows * M), GH(rows * 2 * BD), Q(M * 2 * BD);
-  bidirectional_operands(h, ref, X.data);
+  // X is an operand of the dw GEMM only; without it the last loop remakes e = exp(K - b) (M B d
+  // exponentials).
+  ScratchBuffer X(dw ? M * 2 * BD : 0), E(rows * M), GH(rows * 2 * BD), Q(M * 2 * BD);
+  if (dw) bidirectional_operands(h, ref, X.data);
   if (N == 0) std::fill(Q.data, Q.data + M * 2 * BD, 0.f);
   for (int64_t i0 = 0; i0 < N; i0 += rows) {
     const int64_t i1 = std::min(N, i0 + rows), C = i1 - i0;
@@ -166,13 +168,13 @@ void full_bidirectional_backward(const BidirHead& h, const BidirRefs& refs, cons
   parallel::parallel_for(M, 16, [&](int64_t from, int64_t to) {
     for (int64_t j = from; j < to; ++j)
       for (int64_t b = 0; b < h.B; ++b) {
-        const float *e = X.data + j * 2 * BD + BD + b * d, *qg = Q.data + j * 2 * BD + b * d, *qh = qg + BD;
-        const float* vj = h.v + h.at(b, j, M);
+        const float *qg = Q.data + j * 2 * BD + b * d, *qh = qg + BD, *rb = ref + b * d;
+        const float *kj = h.k + h.at(b, j, M), *vj = h.v + h.at(b, j, M);
         float *dvj = dV + h.at(b, j, M), *dkj = dK + h.at(b, j, M);
 #pragma omp simd
         for (int64_t c = 0; c < d; ++c) {
-          const float vg = e[c] * qg[c];
-          dvj[c] = vg, dkj[c] = vj[c] * vg + e[c] * qh[c];
+          const float e = fast_exp(kj[c] - rb[c]), vg = e * qg[c];
+          dvj[c] = vg, dkj[c] = vj[c] * vg + e * qh[c];
         }
       }
   });
