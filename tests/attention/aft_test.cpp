@@ -134,9 +134,9 @@ TEST(Aft, AverageMatchesTheFloat64DefinitionIncludingLargeKeys) {
       }
 }
 
-// AFT-full's GEMM kernels (kernels/aft_full.cpp), causal and bidirectional, vs the float64 definition: causal
-// over three query blocks of 128 (the last partial), bidirectional over two panels of 512 rows (the last
-// partial; fewer keys than queries, two heads) and with w needing no gradient (the backward skips dw).
+// AFT-full's GEMM kernels (kernels/aft_full.cpp, aft_full_bidirectional.cpp) vs the float64 definition:
+// causal over three query blocks of 128 (the last partial), bidirectional over two panels of 512 rows (the
+// last partial; fewer keys than queries, two heads) and with w needing no gradient (the backward skips dw).
 TEST(Aft, BlockedFullMatchesTheFloat64DefinitionAcrossBlocks) {
   Seed seed;
   rng::Generator gen(seed.value);
