@@ -1,14 +1,14 @@
-"""CPU time per call of bidirectional aft_full (eformer) or the torch pseudo-code peer, at a fixed thread count:
-a measure that other processes' load does not inflate (their work does not run on our CPU time), for comparing
-builds and libraries on a shared machine. One (library, shape) per process; prints "wall_ms/cpuCPU_ms", the
-medians of REPS calls after one warm-up.
+"""CPU time per call of bidirectional aft_full (eformer) or the torch pseudo-code peer, at a fixed thread
+count: a measure that other processes' load does not inflate (their work does not run on our CPU time), for
+comparing builds and libraries on a shared machine. One (library, shape) per process; prints
+"wall_ms/cpuCPU_ms", the medians of REPS calls after one warm-up.
 
     PYTHONPATH=build/python .peers/bin/python bench/aft_cpu_time.py LIB N THREADS MODE WGRAD REPS [SHAPE]
 
 LIB: eformer or torch; MODE: fwd (under no_grad) or fwdbwd; WGRAD: 1 to take w's gradient too; SHAPE: harness
 (B=1, H=8, d=64, one bias head w [1, N, N], the default) or issue (B=8, H=1, d=256). The torch form is the
-harness's torch-paper peer: sigmoid(Q) exp(w - max) @ (exp(K - max) V) / exp(w - max) @ exp(K - max), the heads'
-channels side by side under the one bias head.
+harness's torch-paper peer: sigmoid(Q) exp(w - max) @ (exp(K - max) V) / exp(w - max) @ exp(K - max), the
+heads' channels side by side under the one bias head.
 """
 import statistics
 import sys

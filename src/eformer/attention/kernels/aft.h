@@ -59,11 +59,11 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
 // Bidirectional AFT-full with GEMMs (kernels/aft_full_bidirectional.cpp):
 // k, v [B, H, M, d], w [H, >= N, >= M] -> A [B, H, N, d], equal to aft_average with the Dense bidirectional
 // layout. Panels of 512 query rows, each one GEMM [rows, M] x [M, 2 B d] on exp(w - row max) and
-// [exp(K - b) (.) V | exp(K - b)] by fixed tiles; the backward remakes exp(w) by the same panels (E^T [G | -H]
-// for k and v; E (.) ([G | -H] X^T) for w only where w needs a gradient), so memory is O(M B d + 512 M)
-// whatever N (no [N, M] temporary). Where the range of K plus that of w exceeds 60 (the GEMM's factors could
-// underflow) the whole call goes to aft_average (pair by pair, exact at any range). Differentiable w.r.t. k,
-// v and w.
+// [exp(K - b) (.) V | exp(K - b)] by fixed tiles; the backward remakes exp(w) by the same panels
+// (E^T [G | -H] for k and v; E (.) ([G | -H] X^T) for w only where w needs a gradient), so memory is
+// O(M B d + 512 M) whatever N (no [N, M] temporary). Where the range of K plus that of w exceeds 60 (the
+// GEMM's factors could underflow) the whole call goes to aft_average (pair by pair, exact at any range).
+// Differentiable w.r.t. k, v and w.
 Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N,
                               const char* op = "aft_full_bidirectional");
 
