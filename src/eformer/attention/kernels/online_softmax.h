@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/ops/activation.h"
 
 namespace eformer::attention {
@@ -29,9 +30,7 @@ struct OnlineSoftmax {
   // factor exp(m - m') by which the caller must rescale what it accumulated so far (0 before the
   // first finite score, so an accumulator that started at 0 stays exact).
   float update(float* s, int64_t n) {
-    float block_max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : block_max)
-    for (int64_t j = 0; j < n; ++j) block_max = std::max(block_max, s[j]);
+    const float block_max = max_of(s, n);
     const float new_max = std::max(max, block_max);
     if (new_max == -std::numeric_limits<float>::infinity()) {  // nothing attendable yet, or NaN
       bool nan = false;  // max() skips NaN; a NaN score must make the row NaN, as softmax does
@@ -42,16 +41,41 @@ struct OnlineSoftmax {
       return nan ? fill : 1.0f;
     }
     const float rescale = kernels::fast_exp(max - new_max);  // exp(-inf) = 0 exactly
-    float block_sum = 0.0f;
-#pragma omp simd reduction(+ : block_sum)
-    for (int64_t j = 0; j < n; ++j) {
-      const float p = kernels::fast_exp(s[j] - new_max);
-      s[j] = p;
-      block_sum += p;
-    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[j] = kernels::fast_exp(s[j] - new_max);
+    const float block_sum = sum_of(s, n);
     max = new_max;
     sum = sum * rescale + block_sum;
     return rescale;
+  }
+
+  // max_j s_j skipping NaN (-inf for none) and sum_j s_j, a vector at a time: an `omp simd` max
+  // reduction compiled to a scalar chain here (4 cycles an element, half the flash forward's time).
+  static float max_of(const float* s, int64_t n) {
+    using namespace kernels::tile;
+    Vec m0 = splat(-std::numeric_limits<float>::infinity()), m1 = m0;
+    int64_t j = 0;
+    for (; j + 2 * kWidth <= n; j += 2 * kWidth) {
+      m0 = vmax(m0, load(s + j));
+      m1 = vmax(m1, load(s + j + kWidth));
+    }
+    if (j + kWidth <= n) m0 = vmax(m0, load(s + j)), j += kWidth;
+    float m = reduce_max(vmax(m0, m1));
+    for (; j < n; ++j) m = s[j] > m ? s[j] : m;
+    return m;
+  }
+  static float sum_of(const float* s, int64_t n) {
+    using namespace kernels::tile;
+    Vec a0{}, a1{};
+    int64_t j = 0;
+    for (; j + 2 * kWidth <= n; j += 2 * kWidth) {
+      a0 += load(s + j);
+      a1 += load(s + j + kWidth);
+    }
+    if (j + kWidth <= n) a0 += load(s + j), j += kWidth;
+    float total = reduce_sum(a0 + a1);
+    for (; j < n; ++j) total += s[j];
+    return total;
   }
 
   // Folds another partial state (over a disjoint set of keys) into this one; returns the factors
