@@ -6,47 +6,17 @@
 // present, AVX2 + FMA otherwise.
 #pragma once
 #include <cstdint>
-#include <cstring>
+
+#include "eformer/attention/kernels/tile_vec.h"
 
 namespace eformer::kernels::tile {
 
 #ifdef __AVX512F__
-inline constexpr int64_t kWidth = 16;  // floats per vector
 inline constexpr int kMaxVectors = 4;  // vectors of C per micro-tile row
 #else
-inline constexpr int64_t kWidth = 8;
 inline constexpr int kMaxVectors = 2;
 #endif
 inline constexpr int kRows = 6;  // rows of C per micro-tile
-typedef float Vec __attribute__((vector_size(kWidth * sizeof(float))));
-
-inline int64_t round_up(int64_t n) { return (n + kWidth - 1) / kWidth * kWidth; }
-
-inline Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
-inline Vec splat(float x) { return Vec{} + x; }
-// Lane-wise max that keeps a where b is NaN (as std::max(a, b) does).
-inline Vec vmax(Vec a, Vec b) { return b > a ? b : a; }
-
-// The largest lane and the sum of the lanes, as a tree (depth log2(kWidth), not a chain of kWidth - 1).
-inline float reduce_max(Vec v) {
-  float a[kWidth];
-  std::memcpy(a, &v, sizeof(Vec));
-  for (int64_t w = kWidth / 2; w > 0; w /= 2)
-    for (int64_t i = 0; i < w; ++i) a[i] = a[i + w] > a[i] ? a[i + w] : a[i];
-  return a[0];
-}
-inline float reduce_sum(Vec v) {
-  float a[kWidth];
-  std::memcpy(a, &v, sizeof(Vec));
-  for (int64_t w = kWidth / 2; w > 0; w /= 2)
-    for (int64_t i = 0; i < w; ++i) a[i] += a[i + w];
-  return a[0];
-}
 
 // C[R, NV * kWidth] (+)= alpha A(R, K) B[K, NV * kWidth]
 template <int R, int NV>

@@ -1,0 +1,71 @@
+// One SIMD vector of floats for the fused attention kernels' tiles (tile_gemm.h's micro-kernel, the
+// online softmax's row passes): GCC vector extensions, AVX-512 under -march=native where present,
+// AVX2 otherwise. Lane-wise code is written once here rather than left to `omp simd` reductions,
+// which GCC compiled to a scalar chain for the row max.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace eformer::kernels::tile {
+
+#ifdef __AVX512F__
+inline constexpr int64_t kWidth = 16;  // floats per vector
+#else
+inline constexpr int64_t kWidth = 8;
+#endif
+typedef float Vec __attribute__((vector_size(kWidth * sizeof(float))));
+typedef int32_t IVec __attribute__((vector_size(kWidth * sizeof(int32_t))));
+
+inline int64_t round_up(int64_t n) { return (n + kWidth - 1) / kWidth * kWidth; }
+
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+inline Vec splat(float x) { return Vec{} + x; }
+// Lane-wise std::max(a, b) and std::min(a, b): a where b is NaN, b where a is (and not b).
+inline Vec vmax(Vec a, Vec b) { return a < b ? b : a; }
+inline Vec vmin(Vec a, Vec b) { return b < a ? b : a; }
+
+// The largest lane and the sum of the lanes, as a tree (depth log2(kWidth), not a chain of kWidth - 1).
+inline float reduce_max(Vec v) {
+  float a[kWidth];
+  std::memcpy(a, &v, sizeof(Vec));
+  for (int64_t w = kWidth / 2; w > 0; w /= 2)
+    for (int64_t i = 0; i < w; ++i) a[i] = a[i] < a[i + w] ? a[i + w] : a[i];
+  return a[0];
+}
+inline float reduce_sum(Vec v) {
+  float a[kWidth];
+  std::memcpy(a, &v, sizeof(Vec));
+  for (int64_t w = kWidth / 2; w > 0; w /= 2)
+    for (int64_t i = 0; i < w; ++i) a[i] += a[i + w];
+  return a[0];
+}
+
+// kernels::fast_exp (ops/activation.h) lane by lane: the same operations in the same order (the
+// products contract to the same FMAs), so each lane equals fast_exp of it bit for bit.
+inline Vec exp(Vec x) {
+  const Vec xc = vmin(vmax(x, splat(-88.0f)), splat(88.72283f));
+  const Vec shifted = xc * 1.44269504088896341f + 12582912.0f;
+  const Vec n = shifted - 12582912.0f;
+  Vec r = n * -0.693359375f + xc;
+  r = n * 2.12194440e-4f + r;
+  Vec p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const Vec er = (p * (r * r) + r) + 1.0f;
+  const IVec n_int = (IVec)shifted - 0x4B400000;
+  return er * (Vec)((n_int + 127) << 23);
+}
+
+// y[n] = exp(x[n]) as compiled in the library (n a multiple of kWidth): its test checks the lanes
+// against fast_exp; the test binary itself is compiled without the library's ISA flags.
+void exp_lanes(const float* x, float* y, int64_t n);
+
+}  // namespace eformer::kernels::tile
