@@ -29,20 +29,32 @@ inline Vec splat(float x) { return Vec{} + x; }
 inline Vec vmax(Vec a, Vec b) { return a < b ? b : a; }
 inline Vec vmin(Vec a, Vec b) { return b < a ? b : a; }
 
-// The largest lane and the sum of the lanes, as a tree (depth log2(kWidth), not a chain of kWidth - 1).
+// v with its lanes swapped in pairs at distance w (w = kWidth / 2, ..., 1): the steps of a tree
+// reduction in registers, depth log2(kWidth) instead of a chain of kWidth - 1.
+#ifdef __AVX512F__
+inline Vec swap8(Vec v) { return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7); }
+inline Vec swap4(Vec v) { return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11); }
+inline Vec swap2(Vec v) { return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13); }
+inline Vec swap1(Vec v) { return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14); }
+#else
+inline Vec swap8(Vec v) { return v; }  // unused at 8 lanes
+inline Vec swap4(Vec v) { return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3); }
+inline Vec swap2(Vec v) { return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5); }
+inline Vec swap1(Vec v) { return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6); }
+#endif
+
+// The largest lane (of lanes that are not NaN: max_of never feeds it one) and the sum of the lanes.
 inline float reduce_max(Vec v) {
-  float a[kWidth];
-  std::memcpy(a, &v, sizeof(Vec));
-  for (int64_t w = kWidth / 2; w > 0; w /= 2)
-    for (int64_t i = 0; i < w; ++i) a[i] = a[i] < a[i + w] ? a[i + w] : a[i];
-  return a[0];
+  if constexpr (kWidth == 16) v = vmax(v, swap8(v));
+  v = vmax(v, swap4(v));
+  v = vmax(v, swap2(v));
+  return vmax(v, swap1(v))[0];
 }
 inline float reduce_sum(Vec v) {
-  float a[kWidth];
-  std::memcpy(a, &v, sizeof(Vec));
-  for (int64_t w = kWidth / 2; w > 0; w /= 2)
-    for (int64_t i = 0; i < w; ++i) a[i] += a[i + w];
-  return a[0];
+  if constexpr (kWidth == 16) v += swap8(v);
+  v += swap4(v);
+  v += swap2(v);
+  return (v + swap1(v))[0];
 }
 
 // kernels::fast_exp (ops/activation.h) lane by lane: the same operations in the same order (the
