@@ -27,12 +27,12 @@ inline Vec load(const float* p) {
 }
 inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 inline Vec splat(float x) { return Vec{} + x; }
-// Lane-wise std::max(a, b) and std::min(a, b): a where b is NaN, b where a is (and not b).
+// Lane-wise std::max(a, b) and std::min(a, b): a wherever either lane is NaN (as std::max and std::min).
 // One instruction where the ISA has it (GCC 12 compiles the select to a compare and a masked move):
 // x86's max(x, y) is x > y ? x : y, so max(b, a) = a < b ? b : a.
-#if defined(__AVX512F__)
-inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(b, a); }
-inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(b, a); }
+#if defined(__AVX512F__)  // the masked forms: _mm512_max_ps's undefined source trips -Wmaybe-uninitialized
+inline Vec vmax(Vec a, Vec b) { return _mm512_mask_max_ps(a, 0xFFFF, b, a); }
+inline Vec vmin(Vec a, Vec b) { return _mm512_mask_min_ps(a, 0xFFFF, b, a); }
 #elif defined(__AVX__)
 inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(b, a); }
 inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(b, a); }
