@@ -69,21 +69,33 @@ inline float reduce_sum(Vec v) {
   return (v + swap1(v))[0];
 }
 
-// kernels::fast_exp (ops/activation.h) lane by lane: the same operations in the same order (the
-// products contract to the same FMAs), so each lane equals fast_exp of it bit for bit.
+// a b + c rounded once (as std::fma), whatever the optimization level; a b + c, rounded twice, only in
+// a build without FMA (the test binary's own code: the library is never built so).
+inline Vec fma(Vec a, Vec b, Vec c) {
+#if defined(__AVX512F__)
+  return _mm512_fmadd_ps(a, b, c);
+#elif defined(__FMA__)
+  return _mm256_fmadd_ps(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// kernels::fast_exp (ops/activation.h) lane by lane: the same operations in the same order, its
+// std::fma calls as fma() above, so each lane equals fast_exp of it bit for bit.
 inline Vec exp(Vec x) {
   const Vec xc = vmin(vmax(x, splat(-88.0f)), splat(88.72283f));
-  const Vec shifted = xc * 1.44269504088896341f + 12582912.0f;
+  const Vec shifted = fma(xc, splat(1.44269504088896341f), splat(12582912.0f));
   const Vec n = shifted - 12582912.0f;
-  Vec r = n * -0.693359375f + xc;
-  r = n * 2.12194440e-4f + r;
+  Vec r = fma(n, splat(-0.693359375f), xc);
+  r = fma(n, splat(2.12194440e-4f), r);
   Vec p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const Vec er = (p * (r * r) + r) + 1.0f;
+  p = fma(p, r, splat(1.3981999507e-3f));
+  p = fma(p, r, splat(8.3334519073e-3f));
+  p = fma(p, r, splat(4.1665795894e-2f));
+  p = fma(p, r, splat(1.6666665459e-1f));
+  p = fma(p, r, splat(5.0000001201e-1f));
+  const Vec er = fma(p, r * r, r) + 1.0f;
   const IVec n_int = (IVec)shifted - 0x4B400000;
   return er * (Vec)((n_int + 127) << 23);
 }
