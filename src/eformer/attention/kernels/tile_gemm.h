@@ -6,28 +6,17 @@
 // present, AVX2 + FMA otherwise.
 #pragma once
 #include <cstdint>
-#include <cstring>
+
+#include "eformer/attention/kernels/tile_vec.h"
 
 namespace eformer::kernels::tile {
 
 #ifdef __AVX512F__
-inline constexpr int64_t kWidth = 16;  // floats per vector
 inline constexpr int kMaxVectors = 4;  // vectors of C per micro-tile row
 #else
-inline constexpr int64_t kWidth = 8;
 inline constexpr int kMaxVectors = 2;
 #endif
 inline constexpr int kRows = 6;  // rows of C per micro-tile
-typedef float Vec __attribute__((vector_size(kWidth * sizeof(float))));
-
-inline int64_t round_up(int64_t n) { return (n + kWidth - 1) / kWidth * kWidth; }
-
-inline Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 
 // C[R, NV * kWidth] (+)= alpha A(R, K) B[K, NV * kWidth]
 template <int R, int NV>
