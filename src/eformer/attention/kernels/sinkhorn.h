@@ -20,14 +20,15 @@ struct SinkhornSortSizes {
   bool causal = false;       // row i may select only blocks j < i (Causal Sinkhorn Balancing)
 };
 
-// The soft permutation P [B, H, n, n] from block summaries psi [B, H, n, d] and the SortNet
+// The soft permutation P [B, H, n, n] from the zero-padded keys blocks [B, H, n b, d] and the SortNet
 // w1 [H, d, hidden], b1 [H, hidden], w2 [H, hidden, n_max], b2 [H, n_max] (the first n outputs):
+//   psi_i = the sum of block i's keys (causal: of block i - 1; psi_0 = 0),
 //   R = W2 relu(W1 psi + b1) + b2,  X = (R + gumbel) / tau,
 //   bidirectional: `iterations` times X <- F_c(F_r(X)) (log-softmax over rows, then columns), P = exp(X);
 //   causal: X masked to j < i, `iterations` times X <- F_r(X - logcumsumexp_i(X)) (the column sums
 //   over rows k <= i), P = exp(X), 0 where j >= i.
-// gumbel [B, H, n, n] may be undefined (no noise). Differentiable in psi, the SortNet and gumbel.
-Tensor sinkhorn_permutation(const Tensor& psi, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+// gumbel [B, H, n, n] may be undefined (no noise). Differentiable in blocks, the SortNet and gumbel.
+Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                             const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& s);
 
 // The keys (or values) the block-sparse kernel reads: [B, H, rows b + N, d], first the `rows` sorted

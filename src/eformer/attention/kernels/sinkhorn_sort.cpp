@@ -20,7 +20,7 @@ namespace {
 constexpr float kMasked = -1e30f;  // a log-space entry exp() sends to 0 (causal j >= i)
 
 struct SortDims {
-  int64_t B = 0, H = 0, n = 0, d = 0, hidden = 0, n_max = 0, iterations = 0;
+  int64_t B = 0, H = 0, n = 0, b = 0, d = 0, hidden = 0, n_max = 0, iterations = 0;
   float inv_temperature = 1;
   bool causal = false;
 };
@@ -107,9 +107,33 @@ void causal_column_step_backward(const float* x, const float* L, float* g, int64
   }
 }
 
-// Per (batch, head) storage of the forward: hidden [n, hidden], X0 [n, n], 2 * iterations states [n, n].
+// psi [n, d] of one head from its blocks [n b, d]: each block's key sum; causal: row i the sum of block
+// i - 1 (row 0: zero), so that row i of P depends on no key of block i or later.
+void block_summaries(const float* blocks, float* psi, const SortDims& s) {
+  const int64_t n = s.n, b = s.b, d = s.d, shift = s.causal ? 1 : 0;
+  std::fill(psi, psi + n * d, 0.f);
+  for (int64_t i = shift; i < n; ++i)
+    for (int64_t t = 0; t < b; ++t)
+      for (int64_t c = 0; c < d; ++c) psi[i * d + c] += blocks[((i - shift) * b + t) * d + c];
+}
+
+// The backward of block_summaries: every key of block j receives d psi of the row that summed it.
+void block_summaries_backward(const float* gpsi, float* gblocks, const SortDims& s) {
+  const int64_t n = s.n, b = s.b, d = s.d, shift = s.causal ? 1 : 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* g = j + shift < n ? gpsi + (j + shift) * d : nullptr;
+    for (int64_t t = 0; t < b; ++t) {
+      float* out = gblocks + (j * b + t) * d;
+      if (g) std::copy(g, g + d, out);
+      else std::fill(out, out + d, 0.f);
+    }
+  }
+}
+
+// Per (batch, head) storage of the forward: psi [n, d], hidden [n, hidden], X0 [n, n], 2 * iterations
+// states [n, n].
 struct Saved {
-  Tensor hidden, x0, states;
+  Tensor psi, hidden, x0, states;
   int64_t states_per_head(const SortDims& s) const { return 2 * s.iterations * s.n * s.n; }
 };
 
@@ -204,31 +228,34 @@ void sort_net_backward(int64_t h, const float* psi, const float* w1, const float
 
 }  // namespace
 
-Tensor sinkhorn_permutation(const Tensor& psi, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                             const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes) {
   const char* op = "sinkhorn_permutation";
-  EF_CHECK(psi.dim() == 4 && w1.dim() == 3 && b1.dim() == 2 && w2.dim() == 3 && b2.dim() == 2, ShapeError, op,
-           ": psi ", psi.describe(), ", w1 ", w1.describe(), ", b1 ", b1.describe(), ", w2 ", w2.describe(),
-           ", b2 ", b2.describe(), "; expected [B, H, n, d], [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]");
-  SortDims s{psi.size(0), psi.size(1), psi.size(2), psi.size(3), w1.size(2), w2.size(2),
+  EF_CHECK(blocks.dim() == 4 && w1.dim() == 3 && b1.dim() == 2 && w2.dim() == 3 && b2.dim() == 2, ShapeError, op,
+           ": blocks ", blocks.describe(), ", w1 ", w1.describe(), ", b1 ", b1.describe(), ", w2 ", w2.describe(),
+           ", b2 ", b2.describe(), "; expected [B, H, n b, d], [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]");
+  SortDims s{blocks.size(0), blocks.size(1), sizes.n, b, blocks.size(3), w1.size(2), w2.size(2),
              sizes.iterations, sizes.inv_temperature, sizes.causal};
   const int64_t B = s.B, H = s.H, n = s.n, d = s.d, hd = s.hidden, nn = n * n;
-  EF_CHECK(n == sizes.n && n <= s.n_max && w1.shape() == (Shape{H, d, hd}) && b1.shape() == (Shape{H, hd}) &&
-               w2.shape() == (Shape{H, hd, s.n_max}) && b2.shape() == (Shape{H, s.n_max}),
-           ShapeError, op, ": psi ", psi.describe(), " (", sizes.n, " blocks), w1 ", w1.describe(), ", b1 ",
+  EF_CHECK(b > 0 && n > 0 && blocks.size(2) == n * b && n <= s.n_max && w1.shape() == (Shape{H, d, hd}) &&
+               b1.shape() == (Shape{H, hd}) && w2.shape() == (Shape{H, hd, s.n_max}) && b2.shape() == (Shape{H, s.n_max}),
+           ShapeError, op, ": blocks ", blocks.describe(), " (", n, " blocks of ", b, "), w1 ", w1.describe(), ", b1 ",
            b1.describe(), ", w2 ", w2.describe(), ", b2 ", b2.describe(), " do not fit");
   EF_CHECK(!gumbel.defined() || gumbel.shape() == (Shape{B, H, n, n}), ShapeError, op, ": gumbel is ",
            gumbel.describe(), "; expected [", B, ", ", H, ", ", n, ", ", n, "]");
   EF_CHECK(s.iterations >= 1, ValueError, op, ": iterations = ", s.iterations, "; expected at least 1");
-  const Tensor pc = psi.contiguous_data(), w1c = w1.contiguous_data(), b1c = b1.contiguous_data(),
+  const Tensor xc = blocks.contiguous_data(), w1c = w1.contiguous_data(), b1c = b1.contiguous_data(),
                w2c = w2.contiguous_data(), b2c = b2.contiguous_data();
   const Tensor gc = gumbel.defined() ? gumbel.contiguous_data() : Tensor();
-  Saved saved{Tensor::empty({B, H, n, hd}), Tensor::empty({B, H, n, n}), Tensor::empty({B, H, 2 * s.iterations, n, n})};
+  Saved saved{Tensor::empty({B, H, n, d}), Tensor::empty({B, H, n, hd}), Tensor::empty({B, H, n, n}),
+              Tensor::empty({B, H, 2 * s.iterations, n, n})};
   Tensor P = Tensor::empty({B, H, n, n});
   for_each_item(B * H, 2 * n, [&](int64_t bh, float* scratch) {
     const int64_t h = bh % H;
     float* x0 = saved.x0.data<float>() + bh * nn;
-    sort_net_forward(pc.data<float>() + bh * n * d, w1c.data<float>() + h * d * hd, b1c.data<float>() + h * hd,
+    float* psi = saved.psi.data<float>() + bh * n * d;
+    block_summaries(xc.data<float>() + bh * n * b * d, psi, s);
+    sort_net_forward(psi, w1c.data<float>() + h * d * hd, b1c.data<float>() + h * hd,
                      w2c.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
                      gc.defined() ? gc.data<float>() + bh * nn : nullptr, saved.hidden.data<float>() + bh * n * hd, x0,
                      s);
@@ -236,11 +263,11 @@ Tensor sinkhorn_permutation(const Tensor& psi, const Tensor& w1, const Tensor& b
                     scratch, scratch + n, s);
   });
   const Tensor Pd = P.detach();
-  std::vector<Tensor> inputs = {psi, w1, b1, w2, b2};
+  std::vector<Tensor> inputs = {blocks, w1, b1, w2, b2};
   if (gumbel.defined()) inputs.push_back(gumbel);
   const bool with_gumbel = gumbel.defined();
-  return autograd::record(op, P, inputs, [pc, w1c, w2c, saved, Pd, s, with_gumbel](const Tensor& g) {
-    const int64_t B = s.B, H = s.H, n = s.n, nn = n * n, hd = s.hidden;
+  return autograd::record(op, P, inputs, [w1c, w2c, saved, Pd, s, with_gumbel](const Tensor& g) {
+    const int64_t B = s.B, H = s.H, n = s.n, nn = n * n, hd = s.hidden, d = s.d;
     Tensor gR = g.contiguous_data().clone_data();
     for_each_item(B * H, 2 * nn, [&](int64_t bh, float* scratch) {
       float* gh = gR.data<float>() + bh * nn;
@@ -249,15 +276,19 @@ Tensor sinkhorn_permutation(const Tensor& psi, const Tensor& w1, const Tensor& b
       for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
         for (int64_t j = 0; j < n; ++j) gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
     });
-    Tensor gpsi = Tensor::empty({B, H, n, s.d});
-    Tensor gw1 = Tensor::zeros({H, s.d, hd}), gb1 = Tensor::zeros({H, hd});
+    Tensor gpsi = Tensor::empty({B, H, n, d}), gblocks = Tensor::empty({B, H, n * s.b, d});
+    Tensor gw1 = Tensor::zeros({H, d, hd}), gb1 = Tensor::zeros({H, hd});
     Tensor gw2 = Tensor::zeros({H, hd, s.n_max}), gb2 = Tensor::zeros({H, s.n_max});
     for_each_item(H, n * hd, [&](int64_t h, float* ghid) {
-      sort_net_backward(h, pc.data<float>(), w1c.data<float>(), w2c.data<float>(), saved.hidden.data<float>(),
+      sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(), saved.hidden.data<float>(),
                         gR.data<float>(), gpsi.data<float>(), gw1.data<float>(), gb1.data<float>(), gw2.data<float>(),
                         gb2.data<float>(), ghid, s);
+      for (int64_t bb = 0; bb < B; ++bb) {
+        const int64_t bh = bb * H + h;
+        block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d, s);
+      }
     });
-    std::vector<Tensor> grads = {gpsi, gw1, gb1, gw2, gb2};
+    std::vector<Tensor> grads = {gblocks, gw1, gb1, gw2, gb2};
     if (with_gumbel) grads.push_back(gR);
     return grads;
   });

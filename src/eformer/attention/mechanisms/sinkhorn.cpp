@@ -193,12 +193,8 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
     kz = cat({kz, pad}, 2), vz = cat({vz, pad}, 2);
   }
 
-  // psi: the sum of each block's keys; causal rows use the previous block's.
-  Tensor summary = sum(reshape(kz, {B, H, n, b, d}), {3});
-  if (opts.causal)
-    summary = n == 1 ? Tensor::zeros({B, H, 1, d})
-                     : cat({Tensor::zeros({B, H, 1, d}), contiguous(slice(summary, 2, 0, n - 1))}, 2);
-  const Tensor P = kernels::sinkhorn_permutation(summary, net.w1, net.b1, net.w2, net.b2, gumbel,
+  // P from the block key sums (causal: the previous block's) through the SortNet and the balancing.
+  const Tensor P = kernels::sinkhorn_permutation(kz, b, net.w1, net.b1, net.w2, net.b2, gumbel,
                                                  {n, o.iterations, float(1.0 / o.temperature), opts.causal});
   if (permutation) *permutation = P;
 
