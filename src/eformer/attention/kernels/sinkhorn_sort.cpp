@@ -13,6 +13,7 @@
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
+#include "eformer/ops/activation.h"
 
 namespace eformer::kernels {
 namespace {
@@ -32,9 +33,11 @@ void log_softmax_rows(const float* x, float* y, int64_t n, bool causal) {
     const float* xr = x + i * n;
     float* yr = y + i * n;
     float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < w; ++j) m = std::max(m, xr[j]);
     float s = 0;
-    for (int64_t j = 0; j < w; ++j) s += std::exp(xr[j] - m);
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < w; ++j) s += fast_exp(xr[j] - m);
     const float shift = m + std::log(s);
     for (int64_t j = 0; j < w; ++j) yr[j] = xr[j] - shift;
     for (int64_t j = w; j < n; ++j) yr[j] = kMasked;
@@ -48,7 +51,7 @@ void log_softmax_columns(const float* y, float* x, int64_t n, float* m, float* s
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) m[j] = std::max(m[j], y[i * n + j]);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) s[j] += std::exp(y[i * n + j] - m[j]);
+    for (int64_t j = 0; j < n; ++j) s[j] += fast_exp(y[i * n + j] - m[j]);
   for (int64_t j = 0; j < n; ++j) s[j] = m[j] + std::log(s[j]);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) x[i * n + j] = y[i * n + j] - s[j];
@@ -77,8 +80,9 @@ void log_softmax_rows_backward(const float* y, float* g, int64_t n, bool causal)
     float* gr = g + i * n;
     const float* yr = y + i * n;
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < w; ++j) s += gr[j];
-    for (int64_t j = 0; j < w; ++j) gr[j] -= std::exp(yr[j]) * s;
+    for (int64_t j = 0; j < w; ++j) gr[j] -= fast_exp(yr[j]) * s;
     for (int64_t j = w; j < n; ++j) gr[j] = 0.f;
   }
 }
@@ -89,7 +93,7 @@ void log_softmax_columns_backward(const float* x, float* g, int64_t n, float* s)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) s[j] += g[i * n + j];
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) g[i * n + j] -= std::exp(x[i * n + j]) * s[j];
+    for (int64_t j = 0; j < n; ++j) g[i * n + j] -= fast_exp(x[i * n + j]) * s[j];
 }
 
 // Backward of z = x - L(x) (causal_column_step), in place: gx_kj = gz_kj - exp(x_kj - L_kj) r_k with
@@ -176,7 +180,7 @@ void balance_forward(const float* x0, float* states, float* P, float* m, float* 
     }
     x = c;
   }
-  for (int64_t e = 0; e < nn; ++e) P[e] = x[e] == kMasked ? 0.f : std::exp(x[e]);
+  for (int64_t e = 0; e < nn; ++e) P[e] = fast_exp(x[e]);  // kMasked (causal j >= i) gives 0 exactly
 }
 
 // dX0 of one head from dP (in place in g): the balancing's backward.
