@@ -57,19 +57,25 @@ void log_softmax_columns(const float* y, float* x, int64_t n, float* m, float* s
     for (int64_t j = 0; j < n; ++j) x[i * n + j] = y[i * n + j] - s[j];
 }
 
-// Causal column step: L_ij = log sum_{j < k <= i} exp(x_kj) (the rows that may select block j; running
-// maximum in double), z = x - L where j < i (kMasked elsewhere).
-void causal_column_step(const float* x, float* L, float* z, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double m = -std::numeric_limits<double>::infinity(), s = 0;  // the sum is s exp(m)
-    for (int64_t i = 0; i <= j && i < n; ++i) L[i * n + j] = kMasked, z[i * n + j] = kMasked;
-    for (int64_t i = j + 1; i < n; ++i) {
-      const double v = x[i * n + j];
-      if (v > m) s = s * std::exp(m - v) + 1, m = v;
-      else s += std::exp(v - m);
-      L[i * n + j] = float(m + std::log(s));
-      z[i * n + j] = x[i * n + j] - L[i * n + j];
+// Causal column step: L_ij = log sum_{j < k <= i} exp(x_kj) (the rows that may select block j, as a
+// running maximum m_j and sum s_j: logits of a trained model pass exp's range), z = x - L where j < i
+// (kMasked elsewhere). Rows in order, the columns of a row vectorized; m, s: scratch [n].
+void causal_column_step(const float* x, float* L, float* z, int64_t n, float* m, float* s) {
+  std::fill(m, m + n, -std::numeric_limits<float>::infinity());
+  std::fill(s, s + n, 0.f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xr = x + i * n;
+    float *Lr = L + i * n, *zr = z + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < i; ++j) {
+      const float mx = std::max(m[j], xr[j]);
+      s[j] = s[j] * fast_exp(m[j] - mx) + fast_exp(xr[j] - mx);  // m = -inf at the first row: 0 + 1
+      m[j] = mx;
+      Lr[j] = mx + std::log(s[j]);
+      zr[j] = xr[j] - Lr[j];
     }
+    std::fill(Lr + i, Lr + n, kMasked);
+    std::fill(zr + i, zr + n, kMasked);
   }
 }
 
@@ -96,18 +102,25 @@ void log_softmax_columns_backward(const float* x, float* g, int64_t n, float* s)
     for (int64_t j = 0; j < n; ++j) g[i * n + j] -= fast_exp(x[i * n + j]) * s[j];
 }
 
-// Backward of z = x - L(x) (causal_column_step), in place: gx_kj = gz_kj - exp(x_kj - L_kj) r_k with
-// r_k = sum_{i >= k} gz_ij exp(L_kj - L_ij), run from the last row up (r_k = gz_kj + r_{k+1} e^{L_k - L_{k+1}}).
-void causal_column_step_backward(const float* x, const float* L, float* g, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double r = 0;
-    for (int64_t k = n - 1; k > j; --k) {
-      const int64_t e = k * n + j;
-      if (k + 1 < n) r *= std::exp(double(L[e]) - double(L[e + n]));
-      r += g[e];
-      g[e] = float(g[e] - std::exp(double(x[e]) - double(L[e])) * r);
+// Backward of z = x - L(x) (causal_column_step), in place: gx_kj = gz_kj - exp(x_kj - L_kj) r_kj with
+// r_kj = sum_{i >= k} gz_ij exp(L_kj - L_ij), run from the last row up (r_k = gz_k + r_{k+1} e^{L_k - L_{k+1}},
+// the factor <= 1 as L grows down a column); 0 where j >= k. r: scratch [n].
+void causal_column_step_backward(const float* x, const float* L, float* g, int64_t n, float* r) {
+  std::fill(r, r + n, 0.f);
+  for (int64_t k = n - 1; k >= 0; --k) {
+    const float *xr = x + k * n, *Lr = L + k * n;
+    float* gr = g + k * n;
+    if (k + 1 < n) {
+      const float* Lnext = Lr + n;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) r[j] *= fast_exp(Lr[j] - Lnext[j]);
     }
-    for (int64_t k = 0; k <= j && k < n; ++k) g[k * n + j] = 0.f;
+#pragma omp simd
+    for (int64_t j = 0; j < k; ++j) {
+      r[j] += gr[j];
+      gr[j] -= fast_exp(xr[j] - Lr[j]) * r[j];
+    }
+    std::fill(gr + k, gr + n, 0.f);
   }
 }
 
@@ -172,7 +185,7 @@ void balance_forward(const float* x0, float* states, float* P, float* m, float* 
     float* c = a + nn;
     if (s.causal) {
       // a = L, c = the row log-softmax of x - L (z in P's storage until the end)
-      causal_column_step(x, a, P, n);
+      causal_column_step(x, a, P, n, m, sum);
       log_softmax_rows(P, c, n, true);
     } else {
       log_softmax_rows(x, a, n, false);  // F_r
@@ -197,7 +210,7 @@ void balance_backward(const float* x0, const float* states, const float* P, floa
       const float* prev = t > 0 ? states + (2 * t - 1) * nn : nullptr;
       for (int64_t i = 0; i < n; ++i)
         for (int64_t j = 0; j < n; ++j) xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
-      causal_column_step_backward(xin, a, g, n);
+      causal_column_step_backward(xin, a, g, n, sum);
     } else {
       log_softmax_columns_backward(c, g, n, sum);
       log_softmax_rows_backward(a, g, n, false);
