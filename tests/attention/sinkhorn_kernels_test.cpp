@@ -1,7 +1,7 @@
 // The fused Sinkhorn kernels (attention/kernels/sinkhorn.h) against the op-by-op autograd graphs they
-// replace: the permutation (block sums, SortNet, Gumbel noise, temperature, balancing) and the sorted
-// blocks written beside the local keys (with P dense, strictly lower, or fewer rows: SortCut), forward
-// and every gradient. The float64 PyTorch checks of the whole attention are in
+// replace: the permutation (block sums, SortNet, Gumbel noise, temperature, balancing), the sorted
+// blocks written beside the local keys (with P dense, strictly lower, or fewer rows: SortCut) and the
+// per-block softmax over [sorted block; own block], forward and every gradient. The float64 PyTorch checks of the whole attention are in
 // tests/python/test_attention_sinkhorn.py.
 #include "eformer/attention/kernels/sinkhorn.h"
 
@@ -98,6 +98,48 @@ TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
   }
 }
 
+// Query block r's softmax over [sorted block r; block r] by ops: scores [B, H, n, b, 2 b], masked (causal:
+// later keys of the own block, and all of block 0's sorted block), softmax, times the values.
+Tensor sorted_block_attention_by_ops(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
+                                     float scale, bool causal) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
+  auto per_block = [&](const Tensor& kv) {  // [B, H, 2 N, d] -> [B, H, n, 2 b, d]
+    return cat({reshape(narrow(kv, 2, 0, N), {B, H, n, b, d}), reshape(narrow(kv, 2, N, N), {B, H, n, b, d})}, 3);
+  };
+  Tensor scores = mul_scalar(matmul(reshape(q, {B, H, n, b, d}), transpose(per_block(keys), 3, 4)), scale);
+  if (causal) {
+    Tensor hidden = Tensor::zeros({n, b, 2 * b}, DType::Bool);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t i = 0; i < b; ++i)
+        for (int64_t j = 0; j < 2 * b; ++j)
+          hidden.data<bool>()[(r * b + i) * 2 * b + j] = j < b ? r == 0 : j - b > i;
+    scores = masked_fill(scores, hidden, -1e30f);
+  }
+  return reshape(matmul(softmax(scores, -1), per_block(values)), {B, H, N, d});
+}
+
+TEST(SinkhornKernels, SortedBlockAttentionMatchesTheOps) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 2, n = 4, b = 3, d = 5, N = n * b;
+  const float scale = 0.7f;
+  for (bool causal : {false, true}) {
+    const std::vector<Tensor> inputs = {normal({B, H, N, d}, gen), normal({B, H, 2 * N, d}, gen),
+                                        normal({B, H, 2 * N, d}, gen)};
+    const Tensor g = normal({B, H, N, d}, gen);
+    std::vector<Tensor> a, e;
+    for (const Tensor& t : inputs) a.push_back(leaf(t)), e.push_back(leaf(t));
+    Tensor ours = sorted_block_attention(a[0], a[1], a[2], b, scale, causal);
+    backward(ours, g);
+    Tensor theirs = sorted_block_attention_by_ops(e[0], e[1], e[2], b, scale, causal);
+    backward(theirs, g);
+    const std::string what = std::string(causal ? "causal, " : "bidirectional, ") + seed.str();
+    expect_close(ours, theirs, 1e-5f, "output, " + what);
+    const char* names[] = {"dq", "d keys", "d values"};
+    for (size_t i = 0; i < inputs.size(); ++i) expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
+  }
+}
+
 TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
   const Tensor P = Tensor::zeros({1, 2, 3, 3}), blocks = Tensor::zeros({1, 2, 8, 4}), local = Tensor::zeros({1, 2, 9, 4});
   testing::expect_error<ShapeError>([&] { sorted_then_local(P, blocks, local, 3, false); },
@@ -107,6 +149,9 @@ TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
   testing::expect_error<ShapeError>(
       [&] { sinkhorn_permutation(Tensor::zeros({1, 2, 9, 4}), 3, w1, b1, w2, b2, {}, {3, 8, 1.f, false}); },
       {"sinkhorn_permutation", "do not fit"});
+  testing::expect_error<ShapeError>(
+      [&] { sorted_block_attention(Tensor::zeros({1, 2, 9, 4}), local, local, 3, 1.f, false); },
+      {"sorted_block_attention", "expected [1, 2, 18, 4]"});
 }
 
 }  // namespace

@@ -38,4 +38,11 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
 Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& local, int64_t b,
                          bool strictly_lower);
 
+// Attention of query block r to its sorted block and its own block in one exact softmax (causal: the
+// own block up to the query, and block 0 without a sorted block), without padding or SortCut:
+// q [B, H, N, d] with N = n b, keys and values [B, H, 2 N, d] as sorted_then_local writes them (n sorted
+// blocks, then the N local keys) -> [B, H, N, d]. Differentiable in q, keys, values.
+Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b, float scale,
+                              bool causal);
+
 }  // namespace eformer::kernels

@@ -205,6 +205,10 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   Tensor keys = kernels::sorted_then_local(P_rows, kz, k, b, opts.causal);
   Tensor values = kernels::sorted_then_local(P_rows, vz, v, b, opts.causal);
 
+  // Each query block sees exactly its sorted block and its own: a dedicated kernel, unless padding or
+  // SortCut need the general block-sparse layout and its key mask.
+  if (!opts.key_mask.defined() && n * b == N && o.sortcut == 0)
+    return kernels::sorted_block_attention(q, keys, values, b, s.scale, opts.causal);
   AttentionOptions inner;
   inner.scale = s.scale;
   // Without padding, every bidirectional slot is real: no mask (the kernel's unmasked path).
