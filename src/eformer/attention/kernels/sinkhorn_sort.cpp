@@ -286,20 +286,23 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
   return autograd::record(op, P, inputs, [w1c, w2c, saved, Pd, s, with_gumbel](const Tensor& g) {
     const int64_t B = s.B, H = s.H, n = s.n, nn = n * n, hd = s.hidden, d = s.d;
     Tensor gR = g.contiguous_data().clone_data();
-    for_each_item(B * H, 2 * nn, [&](int64_t bh, float* scratch) {
-      float* gh = gR.data<float>() + bh * nn;
-      balance_backward(saved.x0.data<float>() + bh * nn, saved.states.data<float>() + bh * saved.states_per_head(s),
-                       Pd.data<float>() + bh * nn, gh, scratch, scratch + nn, s);
-      for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
-        for (int64_t j = 0; j < n; ++j) gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
-    });
     Tensor gpsi = Tensor::empty({B, H, n, d}), gblocks = Tensor::empty({B, H, n * s.b, d});
     Tensor gw1 = Tensor::zeros({H, d, hd}), gb1 = Tensor::zeros({H, hd});
     Tensor gw2 = Tensor::zeros({H, hd, s.n_max}), gb2 = Tensor::zeros({H, s.n_max});
-    for_each_item(H, n * hd, [&](int64_t h, float* ghid) {
+    // One item per head (its weight gradients summed over the batch in order): the balancing's backward
+    // for each sequence, then the SortNet's and the block sums'.
+    for_each_item(H, 2 * nn + n * hd, [&](int64_t h, float* scratch) {
+      for (int64_t bb = 0; bb < B; ++bb) {
+        const int64_t bh = bb * H + h;
+        float* gh = gR.data<float>() + bh * nn;
+        balance_backward(saved.x0.data<float>() + bh * nn, saved.states.data<float>() + bh * saved.states_per_head(s),
+                         Pd.data<float>() + bh * nn, gh, scratch, scratch + nn, s);
+        for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
+          for (int64_t j = 0; j < n; ++j) gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
+      }
       sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(), saved.hidden.data<float>(),
                         gR.data<float>(), gpsi.data<float>(), gw1.data<float>(), gb1.data<float>(), gw2.data<float>(),
-                        gb2.data<float>(), ghid, s);
+                        gb2.data<float>(), scratch + 2 * nn, s);
       for (int64_t bb = 0; bb < B; ++bb) {
         const int64_t bh = bb * H + h;
         block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d, s);
