@@ -12,14 +12,22 @@
 namespace eformer::kernels {
 namespace {
 
-constexpr int64_t kRowChunk = 64;  // rows of P (or of X in the backward) per work item
-
 struct MixSizes {
   int64_t BH = 0, rows = 0, n = 0, bd = 0, local = 0;  // local: N d floats per head
   bool lower = false;
 };
 
-int64_t chunks(int64_t rows) { return (rows + kRowChunk - 1) / kRowChunk; }
+// Rows of P (or of X in the backward) per work item, a multiple of 64: each item's GEMM re-reads (packs)
+// the other operand, so few large chunks; strictly lower: about 8 per head, so that the zero triangle
+// is skipped in steps of 1/8; otherwise at least 8 items in all (whole heads from 8 heads on). Never
+// from the thread count, so that the GEMMs and their bits do not depend on it.
+int64_t row_chunk(int64_t rows, const MixSizes& s) {
+  auto round_up = [](int64_t x) { return std::max<int64_t>(64, (x + 63) / 64 * 64); };
+  if (s.lower) return round_up((rows + 7) / 8);
+  const int64_t per_head = (8 + s.BH - 1) / s.BH;
+  return round_up((rows + per_head - 1) / per_head);
+}
+int64_t chunks(int64_t rows, int64_t chunk) { return (rows + chunk - 1) / chunk; }
 
 // out [rows, bd] = P [rows, n] X [n, bd] for rows [r0, r1); strictly lower: row r needs only j < r.
 void mix_forward(const float* P, const float* X, float* out, int64_t r0, int64_t r1, const MixSizes& s) {
@@ -66,12 +74,12 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
            " do not fit block ", b, "; expected blocks [B, H, n b, d] and local [B, H, N, d]");
   const MixSizes s{B * H, rows, n, b * d, local.size(2) * d, strictly_lower};
   const Tensor Pc = P.contiguous_data(), Xc = blocks.contiguous_data(), Lc = local.contiguous_data();
-  const int64_t S = rows * b, out_head = S * d + s.local, per_head = chunks(rows);
+  const int64_t S = rows * b, out_head = S * d + s.local, chunk = row_chunk(rows, s), per_head = chunks(rows, chunk);
   Tensor out = Tensor::empty({B, H, S + local.size(2), d});
   const float *pp = Pc.data<float>(), *px = Xc.data<float>(), *pl = Lc.data<float>();
   float* po = out.data<float>();
   for_each_item(s.BH * per_head, 0, [&](int64_t item, float*) {
-    const int64_t bh = item / per_head, r0 = (item % per_head) * kRowChunk, r1 = std::min(rows, r0 + kRowChunk);
+    const int64_t bh = item / per_head, r0 = (item % per_head) * chunk, r1 = std::min(rows, r0 + chunk);
     mix_forward(pp + bh * rows * n, px + bh * n * s.bd, po + bh * out_head, r0, r1, s);
     if (r0 == 0) std::memcpy(po + bh * out_head + S * d, pl + bh * s.local, size_t(s.local) * sizeof(float));
   });
@@ -81,19 +89,20 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
     Tensor dP = Tensor::empty(Pc.shape()), dX = Tensor::empty(Xc.shape());
     Tensor dlocal = Tensor::empty({Pc.size(0), Pc.size(1), N, d});
     const float *pg = gc.data<float>(), *pp = Pc.data<float>(), *px = Xc.data<float>();
-    const int64_t p_chunks = chunks(rows), x_chunks = chunks(n);
+    const int64_t p_chunk = row_chunk(rows, s), x_chunk = row_chunk(n, s);
+    const int64_t p_chunks = chunks(rows, p_chunk), x_chunks = chunks(n, x_chunk);
     for_each_item(s.BH * (p_chunks + x_chunks), 0, [&](int64_t item, float*) {
       const int64_t bh = item / (p_chunks + x_chunks), c = item % (p_chunks + x_chunks);
       const float* gh = pg + bh * out_head;
       if (c < p_chunks) {
-        const int64_t r0 = c * kRowChunk;
-        mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0, std::min(rows, r0 + kRowChunk),
+        const int64_t r0 = c * p_chunk;
+        mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0, std::min(rows, r0 + p_chunk),
                        s);
         if (c == 0)
           std::memcpy(dlocal.data<float>() + bh * s.local, gh + S * d, size_t(s.local) * sizeof(float));
       } else {
-        const int64_t j0 = (c - p_chunks) * kRowChunk;
-        mix_backward_X(pp + bh * rows * n, gh, dX.data<float>() + bh * n * s.bd, j0, std::min(n, j0 + kRowChunk),
+        const int64_t j0 = (c - p_chunks) * x_chunk;
+        mix_backward_X(pp + bh * rows * n, gh, dX.data<float>() + bh * n * s.bd, j0, std::min(n, j0 + x_chunk),
                        s);
       }
     });
