@@ -1,16 +1,15 @@
 // The fused Sinkhorn kernels (attention/kernels/sinkhorn.h) against the op-by-op autograd graphs they
 // replace: the permutation (block sums, SortNet, Gumbel noise, temperature, balancing), the sorted
 // blocks written beside the local keys (with P dense, strictly lower, or fewer rows: SortCut) and the
-// per-block softmax over [sorted block; own block], forward and every gradient. The float64 PyTorch checks of the whole attention are in
-// tests/python/test_attention_sinkhorn.py.
-#include "eformer/attention/kernels/sinkhorn.h"
-
+// per-block softmax over [sorted block; own block], forward and every gradient. The float64 PyTorch checks of
+// the whole attention are in tests/python/test_attention_sinkhorn.py.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "../test_util.h"
+#include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/attention/mechanisms/sinkhorn.h"
 #include "eformer/eformer.h"
 
@@ -62,9 +61,9 @@ TEST(SinkhornKernels, SortedThenLocalMatchesMatmulAndCat) {
 }
 
 // The permutation as the op graph computed it before the fused kernel (mechanisms/sinkhorn.cpp).
-Tensor permutation_by_ops(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                          const Tensor& b2, const Tensor& gumbel, int64_t iterations, float temperature,
-                          bool causal) {
+Tensor permutation_by_ops(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1,
+                          const Tensor& w2, const Tensor& b2, const Tensor& gumbel, int64_t iterations,
+                          float temperature, bool causal) {
   const int64_t H = blocks.size(1), n = blocks.size(2) / b, d = blocks.size(3);  // batch 1
   Tensor psi = sum(reshape(blocks, {1, H, n, b, d}), {3});
   if (causal) psi = cat({Tensor::zeros({1, H, 1, d}), contiguous(slice(psi, 2, 0, n - 1))}, 2);
@@ -80,21 +79,23 @@ TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
   const int64_t H = 3, n = 6, b = 2, d = 4, hidden = 5, n_max = 8, iterations = 5;
   const float temperature = 0.75f;
   for (bool causal : {false, true}) {
-    const std::vector<Tensor> inputs = {normal({1, H, n * b, d}, gen, 0.5f), normal({H, d, hidden}, gen, 0.5f),
-                                        normal({H, hidden}, gen), normal({H, hidden, n_max}, gen, 0.5f),
-                                        normal({H, n_max}, gen), normal({1, H, n, n}, gen)};
+    const std::vector<Tensor> inputs = {
+        normal({1, H, n * b, d}, gen, 0.5f),   normal({H, d, hidden}, gen, 0.5f), normal({H, hidden}, gen),
+        normal({H, hidden, n_max}, gen, 0.5f), normal({H, n_max}, gen),           normal({1, H, n, n}, gen)};
     const Tensor g = normal({1, H, n, n}, gen);
     std::vector<Tensor> a, e;
     for (const Tensor& t : inputs) a.push_back(leaf(t)), e.push_back(leaf(t));
     Tensor ours = sinkhorn_permutation(a[0], b, a[1], a[2], a[3], a[4], a[5],
                                        {n, iterations, 1.0f / temperature, causal});
     backward(ours, g);
-    Tensor theirs = permutation_by_ops(e[0], b, e[1], e[2], e[3], e[4], e[5], iterations, temperature, causal);
+    Tensor theirs =
+        permutation_by_ops(e[0], b, e[1], e[2], e[3], e[4], e[5], iterations, temperature, causal);
     backward(theirs, g);
     const std::string what = std::string(causal ? "causal, " : "bidirectional, ") + seed.str();
     expect_close(ours, theirs, 1e-5f, "P, " + what);
     const char* names[] = {"d blocks", "d w1", "d b1", "d w2", "d b2", "d gumbel"};
-    for (size_t i = 0; i < inputs.size(); ++i) expect_close(grad(a[i]), grad(e[i]), 2e-4f, names[i] + (", " + what));
+    for (size_t i = 0; i < inputs.size(); ++i)
+      expect_close(grad(a[i]), grad(e[i]), 2e-4f, names[i] + (", " + what));
   }
 }
 
@@ -104,7 +105,8 @@ Tensor sorted_block_attention_by_ops(const Tensor& q, const Tensor& keys, const 
                                      float scale, bool causal) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
   auto per_block = [&](const Tensor& kv) {  // [B, H, 2 N, d] -> [B, H, n, 2 b, d]
-    return cat({reshape(narrow(kv, 2, 0, N), {B, H, n, b, d}), reshape(narrow(kv, 2, N, N), {B, H, n, b, d})}, 3);
+    return cat({reshape(narrow(kv, 2, 0, N), {B, H, n, b, d}), reshape(narrow(kv, 2, N, N), {B, H, n, b, d})},
+               3);
   };
   Tensor scores = mul_scalar(matmul(reshape(q, {B, H, n, b, d}), transpose(per_block(keys), 3, 4)), scale);
   if (causal) {
@@ -136,21 +138,27 @@ TEST(SinkhornKernels, SortedBlockAttentionMatchesTheOps) {
     const std::string what = std::string(causal ? "causal, " : "bidirectional, ") + seed.str();
     expect_close(ours, theirs, 1e-5f, "output, " + what);
     const char* names[] = {"dq", "d keys", "d values"};
-    for (size_t i = 0; i < inputs.size(); ++i) expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
+    for (size_t i = 0; i < inputs.size(); ++i)
+      expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
   }
 }
 
 TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
-  const Tensor P = Tensor::zeros({1, 2, 3, 3}), blocks = Tensor::zeros({1, 2, 8, 4}), local = Tensor::zeros({1, 2, 9, 4});
+  const Tensor P = Tensor::zeros({1, 2, 3, 3}), blocks = Tensor::zeros({1, 2, 8, 4}),
+               local = Tensor::zeros({1, 2, 9, 4});
   testing::expect_error<ShapeError>([&] { sorted_then_local(P, blocks, local, 3, false); },
                                     {"sorted_then_local", "do not fit block 3"});
   const Tensor w1 = Tensor::zeros({2, 4, 5}), b1 = Tensor::zeros({2, 5}), w2 = Tensor::zeros({2, 5, 2}),
                b2 = Tensor::zeros({2, 2});
   testing::expect_error<ShapeError>(
-      [&] { sinkhorn_permutation(Tensor::zeros({1, 2, 9, 4}), 3, w1, b1, w2, b2, {}, {3, 8, 1.f, false}); },
+      [&] {
+        sinkhorn_permutation(Tensor::zeros({1, 2, 9, 4}), 3, w1, b1, w2, b2, {}, {3, 8, 1.f, false});
+      },
       {"sinkhorn_permutation", "do not fit"});
   testing::expect_error<ShapeError>(
-      [&] { sorted_block_attention(Tensor::zeros({1, 2, 9, 4}), local, local, 3, 1.f, false); },
+      [&] {
+        sorted_block_attention(Tensor::zeros({1, 2, 9, 4}), local, local, 3, 1.f, false);
+      },
       {"sorted_block_attention", "expected [1, 2, 18, 4]"});
 }
 

@@ -14,10 +14,10 @@
 namespace eformer::kernels {
 
 struct SinkhornSortSizes {
-  int64_t n = 0;             // blocks
-  int64_t iterations = 0;    // Sinkhorn iterations
-  float inv_temperature = 1; // 1 / tau
-  bool causal = false;       // row i may select only blocks j < i (Causal Sinkhorn Balancing)
+  int64_t n = 0;              // blocks
+  int64_t iterations = 0;     // Sinkhorn iterations
+  float inv_temperature = 1;  // 1 / tau
+  bool causal = false;        // row i may select only blocks j < i (Causal Sinkhorn Balancing)
 };
 
 // The soft permutation P [B, H, n, n] from the zero-padded keys blocks [B, H, n b, d] and the SortNet
@@ -28,10 +28,11 @@ struct SinkhornSortSizes {
 //   causal: X masked to j < i, `iterations` times X <- F_r(X - logcumsumexp_i(X)) (the column sums
 //   over rows k <= i), P = exp(X), 0 where j >= i.
 // gumbel [B, H, n, n] may be undefined (no noise). Differentiable in blocks, the SortNet and gumbel.
-Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                            const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& s);
+Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1,
+                            const Tensor& w2, const Tensor& b2, const Tensor& gumbel,
+                            const SinkhornSortSizes& s);
 
-// The keys (or values) the block-sparse kernel reads: [B, H, rows b + N, d], first the `rows` sorted
+// The keys (or values) the attention kernels read: [B, H, rows b + N, d], first the `rows` sorted
 // blocks (sorted block r = sum_j P_rj X_j of the zero-padded blocks X_j = blocks[:, :, j b : (j + 1) b]),
 // then `local` [B, H, N, d]. P [B, H, rows, n], blocks [B, H, n b, d]. strictly_lower: P_rj = 0 for
 // j >= r (causal), so those products are skipped (half the work). Differentiable in P, blocks, local.
@@ -42,7 +43,7 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
 // own block up to the query, and block 0 without a sorted block), without padding or SortCut:
 // q [B, H, N, d] with N = n b, keys and values [B, H, 2 N, d] as sorted_then_local writes them (n sorted
 // blocks, then the N local keys) -> [B, H, N, d]. Differentiable in q, keys, values.
-Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b, float scale,
-                              bool causal);
+Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
+                              float scale, bool causal);
 
 }  // namespace eformer::kernels

@@ -34,7 +34,8 @@ BlockRows rows_of(int64_t bh, int64_t r, const AttendSizes& s) {
 
 // Scores [b, 2 b] = scale q [sorted; local]^T, -inf where not attended (causal: the local block's later
 // keys, and block 0's sorted block, which mixes no earlier block).
-void block_scores(const float* q, const float* k, const BlockRows& at, int64_t r, float* sc, const AttendSizes& s) {
+void block_scores(const float* q, const float* k, const BlockRows& at, int64_t r, float* sc,
+                  const AttendSizes& s) {
   const int64_t b = s.b, d = s.d, w = 2 * b;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   blas::sgemm(false, true, b, b, d, s.scale, q + at.q, d, k + at.sorted, d, 0.f, sc, w);
@@ -48,15 +49,16 @@ void block_scores(const float* q, const float* k, const BlockRows& at, int64_t r
 
 }  // namespace
 
-Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b, float scale,
-                              bool causal) {
+Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
+                              float scale, bool causal) {
   const char* op = "sorted_block_attention";
   EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
            " must be [B, H, N, d] with N a multiple of the block ", b);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
   const Shape kv{B, H, 2 * N, d};
-  EF_CHECK(keys.shape() == kv && values.shape() == kv, ShapeError, op, ": keys ", keys.describe(), ", values ",
-           values.describe(), "; expected [", B, ", ", H, ", ", 2 * N, ", ", d, "] (sorted blocks, then the local keys)");
+  EF_CHECK(keys.shape() == kv && values.shape() == kv, ShapeError, op, ": keys ", keys.describe(),
+           ", values ", values.describe(), "; expected [", B, ", ", H, ", ", 2 * N, ", ", d,
+           "] (sorted blocks, then the local keys)");
   const AttendSizes s{B * H, N, n, b, d, scale, causal};
   const Tensor qc = q.contiguous_data(), kc = keys.contiguous_data(), vc = values.contiguous_data();
   Tensor out = Tensor::empty(q.shape()), lse = Tensor::empty({B, H, N});
@@ -116,7 +118,8 @@ Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor&
       for (int64_t i = 0; i < b; ++i)
         for (int64_t j = 0; j < w; ++j) dp[i * w + j] = p[i * w + j] * (dp[i * w + j] - delta[i]);
       blas::sgemm(false, false, b, d, b, s.scale, dp, w, k + at.sorted, d, 0.f, dq.data<float>() + at.q, d);
-      blas::sgemm(false, false, b, d, b, s.scale, dp + b, w, k + at.local, d, 1.f, dq.data<float>() + at.q, d);
+      blas::sgemm(false, false, b, d, b, s.scale, dp + b, w, k + at.local, d, 1.f, dq.data<float>() + at.q,
+                  d);
       blas::sgemm(true, false, b, d, b, s.scale, dp, w, q + at.q, d, 0.f, dk.data<float>() + at.sorted, d);
       blas::sgemm(true, false, b, d, b, s.scale, dp + b, w, q + at.q, d, 0.f, dk.data<float>() + at.local, d);
     });

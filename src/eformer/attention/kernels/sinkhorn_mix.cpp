@@ -74,7 +74,8 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
            " do not fit block ", b, "; expected blocks [B, H, n b, d] and local [B, H, N, d]");
   const MixSizes s{B * H, rows, n, b * d, local.size(2) * d, strictly_lower};
   const Tensor Pc = P.contiguous_data(), Xc = blocks.contiguous_data(), Lc = local.contiguous_data();
-  const int64_t S = rows * b, out_head = S * d + s.local, chunk = row_chunk(rows, s), per_head = chunks(rows, chunk);
+  const int64_t S = rows * b, out_head = S * d + s.local, chunk = row_chunk(rows, s),
+                per_head = chunks(rows, chunk);
   Tensor out = Tensor::empty({B, H, S + local.size(2), d});
   const float *pp = Pc.data<float>(), *px = Xc.data<float>(), *pl = Lc.data<float>();
   float* po = out.data<float>();
@@ -96,14 +97,14 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
       const float* gh = pg + bh * out_head;
       if (c < p_chunks) {
         const int64_t r0 = c * p_chunk;
-        mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0, std::min(rows, r0 + p_chunk),
-                       s);
+        mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0,
+                       std::min(rows, r0 + p_chunk), s);
         if (c == 0)
           std::memcpy(dlocal.data<float>() + bh * s.local, gh + S * d, size_t(s.local) * sizeof(float));
       } else {
         const int64_t j0 = (c - p_chunks) * x_chunk;
-        mix_backward_X(pp + bh * rows * n, gh, dX.data<float>() + bh * n * s.bd, j0, std::min(n, j0 + x_chunk),
-                       s);
+        mix_backward_X(pp + bh * rows * n, gh, dX.data<float>() + bh * n * s.bd, j0,
+                       std::min(n, j0 + x_chunk), s);
       }
     });
     return std::vector<Tensor>{dP, dX, dlocal};

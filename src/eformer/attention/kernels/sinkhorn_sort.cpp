@@ -79,7 +79,8 @@ void causal_column_step(const float* x, float* L, float* z, int64_t n, float* m,
   }
 }
 
-// Backward of the row log-softmax y: gx = gy - exp(y) sum_row(gy), in place (causal: over j < i, 0 elsewhere).
+// Backward of the row log-softmax y: gx = gy - exp(y) sum_row(gy), in place (causal: over j < i, 0
+// elsewhere).
 void log_softmax_rows_backward(const float* y, float* g, int64_t n, bool causal) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t w = causal ? i : n;
@@ -103,8 +104,8 @@ void log_softmax_columns_backward(const float* x, float* g, int64_t n, float* s)
 }
 
 // Backward of z = x - L(x) (causal_column_step), in place: gx_kj = gz_kj - exp(x_kj - L_kj) r_kj with
-// r_kj = sum_{i >= k} gz_ij exp(L_kj - L_ij), run from the last row up (r_k = gz_k + r_{k+1} e^{L_k - L_{k+1}},
-// the factor <= 1 as L grows down a column); 0 where j >= k. r: scratch [n].
+// r_kj = sum_{i >= k} gz_ij exp(L_kj - L_ij), run from the last row up (r_k = gz_k + r_{k+1} e^{L_k -
+// L_{k+1}}, the factor <= 1 as L grows down a column); 0 where j >= k. r: scratch [n].
 void causal_column_step_backward(const float* x, const float* L, float* g, int64_t n, float* r) {
   std::fill(r, r + n, 0.f);
   for (int64_t k = n - 1; k >= 0; --k) {
@@ -141,8 +142,10 @@ void block_summaries_backward(const float* gpsi, float* gblocks, const SortDims&
     const float* g = j + shift < n ? gpsi + (j + shift) * d : nullptr;
     for (int64_t t = 0; t < b; ++t) {
       float* out = gblocks + (j * b + t) * d;
-      if (g) std::copy(g, g + d, out);
-      else std::fill(out, out + d, 0.f);
+      if (g)
+        std::copy(g, g + d, out);
+      else
+        std::fill(out, out + d, 0.f);
     }
   }
 }
@@ -188,7 +191,7 @@ void balance_forward(const float* x0, float* states, float* P, float* m, float* 
       causal_column_step(x, a, P, n, m, sum);
       log_softmax_rows(P, c, n, true);
     } else {
-      log_softmax_rows(x, a, n, false);  // F_r
+      log_softmax_rows(x, a, n, false);      // F_r
       log_softmax_columns(a, c, n, m, sum);  // F_c
     }
     x = c;
@@ -209,7 +212,8 @@ void balance_backward(const float* x0, const float* states, const float* P, floa
       // the column step's input: X0 masked (t = 0) or the previous row output (kMasked at j >= i alike)
       const float* prev = t > 0 ? states + (2 * t - 1) * nn : nullptr;
       for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j) xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
+        for (int64_t j = 0; j < n; ++j)
+          xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
       causal_column_step_backward(xin, a, g, n, sum);
     } else {
       log_softmax_columns_backward(c, g, n, sum);
@@ -221,8 +225,8 @@ void balance_backward(const float* x0, const float* states, const float* P, floa
 // The SortNet's backward for head h over the batch (weight gradients summed in batch order):
 // gR = dX0 / tau, then through R = hidden W2 + b2 and hidden = relu(psi W1 + b1).
 void sort_net_backward(int64_t h, const float* psi, const float* w1, const float* w2, const float* hidden,
-                       const float* gR, float* gpsi, float* gw1, float* gb1, float* gw2, float* gb2, float* ghid,
-                       const SortDims& s) {
+                       const float* gR, float* gpsi, float* gw1, float* gb1, float* gw2, float* gb2,
+                       float* ghid, const SortDims& s) {
   const int64_t n = s.n, hd = s.hidden, d = s.d;
   const float* w1h = w1 + h * d * hd;
   const float* w2h = w2 + h * hd * s.n_max;
@@ -245,19 +249,22 @@ void sort_net_backward(int64_t h, const float* psi, const float* w1, const float
 
 }  // namespace
 
-Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                            const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes) {
+Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1,
+                            const Tensor& w2, const Tensor& b2, const Tensor& gumbel,
+                            const SinkhornSortSizes& sizes) {
   const char* op = "sinkhorn_permutation";
-  EF_CHECK(blocks.dim() == 4 && w1.dim() == 3 && b1.dim() == 2 && w2.dim() == 3 && b2.dim() == 2, ShapeError, op,
-           ": blocks ", blocks.describe(), ", w1 ", w1.describe(), ", b1 ", b1.describe(), ", w2 ", w2.describe(),
-           ", b2 ", b2.describe(), "; expected [B, H, n b, d], [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]");
-  SortDims s{blocks.size(0), blocks.size(1), sizes.n, b, blocks.size(3), w1.size(2), w2.size(2),
+  EF_CHECK(blocks.dim() == 4 && w1.dim() == 3 && b1.dim() == 2 && w2.dim() == 3 && b2.dim() == 2, ShapeError,
+           op, ": blocks ", blocks.describe(), ", w1 ", w1.describe(), ", b1 ", b1.describe(), ", w2 ",
+           w2.describe(), ", b2 ", b2.describe(),
+           "; expected [B, H, n b, d], [H, d, hidden], [H, hidden], [H, hidden, n_max], [H, n_max]");
+  SortDims s{blocks.size(0),   blocks.size(1),        sizes.n,     b, blocks.size(3), w1.size(2), w2.size(2),
              sizes.iterations, sizes.inv_temperature, sizes.causal};
   const int64_t B = s.B, H = s.H, n = s.n, d = s.d, hd = s.hidden, nn = n * n;
   EF_CHECK(b > 0 && n > 0 && blocks.size(2) == n * b && n <= s.n_max && w1.shape() == (Shape{H, d, hd}) &&
-               b1.shape() == (Shape{H, hd}) && w2.shape() == (Shape{H, hd, s.n_max}) && b2.shape() == (Shape{H, s.n_max}),
-           ShapeError, op, ": blocks ", blocks.describe(), " (", n, " blocks of ", b, "), w1 ", w1.describe(), ", b1 ",
-           b1.describe(), ", w2 ", w2.describe(), ", b2 ", b2.describe(), " do not fit");
+               b1.shape() == (Shape{H, hd}) && w2.shape() == (Shape{H, hd, s.n_max}) &&
+               b2.shape() == (Shape{H, s.n_max}),
+           ShapeError, op, ": blocks ", blocks.describe(), " (", n, " blocks of ", b, "), w1 ", w1.describe(),
+           ", b1 ", b1.describe(), ", w2 ", w2.describe(), ", b2 ", b2.describe(), " do not fit");
   EF_CHECK(!gumbel.defined() || gumbel.shape() == (Shape{B, H, n, n}), ShapeError, op, ": gumbel is ",
            gumbel.describe(), "; expected [", B, ", ", H, ", ", n, ", ", n, "]");
   EF_CHECK(s.iterations >= 1, ValueError, op, ": iterations = ", s.iterations, "; expected at least 1");
@@ -274,8 +281,8 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
     block_summaries(xc.data<float>() + bh * n * b * d, psi, s);
     sort_net_forward(psi, w1c.data<float>() + h * d * hd, b1c.data<float>() + h * hd,
                      w2c.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
-                     gc.defined() ? gc.data<float>() + bh * nn : nullptr, saved.hidden.data<float>() + bh * n * hd, x0,
-                     s);
+                     gc.defined() ? gc.data<float>() + bh * nn : nullptr,
+                     saved.hidden.data<float>() + bh * n * hd, x0, s);
     balance_forward(x0, saved.states.data<float>() + bh * saved.states_per_head(s), P.data<float>() + bh * nn,
                     scratch, scratch + n, s);
   });
@@ -295,17 +302,20 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
       for (int64_t bb = 0; bb < B; ++bb) {
         const int64_t bh = bb * H + h;
         float* gh = gR.data<float>() + bh * nn;
-        balance_backward(saved.x0.data<float>() + bh * nn, saved.states.data<float>() + bh * saved.states_per_head(s),
+        balance_backward(saved.x0.data<float>() + bh * nn,
+                         saved.states.data<float>() + bh * saved.states_per_head(s),
                          Pd.data<float>() + bh * nn, gh, scratch, scratch + nn, s);
         for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
-          for (int64_t j = 0; j < n; ++j) gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
+          for (int64_t j = 0; j < n; ++j)
+            gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
       }
-      sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(), saved.hidden.data<float>(),
-                        gR.data<float>(), gpsi.data<float>(), gw1.data<float>(), gb1.data<float>(), gw2.data<float>(),
-                        gb2.data<float>(), scratch + 2 * nn, s);
+      sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(),
+                        saved.hidden.data<float>(), gR.data<float>(), gpsi.data<float>(), gw1.data<float>(),
+                        gb1.data<float>(), gw2.data<float>(), gb2.data<float>(), scratch + 2 * nn, s);
       for (int64_t bb = 0; bb < B; ++bb) {
         const int64_t bh = bb * H + h;
-        block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d, s);
+        block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d,
+                                 s);
       }
     });
     std::vector<Tensor> grads = {gblocks, gw1, gb1, gw2, gb2};
