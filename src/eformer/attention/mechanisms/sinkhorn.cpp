@@ -199,7 +199,7 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   if (permutation) *permutation = P;
 
   // Sorted blocks sum_j P_ij K_j (SortCut: the first `sortcut` of them, shared by every query block),
-  // written beside K (and V) as the keys the block-sparse kernel reads.
+  // written beside K (and V) as the keys the attention reads.
   const int64_t rows = o.sortcut > 0 ? std::min(o.sortcut, n) : n;
   Tensor P_rows = rows < n ? contiguous(slice(P, 2, 0, rows)) : P;
   Tensor keys = kernels::sorted_then_local(P_rows, kz, k, b, opts.causal);
