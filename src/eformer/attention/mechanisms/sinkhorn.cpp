@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "eformer/attention/kernels/block_sparse.h"
+#include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/core/rng.h"
 #include "eformer/nn/linear.h"
 #include "eformer/ops/ops.h"
@@ -99,17 +100,6 @@ Tensor sinkhorn_key_mask(const Tensor& key_mask, int64_t B, int64_t N, int64_t b
   return out;
 }
 
-// R [B, H, n, n] from the block summaries s [B, H, n, d] (the SortNet): W2 relu(W1 s + b1) + b2, the
-// first n of the network's n_max outputs.
-Tensor sort_logits(const Tensor& s, const SortNetwork& net, int64_t n) {
-  const int64_t B = s.size(0), H = s.size(1), d = s.size(3);
-  Tensor x = reshape(contiguous(permute(s, {1, 0, 2, 3})), {H, B * n, d});
-  Tensor hidden = relu(add(matmul(x, net.w1), unsqueeze(net.b1, 1)));
-  Tensor r = add(matmul(hidden, net.w2), unsqueeze(net.b2, 1));  // [H, B n, n_max]
-  r = reshape(contiguous(slice(r, 2, 0, n)), {H, B, n, n});
-  return contiguous(permute(r, {1, 0, 2, 3}));
-}
-
 void check_network(const std::string& who, const SortNetwork& net, int64_t H, int64_t d) {
   for (const auto& [name, t, dims] : {std::tuple<const char*, const Tensor&, int64_t>{"sort_w1", net.w1, 3},
                                       {"sort_b1", net.b1, 2},
@@ -192,7 +182,7 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   EF_CHECK(!gumbel.defined() || gumbel.shape() == (Shape{B, H, n, n}), ShapeError, who, ": gumbel is ",
            gumbel.describe(), "; expected [", B, ", ", H, ", ", n, ", ", n, "]");
 
-  // Keys and values with padding zeroed, padded to n b rows, as blocks [B, H, n, b d].
+  // Keys and values with padding zeroed, padded to n b rows (blocks of b rows).
   Tensor kz = k, vz = v;
   if (opts.key_mask.defined()) {
     Tensor real = where(reshape(opts.key_mask, {B, 1, N, 1}), Tensor::full({1}, 1.0), Tensor::zeros({1}));
@@ -202,30 +192,29 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
     Tensor pad = Tensor::zeros({B, H, n * b - N, d});
     kz = cat({kz, pad}, 2), vz = cat({vz, pad}, 2);
   }
-  const Tensor k_blocks = reshape(contiguous(kz), {B, H, n, b * d});
-  const Tensor v_blocks = reshape(contiguous(vz), {B, H, n, b * d});
 
-  // psi: the sum of each block's keys (psi); causal rows use the previous block's.
-  Tensor summary = sum(reshape(k_blocks, {B, H, n, b, d}), {3});
-  if (opts.causal)
-    summary = n == 1 ? Tensor::zeros({B, H, 1, d})
-                     : cat({Tensor::zeros({B, H, 1, d}), contiguous(slice(summary, 2, 0, n - 1))}, 2);
-  Tensor logits = sort_logits(summary, net, n);
-  if (gumbel.defined()) logits = add(logits, gumbel);
-  const Tensor P =
-      sinkhorn_balance(mul_scalar(logits, float(1.0 / o.temperature)), o.iterations, opts.causal);
+  // P from the block key sums (causal: the previous block's) through the SortNet and the balancing.
+  const Tensor P = kernels::sinkhorn_permutation(kz, b, net.w1, net.b1, net.w2, net.b2, gumbel,
+                                                 {n, o.iterations, float(1.0 / o.temperature), opts.causal});
   if (permutation) *permutation = P;
 
-  // Sorted blocks sum_j P_ij K_j (SortCut: the first `sortcut` of them, shared by every query block).
+  // Sorted blocks sum_j P_ij K_j (SortCut: the first `sortcut` of them, shared by every query block),
+  // written beside K (and V) as the keys the attention reads.
   const int64_t rows = o.sortcut > 0 ? std::min(o.sortcut, n) : n;
   Tensor P_rows = rows < n ? contiguous(slice(P, 2, 0, rows)) : P;
-  Tensor k_sorted = reshape(matmul(P_rows, k_blocks), {B, H, rows * b, d});
-  Tensor v_sorted = reshape(matmul(P_rows, v_blocks), {B, H, rows * b, d});
+  Tensor keys = kernels::sorted_then_local(P_rows, kz, k, b, opts.causal);
+  Tensor values = kernels::sorted_then_local(P_rows, vz, v, b, opts.causal);
 
+  // Each query block sees exactly its sorted block and its own: a dedicated kernel, unless padding or
+  // SortCut need the general block-sparse layout and its key mask.
+  if (!opts.key_mask.defined() && n * b == N && o.sortcut == 0)
+    return kernels::sorted_block_attention(q, keys, values, b, s.scale, opts.causal);
   AttentionOptions inner;
   inner.scale = s.scale;
-  inner.key_mask = sinkhorn_key_mask(opts.key_mask, B, N, b, rows, opts.causal);
-  return block_sparse_attention(q, cat({k_sorted, k}, 2), cat({v_sorted, v}, 2), inner,
+  // Without padding, every bidirectional slot is real: no mask (the kernel's unmasked path).
+  if (opts.key_mask.defined() || n * b > N || opts.causal)
+    inner.key_mask = sinkhorn_key_mask(opts.key_mask, B, N, b, rows, opts.causal);
+  return block_sparse_attention(q, keys, values, inner,
                                 sinkhorn_layout(N, rows * b, b, o.sortcut > 0, opts.causal));
 }
 

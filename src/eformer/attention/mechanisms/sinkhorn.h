@@ -18,9 +18,10 @@
 // Padding: masked keys (and the positions past N of a short last block) are zeroed before the
 // summaries and the mixing, and never attended in the local block; slot t of a sorted block is
 // attended iff some block it may mix (any block; causal: j < i) has a real key at offset t.
-// The attention runs through the block-sparse kernel (kernels/block_sparse.h) over the keys
-// [sorted blocks; K] with an exact layout: O(N b d) time and no N x N tensor; the sorting is
-// O(n^2 (b d + hidden)).
+// Fused kernels (kernels/sinkhorn.h) compute P, the keys [sorted blocks; K] (values likewise) and, without
+// padding or SortCut, each block's softmax over its 2 b keys; otherwise the block-sparse kernel
+// (kernels/block_sparse.h) runs over [sorted blocks; K] with an exact layout and key mask. O(N b d) time
+// and no N x N tensor; the sorting is O(n^2 (b d + hidden)).
 //
 // Options (MechanismConfig::options):
 //   block 64, iterations 8, temperature 0.75, gumbel true (noise in training mode only),

@@ -1,0 +1,114 @@
+// The sorted blocks of Sparse Sinkhorn attention beside the local keys (kernels/sinkhorn.h):
+// out[:S] = P X (P [rows, n], X [n, b d]: each row of X a block of b keys), out[S:] = local.
+#include <algorithm>
+#include <cstring>
+
+#include "eformer/attention/kernels/scratch.h"
+#include "eformer/attention/kernels/sinkhorn.h"
+#include "eformer/autograd/autograd.h"
+#include "eformer/core/blas.h"
+#include "eformer/core/error.h"
+
+namespace eformer::kernels {
+namespace {
+
+struct MixSizes {
+  int64_t BH = 0, rows = 0, n = 0, bd = 0, local = 0;  // local: N d floats per head
+  bool lower = false;
+};
+
+// Rows of P (or of X in the backward) per work item, a multiple of 64: each item's GEMM re-reads (packs)
+// the other operand, so few large chunks; strictly lower: about 8 per head, so that the zero triangle
+// is skipped in steps of 1/8; otherwise at least 8 items in all (whole heads from 8 heads on). Never
+// from the thread count, so that the GEMMs and their bits do not depend on it.
+int64_t row_chunk(int64_t rows, const MixSizes& s) {
+  auto round_up = [](int64_t x) { return std::max<int64_t>(64, (x + 63) / 64 * 64); };
+  if (s.lower) return round_up((rows + 7) / 8);
+  const int64_t per_head = (8 + s.BH - 1) / s.BH;
+  return round_up((rows + per_head - 1) / per_head);
+}
+int64_t chunks(int64_t rows, int64_t chunk) { return (rows + chunk - 1) / chunk; }
+
+// out [rows, bd] = P [rows, n] X [n, bd] for rows [r0, r1); strictly lower: row r needs only j < r.
+void mix_forward(const float* P, const float* X, float* out, int64_t r0, int64_t r1, const MixSizes& s) {
+  const int64_t K = s.lower ? std::min(s.n, r1 - 1) : s.n;
+  if (K <= 0) {
+    std::memset(out + r0 * s.bd, 0, size_t((r1 - r0) * s.bd) * sizeof(float));
+    return;
+  }
+  blas::sgemm(false, false, r1 - r0, s.bd, K, 1.f, P + r0 * s.n, s.n, X, s.bd, 0.f, out + r0 * s.bd, s.bd);
+}
+
+// dP [rows, n] = dOut [rows, bd] X^T for rows [r0, r1) (strictly lower: 0 at j >= r, where P is 0).
+void mix_backward_P(const float* dout, const float* X, float* dP, int64_t r0, int64_t r1, const MixSizes& s) {
+  const int64_t K = s.lower ? std::min(s.n, r1 - 1) : s.n;
+  if (K > 0)
+    blas::sgemm(false, true, r1 - r0, K, s.bd, 1.f, dout + r0 * s.bd, s.bd, X, s.bd, 0.f, dP + r0 * s.n, s.n);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t j0 = s.lower ? std::min(s.n, r) : K;
+    std::fill(dP + r * s.n + std::max<int64_t>(j0, 0), dP + (r + 1) * s.n, 0.f);
+  }
+}
+
+// dX [n, bd] = P^T dOut for block rows [j0, j1) (strictly lower: only rows r > j of P are non-zero).
+void mix_backward_X(const float* P, const float* dout, float* dX, int64_t j0, int64_t j1, const MixSizes& s) {
+  const int64_t first = s.lower ? j0 + 1 : 0, K = s.rows - first;
+  if (K <= 0) {
+    std::memset(dX + j0 * s.bd, 0, size_t((j1 - j0) * s.bd) * sizeof(float));
+    return;
+  }
+  blas::sgemm(true, false, j1 - j0, s.bd, K, 1.f, P + first * s.n + j0, s.n, dout + first * s.bd, s.bd, 0.f,
+              dX + j0 * s.bd, s.bd);
+}
+
+}  // namespace
+
+Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& local, int64_t b,
+                         bool strictly_lower) {
+  const char* op = "sorted_then_local";
+  EF_CHECK(P.dim() == 4 && blocks.dim() == 4 && local.dim() == 4, ShapeError, op, ": P ", P.describe(),
+           ", blocks ", blocks.describe(), ", local ", local.describe(), "; expected 4-D tensors");
+  const int64_t B = P.size(0), H = P.size(1), rows = P.size(2), n = P.size(3), d = local.size(3);
+  EF_CHECK(b > 0 && blocks.shape() == (Shape{B, H, n * b, d}) && local.size(0) == B && local.size(1) == H,
+           ShapeError, op, ": P ", P.describe(), ", blocks ", blocks.describe(), ", local ", local.describe(),
+           " do not fit block ", b, "; expected blocks [B, H, n b, d] and local [B, H, N, d]");
+  const MixSizes s{B * H, rows, n, b * d, local.size(2) * d, strictly_lower};
+  const Tensor Pc = P.contiguous_data(), Xc = blocks.contiguous_data(), Lc = local.contiguous_data();
+  const int64_t S = rows * b, out_head = S * d + s.local, chunk = row_chunk(rows, s),
+                per_head = chunks(rows, chunk);
+  Tensor out = Tensor::empty({B, H, S + local.size(2), d});
+  const float *pp = Pc.data<float>(), *px = Xc.data<float>(), *pl = Lc.data<float>();
+  float* po = out.data<float>();
+  for_each_item(s.BH * per_head, 0, [&](int64_t item, float*) {
+    const int64_t bh = item / per_head, r0 = (item % per_head) * chunk, r1 = std::min(rows, r0 + chunk);
+    mix_forward(pp + bh * rows * n, px + bh * n * s.bd, po + bh * out_head, r0, r1, s);
+    if (r0 == 0) std::memcpy(po + bh * out_head + S * d, pl + bh * s.local, size_t(s.local) * sizeof(float));
+  });
+  return autograd::record(op, out, {P, blocks, local}, [Pc, Xc, s, S, d, out_head](const Tensor& g) {
+    const Tensor gc = g.contiguous_data();
+    const int64_t rows = s.rows, n = s.n, N = s.local / d;
+    Tensor dP = Tensor::empty(Pc.shape()), dX = Tensor::empty(Xc.shape());
+    Tensor dlocal = Tensor::empty({Pc.size(0), Pc.size(1), N, d});
+    const float *pg = gc.data<float>(), *pp = Pc.data<float>(), *px = Xc.data<float>();
+    const int64_t p_chunk = row_chunk(rows, s), x_chunk = row_chunk(n, s);
+    const int64_t p_chunks = chunks(rows, p_chunk), x_chunks = chunks(n, x_chunk);
+    for_each_item(s.BH * (p_chunks + x_chunks), 0, [&](int64_t item, float*) {
+      const int64_t bh = item / (p_chunks + x_chunks), c = item % (p_chunks + x_chunks);
+      const float* gh = pg + bh * out_head;
+      if (c < p_chunks) {
+        const int64_t r0 = c * p_chunk;
+        mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0,
+                       std::min(rows, r0 + p_chunk), s);
+        if (c == 0)
+          std::memcpy(dlocal.data<float>() + bh * s.local, gh + S * d, size_t(s.local) * sizeof(float));
+      } else {
+        const int64_t j0 = (c - p_chunks) * x_chunk;
+        mix_backward_X(pp + bh * rows * n, gh, dX.data<float>() + bh * n * s.bd, j0,
+                       std::min(n, j0 + x_chunk), s);
+      }
+    });
+    return std::vector<Tensor>{dP, dX, dlocal};
+  });
+}
+
+}  // namespace eformer::kernels
