@@ -76,7 +76,10 @@ def test_causal_balancing_with_logits_past_exps_range(rng):
         return torch_sinkhorn(q, k, v, {"w1": torch.tensor(net[0]), "b1": torch.tensor(net[1]), "w2": w2,
                                         "b2": torch.tensor(net[3])}, block, 8, 0.75, 0, True)
 
-    check(ours, reference, [q, k, v, net[2]], rng, grad_inputs=[0, 1, 2, 3])
+    # Logits of several hundred carry float32 rounding of about 1e-5 relative into the permutation, and its
+    # gradient amplifies it: a few elements of dk reach 2e-4 of the largest (seed 2756634826), so the tolerance
+    # is 10x the suite's default; a wrong formula differs by O(1).
+    check(ours, reference, [q, k, v, net[2]], rng, atol=1e-4, grad_inputs=[0, 1, 2, 3])
     mech = models.make_mechanism("sinkhorn", 16, 2, causal=True, max_len=32, options={"block": 4})
     mech.eval()
     state = {name: t.numpy() * (300 if name.startswith("sort_w") else 1) for name, t in mech.named_parameters()}
