@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/autograd/autograd.h"
@@ -70,15 +71,8 @@ Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor&
     float* l = lse.data<float>() + bh * N + r * b;
     for (int64_t i = 0; i < b; ++i) {  // exact softmax over the row's 2 b keys (at least its own key)
       float* row = sc + i * w;
-      float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < w; ++j) m = std::max(m, row[j]);
-      float sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < w; ++j) {
-        row[j] = fast_exp(row[j] - m);  // -inf (not attended): 0
-        sum += row[j];
-      }
+      const float m = attention::OnlineSoftmax::max_of(row, w);
+      const float sum = attention::OnlineSoftmax::exp_in_place(row, w, m);  // -inf (not attended): 0
       const float inv = 1.f / sum;
       for (int64_t j = 0; j < w; ++j) row[j] *= inv;
       l[i] = m + std::log(sum);

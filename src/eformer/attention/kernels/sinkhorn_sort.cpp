@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 
+#include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/autograd/autograd.h"
@@ -32,13 +33,9 @@ void log_softmax_rows(const float* x, float* y, int64_t n, bool causal) {
     const int64_t w = causal ? i : n;
     const float* xr = x + i * n;
     float* yr = y + i * n;
-    float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < w; ++j) m = std::max(m, xr[j]);
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < w; ++j) s += fast_exp(xr[j] - m);
-    const float shift = m + std::log(s);
+    const float m = attention::OnlineSoftmax::max_of(xr, w);
+    std::copy(xr, xr + w, yr);  // exp(x - m) in y's row for its sum, overwritten below
+    const float shift = m + std::log(attention::OnlineSoftmax::exp_in_place(yr, w, m));
     for (int64_t j = 0; j < w; ++j) yr[j] = xr[j] - shift;
     for (int64_t j = w; j < n; ++j) yr[j] = kMasked;
   }
