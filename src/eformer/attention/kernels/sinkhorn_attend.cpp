@@ -1,15 +1,15 @@
 // Sinkhorn attention's softmax for the common case (kernels/sinkhorn.h, sorted_block_attention): query
 // block r attends exactly 2 b keys, its sorted block and its own block, so one work item per
-// (batch, head, block) computes the scores [b, 2 b], an exact softmax over them and the output; the
-// backward recomputes the scores from the saved log-sum-exps (flash-style) and writes the gradients of
-// block r's keys and values, which no other query block reads.
+// (batch, head, block) computes the scores [b, 2 b], an exact softmax over them and the output. Where a
+// gradient will be needed the probabilities are kept ([B H n, b, wp] floats, about as many as the keys):
+// the backward then starts from them, skipping one of its five GEMMs, the exponentials and the keys'
+// transpose, and writes the gradients of block r's keys and values, which no other query block reads.
 // The products are the register-blocked tile GEMMs (tile_gemm.h) on the calling thread: an item's
 // GEMMs are [b, d] x [d, 2 b] and smaller, where a oneDNN call costs about as much in dispatch,
 // packing and signal masking as in arithmetic. The item's two key (value) blocks are copied
 // transposed side by side into scratch, [d, wp] with wp = 2 b rounded up to whole vectors, so that
 // the scores (and dP) are one GEMM each.
 #include <algorithm>
-#include <cmath>
 #include <limits>
 
 #include "eformer/attention/kernels/online_softmax.h"
@@ -19,7 +19,6 @@
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
-#include "eformer/ops/activation.h"
 
 namespace eformer::kernels {
 namespace {
@@ -92,21 +91,21 @@ Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor&
   const int64_t wp = tile::round_up(2 * b);
   const AttendSizes s{B * H, N, n, b, d, wp, scale, causal};
   const Tensor qc = q.contiguous_data(), kc = keys.contiguous_data(), vc = values.contiguous_data();
-  Tensor out = Tensor::empty(q.shape()), lse = Tensor::empty({B, H, N});
+  const bool keep = autograd::is_grad_enabled() &&
+                    (requires_grad(q) || requires_grad(keys) || requires_grad(values));
+  Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
   for_each_item(s.BH * n, b * wp + d * wp, [&](int64_t item, float* scratch) {
     const int64_t bh = item / n, r = item % n;
     const BlockRows at = rows_of(bh, r, s);
-    float *sc = scratch, *kt = scratch + b * wp;
+    float *sc = keep ? probs.data<float>() + item * b * wp : scratch, *kt = scratch + b * wp;
     transposed_pair(kc.data<float>(), at, kt, s);
     block_scores(qc.data<float>(), kt, at, r, sc, s);
-    float* l = lse.data<float>() + bh * N + r * b;
     for (int64_t i = 0; i < b; ++i) {  // exact softmax over the row's 2 b keys (at least its own key)
       float* row = sc + i * wp;
       const float m = attention::OnlineSoftmax::max_of(row, 2 * b);
       const float sum = attention::OnlineSoftmax::exp_in_place(row, 2 * b, m);  // -inf (not attended): 0
       const float inv = 1.f / sum;
       for (int64_t j = 0; j < 2 * b; ++j) row[j] *= inv;
-      l[i] = m + std::log(sum);
     }
     const float* v = vc.data<float>();
     float* o = out.data<float>() + at.q;
@@ -114,23 +113,19 @@ Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor&
     small_gemm(b, d, b, sc + b, wp, 1, v + at.local, d, o, d, 1.f, true);
   });
   const Tensor od = out.detach();
-  return autograd::record(op, out, {q, keys, values}, [qc, kc, vc, od, lse, s](const Tensor& g) {
+  return autograd::record(op, out, {q, keys, values}, [qc, kc, vc, od, probs, s](const Tensor& g) {
     const Tensor gc = g.contiguous_data();
     const int64_t b = s.b, d = s.d, wp = s.wp;
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
     const float *q = qc.data<float>(), *k = kc.data<float>(), *v = vc.data<float>(), *go = gc.data<float>();
-    for_each_item(s.BH * s.n, 2 * b * wp + b + d * wp, [&](int64_t item, float* scratch) {
-      const int64_t bh = item / s.n, r = item % s.n;
-      const BlockRows at = rows_of(bh, r, s);
-      float *p = scratch, *dp = p + b * wp, *delta = dp + b * wp, *xt = delta + b;
-      transposed_pair(k, at, xt, s);
-      block_scores(q, xt, at, r, p, s);
-      const float* l = lse.data<float>() + bh * s.N + r * b;
+    for_each_item(s.BH * s.n, b * wp + b + d * wp, [&](int64_t item, float* scratch) {
+      const int64_t bh = item / s.n;
+      const BlockRows at = rows_of(bh, item % s.n, s);
+      const float* p = probs.data<float>() + item * b * wp;
+      float *dp = scratch, *delta = dp + b * wp, *xt = delta + b;
       const float* gor = go + at.q;
       const float* o = od.data<float>() + at.q;
       for (int64_t i = 0; i < b; ++i) {
-#pragma omp simd
-        for (int64_t j = 0; j < 2 * b; ++j) p[i * wp + j] = fast_exp(p[i * wp + j] - l[i]);
         float dot = 0;  // D_i = dO_i . O_i = sum_j P_ij dP_ij
 #pragma omp simd reduction(+ : dot)
         for (int64_t c = 0; c < d; ++c) dot += gor[i * d + c] * o[i * d + c];
