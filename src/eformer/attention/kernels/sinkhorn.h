@@ -39,6 +39,10 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
 Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& local, int64_t b,
                          bool strictly_lower);
 
+// sorted_then_local with the blocks as the local keys (N = n b, no padding or mask): the gradient of the
+// blocks is P^T dOut plus the local part of dOut, summed by the GEMM (one tensor, no separate add).
+Tensor sorted_then_own(const Tensor& P, const Tensor& blocks, int64_t b, bool strictly_lower);
+
 // Attention of query block r to its sorted block and its own block in one exact softmax (causal: the
 // own block up to the query, and block 0 without a sorted block), without padding or SortCut:
 // q [B, H, N, d] with N = n b, keys and values [B, H, 2 N, d] as sorted_then_local writes them (n sorted

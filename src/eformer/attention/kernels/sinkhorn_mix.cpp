@@ -50,22 +50,25 @@ void mix_backward_P(const float* dout, const float* X, float* dP, int64_t r0, in
   }
 }
 
-// dX [n, bd] = P^T dOut for block rows [j0, j1) (strictly lower: only rows r > j of P are non-zero).
-void mix_backward_X(const float* P, const float* dout, float* dX, int64_t j0, int64_t j1, const MixSizes& s) {
-  const int64_t first = s.lower ? j0 + 1 : 0, K = s.rows - first;
-  if (K <= 0) {
-    std::memset(dX + j0 * s.bd, 0, size_t((j1 - j0) * s.bd) * sizeof(float));
-    return;
-  }
-  blas::sgemm(true, false, j1 - j0, s.bd, K, 1.f, P + first * s.n + j0, s.n, dout + first * s.bd, s.bd, 0.f,
-              dX + j0 * s.bd, s.bd);
+// dX [n, bd] = P^T dOut (+ dLocal where the blocks are the local keys, dlocal [n, bd]; else null) for
+// block rows [j0, j1) (strictly lower: only rows r > j of P are non-zero).
+void mix_backward_X(const float* P, const float* dout, const float* dlocal, float* dX, int64_t j0, int64_t j1,
+                    const MixSizes& s) {
+  const int64_t first = s.lower ? j0 + 1 : 0, K = s.rows - first, count = (j1 - j0) * s.bd;
+  if (dlocal)
+    std::memcpy(dX + j0 * s.bd, dlocal + j0 * s.bd, size_t(count) * sizeof(float));
+  else if (K <= 0)
+    std::memset(dX + j0 * s.bd, 0, size_t(count) * sizeof(float));
+  if (K <= 0) return;
+  blas::sgemm(true, false, j1 - j0, s.bd, K, 1.f, P + first * s.n + j0, s.n, dout + first * s.bd, s.bd,
+              dlocal ? 1.f : 0.f, dX + j0 * s.bd, s.bd);
 }
 
-}  // namespace
-
-Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& local, int64_t b,
-                         bool strictly_lower) {
-  const char* op = "sorted_then_local";
+// sorted_then_local and sorted_then_own: local undefined means the blocks themselves.
+Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, int64_t b, bool strictly_lower) {
+  const bool own = !local_or_none.defined();
+  const char* op = own ? "sorted_then_own" : "sorted_then_local";
+  const Tensor& local = own ? blocks : local_or_none;
   EF_CHECK(P.dim() == 4 && blocks.dim() == 4 && local.dim() == 4, ShapeError, op, ": P ", P.describe(),
            ", blocks ", blocks.describe(), ", local ", local.describe(), "; expected 4-D tensors");
   const int64_t B = P.size(0), H = P.size(1), rows = P.size(2), n = P.size(3), d = local.size(3);
@@ -84,11 +87,12 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
     mix_forward(pp + bh * rows * n, px + bh * n * s.bd, po + bh * out_head, r0, r1, s);
     if (r0 == 0) std::memcpy(po + bh * out_head + S * d, pl + bh * s.local, size_t(s.local) * sizeof(float));
   });
-  return autograd::record(op, out, {P, blocks, local}, [Pc, Xc, s, S, d, out_head](const Tensor& g) {
+  const std::vector<Tensor> inputs = own ? std::vector<Tensor>{P, blocks} : std::vector<Tensor>{P, blocks, local};
+  return autograd::record(op, out, inputs, [Pc, Xc, s, S, d, out_head, own](const Tensor& g) {
     const Tensor gc = g.contiguous_data();
     const int64_t rows = s.rows, n = s.n, N = s.local / d;
     Tensor dP = Tensor::empty(Pc.shape()), dX = Tensor::empty(Xc.shape());
-    Tensor dlocal = Tensor::empty({Pc.size(0), Pc.size(1), N, d});
+    Tensor dlocal = own ? Tensor() : Tensor::empty({Pc.size(0), Pc.size(1), N, d});
     const float *pg = gc.data<float>(), *pp = Pc.data<float>(), *px = Xc.data<float>();
     const int64_t p_chunk = row_chunk(rows, s), x_chunk = row_chunk(n, s);
     const int64_t p_chunks = chunks(rows, p_chunk), x_chunks = chunks(n, x_chunk);
@@ -99,16 +103,29 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
         const int64_t r0 = c * p_chunk;
         mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0,
                        std::min(rows, r0 + p_chunk), s);
-        if (c == 0)
+        if (c == 0 && !own)
           std::memcpy(dlocal.data<float>() + bh * s.local, gh + S * d, size_t(s.local) * sizeof(float));
       } else {
         const int64_t j0 = (c - p_chunks) * x_chunk;
-        mix_backward_X(pp + bh * rows * n, gh, dX.data<float>() + bh * n * s.bd, j0,
+        mix_backward_X(pp + bh * rows * n, gh, own ? gh + S * d : nullptr, dX.data<float>() + bh * n * s.bd, j0,
                        std::min(n, j0 + x_chunk), s);
       }
     });
+    if (own) return std::vector<Tensor>{dP, dX};
     return std::vector<Tensor>{dP, dX, dlocal};
   });
+}
+
+}  // namespace
+
+Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& local, int64_t b,
+                         bool strictly_lower) {
+  EF_CHECK(local.defined(), ValueError, "sorted_then_local: local is undefined; use sorted_then_own");
+  return mix(P, blocks, local, b, strictly_lower);
+}
+
+Tensor sorted_then_own(const Tensor& P, const Tensor& blocks, int64_t b, bool strictly_lower) {
+  return mix(P, blocks, Tensor(), b, strictly_lower);
 }
 
 }  // namespace eformer::kernels

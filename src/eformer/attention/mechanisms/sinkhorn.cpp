@@ -202,8 +202,11 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   // written beside K (and V) as the keys the attention reads.
   const int64_t rows = o.sortcut > 0 ? std::min(o.sortcut, n) : n;
   Tensor P_rows = rows < n ? contiguous(slice(P, 2, 0, rows)) : P;
-  Tensor keys = kernels::sorted_then_local(P_rows, kz, k, b, opts.causal);
-  Tensor values = kernels::sorted_then_local(P_rows, vz, v, b, opts.causal);
+  const bool own = !opts.key_mask.defined() && n * b == N;  // the blocks are the local keys themselves
+  Tensor keys = own ? kernels::sorted_then_own(P_rows, k, b, opts.causal)
+                    : kernels::sorted_then_local(P_rows, kz, k, b, opts.causal);
+  Tensor values = own ? kernels::sorted_then_own(P_rows, v, b, opts.causal)
+                      : kernels::sorted_then_local(P_rows, vz, v, b, opts.causal);
 
   // Each query block sees exactly its sorted block and its own: a dedicated kernel, unless padding or
   // SortCut need the general block-sparse layout and its key mask.
