@@ -16,6 +16,7 @@
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/attention/kernels/tile_gemm.h"
+#include "eformer/attention/kernels/transpose16.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -46,13 +47,22 @@ void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, i
                 int64_t ldb, float* C, int64_t ldc, float alpha, bool accumulate) {
   if (N % tile::kWidth == 0) return tile::gemm(M, N, K, A, a_rs, a_cs, B, ldb, C, ldc, alpha, accumulate);
   const bool trans_a = a_cs != 1;
-  blas::sgemm(trans_a, false, M, N, K, alpha, A, trans_a ? a_cs : a_rs, B, ldb, accumulate ? 1.f : 0.f, C, ldc);
+  blas::sgemm(trans_a, false, M, N, K, alpha, A, trans_a ? a_cs : a_rs, B, ldb, accumulate ? 1.f : 0.f, C,
+              ldc);
 }
 
 // xt [d, wp] = [x sorted block; x local block]^T, columns 2 b.. wp zero.
 void transposed_pair(const float* x, const BlockRows& at, float* xt, const AttendSizes& s) {
   const int64_t b = s.b, d = s.d, wp = s.wp;
   const float *sorted = x + at.sorted, *local = x + at.local;
+  if (kTranspose16 && b % 16 == 0 && d % 16 == 0 && wp == 2 * b) {  // by 16 x 16 tiles in registers
+    for (int64_t t = 0; t < b; t += 16)
+      for (int64_t c = 0; c < d; c += 16) {
+        transpose16(sorted + t * d + c, d, xt + c * wp + t, wp);
+        transpose16(local + t * d + c, d, xt + c * wp + b + t, wp);
+      }
+    return;
+  }
   for (int64_t c = 0; c < d; ++c) {  // the 2 b rows stay in L1; the writes are contiguous
     float* out = xt + c * wp;
     for (int64_t t = 0; t < b; ++t) out[t] = sorted[t * d + c];
@@ -91,8 +101,8 @@ Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor&
   const int64_t wp = tile::round_up(2 * b);
   const AttendSizes s{B * H, N, n, b, d, wp, scale, causal};
   const Tensor qc = q.contiguous_data(), kc = keys.contiguous_data(), vc = values.contiguous_data();
-  const bool keep = autograd::is_grad_enabled() &&
-                    (requires_grad(q) || requires_grad(keys) || requires_grad(values));
+  const bool keep =
+      autograd::is_grad_enabled() && (requires_grad(q) || requires_grad(keys) || requires_grad(values));
   Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
   for_each_item(s.BH * n, b * wp + d * wp, [&](int64_t item, float* scratch) {
     const int64_t bh = item / n, r = item % n;

@@ -65,7 +65,8 @@ void mix_backward_X(const float* P, const float* dout, const float* dlocal, floa
 }
 
 // sorted_then_local and sorted_then_own: local undefined means the blocks themselves.
-Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, int64_t b, bool strictly_lower) {
+Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, int64_t b,
+           bool strictly_lower) {
   const bool own = !local_or_none.defined();
   const char* op = own ? "sorted_then_own" : "sorted_then_local";
   const Tensor& local = own ? blocks : local_or_none;
@@ -87,7 +88,8 @@ Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, i
     mix_forward(pp + bh * rows * n, px + bh * n * s.bd, po + bh * out_head, r0, r1, s);
     if (r0 == 0) std::memcpy(po + bh * out_head + S * d, pl + bh * s.local, size_t(s.local) * sizeof(float));
   });
-  const std::vector<Tensor> inputs = own ? std::vector<Tensor>{P, blocks} : std::vector<Tensor>{P, blocks, local};
+  const std::vector<Tensor> inputs =
+      own ? std::vector<Tensor>{P, blocks} : std::vector<Tensor>{P, blocks, local};
   return autograd::record(op, out, inputs, [Pc, Xc, s, S, d, out_head, own](const Tensor& g) {
     const Tensor gc = g.contiguous_data();
     const int64_t rows = s.rows, n = s.n, N = s.local / d;
@@ -107,8 +109,8 @@ Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, i
           std::memcpy(dlocal.data<float>() + bh * s.local, gh + S * d, size_t(s.local) * sizeof(float));
       } else {
         const int64_t j0 = (c - p_chunks) * x_chunk;
-        mix_backward_X(pp + bh * rows * n, gh, own ? gh + S * d : nullptr, dX.data<float>() + bh * n * s.bd, j0,
-                       std::min(n, j0 + x_chunk), s);
+        mix_backward_X(pp + bh * rows * n, gh, own ? gh + S * d : nullptr, dX.data<float>() + bh * n * s.bd,
+                       j0, std::min(n, j0 + x_chunk), s);
       }
     });
     if (own) return std::vector<Tensor>{dP, dX};
