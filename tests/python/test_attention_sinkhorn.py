@@ -33,10 +33,12 @@ SETTINGS = [  # (N, block, iterations, temperature, sortcut): N a multiple of th
 
 
 # head dim 8 and block 4: the fused kernels' products through oneDNN where the tile GEMMs need whole vectors;
-# head dim 32 with block 16 (or 32): every product of the block attention through the tile GEMMs.
+# head dim 32 with block 16 (or 32): every product of the block attention through the tile GEMMs; with 16
+# blocks of 4, the mixing's dP as well.
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("setting,d", [(s, 8) for s in SETTINGS] + [((64, 16, 5, 0.75, 0), 32),
-                                                                     ((96, 32, 4, 0.75, 0), 32)])
+                                                                     ((96, 32, 4, 0.75, 0), 32),
+                                                                     ((64, 4, 5, 0.75, 0), 32)])
 def test_functional_form_and_every_gradient_match_the_float64_formulation(rng, causal, setting, d):
     N, block, iterations, temperature, sortcut = setting
     if causal and sortcut:

@@ -5,6 +5,8 @@
 
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
+#include "eformer/attention/kernels/tile_gemm.h"
+#include "eformer/attention/kernels/transpose16.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -39,8 +41,22 @@ void mix_forward(const float* P, const float* X, float* out, int64_t r0, int64_t
   blas::sgemm(false, false, r1 - r0, s.bd, K, 1.f, P + r0 * s.n, s.n, X, s.bd, 0.f, out + r0 * s.bd, s.bd);
 }
 
+// Whether dP = dOut X^T goes through the tile GEMM on X^T (bidirectional, whole 16 x 16 tiles, X^T at most
+// 1 MiB: few blocks, e.g. 64 at 4K tokens): oneDNN runs that shape, a small [n, n] output over a long inner
+// dimension b d, at about a third of its rate (docs/BENCHMARKS.md); the transpose costs a copy of X.
+bool tile_dP(const MixSizes& s) {
+  return kTranspose16 && !s.lower && s.n % 16 == 0 && s.bd % 16 == 0 && s.n * s.bd <= (int64_t(1) << 18);
+}
+
 // dP [rows, n] = dOut [rows, bd] X^T for rows [r0, r1) (strictly lower: 0 at j >= r, where P is 0).
 void mix_backward_P(const float* dout, const float* X, float* dP, int64_t r0, int64_t r1, const MixSizes& s) {
+  if (tile_dP(s)) {
+    ScratchBuffer xt(s.bd * s.n);  // X^T [bd, n]
+    for (int64_t j = 0; j < s.n; j += 16)
+      for (int64_t k = 0; k < s.bd; k += 16) transpose16(X + j * s.bd + k, s.bd, xt.data + k * s.n + j, s.n);
+    tile::gemm(r1 - r0, s.n, s.bd, dout + r0 * s.bd, s.bd, 1, xt.data, s.n, dP + r0 * s.n, s.n, 1.f, false);
+    return;
+  }
   const int64_t K = s.lower ? std::min(s.n, r1 - 1) : s.n;
   if (K > 0)
     blas::sgemm(false, true, r1 - r0, K, s.bd, 1.f, dout + r0 * s.bd, s.bd, X, s.bd, 0.f, dP + r0 * s.n, s.n);
