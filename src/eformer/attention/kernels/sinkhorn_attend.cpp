@@ -1,14 +1,15 @@
 // Sinkhorn attention's softmax for the common case (kernels/sinkhorn.h, sorted_block_attention): query
 // block r attends exactly 2 b keys, its sorted block and its own block, so one work item per
 // (batch, head, block) computes the scores [b, 2 b], an exact softmax over them and the output. Where a
-// gradient will be needed the probabilities are kept ([B H n, b, wp] floats, about as many as the keys):
-// the backward then starts from them, skipping one of its five GEMMs, the exponentials and the keys'
-// transpose, and writes the gradients of block r's keys and values, which no other query block reads.
+// gradient will be needed the probabilities are kept ([B H n, b, wp] floats: N 2 b per head, as many as
+// the keys [2 N, d] where b = d): the backward then starts from them, skipping the scores' GEMM, the
+// exponentials and the keys' transpose, and writes the gradients of block r's keys and values, which no
+// other query block reads.
 // The products are the register-blocked tile GEMMs (tile_gemm.h) on the calling thread: an item's
 // GEMMs are [b, d] x [d, 2 b] and smaller, where a oneDNN call costs about as much in dispatch,
 // packing and signal masking as in arithmetic. The item's two key (value) blocks are copied
-// transposed side by side into scratch, [d, wp] with wp = 2 b rounded up to whole vectors, so that
-// the scores (and dP) are one GEMM each.
+// transposed side by side into scratch (by 16 x 16 register tiles where b and d allow, transpose16.h),
+// [d, wp] with wp = 2 b rounded up to whole vectors, so that the scores (and dP) are one GEMM each.
 #include <algorithm>
 #include <limits>
 
