@@ -59,6 +59,7 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
       float lo = kInf, hi = -kInf;
       for (int64_t b = 0; b < B; ++b) {
         const float* kk = heads[b * H + hb].key(j);
+#pragma omp simd reduction(min : lo) reduction(max : hi)
         for (int64_t c = 0; c < d; ++c) lo = std::min(lo, kk[c]), hi = std::max(hi, kk[c]);
       }
       plan.r[item] = hi, sigma[item] = hi - lo;
@@ -70,15 +71,17 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
       const AftHead& h = heads[hb];
       const float *r = plan.r.data() + hb * M, *sg = sigma.data() + hb * M;
       const int64_t j0 = h.first(t), j1 = h.last(t), i0 = t / kRows * kRows, jlo = h.first(i0);
+      const float* wt = h.w + t * h.a + h.b;  // the bias of (t, j) is wt[j], contiguous in j (aft.h's layouts)
       float a = -kInf, spread = 0.f;
-      for (int64_t j = j0; j < j1; ++j)
-        a = std::max(a, h.bias(t, j) + r[j]), spread = std::max(spread, sg[j]);
+#pragma omp simd reduction(max : a) reduction(max : spread)
+      for (int64_t j = j0; j < j1; ++j) a = std::max(a, wt[j] + r[j]), spread = std::max(spread, sg[j]);
       plan.a[item] = a;
       const bool gemm = j0 < j1 && std::isfinite(a) && spread < kRange;
       plan.gemm[item] = gemm;
       if (!gemm) continue;
-      float* row = plan.E.data() + ((hb * plan.blocks + t / kRows) * kRows + t % kRows) * J;
-      for (int64_t j = j0; j < j1; ++j) row[j - jlo] = fast_exp(h.bias(t, j) + r[j] - a);
+      float* row = plan.E.data() + ((hb * plan.blocks + t / kRows) * kRows + t % kRows) * J - jlo;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) row[j] = fast_exp(wt[j] + r[j] - a);
     }
   });
   return plan;
@@ -261,23 +264,26 @@ Tensor band_average(const Tensor& k, const Tensor& v, const Tensor& w, const Ten
         // dw: the batch summed in order per (bias head, row); a kernel (Toeplitz) also over the rows.
         Tensor dw = Tensor::zeros(wc.shape());
         const bool toeplitz = layout.kind == attention::AftBias::Toeplitz;
-        Tensor rows = toeplitz ? Tensor::zeros({H, N, S}) : Tensor();
-        float* out = toeplitz ? rows.data<float>() : dw.data<float>();
-        const int64_t head_stride = toeplitz ? N * S : wc.size(1) * S;
-        parallel::parallel_for(H * N, 16, [&](int64_t from, int64_t to) {
+        float* out = dw.data<float>();
+        const int64_t head_stride = toeplitz ? 0 : wc.size(1) * S;
+        // Per row t the batch summed in order; a kernel (Toeplitz) then adds the rows in order, per head.
+        parallel::parallel_for(toeplitz ? H : H * N, toeplitz ? 1 : 16, [&](int64_t from, int64_t to) {
+          std::vector<float> row(static_cast<size_t>(S));
           for (int64_t item = from; item < to; ++item) {
-            const int64_t hb = item / N, t = item % N;
-            float* o = out + hb * head_stride + t * S;
-            for (int64_t b = 0; b < B; ++b) {
-              const float* src = bands.data + ((b * H + hb) * N + t) * S;
-              for (int64_t i = 0; i < S; ++i) o[i] += src[i];
+            const int64_t hb = toeplitz ? item : item / N, t0 = toeplitz ? 0 : item % N;
+            for (int64_t t = t0; t < (toeplitz ? N : t0 + 1); ++t) {
+              std::fill(row.begin(), row.end(), 0.f);
+              for (int64_t b = 0; b < B; ++b) {
+                const float* src = bands.data + ((b * H + hb) * N + t) * S;
+#pragma omp simd
+                for (int64_t i = 0; i < S; ++i) row[i] += src[i];
+              }
+              float* o = out + (toeplitz ? hb * S : hb * head_stride + t * S);
+#pragma omp simd
+              for (int64_t i = 0; i < S; ++i) o[i] += row[i];
             }
           }
         });
-        if (toeplitz)
-          for (int64_t hb = 0; hb < H; ++hb)
-            for (int64_t t = 0; t < N; ++t)
-              for (int64_t i = 0; i < S; ++i) dw.data<float>()[hb * S + i] += out[(hb * N + t) * S + i];
         return std::vector<Tensor>{dk, dv, dw};
       });
 }
