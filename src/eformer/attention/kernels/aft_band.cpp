@@ -71,17 +71,17 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
       const AftHead& h = heads[hb];
       const float *r = plan.r.data() + hb * M, *sg = sigma.data() + hb * M;
       const int64_t j0 = h.first(t), j1 = h.last(t), i0 = t / kRows * kRows, jlo = h.first(i0);
-      const float* wt = h.w + t * h.a + h.b;  // the bias of (t, j) is wt[j], contiguous in j (aft.h's layouts)
+      const float* wt = h.w + (t * h.a + j0 + h.b);  // the bias of (t, j) is wt[j - j0] (aft.h's layouts)
       float a = -kInf, spread = 0.f;
 #pragma omp simd reduction(max : a) reduction(max : spread)
-      for (int64_t j = j0; j < j1; ++j) a = std::max(a, wt[j] + r[j]), spread = std::max(spread, sg[j]);
+      for (int64_t j = j0; j < j1; ++j) a = std::max(a, wt[j - j0] + r[j]), spread = std::max(spread, sg[j]);
       plan.a[item] = a;
       const bool gemm = j0 < j1 && std::isfinite(a) && spread < kRange;
       plan.gemm[item] = gemm;
       if (!gemm) continue;
-      float* row = plan.E.data() + ((hb * plan.blocks + t / kRows) * kRows + t % kRows) * J - jlo;
+      float* row = plan.E.data() + ((hb * plan.blocks + t / kRows) * kRows + t % kRows) * J + j0 - jlo;
 #pragma omp simd
-      for (int64_t j = j0; j < j1; ++j) row[j] = fast_exp(wt[j] + r[j] - a);
+      for (int64_t j = j0; j < j1; ++j) row[j - j0] = fast_exp(wt[j - j0] + r[j] - a);
     }
   });
   return plan;
@@ -99,6 +99,29 @@ void band_operand(const AftHead& h, const float* r, float* X) {
       xj[c] = e * vv[c], xj[d + c] = e;
     }
   }
+}
+
+// The window's weighted sums of one query, P [n] = sum_j e[j] X_j over its keys (rows of X [keys, n]),
+// summed directly: e is one number per key, so each key is a broadcast times a contiguous row (a banded
+// GEMM of 32-query blocks does twice these products, half of them on the band's zeros, and pays a call
+// per block). Channels by chunks of kLanes held in registers over the keys.
+constexpr int64_t kLanes = 64;
+void window_sum(const float* e, const float* X, int64_t n, int64_t keys, float* P) {
+  int64_t c0 = 0;
+  for (; c0 + kLanes <= n; c0 += kLanes) {
+    float acc[kLanes] = {};
+    for (int64_t j = 0; j < keys; ++j) {
+      const float ej = e[j], *x = X + j * n + c0;
+#pragma omp simd
+      for (int64_t c = 0; c < kLanes; ++c) acc[c] += ej * x[c];
+    }
+    std::memcpy(P + c0, acc, sizeof(acc));
+  }
+  if (c0 == n) return;
+  std::fill(P + c0, P + n, 0.f);
+  for (int64_t j = 0; j < keys; ++j)
+#pragma omp simd
+    for (int64_t c = c0; c < n; ++c) P[c] += e[j] * X[j * n + c];
 }
 
 // Combines query t's window sums P = [num | den] (reference a) with the prefix (and suffix) sums:
@@ -151,11 +174,11 @@ void combine_row(int64_t d, const float* P, float a, const Running& pre, const R
 
 // Forward of one (batch, head) with bias head hb: A, lse [N, d]; scratch as forward_scratch.
 int64_t forward_scratch(int64_t M, int64_t N, int64_t d, bool causal) {
-  return M * 2 * d + kRows * 2 * d + 6 * d + (causal ? 0 : 3 * N * d);
+  return M * 2 * d + 2 * d + 6 * d + (causal ? 0 : 3 * N * d);
 }
 void band_forward(const AftHead& h, const BandPlan& plan, int64_t hb, float* A, float* lse, float* buf) {
   const int64_t N = plan.N, M = plan.M, d = h.d, J = plan.J;
-  float *X = buf, *P = X + M * 2 * d, *run = P + kRows * 2 * d, *tmp = run + 3 * d, *sf = tmp + 3 * d;
+  float *X = buf, *P = X + M * 2 * d, *run = P + 2 * d, *tmp = run + 3 * d, *sf = tmp + 3 * d;
   band_operand(h, plan.r.data() + hb * M, X);
   if (!h.causal) suffix_sums(h, N, sf, sf + N * d, sf + 2 * N * d);
   Running pre{run, run + d, run + 2 * d};
@@ -164,70 +187,78 @@ void band_forward(const AftHead& h, const BandPlan& plan, int64_t hb, float* A, 
   const float* a = plan.a.data() + hb * N;
   const uint8_t* gemm = plan.gemm.data() + hb * N;
   for (int64_t i0 = 0; i0 < N; i0 += kRows) {
-    const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0), jhi = h.last(i1 - 1);
-    if (std::any_of(gemm + i0, gemm + i1, [](uint8_t g) { return g != 0; }))
-      column_sgemm(false, false, i1 - i0, 2 * d, jhi - jlo, plan.block(hb, i0 / kRows), J, X + jlo * 2 * d,
-                   2 * d, 0.f, P, 2 * d);
+    const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0);
+    const float* E = plan.block(hb, i0 / kRows);
     for (int64_t t = i0; t < i1; ++t) {
       for (; next < h.first(t); ++next) pre.add(h.key(next), h.value(next), d);
       const Running suf{sf + t * d, sf + (N + t) * d, sf + (2 * N + t) * d};
-      if (gemm[t])
-        combine_row(d, P + (t - i0) * 2 * d, a[t], pre, h.causal ? nullptr : &suf, A + t * d, lse + t * d);
-      else
+      if (gemm[t]) {
+        const int64_t j0 = h.first(t);
+        window_sum(E + (t - i0) * J + j0 - jlo, X + j0 * 2 * d, 2 * d, h.last(t) - j0, P);
+        combine_row(d, P, a[t], pre, h.causal ? nullptr : &suf, A + t * d, lse + t * d);
+      } else {
         average_row(h, t, pre, h.causal ? nullptr : &suf, A + t * d, lse + t * d, tmp, tmp + d, tmp + 2 * d);
+      }
     }
   }
 }
 
-// Backward of one (batch, head): dk, dv [M, d]; its bias gradient band [N, S] (band[t, t' - t + p]).
-int64_t backward_scratch(int64_t M, int64_t d, int64_t J) {
-  return M * 2 * d + kRows * 2 * d + J * 2 * d + kRows * J + J + 3 * d;
+// One query's window in the backward, summed directly as window_sum: with gh = [G | -H]_t [n] and the
+// rows X_j [keys, n] of its keys, Q_j += e_j gh (E^T [G | -H]) and band_j = e_j (gh . X_j) (the bias
+// gradient E (.) ([G | -H] X^T)).
+void window_backward(const float* e, const float* X, const float* gh, int64_t n, int64_t keys, float* Q,
+                     float* band) {
+  for (int64_t j = 0; j < keys; ++j) {
+    const float ej = e[j], *x = X + j * n;
+    float* q = Q + j * n;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t c = 0; c < n; ++c) dot += gh[c] * x[c], q[c] += ej * gh[c];
+    band[j] = ej * dot;
+  }
 }
+
+// Backward of one (batch, head): dk, dv [M, d]; its bias gradient band [N, S] (band[t, t' - t + p]).
+int64_t backward_scratch(int64_t M, int64_t d, int64_t J) { return M * 2 * d + 2 * d + J * 2 * d + J + 3 * d; }
 void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const float* A, const float* lse,
                    const float* g, float* dk, float* dv, float* band, float* buf) {
-  const int64_t N = plan.N, M = plan.M, d = h.d, J = plan.J, S = h.S;
-  float *X = buf, *GH = X + M * 2 * d, *Q = GH + kRows * 2 * d, *R = Q + J * 2 * d, *row = R + kRows * J,
-        *tmp = row + J;
+  const int64_t N = plan.N, M = plan.M, d = h.d, J = plan.J;
+  const int64_t S = h.S;
+  float *X = buf, *gh = X + M * 2 * d, *Q = gh + 2 * d, *row = Q + J * 2 * d, *tmp = row + J;
   band_operand(h, plan.r.data() + hb * M, X);
   std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
   const float* a = plan.a.data() + hb * N;
   const uint8_t* gemm = plan.gemm.data() + hb * N;
   for (int64_t i0 = 0; i0 < N; i0 += kRows) {
-    const int64_t i1 = std::min(N, i0 + kRows), C = i1 - i0, jlo = h.first(i0), jhi = h.last(i1 - 1);
+    const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0), jhi = h.last(i1 - 1);
+    const float* E = plan.block(hb, i0 / kRows);
+    std::fill(Q, Q + std::max<int64_t>(jhi - jlo, 0) * 2 * d, 0.f);
     bool any = false;
     for (int64_t t = i0; t < i1; ++t) {
-      float* gh = GH + (t - i0) * 2 * d;
-      const bool serve = gemm[t] && lse[t * d] != -kInf;
-      any = any || serve;
+      const int64_t j0 = h.first(t), j1 = h.last(t);
+      if (!gemm[t]) {  // a row the direct products do not serve: pair by pair
+        window_row_backward(h, t, A + t * d, lse + t * d, g + t * d, dk, dv);
+        std::fill(row, row + (j1 - j0), 0.f);
+        bias_row_add(h, t, A + t * d, lse + t * d, g + t * d, row);
+        for (int64_t j = j0; j < j1; ++j) band[t * S + j - t + h.p] = row[j - j0];
+        continue;
+      }
+      if (lse[t * d] == -kInf) continue;  // a query with no real key has no gradient (its band stays 0)
+      any = true;
 #pragma omp simd
       for (int64_t c = 0; c < d; ++c) {
         const int64_t o = t * d + c;
-        const float f = serve ? fast_exp(a[t] - lse[o]) : 0.f;
+        const float f = fast_exp(a[t] - lse[o]);
         gh[c] = g[o] * f, gh[d + c] = -g[o] * A[o] * f;
       }
+      window_backward(E + (t - i0) * J + j0 - jlo, X + j0 * 2 * d, gh, 2 * d, j1 - j0, Q + (j0 - jlo) * 2 * d,
+                      band + t * S + j0 - t + h.p);
     }
-    if (any && jhi > jlo) {
-      const float* E = plan.block(hb, i0 / kRows);
-      column_sgemm(true, false, jhi - jlo, 2 * d, C, E, J, GH, 2 * d, 0.f, Q, 2 * d);
-      for (int64_t j = jlo; j < jhi; ++j) {
-        const float *x = X + j * 2 * d + d, *q = Q + (j - jlo) * 2 * d;
+    if (!any) continue;
+    for (int64_t j = jlo; j < jhi; ++j) {
+      const float *x = X + j * 2 * d + d, *q = Q + (j - jlo) * 2 * d;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) dv[j * d + c] += x[c] * q[c], dk[j * d + c] += x[c] * q[d + c];
-      }
-      column_sgemm(false, true, C, jhi - jlo, 2 * d, GH, 2 * d, X + jlo * 2 * d, 2 * d, 0.f, R, J);
-      for (int64_t t = i0; t < i1; ++t) {
-        if (!gemm[t]) continue;
-        const float *e = E + (t - i0) * J, *rr = R + (t - i0) * J;
-        for (int64_t j = h.first(t); j < h.last(t); ++j) band[t * S + j - t + h.p] = e[j - jlo] * rr[j - jlo];
-      }
-    }
-    for (int64_t t = i0; t < i1; ++t) {  // the rows the GEMM does not serve: pair by pair
-      if (gemm[t]) continue;
-      window_row_backward(h, t, A + t * d, lse + t * d, g + t * d, dk, dv);
-      const int64_t j0 = h.first(t), j1 = h.last(t);
-      std::fill(row, row + (j1 - j0), 0.f);
-      bias_row_add(h, t, A + t * d, lse + t * d, g + t * d, row);
-      for (int64_t j = j0; j < j1; ++j) band[t * S + j - t + h.p] = row[j - j0];
+      for (int64_t c = 0; c < d; ++c) dv[j * d + c] += x[c] * q[c], dk[j * d + c] += x[c] * q[d + c];
     }
   }
   outside_window_backward(h, N, A, lse, g, dk, dv, tmp);
