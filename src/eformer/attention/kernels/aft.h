@@ -67,6 +67,10 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
 Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N,
                               const char* op = "aft_full_bidirectional");
 
+// AFT's gated output Y = sigmoid(q) (.) A (eq. 2), q and A of one float32 shape: one pass each way
+// (kernels/aft_gate.cpp), the same bits as mul(sigmoid(q), A). Differentiable w.r.t. q and A.
+Tensor aft_gate(const Tensor& q, const Tensor& A, const char* op = "aft_gate");
+
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:
 // the last p keys for Band and Toeplitz, all of them for Dense, none for None).

@@ -33,7 +33,8 @@
 namespace eformer::kernels {
 namespace {
 
-constexpr int64_t kRows = 32;    // query rows per block
+constexpr int64_t kRows = 32;    // query rows per block (the backward's window products)
+constexpr int64_t kLanes = 64;   // channels held in registers by the direct window sums
 
 // What the batch shares per bias head hb: the key references r [M], the row references a [N] (-inf for
 // an empty window), whether the direct products serve each row, and the band E [N, S]: row t holds
@@ -56,13 +57,19 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
   parallel::parallel_for(H * M, 64, [&](int64_t from, int64_t to) {
     for (int64_t item = from; item < to; ++item) {
       const int64_t hb = item / M, j = item % M;
-      float lo = kInf, hi = -kInf;
+      // Lane-wise minima and maxima, reduced at the end (a simd max reduction compiles to a scalar chain).
+      float lo[kLanes], hi[kLanes];
+      std::fill(lo, lo + kLanes, kInf), std::fill(hi, hi + kLanes, -kInf);
       for (int64_t b = 0; b < B; ++b) {
         const float* kk = heads[b * H + hb].key(j);
-#pragma omp simd reduction(min : lo) reduction(max : hi)
-        for (int64_t c = 0; c < d; ++c) lo = std::min(lo, kk[c]), hi = std::max(hi, kk[c]);
+        for (int64_t c0 = 0; c0 < d; c0 += kLanes) {
+          const int64_t m = std::min(kLanes, d - c0);
+#pragma omp simd
+          for (int64_t c = 0; c < m; ++c) lo[c] = std::min(lo[c], kk[c0 + c]), hi[c] = std::max(hi[c], kk[c0 + c]);
+        }
       }
-      plan.r[item] = hi, sigma[item] = hi - lo;
+      const float mx = *std::max_element(hi, hi + kLanes), mn = *std::min_element(lo, lo + kLanes);
+      plan.r[item] = mx, sigma[item] = mx - mn;
     }
   });
   parallel::parallel_for(H * N, 16, [&](int64_t from, int64_t to) {
@@ -105,7 +112,6 @@ void band_operand(const AftHead& h, const float* r, float* X) {
 // summed directly: e is one number per key, so each key is a broadcast times a contiguous row (a banded
 // GEMM of 32-query blocks does twice these products, half of them on the band's zeros, and pays a call
 // per block). Channels by chunks of kLanes held in registers over the keys.
-constexpr int64_t kLanes = 64;
 void window_sum(const float* e, const float* X, int64_t n, int64_t keys, float* P) {
   int64_t c0 = 0;
   for (; c0 + kLanes <= n; c0 += kLanes) {
