@@ -22,9 +22,9 @@
 //
 // Costs: None O(N d); Band and Toeplitz O(N S d); Dense O(N M d) time (no N x M x d tensor: the
 // exponentials are made and consumed pair by pair). Extra memory O(N d) (A and lse). Band and Toeplitz
-// without a key mask sum the window as banded GEMMs (kernels/aft_band.cpp: N d exponentials, the window's
-// products in GEMMs of 32-query blocks), pair by pair only for queries whose window holds a key whose
-// channels spread past the GEMM's range.
+// without a key mask sum the window as a band of one number per (query, key) times rows of exp(K - r) [V | 1]
+// (kernels/aft_band.cpp: N d exponentials, the products summed directly), pair by pair only for queries
+// whose window holds a key whose channels spread past that form's range.
 #pragma once
 #include <cstdint>
 

@@ -1,24 +1,27 @@
-// AFT-local and AFT-conv (the Band and Toeplitz layouts of kernels/aft.h) with the window as GEMMs. The
-// window's sum of query t, sum_t' exp(w_t,t' + K_t') V_t' over t' in [first(t), last(t)), factors as
+// AFT-local and AFT-conv (the Band and Toeplitz layouts of kernels/aft.h) with the window as products of a
+// band and rows. The window's sum of query t, sum_t' exp(w_t,t' + K_t') V_t' over t' in [first(t), last(t)),
+// factors as
 //     exp(a_t) sum_t' E_t,t' X_t',   E_t,t' = exp(w_t,t' + r_t' - a_t),   X_t' = exp(K_t' - r_t') [V_t' | 1]
 // with r_t' the maximum of K_t' over the channels of every (batch, head) sharing the bias (one number per
 // key) and a_t the maximum of w_t,t' + r_t' over the window, so E <= 1 with a 1 in every row and X <= 1.
-// Per block of kRows queries, E is a band [rows, rows + S - 1] and the window sums of the block are one
-// GEMM E X [rows, 2 d]: T d exponentials in all instead of T S d, the window summed by the GEMM. The keys
-// outside the window (bias 0) are the running prefix and suffix sums of the pair-by-pair kernel
-// (kernels/aft.cpp), combined with the window in log space; nothing is subtracted.
+// E is one number per (query, key), so the window's sum is S broadcasts times contiguous rows of X [2 d],
+// summed directly with the channels in registers: T d exponentials in all instead of T S d, and T S 2 d
+// multiply-adds (a banded GEMM of 32-query blocks did twice that, half on the band's zeros, and paid a call
+// per block). The keys outside the window (bias 0) are the running prefix and suffix sums of the
+// pair-by-pair kernel (kernels/aft.cpp), combined with the window in log space; nothing is subtracted.
 //
 // Exactness: a channel c of key t' contributes exp(K_t',c - r_t') >= exp(-sigma_t'), sigma_t' = r_t' minus
 // the minimum of K_t' over those channels, so the window's largest term of every channel stays far from
 // underflow while sigma < kRange over the window. A row whose window holds a key with a wider spread is
 // summed pair by pair instead (exact at any range). Both the references and that choice for row t come from
-// keys t' in its window only, and E_t,t' = 0 exactly for keys outside it, so in the causal form no later key
-// changes an earlier output, not even by rounding (the GEMM adds exact zeros).
+// keys t' in its window only, and its sums read keys of its window only, so in the causal form no later key
+// changes an earlier output, not even by rounding.
 //
 // Backward, with the saved log-normalizer L: P_t,t' = E_t,t' X_t' F_t, F_t = exp(a_t - L_t) per channel, so
 // with [G | -H]_t = [dA_t F_t | -dA_t A_t F_t]:  Q = E^T [G | -H] gives dV = x (.) Q_G and the window's
-// part of dK, x (.) Q_H (x = exp(K - r)); dw_t,t' = E_t,t' ([G | -H] X^T)_t,t'. The bias gradient is made
-// per (batch, head) and summed over the batch in order afterwards, so no result depends on the threads.
+// part of dK, x (.) Q_H (x = exp(K - r)); dw_t,t' = E_t,t' ([G | -H] X^T)_t,t', all pair by pair over the
+// window as the forward. The bias gradient is made per (batch, head) and summed over the batch in order
+// afterwards, so no result depends on the threads.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -43,7 +46,7 @@ constexpr int64_t kLanes = 64;   // channels held in registers by the direct win
 struct BandPlan {
   int64_t N, M, S, J;
   std::vector<float> r, a;
-  std::vector<uint8_t> gemm;
+  std::vector<uint8_t> direct;
   ScratchBuffer E;
   const float* row(int64_t hb, int64_t t) const { return E.data + (hb * N + t) * S; }
 };
@@ -52,7 +55,7 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
   const AftHead& h0 = heads[0];
   BandPlan plan{N, h0.M, h0.S, kRows + h0.S - 1, {}, {}, {}, ScratchBuffer(H * N * h0.S)};
   const int64_t M = plan.M, d = h0.d, S = plan.S;
-  plan.r.assign(size_t(H * M), 0.f), plan.a.assign(size_t(H * N), -kInf), plan.gemm.assign(size_t(H * N), 0);
+  plan.r.assign(size_t(H * M), 0.f), plan.a.assign(size_t(H * N), -kInf), plan.direct.assign(size_t(H * N), 0);
   std::vector<float> sigma(static_cast<size_t>(H * M));
   parallel::parallel_for(H * M, 64, [&](int64_t from, int64_t to) {
     for (int64_t item = from; item < to; ++item) {
@@ -83,9 +86,9 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
 #pragma omp simd reduction(max : a) reduction(max : spread)
       for (int64_t j = j0; j < j1; ++j) a = std::max(a, wt[j - j0] + r[j]), spread = std::max(spread, sg[j]);
       plan.a[item] = a;
-      const bool gemm = j0 < j1 && std::isfinite(a) && spread < kRange;
-      plan.gemm[item] = gemm;
-      if (!gemm) continue;
+      const bool direct = j0 < j1 && std::isfinite(a) && spread < kRange;
+      plan.direct[item] = direct;
+      if (!direct) continue;
       float* row = plan.E.data + (hb * N + t) * S;
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) row[j - j0] = fast_exp(wt[j - j0] + r[j] - a);
@@ -108,10 +111,8 @@ void band_operand(const AftHead& h, const float* r, float* X) {
   }
 }
 
-// The window's weighted sums of one query, P [n] = sum_j e[j] X_j over its keys (rows of X [keys, n]),
-// summed directly: e is one number per key, so each key is a broadcast times a contiguous row (a banded
-// GEMM of 32-query blocks does twice these products, half of them on the band's zeros, and pays a call
-// per block). Channels by chunks of kLanes held in registers over the keys.
+// The window's weighted sums of one query, P [n] = sum_j e[j] X_j over its keys (rows of X [keys, n]):
+// each key a broadcast times a contiguous row, the channels by chunks of kLanes held in registers.
 void window_sum(const float* e, const float* X, int64_t n, int64_t keys, float* P) {
   int64_t c0 = 0;
   for (; c0 + kLanes <= n; c0 += kLanes) {
@@ -191,11 +192,11 @@ void band_forward(const AftHead& h, const BandPlan& plan, int64_t hb, float* A, 
   pre.reset(d);
   int64_t next = 0;
   const float* a = plan.a.data() + hb * N;
-  const uint8_t* gemm = plan.gemm.data() + hb * N;
+  const uint8_t* direct = plan.direct.data() + hb * N;
   for (int64_t t = 0; t < N; ++t) {
     for (; next < h.first(t); ++next) pre.add(h.key(next), h.value(next), d);
     const Running suf{sf + t * d, sf + (N + t) * d, sf + (2 * N + t) * d};
-    if (gemm[t]) {
+    if (direct[t]) {
       const int64_t j0 = h.first(t);
       window_sum(plan.row(hb, t), X + j0 * 2 * d, 2 * d, h.last(t) - j0, P);
       combine_row(d, P, a[t], pre, h.causal ? nullptr : &suf, A + t * d, lse + t * d);
@@ -230,14 +231,14 @@ void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const flo
   band_operand(h, plan.r.data() + hb * M, X);
   std::fill(dk, dk + M * d, 0.f), std::fill(dv, dv + M * d, 0.f);
   const float* a = plan.a.data() + hb * N;
-  const uint8_t* gemm = plan.gemm.data() + hb * N;
+  const uint8_t* direct = plan.direct.data() + hb * N;
   for (int64_t i0 = 0; i0 < N; i0 += kRows) {
     const int64_t i1 = std::min(N, i0 + kRows), jlo = h.first(i0), jhi = h.last(i1 - 1);
     std::fill(Q, Q + std::max<int64_t>(jhi - jlo, 0) * 2 * d, 0.f);
     bool any = false;
     for (int64_t t = i0; t < i1; ++t) {
       const int64_t j0 = h.first(t), j1 = h.last(t);
-      if (!gemm[t]) {  // a row the direct products do not serve: pair by pair
+      if (!direct[t]) {  // a row the direct products do not serve: pair by pair
         window_row_backward(h, t, A + t * d, lse + t * d, g + t * d, dk, dv);
         std::fill(row, row + (j1 - j0), 0.f);
         bias_row_add(h, t, A + t * d, lse + t * d, g + t * d, row);
