@@ -36,8 +36,8 @@
 namespace eformer::kernels {
 namespace {
 
-constexpr int64_t kRows = 32;    // query rows per block (the backward's window products)
-constexpr int64_t kLanes = 64;   // channels held in registers by the direct window sums
+constexpr int64_t kRows = 32;   // query rows per block (the backward's window products)
+constexpr int64_t kLanes = 64;  // channels held in registers by the direct window sums
 
 // What the batch shares per bias head hb: the key references r [M], the row references a [N] (-inf for
 // an empty window), whether the direct products serve each row, and the band E [N, S]: row t holds
@@ -55,7 +55,8 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
   const AftHead& h0 = heads[0];
   BandPlan plan{N, h0.M, h0.S, kRows + h0.S - 1, {}, {}, {}, ScratchBuffer(H * N * h0.S)};
   const int64_t M = plan.M, d = h0.d, S = plan.S;
-  plan.r.assign(size_t(H * M), 0.f), plan.a.assign(size_t(H * N), -kInf), plan.direct.assign(size_t(H * N), 0);
+  plan.r.assign(size_t(H * M), 0.f), plan.a.assign(size_t(H * N), -kInf),
+      plan.direct.assign(size_t(H * N), 0);
   std::vector<float> sigma(static_cast<size_t>(H * M));
   parallel::parallel_for(H * M, 64, [&](int64_t from, int64_t to) {
     for (int64_t item = from; item < to; ++item) {
@@ -68,7 +69,8 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
         for (int64_t c0 = 0; c0 < d; c0 += kLanes) {
           const int64_t m = std::min(kLanes, d - c0);
 #pragma omp simd
-          for (int64_t c = 0; c < m; ++c) lo[c] = std::min(lo[c], kk[c0 + c]), hi[c] = std::max(hi[c], kk[c0 + c]);
+          for (int64_t c = 0; c < m; ++c)
+            lo[c] = std::min(lo[c], kk[c0 + c]), hi[c] = std::max(hi[c], kk[c0 + c]);
         }
       }
       const float mx = *std::max_element(hi, hi + kLanes), mn = *std::min_element(lo, lo + kLanes);
@@ -81,7 +83,8 @@ BandPlan make_plan(const std::vector<AftHead>& heads, int64_t B, int64_t H, int6
       const AftHead& h = heads[hb];
       const float *r = plan.r.data() + hb * M, *sg = sigma.data() + hb * M;
       const int64_t j0 = h.first(t), j1 = h.last(t);
-      const float* wt = h.w + (t * h.a + j0 + h.b);  // the bias of (t, j) is wt[j - j0] (aft.h's layouts)
+      // The bias of (t, j) is wt[j - j0] (aft.h's layouts); an empty window reads none of it.
+      const float* wt = j0 < j1 ? h.w + (t * h.a + j0 + h.b) : h.w;
       float a = -kInf, spread = 0.f;
 #pragma omp simd reduction(max : a) reduction(max : spread)
       for (int64_t j = j0; j < j1; ++j) a = std::max(a, wt[j - j0] + r[j]), spread = std::max(spread, sg[j]);
@@ -222,7 +225,9 @@ void window_backward(const float* e, const float* X, const float* gh, int64_t n,
 }
 
 // Backward of one (batch, head): dk, dv [M, d]; its bias gradient band [N, S] (band[t, t' - t + p]).
-int64_t backward_scratch(int64_t M, int64_t d, int64_t J) { return M * 2 * d + 2 * d + J * 2 * d + J + 3 * d; }
+int64_t backward_scratch(int64_t M, int64_t d, int64_t J) {
+  return M * 2 * d + 2 * d + J * 2 * d + J + 3 * d;
+}
 void band_backward(const AftHead& h, const BandPlan& plan, int64_t hb, const float* A, const float* lse,
                    const float* g, float* dk, float* dv, float* band, float* buf) {
   const int64_t N = plan.N, M = plan.M, d = h.d, J = plan.J;

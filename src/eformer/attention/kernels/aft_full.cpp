@@ -255,7 +255,8 @@ std::vector<Tensor> backward_by_heads(const Tensor& kc, const Tensor& vc, const 
   const int64_t B = kc.size(0), H = kc.size(1), M = kc.size(2), d = kc.size(3), N = Ad.size(2), BD = B * d;
   const int64_t R = wc.size(1), ldw = wc.size(2);
   Tensor gc = g.contiguous_data();
-  Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = need_w ? Tensor::zeros(wc.shape()) : Tensor();
+  Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()),
+         dw = need_w ? Tensor::zeros(wc.shape()) : Tensor();
   Tensor Kh = Tensor::empty({M, BD}), Vh = Tensor::empty({M, BD}), Ah = Tensor::empty({N, BD}),
          Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({M, BD}), dVh = Tensor::empty({M, BD});
   for (int64_t h = 0; h < H; ++h) {

@@ -9,13 +9,15 @@
 
 namespace eformer::attention {
 
-constexpr int64_t kGrain = 32768;  // elements per thread at least (elementwise: any split gives the same bits)
+// Elements per thread at least (elementwise: any split gives the same bits).
+constexpr int64_t kGrain = 32768;
 
 Tensor aft_gate(const Tensor& q, const Tensor& A, const char* op) {
   EF_CHECK(q.defined() && A.defined() && q.dtype() == DType::Float32 && A.dtype() == DType::Float32 &&
                q.shape() == A.shape(),
-           ShapeError, op, ": q is ", q.defined() ? q.describe() : std::string("undefined"), " and the average ",
-           A.defined() ? A.describe() : std::string("undefined"), "; expected one float32 shape");
+           ShapeError, op, ": q is ", q.defined() ? q.describe() : std::string("undefined"),
+           " and the average ", A.defined() ? A.describe() : std::string("undefined"),
+           "; expected one float32 shape");
   const Tensor qc = q.contiguous_data(), ac = A.contiguous_data();
   Tensor Y = Tensor::empty(q.shape());
   const float *pq = qc.data<float>(), *pa = ac.data<float>();

@@ -379,8 +379,8 @@ Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& ke
   const AftLayout L = aft_layout(name(), s(), config_.causal);
   if (options_.image_h > 0) {
     EF_CHECK(!key_mask.defined(), ValueError, label(), ": the 2-D form (image_shape) takes no key_mask");
-    return output(aft_gate(h.q, aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w,
-                                                       label().c_str())));
+    return output(aft_gate(
+        h.q, aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w, label().c_str())));
   }
   if (name() == "aft_full")
     return output(
