@@ -88,6 +88,18 @@ def test_functional_form_matches_eq2(rng, kind, causal, kscale):
     assert np.isfinite(e_out.numpy()).all()
 
 
+@pytest.mark.parametrize("kind", ["aft_full", "aft_local", "aft_conv"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_constant_bias_still_gives_qkv_eq2_gradients(rng, kind, causal):
+    """w needing no gradient (as in the benchmarks) lets the kernels skip dw; q, k, v keep their eq. 2
+    gradients."""
+    N = M = 37
+    inputs = [rng.standard_normal((B, H, N, d)) for _ in range(3)] + bias_inputs(kind, rng, N, M, causal)
+    inputs = [x.astype(np.float32).astype(np.float64) for x in inputs]
+    check(call(kind, causal), lambda q, k, v, w: eq2(q, k, v, dense_w(kind, [w], N, M, causal), causal),
+          inputs, rng, grad_inputs=[0, 1, 2])
+
+
 def test_local_keeps_global_connectivity(rng):
     """Outside the window the bias is 0, not -inf: a far key still moves the output."""
     N, s = 12, 2

@@ -22,9 +22,9 @@
 //
 // Costs: None O(N d); Band and Toeplitz O(N S d); Dense O(N M d) time (no N x M x d tensor: the
 // exponentials are made and consumed pair by pair). Extra memory O(N d) (A and lse). Band and Toeplitz
-// without a key mask sum the window as banded GEMMs (kernels/aft_band.cpp: N d exponentials, the window's
-// products in GEMMs of 32-query blocks), pair by pair only for queries whose window holds a key whose
-// channels spread past the GEMM's range.
+// without a key mask sum the window as a band of one number per (query, key) times rows of exp(K - r) [V | 1]
+// (kernels/aft_band.cpp: N d exponentials, the products summed directly), pair by pair only for queries
+// whose window holds a key whose channels spread past that form's range.
 #pragma once
 #include <cstdint>
 
@@ -66,6 +66,10 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
 // Differentiable w.r.t. k, v and w.
 Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w, int64_t N,
                               const char* op = "aft_full_bidirectional");
+
+// AFT's gated output Y = sigmoid(q) (.) A (eq. 2), q and A of one float32 shape: one pass each way
+// (kernels/aft_gate.cpp), the same bits as mul(sigmoid(q), A). Differentiable w.r.t. q and A.
+Tensor aft_gate(const Tensor& q, const Tensor& A, const char* op = "aft_gate");
 
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:

@@ -150,13 +150,14 @@ void full_causal_forward(const FullHead& h, float* A, float* L) {
 }
 
 // Backward: with r = dA, u = dA (.) A and P_t,t' = exp(w + K - L): dV = sum_t P r, dK = sum_t P (r V - u),
-// dw_t,t' = sum over columns of P (r V_t' - u).
+// dw_t,t' = sum over columns of P (r V_t' - u) (dw null: w needs no gradient, and the R GEMM, a third of the
+// backward's flops, and the pair-by-pair dw rows are skipped).
 void full_causal_backward(const FullHead& h, const float* A, const float* L, const float* G, float* dK,
                           float* dV, float* dw) {
   const int64_t N = h.N, BD = h.BD;
   const CausalPlan p = causal_plan(h);
   std::fill(dK, dK + N * BD, 0.f), std::fill(dV, dV + N * BD, 0.f);
-  ScratchBuffer X(N * 2 * BD), E(kBlock * N), GH(kBlock * 2 * BD), Q(N * 2 * BD), R(kBlock * N);
+  ScratchBuffer X(N * 2 * BD), E(kBlock * N), GH(kBlock * 2 * BD), Q(N * 2 * BD), R(dw ? kBlock * N : 0);
   causal_operand(h, p.r.data(), X.data);
   std::fill(Q.data, Q.data + N * 2 * BD, 0.f);
   const int64_t chunk = 64;  // columns per work item of the pair loops
@@ -178,11 +179,13 @@ void full_causal_backward(const FullHead& h, const float* A, const float* L, con
       });
       // Q [i1, 2 BD] += E^T [G | -H]; dw [C, i1] = E (.) ([G | -H] X^T) on and below the diagonal.
       column_sgemm(true, false, i1, 2 * BD, C, E.data, i1, GH.data, 2 * BD, 1.f, Q.data, 2 * BD);
-      column_sgemm(false, true, C, i1, 2 * BD, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, i1);
-      for (int64_t t = i0; t < i1; ++t)
-        if (p.gemm[t])
-          for (int64_t j = 0; j <= t; ++j)
-            dw[t * h.ldw + j] = E.data[(t - i0) * i1 + j] * R.data[(t - i0) * i1 + j];
+      if (dw) {
+        column_sgemm(false, true, C, i1, 2 * BD, GH.data, 2 * BD, X.data, 2 * BD, 0.f, R.data, i1);
+        for (int64_t t = i0; t < i1; ++t)
+          if (p.gemm[t])
+            for (int64_t j = 0; j <= t; ++j)
+              dw[t * h.ldw + j] = E.data[(t - i0) * i1 + j] * R.data[(t - i0) * i1 + j];
+      }
     }
     // The rows the GEMM does not serve, pair by pair: dK, dV by column chunks (each column's sums in one
     // order), dw by rows.
@@ -203,6 +206,7 @@ void full_causal_backward(const FullHead& h, const float* A, const float* L, con
         }
       }
     });
+    if (!dw) continue;
     parallel::parallel_for(C, 4, [&](int64_t from, int64_t to) {
       for (int64_t t = i0 + from; t < i0 + to; ++t) {
         if (p.gemm[t]) continue;
@@ -242,14 +246,17 @@ void from_columns(const float* in, int64_t B, int64_t H, int64_t N, int64_t d, i
 
 // The backward of a per-head kernel in column layout (k, v [B, H, M, d] contiguous, w [H, R, ldw], the
 // forward's A [B, H, N, d] and log-normalizers Ls [N, B d] per head): per head, K, V, A and the upstream G to
-// columns, backward(head, A, L, G, dK, dV, dw rows) and dK, dV back -> {dk, dv, dw}.
+// columns, backward(head, A, L, G, dK, dV, dw rows) and dK, dV back -> {dk, dv, dw} (dw undefined, and
+// the dw rows null, where w needs no gradient).
 template <class Backward>
 std::vector<Tensor> backward_by_heads(const Tensor& kc, const Tensor& vc, const Tensor& wc, const Tensor& Ad,
-                                      const Tensor& g, const std::vector<Tensor>& Ls, Backward backward) {
+                                      const Tensor& g, const std::vector<Tensor>& Ls, bool need_w,
+                                      Backward backward) {
   const int64_t B = kc.size(0), H = kc.size(1), M = kc.size(2), d = kc.size(3), N = Ad.size(2), BD = B * d;
   const int64_t R = wc.size(1), ldw = wc.size(2);
   Tensor gc = g.contiguous_data();
-  Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()), dw = Tensor::zeros(wc.shape());
+  Tensor dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape()),
+         dw = need_w ? Tensor::zeros(wc.shape()) : Tensor();
   Tensor Kh = Tensor::empty({M, BD}), Vh = Tensor::empty({M, BD}), Ah = Tensor::empty({N, BD}),
          Gh = Tensor::empty({N, BD}), dKh = Tensor::empty({M, BD}), dVh = Tensor::empty({M, BD});
   for (int64_t h = 0; h < H; ++h) {
@@ -259,7 +266,7 @@ std::vector<Tensor> backward_by_heads(const Tensor& kc, const Tensor& vc, const 
     to_columns(gc.data<float>(), B, H, N, d, h, Gh.data<float>());
     const FullHead fh{Kh.data<float>(), Vh.data<float>(), wc.data<float>() + h * R * ldw, M, BD, ldw};
     backward(fh, Ah.data<float>(), Ls[h].data<float>(), Gh.data<float>(), dKh.data<float>(),
-             dVh.data<float>(), dw.data<float>() + h * R * ldw);
+             dVh.data<float>(), need_w ? dw.data<float>() + h * R * ldw : nullptr);
     from_columns(dKh.data<float>(), B, H, M, d, h, dk.data<float>());
     from_columns(dVh.data<float>(), B, H, M, d, h, dv.data<float>());
   }
@@ -298,8 +305,9 @@ Tensor aft_full_causal(const Tensor& k, const Tensor& v, const Tensor& w, const 
     Ls.push_back(Lh);
   }
   Tensor Ad = A.detach();
-  return autograd::record("aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls](const Tensor& g) {
-    return kernels::backward_by_heads(kc, vc, wc, Ad, g, Ls, kernels::full_causal_backward);
+  const bool need_w = requires_grad(w);  // else no dw (the bidirectional kernel does the same)
+  return autograd::record("aft_full_causal", A, {k, v, w}, [kc, vc, wc, Ad, Ls, need_w](const Tensor& g) {
+    return kernels::backward_by_heads(kc, vc, wc, Ad, g, Ls, need_w, kernels::full_causal_backward);
   });
 }
 

@@ -195,14 +195,14 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
   if (image_h > 0) {
     EF_CHECK(!opts.causal && !opts.key_mask.defined(), ValueError, op,
              ": the 2-D form (image_shape) is bidirectional and takes no key_mask");
-    return mul(sigmoid(q), aft_conv2d_average(k, v, bias, image_h, image_w, op.c_str()));
+    return aft_gate(q, aft_conv2d_average(k, v, bias, image_h, image_w, op.c_str()));
   }
   const auto average = [&](const Tensor& kk, const Tensor& vv, const Tensor& mask) {
     return name == "aft_full" ? aft_full_average(kk, vv, bias, opts.causal, N, mask, op.c_str())
                               : aft_average(kk, vv, bias, L, N, mask, op.c_str());
   };
   const int64_t B = k.size(0), H = k.size(1), d = k.size(3);
-  if (!bias.defined() || bias.size(0) != 1 || H == 1) return mul(sigmoid(q), average(k, v, opts.key_mask));
+  if (!bias.defined() || bias.size(0) != 1 || H == 1) return aft_gate(q, average(k, v, opts.key_mask));
   // One bias head (w [1, ...]) shared by every head, as the module with heads = 1: the heads become
   // batch rows [B H, 1, M, d] of that one bias head, so one GEMM serves them all and the gradient of the
   // shared w is summed over the heads.
@@ -214,7 +214,7 @@ Tensor aft_attention(const std::string& name, const Tensor& q, const Tensor& k, 
     mask = reshape(contiguous(expand(reshape(opts.key_mask, {B, 1, M}), {B, H, M})), {B * H, M});
   }
   const Tensor A = average(reshape(k, {B * H, 1, M, d}), reshape(v, {B * H, 1, M, d}), mask);
-  return mul(sigmoid(q), reshape(A, {B, H, N, d}));
+  return aft_gate(q, reshape(A, {B, H, N, d}));
 }
 
 void parse_image_shape(const std::string& who, const nlohmann::json& v, int64_t& height, int64_t& width) {
@@ -379,13 +379,13 @@ Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& ke
   const AftLayout L = aft_layout(name(), s(), config_.causal);
   if (options_.image_h > 0) {
     EF_CHECK(!key_mask.defined(), ValueError, label(), ": the 2-D form (image_shape) takes no key_mask");
-    return output(mul(sigmoid(h.q), aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w,
-                                                       label().c_str())));
+    return output(aft_gate(
+        h.q, aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w, label().c_str())));
   }
   if (name() == "aft_full")
     return output(
-        mul(sigmoid(h.q), aft_full_average(h.k, h.v, bias(N), config_.causal, N, key_mask, label().c_str())));
-  return output(mul(sigmoid(h.q), aft_average(h.k, h.v, bias(N), L, N, key_mask, label().c_str())));
+        aft_gate(h.q, aft_full_average(h.k, h.v, bias(N), config_.causal, N, key_mask, label().c_str())));
+  return output(aft_gate(h.q, aft_average(h.k, h.v, bias(N), L, N, key_mask, label().c_str())));
 }
 
 std::unique_ptr<RecurrentState> AftAttention::start_native(int64_t) const {
@@ -400,7 +400,7 @@ Tensor AftAttention::step_native(const Tensor& x_t, RecurrentState& state) {
     st.w = bias(config_.max_len > 0 ? config_.max_len : 1).detach();
   }
   const AftLayout L = aft_layout(name(), s(), true);
-  return output(mul(sigmoid(h.q), aft_average_step(h.k, h.v, st.w, L, st.kernel)));
+  return output(aft_gate(h.q, aft_average_step(h.k, h.v, st.w, L, st.kernel)));
 }
 
 }  // namespace eformer::attention
