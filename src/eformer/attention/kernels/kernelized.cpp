@@ -339,8 +339,22 @@ float bidirectional_state(const Head& h, float* S, float* z, Scratch& s) {
   return mu;
 }
 
-void bidirectional_forward_head(const Head& h, float* out, float* den, Scratch& s) {
-  bidirectional_state(h, s.S, s.z, s);
+// The forward's state kept for the backward, [Fp Dp + Fp + 1] floats per head: S, z and mu (so the
+// backward need not read phi_k and v once more to rebuild them).
+void save_state(const Scratch& s, float mu, float* saved) {
+  std::memcpy(saved, s.S, size_t(s.Fp * s.Dp) * sizeof(float));
+  std::memcpy(saved + s.Fp * s.Dp, s.z, size_t(s.Fp) * sizeof(float));
+  saved[s.Fp * s.Dp + s.Fp] = mu;
+}
+
+float load_state(const float* saved, Scratch& s) {
+  std::memcpy(s.S, saved, size_t(s.Fp * s.Dp) * sizeof(float));
+  std::memcpy(s.z, saved + s.Fp * s.Dp, size_t(s.Fp) * sizeof(float));
+  return saved[s.Fp * s.Dp + s.Fp];
+}
+
+void bidirectional_forward_head(const Head& h, float* out, float* den, float* saved, Scratch& s) {
+  save_state(s, bidirectional_state(h, s.S, s.z, s), saved);
   float den_raw[C];
   for (int64_t i0 = 0; i0 < h.N; i0 += C) {
     const int64_t c = std::min(C, h.N - i0);
@@ -357,10 +371,10 @@ void bidirectional_forward_head(const Head& h, float* out, float* den, Scratch& 
 
 // dphi_q = dnum S^T + dden z; P = sum_i phi_q_i dnum_i^T, p_z = sum_i phi_q_i dden_i;
 // dv_j = e_j P^T phi_k_j; dphi_k_j = e_j (P v_j + p_z), e_j = exp(l_j - mu); dl_j = phi_k_j . dphi_k_j.
-void bidirectional_backward_head(const Head& h, const float* out, const float* den, const float* g, float* dq,
-                                 float* dk, float* dv, float* dl, Scratch& s) {
+void bidirectional_backward_head(const Head& h, const float* out, const float* den, const float* saved,
+                                 const float* g, float* dq, float* dk, float* dv, float* dl, Scratch& s) {
   const int64_t F = h.F, dvn = h.dv, Fp = s.Fp, Dp = s.Dp;
-  const float mu = bidirectional_state(h, s.S, s.z, s);
+  const float mu = load_state(saved, s);
   transpose(s.S, Fp, Dp, s.ST);
   float* P = s.S;  // S is no longer needed once transposed
   float* pz = s.pz;
@@ -410,11 +424,16 @@ void bidirectional_backward_head(const Head& h, const float* out, const float* d
 
 }  // namespace
 
+// Floats per head of the bidirectional forward's saved state (S, z, mu; see save_state).
+int64_t state_floats(int64_t F, int64_t dv) { return tile::round_up(F) * tile::round_up(dv) + tile::round_up(F) + 1; }
+
 // phi_q [BH, N, F], phi_k [BH, M, F], v [BH, M, dv], log_scale [BH, M] or null, key_mask [B, M] or
-// null -> out [BH, N, dv], den [BH, N] (the denominators used; 0 where guarded).
+// null -> out [BH, N, dv], den [BH, N] (the denominators used; 0 where guarded) and, bidirectional,
+// state [BH, state_floats] for the backward.
 void kernelized_attention_forward(const float* phi_q, const float* phi_k, const float* v, const float* log_scale,
-                                  const bool* key_mask, float* out, float* den, int64_t B, int64_t H, int64_t N,
-                                  int64_t M, int64_t F, int64_t dv, bool causal, attention::PointwiseMap map) {
+                                  const bool* key_mask, float* out, float* den, float* state, int64_t B, int64_t H,
+                                  int64_t N, int64_t M, int64_t F, int64_t dv, bool causal,
+                                  attention::PointwiseMap map) {
   for_each_item(B * H, Scratch::floats(F, dv), [&](int64_t bh, float* buffer) {
     Scratch s(buffer, F, dv);
     const Head h{phi_q + bh * N * F, phi_k + bh * M * F,     v + bh * M * dv, log_scale ? log_scale + bh * M : nullptr,
@@ -425,14 +444,15 @@ void kernelized_attention_forward(const float* phi_q, const float* phi_k, const 
       float mu = kNegInf;
       causal_forward_head(h, out + bh * N * dv, den + bh * N, s.S, s.z, mu, s);
     } else {
-      bidirectional_forward_head(h, out + bh * N * dv, den + bh * N, s);
+      bidirectional_forward_head(h, out + bh * N * dv, den + bh * N, state + bh * state_floats(F, dv), s);
     }
   });
 }
 
 // Inputs as above plus dout [BH, N, dv] -> dphi_q, dphi_k, dv, dlog_scale [BH, M] (when not null).
 void kernelized_attention_backward(const float* phi_q, const float* phi_k, const float* v, const float* log_scale,
-                                   const bool* key_mask, const float* out, const float* den, const float* dout,
+                                   const bool* key_mask, const float* out, const float* den, const float* state,
+                                   const float* dout,
                                    float* dphi_q, float* dphi_k, float* dv_out, float* dlog_scale, int64_t B,
                                    int64_t H, int64_t N, int64_t M, int64_t F, int64_t dv, bool causal,
                                    attention::PointwiseMap map) {
@@ -446,8 +466,9 @@ void kernelized_attention_backward(const float* phi_q, const float* phi_k, const
       causal_backward_head(h, out + bh * N * dv, den + bh * N, dout + bh * N * dv, dphi_q + bh * N * F,
                            dphi_k + bh * M * F, dv_out + bh * M * dv, dl, s, buffer + Scratch::floats(F, dv));
     else
-      bidirectional_backward_head(h, out + bh * N * dv, den + bh * N, dout + bh * N * dv, dphi_q + bh * N * F,
-                                  dphi_k + bh * M * F, dv_out + bh * M * dv, dl, s);
+      bidirectional_backward_head(h, out + bh * N * dv, den + bh * N, state + bh * state_floats(F, dv),
+                                  dout + bh * N * dv, dphi_q + bh * N * F, dphi_k + bh * M * F, dv_out + bh * M * dv,
+                                  dl, s);
   });
 }
 
@@ -518,18 +539,20 @@ Tensor kernelized_attention(const Tensor& phi_q, const Tensor& phi_k, const Tens
   Tensor km = key_mask.defined() ? key_mask.contiguous_data() : Tensor();
   Tensor out = Tensor::empty({s.B, s.H, s.N, s.dv});
   Tensor den = Tensor::empty({s.B, s.H, s.N});
+  Tensor state = causal ? Tensor() : Tensor::empty({s.B * s.H, kernels::state_floats(s.F, s.dv)});
   auto ptr = [](const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; };
   if (out.numel() > 0)
     kernels::kernelized_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), ptr(lc),
                                           km.defined() ? km.data<bool>() : nullptr, out.data<float>(),
-                                          den.data<float>(), s.B, s.H, s.N, s.M, s.F, s.dv, causal, map);
+                                          den.data<float>(), ptr(state), s.B, s.H, s.N, s.M, s.F, s.dv, causal,
+                                          map);
   else
     out = Tensor::zeros(out.shape());
   Tensor od = out.detach();
   std::vector<Tensor> inputs = {phi_q, phi_k, v};
   if (log_scale_k.defined()) inputs.push_back(log_scale_k);
   return autograd::record(
-      "kernelized_attention", out, inputs, [qc, kc, vc, lc, km, od, den, s, causal, map](const Tensor& g) {
+      "kernelized_attention", out, inputs, [qc, kc, vc, lc, km, od, den, state, s, causal, map](const Tensor& g) {
         Tensor gc = g.contiguous_data();
         Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kc.shape()), dv = Tensor::zeros(vc.shape());
         Tensor dl = lc.defined() ? Tensor::zeros(lc.shape()) : Tensor();
@@ -537,7 +560,7 @@ Tensor kernelized_attention(const Tensor& phi_q, const Tensor& phi_k, const Tens
         if (od.numel() > 0 && s.M > 0)
           kernels::kernelized_attention_backward(qc.data<float>(), kc.data<float>(), vc.data<float>(), ptr(lc),
                                                  km.defined() ? km.data<bool>() : nullptr, od.data<float>(),
-                                                 den.data<float>(), gc.data<float>(), dq.data<float>(),
+                                                 den.data<float>(), ptr(state), gc.data<float>(), dq.data<float>(),
                                                  dk.data<float>(), dv.data<float>(), ptr(dl), s.B, s.H, s.N, s.M,
                                                  s.F, s.dv, causal, map);
         std::vector<Tensor> grads = {dq, dk, dv};
