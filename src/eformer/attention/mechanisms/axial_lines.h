@@ -2,7 +2,9 @@
 // [0, row_heads), columns for the others) are gathered straight from q, k, v [B, H, n, d] into the flash
 // kernel's [lines, heads, length, d] layout by one parallel copy per tensor, attended by the raw flash
 // kernels (an exact softmax over each line), and the outputs (and, in the backward, the gradients)
-// scattered straight back: no permute, no padding concatenation, no per-axis output concatenation.
+// scattered straight back: no permute, no padding concatenation, no per-axis output concatenation. On an
+// unpadded image (N == M == rows * width) the rows need no copy at all: the row heads of one batch entry
+// are already rows * row_heads contiguous lines.
 #pragma once
 #include <cstdint>
 
