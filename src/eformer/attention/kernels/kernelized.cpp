@@ -425,7 +425,9 @@ void bidirectional_backward_head(const Head& h, const float* out, const float* d
 }  // namespace
 
 // Floats per head of the bidirectional forward's saved state (S, z, mu; see save_state).
-int64_t state_floats(int64_t F, int64_t dv) { return tile::round_up(F) * tile::round_up(dv) + tile::round_up(F) + 1; }
+int64_t state_floats(int64_t F, int64_t dv) {
+  return tile::round_up(F) * tile::round_up(dv) + tile::round_up(F) + 1;
+}
 
 // phi_q [BH, N, F], phi_k [BH, M, F], v [BH, M, dv], log_scale [BH, M] or null, key_mask [B, M] or
 // null -> out [BH, N, dv], den [BH, N] (the denominators used; 0 where guarded) and, bidirectional,
@@ -467,8 +469,8 @@ void kernelized_attention_backward(const float* phi_q, const float* phi_k, const
                            dphi_k + bh * M * F, dv_out + bh * M * dv, dl, s, buffer + Scratch::floats(F, dv));
     else
       bidirectional_backward_head(h, out + bh * N * dv, den + bh * N, state + bh * state_floats(F, dv),
-                                  dout + bh * N * dv, dphi_q + bh * N * F, dphi_k + bh * M * F, dv_out + bh * M * dv,
-                                  dl, s);
+                                  dout + bh * N * dv, dphi_q + bh * N * F, dphi_k + bh * M * F,
+                                  dv_out + bh * M * dv, dl, s);
   });
 }
 

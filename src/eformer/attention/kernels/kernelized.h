@@ -16,7 +16,8 @@
 // Causal mode is computed in chunks of kKernelizedChunk queries: within a chunk the weights are a
 // small matrix, across chunks they pass through the state S = sum phi_k v^T, z = sum phi_k. The
 // backward recomputes the states (forward sweep for dq, reverse sweep for dk and dv); it saves only
-// the output and the denominators, never an N x F x dv tensor.
+// the output and the denominators, never an N x F x dv tensor. The bidirectional backward reuses the
+// forward's S, z and maximum (saved per head, F x dv floats).
 #pragma once
 #include <cstdint>
 

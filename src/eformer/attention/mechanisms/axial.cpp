@@ -126,8 +126,8 @@ Tensor axial_core(const Tensor& q, const Tensor& k, const Tensor& v, int64_t wid
     auto line_mask = [&](bool columns) {
       return mask ? axis_mask(opts.key_mask, dims.B, dims.M, rows, width, columns) : Tensor();
     };
-    return axial_lines_attention(q, k, v, rows, width, Hr, line_mask(false), Hr < dims.H ? line_mask(true) : Tensor(),
-                                 dims.scale, opts.causal);
+    return axial_lines_attention(q, k, v, rows, width, Hr, line_mask(false),
+                                 Hr < dims.H ? line_mask(true) : Tensor(), dims.scale, opts.causal);
   }
   const Tensor rows = along_axis(q, k, v, 0, Hr, width, opts, false);
   if (Hr == dims.H) return rows;

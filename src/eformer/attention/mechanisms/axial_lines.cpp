@@ -97,19 +97,18 @@ Tensor axial_lines_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
   for (int64_t b = 0; in_place && b < B; ++b) {
     float* o = out.data<float>() + b * H * N * d;
     std::memset(o, 0, size_t(block) * sizeof(float));  // a line with no key stays 0
-    kernels::flash_attention_forward(qc.data<float>() + b * H * N * d, kc.data<float>() + b * H * N * d,
-                                     vc.data<float>() + b * H * N * d,
-                                     place_mask.defined() ? place_mask.data<bool>() + b * place_lines * width : nullptr,
-                                     o, place_lse.data<float>() + b * place_lines * width, place_lines, 1, width,
-                                     width, d, scale, causal);
+    kernels::flash_attention_forward(
+        qc.data<float>() + b * H * N * d, kc.data<float>() + b * H * N * d, vc.data<float>() + b * H * N * d,
+        place_mask.defined() ? place_mask.data<bool>() + b * place_lines * width : nullptr, o,
+        place_lse.data<float>() + b * place_lines * width, place_lines, 1, width, width, d, scale, causal);
   }
   for (AxisPass& p : passes) {
     const Axis& a = p.axis;
     p.out = Tensor::zeros(a.line_shape());
     p.lse = Tensor::empty({B * a.lines(), a.heads(), a.length()});
-    kernels::flash_attention_forward(p.q.data<float>(), p.k.data<float>(), p.v.data<float>(), mask_ptr(p.mask),
-                                     p.out.data<float>(), p.lse.data<float>(), B * a.lines(), a.heads(),
-                                     a.length(), a.length(), d, scale, causal);
+    kernels::flash_attention_forward(p.q.data<float>(), p.k.data<float>(), p.v.data<float>(),
+                                     mask_ptr(p.mask), p.out.data<float>(), p.lse.data<float>(),
+                                     B * a.lines(), a.heads(), a.length(), a.length(), d, scale, causal);
     copy_lines(a, N, out.data<float>(), p.out.data<float>(), false);
   }
   const Tensor od = out.detach();
@@ -118,26 +117,26 @@ Tensor axial_lines_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
       [passes, qc, kc, vc, od, place_mask, place_lse, in_place, place_lines, B, H, N, M, d, width, scale,
        causal](const Tensor& g) {
         const Tensor gc = g.contiguous_data();
-        Tensor dq = Tensor::empty({B, H, N, d}), dk = Tensor::empty({B, H, M, d}), dv = Tensor::empty({B, H, M, d});
+        Tensor dq = Tensor::empty({B, H, N, d}), dk = Tensor::empty({B, H, M, d}),
+               dv = Tensor::empty({B, H, M, d});
         for (int64_t b = 0; in_place && b < B; ++b) {
           const int64_t at = b * H * N * d;
           kernels::flash_attention_backward(
               qc.data<float>() + at, kc.data<float>() + at, vc.data<float>() + at,
               place_mask.defined() ? place_mask.data<bool>() + b * place_lines * width : nullptr,
               od.data<float>() + at, place_lse.data<float>() + b * place_lines * width, gc.data<float>() + at,
-              dq.data<float>() + at, dk.data<float>() + at, dv.data<float>() + at, place_lines, 1, width, width, d,
-              scale, causal);
+              dq.data<float>() + at, dk.data<float>() + at, dv.data<float>() + at, place_lines, 1, width,
+              width, d, scale, causal);
         }
         for (const AxisPass& p : passes) {
           const Axis& a = p.axis;
           const Tensor dout = gather_lines(a, gc);
           Tensor dql = Tensor::empty(a.line_shape()), dkl = Tensor::empty(a.line_shape()),
                  dvl = Tensor::empty(a.line_shape());
-          kernels::flash_attention_backward(p.q.data<float>(), p.k.data<float>(), p.v.data<float>(),
-                                            mask_ptr(p.mask), p.out.data<float>(), p.lse.data<float>(),
-                                            dout.data<float>(), dql.data<float>(), dkl.data<float>(),
-                                            dvl.data<float>(), B * a.lines(), a.heads(), a.length(), a.length(), d,
-                                            scale, causal);
+          kernels::flash_attention_backward(
+              p.q.data<float>(), p.k.data<float>(), p.v.data<float>(), mask_ptr(p.mask), p.out.data<float>(),
+              p.lse.data<float>(), dout.data<float>(), dql.data<float>(), dkl.data<float>(),
+              dvl.data<float>(), B * a.lines(), a.heads(), a.length(), a.length(), d, scale, causal);
           copy_lines(a, N, dq.data<float>(), dql.data<float>(), false);
           copy_lines(a, M, dk.data<float>(), dkl.data<float>(), false);
           copy_lines(a, M, dv.data<float>(), dvl.data<float>(), false);

@@ -72,7 +72,8 @@ Tensor kernelized_kind(const std::string& name, const Tensor& q, const Tensor& k
   const float root = std::sqrt(s.scale);
   const Tensor x = uses_scale(fm) ? mul_scalar(q, root) : q;
   const Tensor y = uses_scale(fm) ? mul_scalar(k, root) : k;
-  if (const auto map = pointwise_map(fm)) return kernelized_attention(x, y, v, Tensor(), opts.causal, opts.key_mask, *map);
+  if (const auto map = pointwise_map(fm))
+    return kernelized_attention(x, y, v, Tensor(), opts.causal, opts.key_mask, *map);
   const KernelFeatures fq = kernel_features(x, omega, fm, false);
   const KernelFeatures fk = kernel_features(y, omega, fm, true);
   return kernelized_attention(fq.phi, fk.phi, v, fk.log_scale, opts.causal, opts.key_mask);
