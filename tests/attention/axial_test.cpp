@@ -84,33 +84,37 @@ Dense dense(const std::vector<float>& q, const std::vector<float>& k, const std:
   return r;
 }
 
-TEST(Axial, FunctionalFormWithAPartialLastRowMatchesTheFloat64Reference) {
+// N = 17 fills the 4 x 5 image partly (rows and columns gathered into lines), N = 20 wholly (the rows
+// attended in place, axial_lines.h); H = 3 gives the rows one head more than the columns.
+TEST(Axial, FunctionalFormWithAPartialOrFullImageMatchesTheFloat64Reference) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t B = 2, H = 4, N = 17, d = 8;
+  const int64_t B = 2, d = 8;
   MechanismArgs args;
   args.options = {{"image_shape", {4, 5}}};
-  Tensor mask = Tensor::zeros({B, N}, DType::Bool);
-  for (int64_t j = 0; j < N; ++j) mask.data<bool>()[j] = true, mask.data<bool>()[N + j] = j % 4 != 3;
-  for (bool causal : {false, true})
-    for (bool masked : {false, true}) {
-      SCOPED_TRACE(seed.str() + (causal ? " causal" : "") + (masked ? " masked" : ""));
-      Tensor q = leaf(normal({B, H, N, d}, gen)), k = leaf(normal({B, H, N, d}, gen)),
-             v = leaf(normal({B, H, N, d}, gen)), g = normal({B, H, N, d}, gen);
-      AttentionOptions opts;
-      opts.causal = causal;
-      if (masked) opts.key_mask = mask;
-      const Tensor out = attention(q, k, v, "axial", opts, args);
-      backward(out, g);
-      Tensor all = Tensor::zeros({B, N}, DType::Bool);
-      for (int64_t j = 0; j < B * N; ++j) all.data<bool>()[j] = true;
-      const Dense r = dense(values(q), values(k), values(v), values(g),
-                            attention_pattern("axial", N, N, H, causal, args), masked ? mask : all, B, H, N, d);
-      expect_near_all(values(out), r.out, 1e-5, "forward");
-      expect_near_all(values(grad(q)), r.dq, 1e-4, "grad q");
-      expect_near_all(values(grad(k)), r.dk, 1e-4, "grad k");
-      expect_near_all(values(grad(v)), r.dv, 1e-4, "grad v");
-    }
+  for (const auto& [N, H] : {std::pair<int64_t, int64_t>{17, 4}, {20, 4}, {20, 3}})
+    for (bool causal : {false, true})
+      for (bool masked : {false, true}) {
+        SCOPED_TRACE(seed.str() + " N " + std::to_string(N) + " H " + std::to_string(H) +
+                     (causal ? " causal" : "") + (masked ? " masked" : ""));
+        Tensor mask = Tensor::zeros({B, N}, DType::Bool);
+        for (int64_t j = 0; j < N; ++j) mask.data<bool>()[j] = true, mask.data<bool>()[N + j] = j % 4 != 3;
+        Tensor q = leaf(normal({B, H, N, d}, gen)), k = leaf(normal({B, H, N, d}, gen)),
+               v = leaf(normal({B, H, N, d}, gen)), g = normal({B, H, N, d}, gen);
+        AttentionOptions opts;
+        opts.causal = causal;
+        if (masked) opts.key_mask = mask;
+        const Tensor out = attention(q, k, v, "axial", opts, args);
+        backward(out, g);
+        Tensor all = Tensor::zeros({B, N}, DType::Bool);
+        for (int64_t j = 0; j < B * N; ++j) all.data<bool>()[j] = true;
+        const Dense r = dense(values(q), values(k), values(v), values(g),
+                              attention_pattern("axial", N, N, H, causal, args), masked ? mask : all, B, H, N, d);
+        expect_near_all(values(out), r.out, 1e-5, "forward");
+        expect_near_all(values(grad(q)), r.dq, 1e-4, "grad q");
+        expect_near_all(values(grad(k)), r.dk, 1e-4, "grad k");
+        expect_near_all(values(grad(v)), r.dv, 1e-4, "grad v");
+      }
 }
 
 MechanismConfig image_config(int64_t h, int64_t w) {

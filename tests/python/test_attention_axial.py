@@ -73,3 +73,41 @@ def test_causal_image_does_not_leak_and_streams(rng):
     assert_close(np.concatenate(steps, 1), base, 1e-5, 1e-5, "step vs forward")
     with pytest.raises(ValueError, match="image_shape"):
         models.make_mechanism("axial", D, H, causal=True, options={"image_shape": [7, 7]}, max_len=50)
+
+
+def _axial_float64(q, k, v, heads_on_rows, width, causal, key_mask):
+    """softmax(q k^T / sqrt(d) over the axial pattern) v in float64: query i at pixel i (causal: N == M),
+    key j at pixel j; row heads see their row, the others their column; a query with no key gives 0."""
+    N, M = q.shape[2], k.shape[2]
+    i, j = torch.arange(N)[:, None], torch.arange(M)[None, :]
+    same_row, same_col = i // width == j // width, i % width == j % width
+    allowed = torch.stack([same_row if h < heads_on_rows else same_col for h in range(q.shape[1])])[None]
+    if causal:
+        allowed = allowed & (j <= i)
+    if key_mask is not None:
+        allowed = allowed & torch.tensor(key_mask)[:, None, None, :]
+    s = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    p = torch.softmax(s.masked_fill(~allowed, -float("inf")), -1).nan_to_num(0.0)
+    return p @ v
+
+
+@pytest.mark.parametrize("H_, N, M, causal, masked", [(3, 30, 30, False, True), (3, 23, 30, False, False),
+                                                      (5, 29, 29, True, False), (1, 17, 17, False, True),
+                                                      (2, 64, 64, True, True)])
+def test_functional_form_both_axes_match_float64_with_gradients(rng, H_, N, M, causal, masked):
+    """The fused line path (one node for both axes): odd head counts (rows take ceil(H / 2)), one head, a
+    partly filled last row, N != M, key masks; forward and the gradients of q, k and v."""
+    d = 16
+    width = int(np.ceil(np.sqrt(max(N, M))))
+    q, k, v = (rng.standard_normal((2, H_, n, d)) for n in (N, M, M))
+    km = (rng.random((2, M)) < 0.8) if masked else None
+    e = [ef.tensor(x.astype(np.float32), requires_grad=True) for x in (q, k, v)]
+    out = ef.attention(*e, kind="axial", causal=causal, key_mask=None if km is None else ef.tensor(km))
+    t = [torch.tensor(x, requires_grad=True) for x in (q, k, v)]
+    ref = _axial_float64(*t, (H_ + 1) // 2, width, causal, km)
+    assert_close(out.numpy(), ref.detach().numpy(), 1e-4, 1e-5, "forward")
+    up = rng.standard_normal(ref.shape)
+    out.backward(ef.tensor(up.astype(np.float32)))
+    (ref * torch.tensor(up)).sum().backward()
+    for name, a, b in zip("qkv", e, t):
+        assert_close(a.grad.numpy(), b.grad.numpy(), 1e-3, 1e-4, f"grad {name}")

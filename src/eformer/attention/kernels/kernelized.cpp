@@ -27,6 +27,7 @@ struct Head {
   const float *q, *k, *v, *l;
   const bool* km;
   int64_t N, M, F, dv;
+  attention::PointwiseMap map;  // applied to q and k as they are loaded
   float log_scale(int64_t j) const { return km && !km[j] ? kNegInf : (l ? l[j] : 0.f); }
 };
 
@@ -64,6 +65,50 @@ void load_rows(const float* x, int64_t j0, int64_t c, int64_t w, int64_t wp, flo
     std::memset(dst_t, 0, size_t(wp * C) * sizeof(float));
     for (int64_t t = 0; t < c; ++t)
       for (int64_t f = 0; f < w; ++f) dst_t[f * C + t] = dst[t * wp + f];
+  }
+}
+
+// f(x) in place over rows [0, c) of dst [C, wp] (columns [0, w)): the pointwise feature maps of
+// kernelized.h, the same arithmetic as feature_maps.cpp's row maps.
+void apply_map(attention::PointwiseMap map, float* dst, int64_t c, int64_t w, int64_t wp) {
+  using attention::PointwiseMap;
+  if (map == PointwiseMap::Identity) return;
+  for (int64_t t = 0; t < c; ++t) {
+    float* row = dst + t * wp;
+    if (map == PointwiseMap::EluPlusOne) {
+      for (int64_t f = 0; f < w; ++f) row[f] = row[f] > 0.f ? row[f] + 1.f : fast_exp(row[f]);
+    } else {
+      for (int64_t f = 0; f < w; ++f) row[f] = std::max(row[f], 0.f);
+    }
+  }
+}
+
+// load_rows of q or k through the head's feature map (no transpose wanted: dst_t is filled from the
+// mapped rows).
+void load_features(const Head& h, const float* x, int64_t j0, int64_t c, int64_t wp, float* dst, float* dst_t) {
+  load_rows(x, j0, c, h.F, wp, dst, nullptr);
+  apply_map(h.map, dst, c, h.F, wp);
+  if (dst_t) {
+    std::memset(dst_t, 0, size_t(wp * C) * sizeof(float));
+    for (int64_t t = 0; t < c; ++t)
+      for (int64_t f = 0; f < h.F; ++f) dst_t[f * C + t] = dst[t * wp + f];
+  }
+}
+
+// dx = dphi o f'(x) for one row, f' from phi = f(x): elu + 1: min(phi, 1) (exp(x) = phi below 0);
+// relu: 1 where phi > 0.
+void store_grad(attention::PointwiseMap map, const float* dphi, const float* phi, int64_t F, float* dx) {
+  using attention::PointwiseMap;
+  switch (map) {
+    case PointwiseMap::Identity:
+      std::memcpy(dx, dphi, size_t(F) * sizeof(float));
+      break;
+    case PointwiseMap::EluPlusOne:
+      for (int64_t f = 0; f < F; ++f) dx[f] = dphi[f] * std::min(phi[f], 1.f);
+      break;
+    case PointwiseMap::Relu:
+      for (int64_t f = 0; f < F; ++f) dx[f] = phi[f] > 0.f ? dphi[f] : 0.f;
+      break;
   }
 }
 
@@ -128,8 +173,8 @@ void causal_forward_head(const Head& h, float* out, float* den, float* S, float*
   float den_raw[C];
   for (int64_t i0 = 0; i0 < h.N; i0 += C) {
     const int64_t c = std::min(C, h.N - i0);
-    load_rows(h.q, i0, c, F, Fp, s.Q, nullptr);
-    load_rows(h.k, i0, c, F, Fp, s.K, s.KT);
+    load_features(h, h.q, i0, c, Fp, s.Q, nullptr);
+    load_features(h, h.k, i0, c, Fp, s.K, s.KT);
     load_rows(h.v, i0, c, dv, Dp, s.V, nullptr);
     const float mu_prev = mu;
     mu = chunk_weights(h, i0, c, mu_prev, s);
@@ -183,8 +228,8 @@ void causal_backward_head(const Head& h, const float* out, const float* den, con
   float mu = kNegInf;
   for (int64_t ci = 0; ci < nchunks; ++ci) {
     const int64_t i0 = ci * C, c = std::min(C, N - i0);
-    load_rows(h.q, i0, c, F, Fp, s.Q, nullptr);
-    load_rows(h.k, i0, c, F, Fp, s.K, nullptr);
+    load_features(h, h.q, i0, c, Fp, s.Q, nullptr);
+    load_features(h, h.k, i0, c, Fp, s.K, nullptr);
     load_rows(h.v, i0, c, dvn, Dp, s.V, s.VT);
     const float mu_prev = mu;
     mu = chunk_weights(h, i0, c, mu_prev, s);
@@ -200,7 +245,7 @@ void causal_backward_head(const Head& h, const float* out, const float* den, con
       for (int64_t f = 0; f < Fp; ++f) grad[t * Fp + f] = a * (grad[t * Fp + f] + dden[t] * s.z[f]);
     }
     tile::gemm(c, Fp, C, s.A, C, 1, s.K, Fp, grad, Fp, 1.f, true);
-    for (int64_t t = 0; t < c; ++t) std::memcpy(dq + (i0 + t) * F, grad + t * Fp, size_t(F) * sizeof(float));
+    for (int64_t t = 0; t < c; ++t) store_grad(h.map, grad + t * Fp, s.Q + t * Fp, F, dq + (i0 + t) * F);
     // State update: ST <- a ST + V^T Kh
     const float a = shrink(mu_prev, mu);
     for (int64_t i = 0; i < Fp * Dp; ++i) s.ST[i] *= a;
@@ -221,8 +266,8 @@ void causal_backward_head(const Head& h, const float* out, const float* den, con
   for (int64_t ci = nchunks - 1; ci >= 0; --ci) {
     const int64_t i0 = ci * C, c = std::min(C, N - i0);
     const float r = chunk_end_mu[ci], r_prev = ci > 0 ? chunk_end_mu[ci - 1] : kNegInf;
-    load_rows(h.q, i0, c, F, Fp, s.Q, nullptr);
-    load_rows(h.k, i0, c, F, Fp, s.K, s.KT);
+    load_features(h, h.q, i0, c, Fp, s.Q, nullptr);
+    load_features(h, h.k, i0, c, Fp, s.K, s.KT);
     load_rows(h.v, i0, c, dvn, Dp, s.V, s.VT);
     chunk_weights(h, i0, c, r_prev, s);
     upstream(g, out, den, i0, c, dvn, Dp, dnum, dden);
@@ -246,7 +291,7 @@ void causal_backward_head(const Head& h, const float* out, const float* den, con
       for (int64_t u = 0; u < C; ++u) s.A[t * C + u] = (s.A[t * C + u] + dden[t]) * s.e[t * C + u];
     tile::gemm(c, Fp, c, s.A, 1, C, s.Q, Fp, grad, Fp, 1.f, true);  // dK += Dw^T Q
     for (int64_t u = 0; u < c; ++u) {
-      std::memcpy(dk + (i0 + u) * F, grad + u * Fp, size_t(F) * sizeof(float));
+      store_grad(h.map, grad + u * Fp, s.K + u * Fp, F, dk + (i0 + u) * F);
       std::memcpy(dv + (i0 + u) * dvn, dV + u * Dp, size_t(dvn) * sizeof(float));
       if (dl) {
         float acc = 0.f;
@@ -280,7 +325,7 @@ float bidirectional_state(const Head& h, float* S, float* z, Scratch& s) {
   std::memset(z, 0, size_t(Fp) * sizeof(float));
   for (int64_t j0 = 0; j0 < h.M; j0 += C) {
     const int64_t c = std::min(C, h.M - j0);
-    load_rows(h.k, j0, c, h.F, Fp, s.K, nullptr);
+    load_features(h, h.k, j0, c, Fp, s.K, nullptr);
     load_rows(h.v, j0, c, h.dv, Dp, s.V, nullptr);
     for (int64_t u = 0; u < c; ++u) {
       const float w = shrink(h.log_scale(j0 + u), mu);
@@ -294,12 +339,26 @@ float bidirectional_state(const Head& h, float* S, float* z, Scratch& s) {
   return mu;
 }
 
-void bidirectional_forward_head(const Head& h, float* out, float* den, Scratch& s) {
-  bidirectional_state(h, s.S, s.z, s);
+// The forward's state kept for the backward, [Fp Dp + Fp + 1] floats per head: S, z and mu (so the
+// backward need not read phi_k and v once more to rebuild them).
+void save_state(const Scratch& s, float mu, float* saved) {
+  std::memcpy(saved, s.S, size_t(s.Fp * s.Dp) * sizeof(float));
+  std::memcpy(saved + s.Fp * s.Dp, s.z, size_t(s.Fp) * sizeof(float));
+  saved[s.Fp * s.Dp + s.Fp] = mu;
+}
+
+float load_state(const float* saved, Scratch& s) {
+  std::memcpy(s.S, saved, size_t(s.Fp * s.Dp) * sizeof(float));
+  std::memcpy(s.z, saved + s.Fp * s.Dp, size_t(s.Fp) * sizeof(float));
+  return saved[s.Fp * s.Dp + s.Fp];
+}
+
+void bidirectional_forward_head(const Head& h, float* out, float* den, float* saved, Scratch& s) {
+  save_state(s, bidirectional_state(h, s.S, s.z, s), saved);
   float den_raw[C];
   for (int64_t i0 = 0; i0 < h.N; i0 += C) {
     const int64_t c = std::min(C, h.N - i0);
-    load_rows(h.q, i0, c, h.F, s.Fp, s.Q, nullptr);
+    load_features(h, h.q, i0, c, s.Fp, s.Q, nullptr);
     tile::gemm(c, s.Dp, s.Fp, s.Q, s.Fp, 1, s.S, s.Dp, s.num, s.Dp, 1.f, false);
     for (int64_t t = 0; t < c; ++t) {
       float acc = 0.f;
@@ -312,10 +371,10 @@ void bidirectional_forward_head(const Head& h, float* out, float* den, Scratch& 
 
 // dphi_q = dnum S^T + dden z; P = sum_i phi_q_i dnum_i^T, p_z = sum_i phi_q_i dden_i;
 // dv_j = e_j P^T phi_k_j; dphi_k_j = e_j (P v_j + p_z), e_j = exp(l_j - mu); dl_j = phi_k_j . dphi_k_j.
-void bidirectional_backward_head(const Head& h, const float* out, const float* den, const float* g, float* dq,
-                                 float* dk, float* dv, float* dl, Scratch& s) {
+void bidirectional_backward_head(const Head& h, const float* out, const float* den, const float* saved,
+                                 const float* g, float* dq, float* dk, float* dv, float* dl, Scratch& s) {
   const int64_t F = h.F, dvn = h.dv, Fp = s.Fp, Dp = s.Dp;
-  const float mu = bidirectional_state(h, s.S, s.z, s);
+  const float mu = load_state(saved, s);
   transpose(s.S, Fp, Dp, s.ST);
   float* P = s.S;  // S is no longer needed once transposed
   float* pz = s.pz;
@@ -325,12 +384,12 @@ void bidirectional_backward_head(const Head& h, const float* out, const float* d
   float* grad = s.num;
   for (int64_t i0 = 0; i0 < h.N; i0 += C) {
     const int64_t c = std::min(C, h.N - i0);
-    load_rows(h.q, i0, c, F, Fp, s.Q, nullptr);
+    load_features(h, h.q, i0, c, Fp, s.Q, nullptr);
     upstream(g, out, den, i0, c, dvn, Dp, dnum, dden);
     tile::gemm(c, Fp, Dp, dnum, Dp, 1, s.ST, Fp, grad, Fp, 1.f, false);
     for (int64_t t = 0; t < c; ++t) {
       for (int64_t f = 0; f < F; ++f) grad[t * Fp + f] += dden[t] * s.z[f];
-      std::memcpy(dq + (i0 + t) * F, grad + t * Fp, size_t(F) * sizeof(float));
+      store_grad(h.map, grad + t * Fp, s.Q + t * Fp, F, dq + (i0 + t) * F);
     }
     // P accumulates over the query chunks (first chunk overwrites S's values).
     tile::gemm(Fp, Dp, c, s.Q, 1, Fp, dnum, Dp, P, Dp, 1.f, i0 > 0);
@@ -341,7 +400,7 @@ void bidirectional_backward_head(const Head& h, const float* out, const float* d
   transpose(P, Fp, Dp, s.ST);  // P^T [Dp, Fp]
   for (int64_t j0 = 0; j0 < h.M; j0 += C) {
     const int64_t c = std::min(C, h.M - j0);
-    load_rows(h.k, j0, c, F, Fp, s.K, nullptr);
+    load_features(h, h.k, j0, c, Fp, s.K, nullptr);
     load_rows(h.v, j0, c, dvn, Dp, s.V, nullptr);
     float ek[C];
     for (int64_t u = 0; u < c; ++u) ek[u] = shrink(h.log_scale(j0 + u), mu);
@@ -353,9 +412,10 @@ void bidirectional_backward_head(const Head& h, const float* out, const float* d
       float acc = 0.f;
       for (int64_t f = 0; f < F; ++f) {
         const float gk = ek[u] * (grad[u * Fp + f] + pz[f]);
-        dk[(j0 + u) * F + f] = gk;
+        grad[u * Fp + f] = gk;
         acc += s.K[u * Fp + f] * gk;
       }
+      store_grad(h.map, grad + u * Fp, s.K + u * Fp, F, dk + (j0 + u) * F);
       if (dl) dl[j0 + u] = acc;
       std::memcpy(dv + (j0 + u) * dvn, s.dV + u * Dp, size_t(dvn) * sizeof(float));
     }
@@ -364,43 +424,53 @@ void bidirectional_backward_head(const Head& h, const float* out, const float* d
 
 }  // namespace
 
+// Floats per head of the bidirectional forward's saved state (S, z, mu; see save_state).
+int64_t state_floats(int64_t F, int64_t dv) {
+  return tile::round_up(F) * tile::round_up(dv) + tile::round_up(F) + 1;
+}
+
 // phi_q [BH, N, F], phi_k [BH, M, F], v [BH, M, dv], log_scale [BH, M] or null, key_mask [B, M] or
-// null -> out [BH, N, dv], den [BH, N] (the denominators used; 0 where guarded).
+// null -> out [BH, N, dv], den [BH, N] (the denominators used; 0 where guarded) and, bidirectional,
+// state [BH, state_floats] for the backward.
 void kernelized_attention_forward(const float* phi_q, const float* phi_k, const float* v, const float* log_scale,
-                                  const bool* key_mask, float* out, float* den, int64_t B, int64_t H, int64_t N,
-                                  int64_t M, int64_t F, int64_t dv, bool causal) {
+                                  const bool* key_mask, float* out, float* den, float* state, int64_t B, int64_t H,
+                                  int64_t N, int64_t M, int64_t F, int64_t dv, bool causal,
+                                  attention::PointwiseMap map) {
   for_each_item(B * H, Scratch::floats(F, dv), [&](int64_t bh, float* buffer) {
     Scratch s(buffer, F, dv);
     const Head h{phi_q + bh * N * F, phi_k + bh * M * F,     v + bh * M * dv, log_scale ? log_scale + bh * M : nullptr,
-                 key_mask ? key_mask + (bh / H) * M : nullptr, N, M, F, dv};
+                 key_mask ? key_mask + (bh / H) * M : nullptr, N, M, F, dv, map};
     if (causal) {
       std::memset(s.S, 0, size_t(s.Fp * s.Dp) * sizeof(float));
       std::memset(s.z, 0, size_t(s.Fp) * sizeof(float));
       float mu = kNegInf;
       causal_forward_head(h, out + bh * N * dv, den + bh * N, s.S, s.z, mu, s);
     } else {
-      bidirectional_forward_head(h, out + bh * N * dv, den + bh * N, s);
+      bidirectional_forward_head(h, out + bh * N * dv, den + bh * N, state + bh * state_floats(F, dv), s);
     }
   });
 }
 
 // Inputs as above plus dout [BH, N, dv] -> dphi_q, dphi_k, dv, dlog_scale [BH, M] (when not null).
 void kernelized_attention_backward(const float* phi_q, const float* phi_k, const float* v, const float* log_scale,
-                                   const bool* key_mask, const float* out, const float* den, const float* dout,
+                                   const bool* key_mask, const float* out, const float* den, const float* state,
+                                   const float* dout,
                                    float* dphi_q, float* dphi_k, float* dv_out, float* dlog_scale, int64_t B,
-                                   int64_t H, int64_t N, int64_t M, int64_t F, int64_t dv, bool causal) {
+                                   int64_t H, int64_t N, int64_t M, int64_t F, int64_t dv, bool causal,
+                                   attention::PointwiseMap map) {
   const int64_t nchunks = (N + C - 1) / C;
   for_each_item(B * H, Scratch::floats(F, dv) + nchunks, [&](int64_t bh, float* buffer) {
     Scratch s(buffer, F, dv);
     const Head h{phi_q + bh * N * F, phi_k + bh * M * F,     v + bh * M * dv, log_scale ? log_scale + bh * M : nullptr,
-                 key_mask ? key_mask + (bh / H) * M : nullptr, N, M, F, dv};
+                 key_mask ? key_mask + (bh / H) * M : nullptr, N, M, F, dv, map};
     float* dl = dlog_scale ? dlog_scale + bh * M : nullptr;
     if (causal)
       causal_backward_head(h, out + bh * N * dv, den + bh * N, dout + bh * N * dv, dphi_q + bh * N * F,
                            dphi_k + bh * M * F, dv_out + bh * M * dv, dl, s, buffer + Scratch::floats(F, dv));
     else
-      bidirectional_backward_head(h, out + bh * N * dv, den + bh * N, dout + bh * N * dv, dphi_q + bh * N * F,
-                                  dphi_k + bh * M * F, dv_out + bh * M * dv, dl, s);
+      bidirectional_backward_head(h, out + bh * N * dv, den + bh * N, state + bh * state_floats(F, dv),
+                                  dout + bh * N * dv, dphi_q + bh * N * F, dphi_k + bh * M * F,
+                                  dv_out + bh * M * dv, dl, s);
   });
 }
 
@@ -412,7 +482,7 @@ void kernelized_attention_step(const float* phi_q, const float* phi_k, const flo
   for_each_item(BH, Scratch::floats(F, dv), [&](int64_t bh, float* buffer) {
     Scratch s(buffer, F, dv);
     const Head h{phi_q + bh * T * F, phi_k + bh * T * F, v + bh * T * dv, log_scale ? log_scale + bh * T : nullptr,
-                 nullptr, T, T, F, dv};
+                 nullptr, T, T, F, dv, attention::PointwiseMap::Identity};
     // The state in padded layout.
     std::memset(s.S, 0, size_t(s.Fp * s.Dp) * sizeof(float));
     std::memset(s.z, 0, size_t(s.Fp) * sizeof(float));
@@ -464,25 +534,27 @@ KernelizedDims validate(const char* op, const Tensor& phi_q, const Tensor& phi_k
 }  // namespace
 
 Tensor kernelized_attention(const Tensor& phi_q, const Tensor& phi_k, const Tensor& v, const Tensor& log_scale_k,
-                            bool causal, const Tensor& key_mask) {
+                            bool causal, const Tensor& key_mask, PointwiseMap map) {
   const KernelizedDims s = validate("kernelized_attention", phi_q, phi_k, v, log_scale_k, causal, key_mask);
   Tensor qc = phi_q.contiguous_data(), kc = phi_k.contiguous_data(), vc = v.contiguous_data();
   Tensor lc = log_scale_k.defined() ? log_scale_k.contiguous_data() : Tensor();
   Tensor km = key_mask.defined() ? key_mask.contiguous_data() : Tensor();
   Tensor out = Tensor::empty({s.B, s.H, s.N, s.dv});
   Tensor den = Tensor::empty({s.B, s.H, s.N});
+  Tensor state = causal ? Tensor() : Tensor::empty({s.B * s.H, kernels::state_floats(s.F, s.dv)});
   auto ptr = [](const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; };
   if (out.numel() > 0)
     kernels::kernelized_attention_forward(qc.data<float>(), kc.data<float>(), vc.data<float>(), ptr(lc),
                                           km.defined() ? km.data<bool>() : nullptr, out.data<float>(),
-                                          den.data<float>(), s.B, s.H, s.N, s.M, s.F, s.dv, causal);
+                                          den.data<float>(), ptr(state), s.B, s.H, s.N, s.M, s.F, s.dv, causal,
+                                          map);
   else
     out = Tensor::zeros(out.shape());
   Tensor od = out.detach();
   std::vector<Tensor> inputs = {phi_q, phi_k, v};
   if (log_scale_k.defined()) inputs.push_back(log_scale_k);
   return autograd::record(
-      "kernelized_attention", out, inputs, [qc, kc, vc, lc, km, od, den, s, causal](const Tensor& g) {
+      "kernelized_attention", out, inputs, [qc, kc, vc, lc, km, od, den, state, s, causal, map](const Tensor& g) {
         Tensor gc = g.contiguous_data();
         Tensor dq = Tensor::zeros(qc.shape()), dk = Tensor::zeros(kc.shape()), dv = Tensor::zeros(vc.shape());
         Tensor dl = lc.defined() ? Tensor::zeros(lc.shape()) : Tensor();
@@ -490,9 +562,9 @@ Tensor kernelized_attention(const Tensor& phi_q, const Tensor& phi_k, const Tens
         if (od.numel() > 0 && s.M > 0)
           kernels::kernelized_attention_backward(qc.data<float>(), kc.data<float>(), vc.data<float>(), ptr(lc),
                                                  km.defined() ? km.data<bool>() : nullptr, od.data<float>(),
-                                                 den.data<float>(), gc.data<float>(), dq.data<float>(),
+                                                 den.data<float>(), ptr(state), gc.data<float>(), dq.data<float>(),
                                                  dk.data<float>(), dv.data<float>(), ptr(dl), s.B, s.H, s.N, s.M,
-                                                 s.F, s.dv, causal);
+                                                 s.F, s.dv, causal, map);
         std::vector<Tensor> grads = {dq, dk, dv};
         if (lc.defined()) grads.push_back(dl);
         return grads;

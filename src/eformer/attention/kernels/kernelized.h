@@ -16,7 +16,8 @@
 // Causal mode is computed in chunks of kKernelizedChunk queries: within a chunk the weights are a
 // small matrix, across chunks they pass through the state S = sum phi_k v^T, z = sum phi_k. The
 // backward recomputes the states (forward sweep for dq, reverse sweep for dk and dv); it saves only
-// the output and the denominators, never an N x F x dv tensor.
+// the output and the denominators, never an N x F x dv tensor. The bidirectional backward reuses the
+// forward's S, z and maximum (saved per head, F x dv floats).
 #pragma once
 #include <cstdint>
 
@@ -26,9 +27,15 @@ namespace eformer::attention {
 
 inline constexpr float kMinDenominator = 1e-30f;
 
+// A pointwise feature map the kernel applies itself: with map != Identity, phi_q and phi_k are the raw
+// q and k, phi = f(x) is computed as each chunk is loaded and the gradient leaves as dphi o f'(x), so
+// the features are never stored and cost no pass of their own. EluPlusOne: the Linear Transformer's
+// elu(x) + 1 (Katharopoulos et al. 2020, eq. 7); Relu: max(x, 0).
+enum class PointwiseMap { Identity, EluPlusOne, Relu };
+
 // Differentiable w.r.t. phi_q, phi_k, v and log_scale_k. causal needs N == M. key_mask: Bool [B, M].
 Tensor kernelized_attention(const Tensor& phi_q, const Tensor& phi_k, const Tensor& v, const Tensor& log_scale_k,
-                            bool causal, const Tensor& key_mask = {});
+                            bool causal, const Tensor& key_mask = {}, PointwiseMap map = PointwiseMap::Identity);
 
 // The recurrent form of the causal pass: S [B, H, F, dv], z [B, H, F] and the running maximum
 // mu [B, H] of the log-scales (S and z are scaled by exp(-mu)); empty before the first token.

@@ -5,6 +5,7 @@
 
 #include "eformer/attention/kernels/flash.h"
 #include "eformer/attention/mechanisms/aft.h"  // parse_image_shape
+#include "eformer/attention/mechanisms/axial_lines.h"
 #include "eformer/ops/shape.h"
 
 namespace eformer::attention {
@@ -118,6 +119,16 @@ Tensor axial_core(const Tensor& q, const Tensor& k, const Tensor& v, int64_t wid
            "; the causal form is self-attention over one image (expected N == M)");
   EF_CHECK(width >= 1, ValueError, kWho, ": image width ", width, "; expected >= 1");
   const int64_t Hr = axial_row_heads(dims.H);
+  if (opts.dropout == 0.0f && dims.N > 0 && dims.M > 0) {
+    // Both axes in one node (axial_lines.h); the key masks are along_axis's.
+    const int64_t rows = (std::max(dims.N, dims.M) + width - 1) / width;
+    const bool mask = opts.key_mask.defined() || (rows * width != dims.M && !opts.causal);
+    auto line_mask = [&](bool columns) {
+      return mask ? axis_mask(opts.key_mask, dims.B, dims.M, rows, width, columns) : Tensor();
+    };
+    return axial_lines_attention(q, k, v, rows, width, Hr, line_mask(false),
+                                 Hr < dims.H ? line_mask(true) : Tensor(), dims.scale, opts.causal);
+  }
   const Tensor rows = along_axis(q, k, v, 0, Hr, width, opts, false);
   if (Hr == dims.H) return rows;
   return cat({rows, along_axis(q, k, v, Hr, dims.H, width, opts, true)}, 1);

@@ -15,7 +15,8 @@
 // Layout (option image_shape [h, w]; default from max_len: w = ceil(sqrt(max_len)), h = ceil(max_len / w);
 // standalone without max_len, bidirectional: w = ceil(sqrt(N)) per call). A sequence shorter than h w fills
 // the first N pixels (the last row partly); longer ones are a ValueError naming image_shape. Rows and
-// columns are batched into the flash kernel: rows by a reshape, columns through a transposing copy.
+// columns are batched into the flash kernel, both axes in one node (axial_lines.h); with dropout, per
+// axis on permuted copies.
 //
 // Streaming (native): a KV cache; a new pixel attends its row so far and its column so far (a strided
 // slice of the cache), O(h + w) per token, equal to the parallel causal pass.

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "eformer/autograd/autograd.h"
 #include "eformer/ops/elementwise.h"
@@ -17,6 +18,22 @@ FeatureMap default_feature_map(const std::string& name) {
     fm.projection = false;
   }
   return fm;
+}
+
+// The kernel the features are computed in, for the maps without projection or log-scale (elu + 1,
+// relu, identity): kernelized_attention then takes q and k raw and never stores phi.
+std::optional<PointwiseMap> pointwise_map(const FeatureMap& fm) {
+  if (fm.projection) return std::nullopt;
+  switch (fm.kernel) {
+    case Kernel::Elu:
+      return PointwiseMap::EluPlusOne;
+    case Kernel::Relu:
+      return PointwiseMap::Relu;
+    case Kernel::Identity:
+      return PointwiseMap::Identity;
+    default:
+      return std::nullopt;
+  }
 }
 
 // Checks an explicit omega, or draws one; undefined when the map has no projection.
@@ -55,6 +72,8 @@ Tensor kernelized_kind(const std::string& name, const Tensor& q, const Tensor& k
   const float root = std::sqrt(s.scale);
   const Tensor x = uses_scale(fm) ? mul_scalar(q, root) : q;
   const Tensor y = uses_scale(fm) ? mul_scalar(k, root) : k;
+  if (const auto map = pointwise_map(fm))
+    return kernelized_attention(x, y, v, Tensor(), opts.causal, opts.key_mask, *map);
   const KernelFeatures fq = kernel_features(x, omega, fm, false);
   const KernelFeatures fk = kernel_features(y, omega, fm, true);
   return kernelized_attention(fq.phi, fk.phi, v, fk.log_scale, opts.causal, opts.key_mask);
@@ -173,8 +192,10 @@ KernelFeatures PerformerAttention::features(const Tensor& x, bool keys) const {
 
 Tensor PerformerAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& key_mask) {
   const Heads h = project(x, memory);
-  const KernelFeatures fq = features(h.q, false), fk = features(h.k, true);
   const bool causal = config_.causal && !config_.cross;
+  if (const auto map = pointwise_map(options_.features))
+    return output(kernelized_attention(h.q, h.k, h.v, Tensor(), causal, key_mask, *map));
+  const KernelFeatures fq = features(h.q, false), fk = features(h.k, true);
   return output(kernelized_attention(fq.phi, fk.phi, h.v, fk.log_scale, causal, key_mask));
 }
 
