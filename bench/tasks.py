@@ -155,7 +155,8 @@ def train_one(task, entry, args):
 def markdown(result):
     tasks = result["tasks"]
     lines = [f"Budget: {result['budget']}; model {result['model']}; accuracy over {result['eval']} held-out examples "
-             f"per task; {result['threads']} threads. Command: `{result['command']}`", ""]
+             f"per task; {result['threads']} thread{'s' if result['threads'] != 1 else ''}. "
+             f"Command: `{result['command']}`", ""]
     if result.get("options"):
         lines[0] += "; options: " + ", ".join(f"{m} {json.dumps(o)}" for m, o in result["options"].items())
     head = "| mechanism | " + " | ".join(f"{t['name']} (%)" for t in tasks.values()) + " |"
