@@ -76,7 +76,10 @@ def skipped_lines(data):
     """Skips folded by (contender, why), with the N and directions they cover."""
     folded = {}
     for s in data["skipped"]:
-        why = re.sub(r"predicted [\d.]+ (s|GB)", r"predicted", s["why"])[:300]
+        lines = [line.strip() for line in s["why"].splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("failed:"):  # a worker's traceback: its last line says why
+            lines = ["failed:", lines[-1]]
+        why = re.sub(r"predicted [\d.]+ (s|GB)", r"predicted", " ".join(lines))[:300]
         folded.setdefault((s["mechanism"], s["contender"], why), set()).add(
             (s["N"], "causal" if s["causal"] else "bidir"))
     out = []
