@@ -1,6 +1,7 @@
 #include "eformer/attention/projected.h"
 
 #include "eformer/attention/kernels/head_projection.h"
+#include "eformer/autograd/autograd.h"
 #include "eformer/nn/positional.h"
 #include "eformer/ops/shape.h"
 
@@ -69,6 +70,15 @@ Tensor ProjectedAttention::to_heads(const nn::Linear& proj, const Tensor& x) con
 
 Tensor ProjectedAttention::output(const Tensor& heads) {
   return project_from_heads(heads, out_proj_->weight(), out_proj_->bias());
+}
+
+Tensor ProjectedAttention::output_remade(std::function<Tensor(const std::vector<Tensor>&)> make,
+                                         const std::vector<Tensor>& inputs) {
+  // The projection is captured by value, so a backward after this module changed still remakes the forward.
+  auto project = [proj = out_proj_, make = std::move(make)](const std::vector<Tensor>& in) {
+    return project_from_heads(make(in), proj->weight(), proj->bias());
+  };
+  return autograd::checkpoint(project, inputs);
 }
 
 ProjectedAttention::Heads ProjectedAttention::project_at(const Tensor& x, const Tensor& source, bool rotary,

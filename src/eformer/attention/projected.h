@@ -5,8 +5,10 @@
 // absent (Synthesizer) and how wide q/k and v are (AFT). A subclass supplies the core that maps
 // q, k, v [B, H, N, d] to [B, H, N, d_v].
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "eformer/attention/mechanism.h"
 #include "eformer/attention/registry.h"
@@ -58,6 +60,9 @@ class ProjectedAttention : public Mechanism {
   Heads project_step(const Tensor& x_t, int64_t offset);
   // [B, H, N, d_v] -> the output projection of the merged heads [B, N, D].
   Tensor output(const Tensor& heads);
+  // output(make(inputs)), keeping only `inputs` for the backward, which remakes the heads
+  // (autograd::checkpoint): for heads that are a cheap function of tensors the backward keeps anyway.
+  Tensor output_remade(std::function<Tensor(const std::vector<Tensor>&)> make, const std::vector<Tensor>& inputs);
 
   MultiHeadOptions heads_;
   ProjectionSpec spec_;

@@ -377,15 +377,18 @@ Tensor AftAttention::mix(const Tensor& x, const Tensor& memory, const Tensor& ke
   const Heads h = project(x, memory);
   const int64_t N = x.size(1);
   const AftLayout L = aft_layout(name(), s(), config_.causal);
+  Tensor A;
   if (options_.image_h > 0) {
     EF_CHECK(!key_mask.defined(), ValueError, label(), ": the 2-D form (image_shape) takes no key_mask");
-    return output(aft_gate(
-        h.q, aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w, label().c_str())));
+    A = aft_conv2d_average(h.k, h.v, bias(N), options_.image_h, options_.image_w, label().c_str());
+  } else if (name() == "aft_full") {
+    A = aft_full_average(h.k, h.v, bias(N), config_.causal, N, key_mask, label().c_str());
+  } else {
+    A = aft_average(h.k, h.v, bias(N), L, N, key_mask, label().c_str());
   }
-  if (name() == "aft_full")
-    return output(
-        aft_gate(h.q, aft_full_average(h.k, h.v, bias(N), config_.causal, N, key_mask, label().c_str())));
-  return output(aft_gate(h.q, aft_average(h.k, h.v, bias(N), L, N, key_mask, label().c_str())));
+  // The gate's output sigmoid(q) (.) A is remade in the backward from q and A, which the gate and the
+  // average keep anyway: one [B, H, N, d] activation fewer per layer (issue 13's memory target).
+  return output_remade([](const std::vector<Tensor>& in) { return aft_gate(in[0], in[1]); }, {h.q, A});
 }
 
 std::unique_ptr<RecurrentState> AftAttention::start_native(int64_t) const {
