@@ -71,6 +71,12 @@ Tensor aft_full_bidirectional(const Tensor& k, const Tensor& v, const Tensor& w,
 // (kernels/aft_gate.cpp), the same bits as mul(sigmoid(q), A). Differentiable w.r.t. q and A.
 Tensor aft_gate(const Tensor& q, const Tensor& A, const char* op = "aft_gate");
 
+// AFT-local's factorized band (eq. 7 inside the window; kernels/aft_band_factors.cpp): u, v [H, >= N, d']
+// -> band [H, N, S], band[h, t, j] = u[h, t] . v[h, t + j - p], 0 where key t + j - p is outside [0, N);
+// the layout must be Band. One pass each way, no [H, N, S, d'] temporary. Differentiable w.r.t. u and v.
+Tensor aft_band_from_factors(const Tensor& u, const Tensor& v, const AftLayout& layout, int64_t N,
+                             const char* op = "aft_band_from_factors");
+
 // Streaming (causal): the prefix sums (num, den and their running maximum, [B, H, d] each) of the keys
 // that have left every future window, and the keys and values still inside it (a cache [B, H, L, d]:
 // the last p keys for Band and Toeplitz, all of them for Dense, none for None).

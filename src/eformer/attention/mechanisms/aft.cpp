@@ -338,23 +338,7 @@ std::string AftAttention::describe() const {
 }
 
 Tensor AftAttention::local_band_from_factors(int64_t N) const {
-  // band[h, t, j] = U_t . V_{t + j - p} (eq. 7 restricted to the window), 0 where that key does not exist.
-  const AftLayout L = aft_layout("aft_local", s(), config_.causal);
-  std::vector<Tensor> cols;
-  for (int64_t j = 0; j < L.S; ++j) {
-    const int64_t off = j - L.p, lo = std::max<int64_t>(0, -off), hi = std::min(N, N - off);  // rows [lo, hi)
-    if (hi <= lo) {
-      cols.push_back(Tensor::zeros({H_, N, 1}));
-      continue;
-    }
-    const Tensor prod = sum(mul(slice(*w_u_, 1, lo, hi), slice(*w_v_, 1, lo + off, hi + off)), {2}, true);
-    std::vector<Tensor> parts;
-    if (lo > 0) parts.push_back(Tensor::zeros({H_, lo, 1}));
-    parts.push_back(prod);
-    if (hi < N) parts.push_back(Tensor::zeros({H_, N - hi, 1}));
-    cols.push_back(parts.size() == 1 ? prod : cat(parts, 1));
-  }
-  return cat(cols, 2);  // [H, N, S]
+  return aft_band_from_factors(*w_u_, *w_v_, aft_layout("aft_local", s(), config_.causal), N, label().c_str());
 }
 
 Tensor AftAttention::bias(int64_t N) {
