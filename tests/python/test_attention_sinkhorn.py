@@ -99,6 +99,30 @@ def test_causal_balancing_with_logits_past_exps_range(rng):
     assert_close(np.concatenate(pieces, 1), base, 1e-4, 1e-5, "step vs forward")
 
 
+def test_bidirectional_balancing_with_logits_past_exps_range(rng):
+    # The bidirectional balancing in its scaling form (kernels/sinkhorn_balance.h) reduces X0 - u - v by the
+    # row and the column maxima, forward and backward, so logits past exp's range (a trained model's, over
+    # the temperature) keep outputs and gradients finite and exact. N a multiple of the block: the fused
+    # mixing-and-attention node.
+    B, H, N, d, hidden, block = 1, 2, 48, 8, 6, 4
+    n = N // block
+    q, k, v = (rng.standard_normal((B, H, N, d)) for _ in range(3))
+    net = draw_network(rng, H, d, hidden, n)
+    net[2] = net[2] * 400
+
+    def ours(q, k, v, w2):
+        return ef.attention(q, k, v, kind="sinkhorn", sort_w1=ef.tensor(net[0].astype(np.float32)),
+                            sort_b1=ef.tensor(net[1].astype(np.float32)), sort_w2=w2,
+                            sort_b2=ef.tensor(net[3].astype(np.float32)), block=block)
+
+    def reference(q, k, v, w2):
+        return torch_sinkhorn(q, k, v, {"w1": torch.tensor(net[0]), "b1": torch.tensor(net[1]), "w2": w2,
+                                        "b2": torch.tensor(net[3])}, block, 8, 0.75, 0, False)
+
+    # the tolerance of the causal test above, for the same float32 rounding of logits of several hundred
+    check(ours, reference, [q, k, v, net[2]], rng, atol=1e-4, grad_inputs=[0, 1, 2, 3])
+
+
 def test_the_sorting_matters(rng):
     # Another sorting network gives another output (the sorted block is not ignored).
     B, H, N, d, block = 1, 2, 24, 8, 4
