@@ -205,7 +205,9 @@ TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
       },
       {"sorted_block_attention", "expected [1, 2, 18, 4]"});
   testing::expect_error<ShapeError>(
-      [&] { mixed_block_attention(local, local, local, Tensor::zeros({1, 2, 2, 3}), 3, 1.f, false); },
+      [&] {
+        mixed_block_attention(local, local, local, Tensor::zeros({1, 2, 2, 3}), 3, 1.f, false);
+      },
       {"mixed_block_attention", "expected k and v as q and P [1, 2, 3, 3]"});
 }
 

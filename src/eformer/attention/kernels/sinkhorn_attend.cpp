@@ -121,8 +121,8 @@ void attend_forward(const Operands& x, float* out, float* probs, const AttendSiz
 
 // Every gradient from dOut (go), the output (o) and the kept probabilities; each item writes only its own
 // rows of each gradient.
-void attend_backward(const Operands& x, const float* go, const float* o, const float* probs, const Gradients& g,
-                     const AttendSizes& s) {
+void attend_backward(const Operands& x, const float* go, const float* o, const float* probs,
+                     const Gradients& g, const AttendSizes& s) {
   const int64_t b = s.b, d = s.d, wp = s.wp;
   for_each_item(s.BH * s.n, b * wp + b + d * wp, [&](int64_t item, float* scratch) {
     const BlockRows at = rows_of(item / s.n, item % s.n, s);
@@ -198,8 +198,8 @@ Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
   EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
            " must be [B, H, N, d] with N a multiple of the block ", b);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
-  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && P.shape() == (Shape{B, H, n, n}), ShapeError, op,
-           ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
+  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && P.shape() == (Shape{B, H, n, n}), ShapeError,
+           op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
            "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
   const int64_t wp = tile::round_up(2 * b);
   const AttendSizes s{B * H, N, n, b, d, wp, N * d, scale, causal};
@@ -223,15 +223,17 @@ Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
   auto operands = [](const Tensor& q, const Tensor& k, const Tensor& ks, const Tensor& v, const Tensor& vs) {
     return Operands{q.data<float>(), ks.data<float>(), k.data<float>(), vs.data<float>(), v.data<float>()};
   };
-  attend_forward(operands(qc, kc, k_sorted, vc, v_sorted), out.data<float>(), keep ? probs.data<float>() : nullptr,
-                 s);
+  attend_forward(operands(qc, kc, k_sorted, vc, v_sorted), out.data<float>(),
+                 keep ? probs.data<float>() : nullptr, s);
   const Tensor od = out.detach();
   return autograd::record(
-      op, out, {q, k, v, P}, [qc, kc, vc, Pc, k_sorted, v_sorted, od, probs, s, m, operands](const Tensor& g) {
+      op, out, {q, k, v, P},
+      [qc, kc, vc, Pc, k_sorted, v_sorted, od, probs, s, m, operands](const Tensor& g) {
         const Tensor gc = g.contiguous_data();
         const Shape shape = qc.shape();
         Tensor dq = Tensor::empty(shape), dk = Tensor::empty(shape), dv = Tensor::empty(shape);
-        Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape), dP = Tensor::empty(Pc.shape());
+        Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape),
+               dP = Tensor::empty(Pc.shape());
         attend_backward(operands(qc, kc, k_sorted, vc, v_sorted), gc.data<float>(), od.data<float>(),
                         probs.data<float>(),
                         {dq.data<float>(), dk_sorted.data<float>(), dk.data<float>(), dv_sorted.data<float>(),
@@ -239,18 +241,23 @@ Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
                         s);
         // Through the mixing: dP = dK_sorted K^T + dV_sorted V^T, and dK += P^T dK_sorted (dV likewise) on
         // top of the local gradients the attention wrote.
-        const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
+        const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m),
+                      per_head = sinkhorn_mix::chunks(n, chunk);
         for_each_item(m.BH * 2 * per_head, 0, [&](int64_t item, float*) {
           const int64_t bh = item / (2 * per_head), c = item % (2 * per_head);
           const int64_t r0 = (c % per_head) * chunk, r1 = std::min(n, r0 + chunk), at = bh * s.kv_head;
           const float* ph = Pc.data<float>() + bh * n * n;
           if (c < per_head) {
             float* dph = dP.data<float>() + bh * n * n;
-            sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, kc.data<float>() + at, dph, r0, r1, m, false);
-            sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, vc.data<float>() + at, dph, r0, r1, m, true);
+            sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, kc.data<float>() + at, dph, r0, r1, m,
+                                         false);
+            sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, vc.data<float>() + at, dph, r0, r1, m,
+                                         true);
           } else {
-            sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, dk.data<float>() + at, r0, r1, m, true);
-            sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, dv.data<float>() + at, r0, r1, m, true);
+            sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, dk.data<float>() + at, r0, r1, m,
+                                         true);
+            sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, dv.data<float>() + at, r0, r1, m,
+                                         true);
           }
         });
         return std::vector<Tensor>{dq, dk, dv, dP};

@@ -62,7 +62,8 @@ void update_columns(const float* x0, const float* u, float* v, float* m, float* 
 
 }  // namespace
 
-void sinkhorn_scaling_forward(const float* x0, float* uv, float* P, float* scratch, int64_t n, int64_t iterations) {
+void sinkhorn_scaling_forward(const float* x0, float* uv, float* P, float* scratch, int64_t n,
+                              int64_t iterations) {
   float *zero = scratch, *m = scratch + n, *s = scratch + 2 * n;
   std::fill(zero, zero + n, 0.f);
   const float* v = zero;
@@ -79,8 +80,8 @@ void sinkhorn_scaling_forward(const float* x0, float* uv, float* P, float* scrat
 // Per iteration, last first: the column log-softmax's backward g -= exp(c) colsum(g), then the row
 // log-softmax's g -= exp(a) rowsum(g), with c = X0 - u_t - v_t and a = X0 - u_t - v_{t-1} recomputed
 // row by row (one pass over g and X0 per iteration; the column sums for the next come out of it).
-void sinkhorn_scaling_backward(const float* x0, const float* uv, const float* P, float* g, float* scratch, int64_t n,
-                               int64_t iterations) {
+void sinkhorn_scaling_backward(const float* x0, const float* uv, const float* P, float* g, float* scratch,
+                               int64_t n, int64_t iterations) {
   float *colsum = scratch, *next = scratch + n, *zero = scratch + 2 * n;
   std::fill(colsum, colsum + n, 0.f);
   std::fill(zero, zero + n, 0.f);

@@ -13,10 +13,11 @@ namespace eformer::kernels {
 
 // P [n, n] = exp(X0 - u - v) after `iterations` (u, v) updates from x0 [n, n]; uv [iterations, 2, n] receives
 // u_t, v_t of every iteration (the backward's input). scratch: 3 n floats.
-void sinkhorn_scaling_forward(const float* x0, float* uv, float* P, float* scratch, int64_t n, int64_t iterations);
+void sinkhorn_scaling_forward(const float* x0, float* uv, float* P, float* scratch, int64_t n,
+                              int64_t iterations);
 
 // g [n, n]: dP in, dX0 out (in place); x0, uv, P as the forward wrote them. scratch: 3 n floats.
-void sinkhorn_scaling_backward(const float* x0, const float* uv, const float* P, float* g, float* scratch, int64_t n,
-                               int64_t iterations);
+void sinkhorn_scaling_backward(const float* x0, const float* uv, const float* P, float* g, float* scratch,
+                               int64_t n, int64_t iterations);
 
 }  // namespace eformer::kernels

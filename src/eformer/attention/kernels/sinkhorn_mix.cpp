@@ -1,11 +1,12 @@
 // The sorted blocks of Sparse Sinkhorn attention beside the local keys (kernels/sinkhorn.h):
 // out[:S] = P X (P [rows, n], X [n, b d]: each row of X a block of b keys), out[S:] = local.
+#include "eformer/attention/kernels/sinkhorn_mix.h"
+
 #include <algorithm>
 #include <cstring>
 
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
-#include "eformer/attention/kernels/sinkhorn_mix.h"
 #include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/attention/kernels/transpose16.h"
 #include "eformer/autograd/autograd.h"
@@ -47,7 +48,8 @@ void mix_backward_P(const float* dout, const float* X, float* dP, int64_t r0, in
     ScratchBuffer xt(s.bd * s.n);  // X^T [bd, n]
     for (int64_t j = 0; j < s.n; j += 16)
       for (int64_t k = 0; k < s.bd; k += 16) transpose16(X + j * s.bd + k, s.bd, xt.data + k * s.n + j, s.n);
-    tile::gemm(r1 - r0, s.n, s.bd, dout + r0 * s.bd, s.bd, 1, xt.data, s.n, dP + r0 * s.n, s.n, 1.f, accumulate);
+    tile::gemm(r1 - r0, s.n, s.bd, dout + r0 * s.bd, s.bd, 1, xt.data, s.n, dP + r0 * s.n, s.n, 1.f,
+               accumulate);
     return;
   }
   const int64_t K = s.lower ? std::min(s.n, r1 - 1) : s.n;

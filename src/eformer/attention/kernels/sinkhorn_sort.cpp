@@ -10,8 +10,8 @@
 
 #include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
-#include "eformer/attention/kernels/sinkhorn_balance.h"
 #include "eformer/attention/kernels/sinkhorn.h"
+#include "eformer/attention/kernels/sinkhorn_balance.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -184,7 +184,8 @@ void balance_backward(const float* x0, const float* states, const float* P, floa
     // the column step's input: X0 masked (t = 0) or the previous row output (kMasked at j >= i alike)
     const float* prev = t > 0 ? states + (2 * t - 1) * nn : nullptr;
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
+      for (int64_t j = 0; j < n; ++j)
+        xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
     causal_column_step_backward(xin, a, g, n, sum);
   }
 }
@@ -250,8 +251,8 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
                      w2c.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
                      gc.defined() ? gc.data<float>() + bh * nn : nullptr,
                      saved.hidden.data<float>() + bh * n * hd, x0, s);
-    balance_forward(x0, saved.states.data<float>() + bh * Saved::states_per_head(s), P.data<float>() + bh * nn,
-                    scratch, s);
+    balance_forward(x0, saved.states.data<float>() + bh * Saved::states_per_head(s),
+                    P.data<float>() + bh * nn, scratch, s);
   });
   const Tensor Pd = P.detach();
   std::vector<Tensor> inputs = {blocks, w1, b1, w2, b2};
@@ -279,7 +280,8 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
       }
       sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(),
                         saved.hidden.data<float>(), gR.data<float>(), gpsi.data<float>(), gw1.data<float>(),
-                        gb1.data<float>(), gw2.data<float>(), gb2.data<float>(), scratch + balance_scratch, s);
+                        gb1.data<float>(), gw2.data<float>(), gb2.data<float>(), scratch + balance_scratch,
+                        s);
       for (int64_t bb = 0; bb < B; ++bb) {
         const int64_t bh = bb * H + h;
         block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d,
