@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "../test_util.h"
 #include "eformer/attention/kernels/sinkhorn.h"
@@ -76,9 +77,11 @@ Tensor permutation_by_ops(const Tensor& blocks, int64_t b, const Tensor& w1, con
 TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
   Seed seed;
   rng::Generator gen(seed.value);
-  const int64_t H = 3, n = 6, b = 2, d = 4, hidden = 5, n_max = 8, iterations = 5;
+  const int64_t H = 3, b = 2, d = 4, hidden = 5, iterations = 5;
   const float temperature = 0.75f;
-  for (bool causal : {false, true}) {
+  // n = 19: the bidirectional balancing's rows as whole vectors and a tail (sinkhorn_balance.cpp)
+  for (const auto& [n, causal] : {std::pair<int64_t, bool>{6, false}, {6, true}, {19, false}}) {
+    const int64_t n_max = n + 2;
     const std::vector<Tensor> inputs = {
         normal({1, H, n * b, d}, gen, 0.5f),   normal({H, d, hidden}, gen, 0.5f), normal({H, hidden}, gen),
         normal({H, hidden, n_max}, gen, 0.5f), normal({H, n_max}, gen),           normal({1, H, n, n}, gen)};
@@ -91,7 +94,8 @@ TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
     Tensor theirs =
         permutation_by_ops(e[0], b, e[1], e[2], e[3], e[4], e[5], iterations, temperature, causal);
     backward(theirs, g);
-    const std::string what = std::string(causal ? "causal, " : "bidirectional, ") + seed.str();
+    const std::string what =
+        std::string(causal ? "causal, " : "bidirectional, ") + "n " + std::to_string(n) + ", " + seed.str();
     expect_close(ours, theirs, 1e-5f, "P, " + what);
     const char* names[] = {"d blocks", "d w1", "d b1", "d w2", "d b2", "d gumbel"};
     for (size_t i = 0; i < inputs.size(); ++i)
@@ -143,6 +147,46 @@ TEST(SinkhornKernels, SortedBlockAttentionMatchesTheOps) {
   }
 }
 
+// mixed_block_attention against its parts by ops: the sorted blocks P K and P V by matmul, beside K and V,
+// into the per-block softmax; b = d = 16 and n = 5 (the tile GEMMs, the mixing in one chunk per head) and
+// b = 3, d = 5 (oneDNN for the products the tiles cannot take).
+TEST(SinkhornKernels, MixedBlockAttentionMatchesTheMixingThenTheAttention) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 2;
+  const float scale = 0.7f;
+  for (const auto& [n, b, d] : {std::tuple<int64_t, int64_t, int64_t>{5, 16, 16}, {4, 3, 5}})
+    for (bool causal : {false, true}) {
+      const int64_t N = n * b;
+      Tensor P = normal({B, H, n, n}, gen);
+      if (causal)  // the causal permutation: P_rj = 0 for j >= r
+        for (int64_t e = 0; e < P.numel(); ++e)
+          if (e % n >= (e / n) % n) P.data<float>()[e] = 0.f;
+      const std::vector<Tensor> inputs = {normal({B, H, N, d}, gen), normal({B, H, N, d}, gen),
+                                          normal({B, H, N, d}, gen), P};
+      const Tensor g = normal({B, H, N, d}, gen);
+      std::vector<Tensor> a, e;
+      for (const Tensor& t : inputs) a.push_back(leaf(t)), e.push_back(leaf(t));
+      Tensor ours = mixed_block_attention(a[0], a[1], a[2], a[3], b, scale, causal);
+      backward(ours, g);
+      auto beside = [&](const Tensor& x) {  // [P X; X]
+        return cat({reshape(matmul(e[3], reshape(x, {B, H, n, b * d})), {B, H, N, d}), x}, 2);
+      };
+      Tensor theirs = sorted_block_attention_by_ops(e[0], beside(e[1]), beside(e[2]), b, scale, causal);
+      backward(theirs, g);
+      const std::string what = std::string(causal ? "causal" : "bidirectional") + ", b " + std::to_string(b) +
+                               ", d " + std::to_string(d) + ", " + seed.str();
+      expect_close(ours, theirs, 1e-5f, "output, " + what);
+      Tensor dP = grad(e[3]).clone_data();
+      if (causal)  // entries where P is 0 by construction get no gradient from the kernel
+        for (int64_t i = 0; i < dP.numel(); ++i)
+          if (i % n >= (i / n) % n) dP.data<float>()[i] = 0.f;
+      const char* names[] = {"dq", "dk", "dv"};
+      for (size_t i = 0; i < 3; ++i) expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
+      expect_close(grad(a[3]), dP, 1e-5f, "dP, " + what);
+    }
+}
+
 TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
   const Tensor P = Tensor::zeros({1, 2, 3, 3}), blocks = Tensor::zeros({1, 2, 8, 4}),
                local = Tensor::zeros({1, 2, 9, 4});
@@ -160,6 +204,11 @@ TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
         sorted_block_attention(Tensor::zeros({1, 2, 9, 4}), local, local, 3, 1.f, false);
       },
       {"sorted_block_attention", "expected [1, 2, 18, 4]"});
+  testing::expect_error<ShapeError>(
+      [&] {
+        mixed_block_attention(local, local, local, Tensor::zeros({1, 2, 2, 3}), 3, 1.f, false);
+      },
+      {"mixed_block_attention", "expected k and v as q and P [1, 2, 3, 3]"});
 }
 
 }  // namespace

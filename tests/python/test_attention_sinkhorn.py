@@ -62,10 +62,8 @@ def test_functional_form_and_every_gradient_match_the_float64_formulation(rng, c
         check(ours, reference, [q, k, v, *net, gumbel], rng, grad_inputs=[0, 1, 2, 3, 4, 5, 6])
 
 
-def test_causal_balancing_with_logits_past_exps_range(rng):
-    # A trained model's sorting logits divided by the temperature pass 88, where exp overflows: the causal
-    # column step keeps a running maximum, so outputs and gradients stay finite and exact; and the native
-    # step (its running log-sums) still equals the parallel pass.
+def check_with_logits_past_exps_range(rng, causal):
+    """Sorting logits of several hundred (sort_w2 scaled by 400), forward and gradients vs float64 torch."""
     B, H, N, d, hidden, block = 1, 2, 48, 8, 6, 4
     n = N // block
     q, k, v = (rng.standard_normal((B, H, N, d)) for _ in range(3))
@@ -73,18 +71,25 @@ def test_causal_balancing_with_logits_past_exps_range(rng):
     net[2] = net[2] * 400
 
     def ours(q, k, v, w2):
-        return ef.attention(q, k, v, kind="sinkhorn", causal=True, sort_w1=ef.tensor(net[0].astype(np.float32)),
+        return ef.attention(q, k, v, kind="sinkhorn", causal=causal, sort_w1=ef.tensor(net[0].astype(np.float32)),
                             sort_b1=ef.tensor(net[1].astype(np.float32)), sort_w2=w2,
                             sort_b2=ef.tensor(net[3].astype(np.float32)), block=block)
 
     def reference(q, k, v, w2):
         return torch_sinkhorn(q, k, v, {"w1": torch.tensor(net[0]), "b1": torch.tensor(net[1]), "w2": w2,
-                                        "b2": torch.tensor(net[3])}, block, 8, 0.75, 0, True)
+                                        "b2": torch.tensor(net[3])}, block, 8, 0.75, 0, causal)
 
     # Logits of several hundred carry float32 rounding of about 1e-5 relative into the permutation, and its
     # gradient amplifies it: a few elements of dk reach 2e-4 of the largest (seed 2756634826), so the tolerance
     # is 10x the suite's default; a wrong formula differs by O(1).
     check(ours, reference, [q, k, v, net[2]], rng, atol=1e-4, grad_inputs=[0, 1, 2, 3])
+
+
+def test_causal_balancing_with_logits_past_exps_range(rng):
+    # A trained model's sorting logits divided by the temperature pass 88, where exp overflows: the causal
+    # column step keeps a running maximum, so outputs and gradients stay finite and exact; and the native
+    # step (its running log-sums) still equals the parallel pass.
+    check_with_logits_past_exps_range(rng, True)
     mech = models.make_mechanism("sinkhorn", 16, 2, causal=True, max_len=32, options={"block": 4})
     mech.eval()
     state = {name: t.numpy() * (300 if name.startswith("sort_w") else 1) for name, t in mech.named_parameters()}
@@ -97,6 +102,13 @@ def test_causal_balancing_with_logits_past_exps_range(rng):
                   for a, b in [(0, 7), (7, 8), (8, 30)]]
     assert np.isfinite(base).all()
     assert_close(np.concatenate(pieces, 1), base, 1e-4, 1e-5, "step vs forward")
+
+
+def test_bidirectional_balancing_with_logits_past_exps_range(rng):
+    # The bidirectional balancing in its scaling form (kernels/sinkhorn_balance.h) reduces X0 - u - v by the
+    # row and the column maxima, forward and backward, so such logits keep outputs and gradients finite and
+    # exact. N a multiple of the block: the fused mixing-and-attention node.
+    check_with_logits_past_exps_range(rng, False)
 
 
 def test_the_sorting_matters(rng):

@@ -50,4 +50,12 @@ Tensor sorted_then_own(const Tensor& P, const Tensor& blocks, int64_t b, bool st
 Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
                               float scale, bool causal);
 
+// sorted_then_own for the keys and for the values, then sorted_block_attention, as one node: q, k, v
+// [B, H, N, d] with N = n b, P [B, H, n, n] (strictly lower when causal). The sorted blocks are kept apart
+// from k and v (no [2 N, d] copies), and the mixing's backward (dP = dK_sorted K^T + dV_sorted V^T, dK +=
+// P^T dK_sorted, dV likewise) accumulates into the attention's gradients in place: at N = 64K the
+// backward's memory then fits the allocator's cache. Differentiable in q, k, v and P.
+Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                             float scale, bool causal);
+
 }  // namespace eformer::kernels

@@ -1,4 +1,6 @@
-// Sinkhorn attention's softmax for the common case (kernels/sinkhorn.h, sorted_block_attention): query
+// Sinkhorn attention's softmax for the common case (kernels/sinkhorn.h, sorted_block_attention and
+// mixed_block_attention, which also mixes the sorted blocks, so that they never sit in a copy beside the
+// local keys, and the mixing's backward adds to the local gradients in place): query
 // block r attends exactly 2 b keys, its sorted block and its own block, so one work item per
 // (batch, head, block) computes the scores [b, 2 b], an exact softmax over them and the output. Where a
 // gradient will be needed the probabilities are kept ([B H n, b, wp] floats: N 2 b per head, as many as
@@ -11,11 +13,13 @@
 // transposed side by side into scratch (by 16 x 16 register tiles where b and d allow, transpose16.h),
 // [d, wp] with wp = 2 b rounded up to whole vectors, so that the scores (and dP) are one GEMM each.
 #include <algorithm>
+#include <initializer_list>
 #include <limits>
 
 #include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
+#include "eformer/attention/kernels/sinkhorn_mix.h"
 #include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/attention/kernels/transpose16.h"
 #include "eformer/autograd/autograd.h"
@@ -27,18 +31,27 @@ namespace {
 
 struct AttendSizes {
   int64_t BH = 0, N = 0, n = 0, b = 0, d = 0;
-  int64_t wp = 0;  // the score rows' stride: 2 b rounded up to whole vectors
+  int64_t wp = 0;       // the score rows' stride: 2 b rounded up to whole vectors
+  int64_t kv_head = 0;  // floats per head of the key (value) operands: 2 N d concatenated, N d split
   float scale = 1;
   bool causal = false;
 };
 
-// Row pointers of item (bh, r): its queries (or output rows) and the two key (value) blocks.
+// The operands by their bases: the sorted and the local keys (values) either in one [B, H, 2 N, d] tensor
+// (local = sorted + N d, as sorted_then_local writes them) or in two [B, H, N, d] tensors.
+struct Operands {
+  const float *q, *k_sorted, *k_local, *v_sorted, *v_local;
+};
+struct Gradients {
+  float *dq, *dk_sorted, *dk_local, *dv_sorted, *dv_local;
+};
+
+// Float offsets of item (bh, r): its queries (or output rows) in q, its key (value) block from either base.
 struct BlockRows {
-  int64_t q = 0, sorted = 0, local = 0;  // float offsets
+  int64_t q = 0, kv = 0;
 };
 BlockRows rows_of(int64_t bh, int64_t r, const AttendSizes& s) {
-  const int64_t S = s.n * s.b, base = bh * (S + s.N) * s.d;
-  return {(bh * s.N + r * s.b) * s.d, base + r * s.b * s.d, base + (S + r * s.b) * s.d};
+  return {(bh * s.N + r * s.b) * s.d, bh * s.kv_head + r * s.b * s.d};
 }
 
 // C[M, N] (+)= alpha A B with A(m, k) = A[m a_rs + k a_cs] (one of the strides 1) and B [K, N] row-major:
@@ -52,10 +65,9 @@ void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, i
               ldc);
 }
 
-// xt [d, wp] = [x sorted block; x local block]^T, columns 2 b.. wp zero.
-void transposed_pair(const float* x, const BlockRows& at, float* xt, const AttendSizes& s) {
+// xt [d, wp] = [sorted block; local block]^T, columns 2 b.. wp zero.
+void transposed_pair(const float* sorted, const float* local, float* xt, const AttendSizes& s) {
   const int64_t b = s.b, d = s.d, wp = s.wp;
-  const float *sorted = x + at.sorted, *local = x + at.local;
   if (kTranspose16 && b % 16 == 0 && d % 16 == 0 && wp == 2 * b) {  // by 16 x 16 tiles in registers
     for (int64_t t = 0; t < b; t += 16)
       for (int64_t c = 0; c < d; c += 16) {
@@ -75,16 +87,74 @@ void transposed_pair(const float* x, const BlockRows& at, float* xt, const Atten
 // Scores [b, wp] = scale q [sorted; local]^T (kt: the keys transposed_pair wrote), -inf where not
 // attended (causal: the local block's later keys, and block 0's sorted block, which mixes no earlier
 // block); columns 2 b.. wp are never read.
-void block_scores(const float* q, const float* kt, const BlockRows& at, int64_t r, float* sc,
-                  const AttendSizes& s) {
+void block_scores(const float* q, const float* kt, int64_t r, float* sc, const AttendSizes& s) {
   const int64_t b = s.b, wp = s.wp;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  small_gemm(b, wp, s.d, q + at.q, s.d, 1, kt, wp, sc, wp, s.scale, false);
+  small_gemm(b, wp, s.d, q, s.d, 1, kt, wp, sc, wp, s.scale, false);
   if (!s.causal) return;
   for (int64_t i = 0; i < b; ++i) {
     if (r == 0) std::fill(sc + i * wp, sc + i * wp + b, kNegInf);
     std::fill(sc + i * wp + b + i + 1, sc + i * wp + 2 * b, kNegInf);
   }
+}
+
+// out [B, H, N, d]; probs [B H n, b, wp] (null: not kept) the softmax of every block.
+void attend_forward(const Operands& x, float* out, float* probs, const AttendSizes& s) {
+  const int64_t b = s.b, d = s.d, wp = s.wp;
+  for_each_item(s.BH * s.n, b * wp + d * wp, [&](int64_t item, float* scratch) {
+    const int64_t r = item % s.n;
+    const BlockRows at = rows_of(item / s.n, r, s);
+    float *sc = probs ? probs + item * b * wp : scratch, *kt = scratch + b * wp;
+    transposed_pair(x.k_sorted + at.kv, x.k_local + at.kv, kt, s);
+    block_scores(x.q + at.q, kt, r, sc, s);
+    for (int64_t i = 0; i < b; ++i) {  // exact softmax over the row's 2 b keys (at least its own key)
+      float* row = sc + i * wp;
+      const float m = attention::OnlineSoftmax::max_of(row, 2 * b);
+      const float sum = attention::OnlineSoftmax::exp_in_place(row, 2 * b, m);  // -inf (not attended): 0
+      const float inv = 1.f / sum;
+      for (int64_t j = 0; j < 2 * b; ++j) row[j] *= inv;
+    }
+    small_gemm(b, d, b, sc, wp, 1, x.v_sorted + at.kv, d, out + at.q, d, 1.f, false);
+    small_gemm(b, d, b, sc + b, wp, 1, x.v_local + at.kv, d, out + at.q, d, 1.f, true);
+  });
+}
+
+// Every gradient from dOut (go), the output (o) and the kept probabilities; each item writes only its own
+// rows of each gradient.
+void attend_backward(const Operands& x, const float* go, const float* o, const float* probs,
+                     const Gradients& g, const AttendSizes& s) {
+  const int64_t b = s.b, d = s.d, wp = s.wp;
+  for_each_item(s.BH * s.n, b * wp + b + d * wp, [&](int64_t item, float* scratch) {
+    const BlockRows at = rows_of(item / s.n, item % s.n, s);
+    const float* p = probs + item * b * wp;
+    float *dp = scratch, *delta = dp + b * wp, *xt = delta + b;
+    const float *gor = go + at.q, *orow = o + at.q;
+    for (int64_t i = 0; i < b; ++i) {
+      float dot = 0;  // D_i = dO_i . O_i = sum_j P_ij dP_ij
+#pragma omp simd reduction(+ : dot)
+      for (int64_t c = 0; c < d; ++c) dot += gor[i * d + c] * orow[i * d + c];
+      delta[i] = dot;
+    }
+    // dV = P^T dO (per block of keys); dP = dO V^T; dS = P (dP - D); dQ = scale dS K; dK = scale dS^T Q.
+    small_gemm(b, d, b, p, 1, wp, gor, d, g.dv_sorted + at.kv, d, 1.f, false);
+    small_gemm(b, d, b, p + b, 1, wp, gor, d, g.dv_local + at.kv, d, 1.f, false);
+    transposed_pair(x.v_sorted + at.kv, x.v_local + at.kv, xt, s);
+    small_gemm(b, wp, d, gor, d, 1, xt, wp, dp, wp, 1.f, false);
+    for (int64_t i = 0; i < b; ++i)
+#pragma omp simd
+      for (int64_t j = 0; j < 2 * b; ++j) dp[i * wp + j] = p[i * wp + j] * (dp[i * wp + j] - delta[i]);
+    small_gemm(b, d, b, dp, wp, 1, x.k_sorted + at.kv, d, g.dq + at.q, d, s.scale, false);
+    small_gemm(b, d, b, dp + b, wp, 1, x.k_local + at.kv, d, g.dq + at.q, d, s.scale, true);
+    small_gemm(b, d, b, dp, 1, wp, x.q + at.q, d, g.dk_sorted + at.kv, d, s.scale, false);
+    small_gemm(b, d, b, dp + b, 1, wp, x.q + at.q, d, g.dk_local + at.kv, d, s.scale, false);
+  });
+}
+
+bool needs_probabilities(std::initializer_list<const Tensor*> inputs) {
+  if (!autograd::is_grad_enabled()) return false;
+  for (const Tensor* t : inputs)
+    if (requires_grad(*t)) return true;
+  return false;
 }
 
 }  // namespace
@@ -99,64 +169,99 @@ Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor&
   EF_CHECK(keys.shape() == kv && values.shape() == kv, ShapeError, op, ": keys ", keys.describe(),
            ", values ", values.describe(), "; expected [", B, ", ", H, ", ", 2 * N, ", ", d,
            "] (sorted blocks, then the local keys)");
-  const int64_t wp = tile::round_up(2 * b);
-  const AttendSizes s{B * H, N, n, b, d, wp, scale, causal};
+  const int64_t wp = tile::round_up(2 * b), local = N * d;
+  const AttendSizes s{B * H, N, n, b, d, wp, 2 * N * d, scale, causal};
   const Tensor qc = q.contiguous_data(), kc = keys.contiguous_data(), vc = values.contiguous_data();
-  const bool keep =
-      autograd::is_grad_enabled() && (requires_grad(q) || requires_grad(keys) || requires_grad(values));
+  const bool keep = needs_probabilities({&q, &keys, &values});
   Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
-  for_each_item(s.BH * n, b * wp + d * wp, [&](int64_t item, float* scratch) {
-    const int64_t bh = item / n, r = item % n;
-    const BlockRows at = rows_of(bh, r, s);
-    float *sc = keep ? probs.data<float>() + item * b * wp : scratch, *kt = scratch + b * wp;
-    transposed_pair(kc.data<float>(), at, kt, s);
-    block_scores(qc.data<float>(), kt, at, r, sc, s);
-    for (int64_t i = 0; i < b; ++i) {  // exact softmax over the row's 2 b keys (at least its own key)
-      float* row = sc + i * wp;
-      const float m = attention::OnlineSoftmax::max_of(row, 2 * b);
-      const float sum = attention::OnlineSoftmax::exp_in_place(row, 2 * b, m);  // -inf (not attended): 0
-      const float inv = 1.f / sum;
-      for (int64_t j = 0; j < 2 * b; ++j) row[j] *= inv;
-    }
-    const float* v = vc.data<float>();
-    float* o = out.data<float>() + at.q;
-    small_gemm(b, d, b, sc, wp, 1, v + at.sorted, d, o, d, 1.f, false);
-    small_gemm(b, d, b, sc + b, wp, 1, v + at.local, d, o, d, 1.f, true);
-  });
+  auto operands = [local](const Tensor& q, const Tensor& k, const Tensor& v) {
+    return Operands{q.data<float>(), k.data<float>(), k.data<float>() + local, v.data<float>(),
+                    v.data<float>() + local};
+  };
+  attend_forward(operands(qc, kc, vc), out.data<float>(), keep ? probs.data<float>() : nullptr, s);
   const Tensor od = out.detach();
-  return autograd::record(op, out, {q, keys, values}, [qc, kc, vc, od, probs, s](const Tensor& g) {
+  return autograd::record(op, out, {q, keys, values}, [qc, kc, vc, od, probs, s, operands](const Tensor& g) {
     const Tensor gc = g.contiguous_data();
-    const int64_t b = s.b, d = s.d, wp = s.wp;
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
-    const float *q = qc.data<float>(), *k = kc.data<float>(), *v = vc.data<float>(), *go = gc.data<float>();
-    for_each_item(s.BH * s.n, b * wp + b + d * wp, [&](int64_t item, float* scratch) {
-      const int64_t bh = item / s.n;
-      const BlockRows at = rows_of(bh, item % s.n, s);
-      const float* p = probs.data<float>() + item * b * wp;
-      float *dp = scratch, *delta = dp + b * wp, *xt = delta + b;
-      const float* gor = go + at.q;
-      const float* o = od.data<float>() + at.q;
-      for (int64_t i = 0; i < b; ++i) {
-        float dot = 0;  // D_i = dO_i . O_i = sum_j P_ij dP_ij
-#pragma omp simd reduction(+ : dot)
-        for (int64_t c = 0; c < d; ++c) dot += gor[i * d + c] * o[i * d + c];
-        delta[i] = dot;
-      }
-      // dV = P^T dO (per block of keys); dP = dO V^T; dS = P (dP - D); dQ = scale dS K; dK = scale dS^T Q.
-      small_gemm(b, d, b, p, 1, wp, gor, d, dv.data<float>() + at.sorted, d, 1.f, false);
-      small_gemm(b, d, b, p + b, 1, wp, gor, d, dv.data<float>() + at.local, d, 1.f, false);
-      transposed_pair(v, at, xt, s);
-      small_gemm(b, wp, d, gor, d, 1, xt, wp, dp, wp, 1.f, false);
-      for (int64_t i = 0; i < b; ++i)
-#pragma omp simd
-        for (int64_t j = 0; j < 2 * b; ++j) dp[i * wp + j] = p[i * wp + j] * (dp[i * wp + j] - delta[i]);
-      small_gemm(b, d, b, dp, wp, 1, k + at.sorted, d, dq.data<float>() + at.q, d, s.scale, false);
-      small_gemm(b, d, b, dp + b, wp, 1, k + at.local, d, dq.data<float>() + at.q, d, s.scale, true);
-      small_gemm(b, d, b, dp, 1, wp, q + at.q, d, dk.data<float>() + at.sorted, d, s.scale, false);
-      small_gemm(b, d, b, dp + b, 1, wp, q + at.q, d, dk.data<float>() + at.local, d, s.scale, false);
-    });
+    const int64_t local = s.N * s.d;
+    attend_backward(operands(qc, kc, vc), gc.data<float>(), od.data<float>(), probs.data<float>(),
+                    {dq.data<float>(), dk.data<float>(), dk.data<float>() + local, dv.data<float>(),
+                     dv.data<float>() + local},
+                    s);
     return std::vector<Tensor>{dq, dk, dv};
   });
+}
+
+Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                             float scale, bool causal) {
+  const char* op = "mixed_block_attention";
+  EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
+           " must be [B, H, N, d] with N a multiple of the block ", b);
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
+  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && P.shape() == (Shape{B, H, n, n}), ShapeError,
+           op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
+           "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
+  const int64_t wp = tile::round_up(2 * b);
+  const AttendSizes s{B * H, N, n, b, d, wp, N * d, scale, causal};
+  const sinkhorn_mix::MixSizes m{B * H, n, n, b * d, N * d, causal};
+  const Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data(),
+               Pc = P.contiguous_data();
+  // The sorted blocks sum_j P_rj K_j (and V_j): whole heads (or chunks of rows), the keys and the values
+  // of a chunk in one item.
+  Tensor k_sorted = Tensor::empty(q.shape()), v_sorted = Tensor::empty(q.shape());
+  const int64_t chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
+  for_each_item(m.BH * per_head, 0, [&](int64_t item, float*) {
+    const int64_t bh = item / per_head, r0 = (item % per_head) * chunk, r1 = std::min(n, r0 + chunk);
+    const float* ph = Pc.data<float>() + bh * n * n;
+    sinkhorn_mix::mix_forward(ph, kc.data<float>() + bh * s.kv_head, k_sorted.data<float>() + bh * s.kv_head,
+                              r0, r1, m);
+    sinkhorn_mix::mix_forward(ph, vc.data<float>() + bh * s.kv_head, v_sorted.data<float>() + bh * s.kv_head,
+                              r0, r1, m);
+  });
+  const bool keep = needs_probabilities({&q, &k, &v, &P});
+  Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
+  auto operands = [](const Tensor& q, const Tensor& k, const Tensor& ks, const Tensor& v, const Tensor& vs) {
+    return Operands{q.data<float>(), ks.data<float>(), k.data<float>(), vs.data<float>(), v.data<float>()};
+  };
+  attend_forward(operands(qc, kc, k_sorted, vc, v_sorted), out.data<float>(),
+                 keep ? probs.data<float>() : nullptr, s);
+  const Tensor od = out.detach();
+  return autograd::record(
+      op, out, {q, k, v, P},
+      [qc, kc, vc, Pc, k_sorted, v_sorted, od, probs, s, m, operands](const Tensor& g) {
+        const Tensor gc = g.contiguous_data();
+        const Shape shape = qc.shape();
+        Tensor dq = Tensor::empty(shape), dk = Tensor::empty(shape), dv = Tensor::empty(shape);
+        Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape),
+               dP = Tensor::empty(Pc.shape());
+        attend_backward(operands(qc, kc, k_sorted, vc, v_sorted), gc.data<float>(), od.data<float>(),
+                        probs.data<float>(),
+                        {dq.data<float>(), dk_sorted.data<float>(), dk.data<float>(), dv_sorted.data<float>(),
+                         dv.data<float>()},
+                        s);
+        // Through the mixing: dP = dK_sorted K^T + dV_sorted V^T, and dK += P^T dK_sorted (dV likewise) on
+        // top of the local gradients the attention wrote.
+        const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m),
+                      per_head = sinkhorn_mix::chunks(n, chunk);
+        for_each_item(m.BH * 2 * per_head, 0, [&](int64_t item, float*) {
+          const int64_t bh = item / (2 * per_head), c = item % (2 * per_head);
+          const int64_t r0 = (c % per_head) * chunk, r1 = std::min(n, r0 + chunk), at = bh * s.kv_head;
+          const float* ph = Pc.data<float>() + bh * n * n;
+          if (c < per_head) {
+            float* dph = dP.data<float>() + bh * n * n;
+            sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, kc.data<float>() + at, dph, r0, r1, m,
+                                         false);
+            sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, vc.data<float>() + at, dph, r0, r1, m,
+                                         true);
+          } else {
+            sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, dk.data<float>() + at, r0, r1, m,
+                                         true);
+            sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, dv.data<float>() + at, r0, r1, m,
+                                         true);
+          }
+        });
+        return std::vector<Tensor>{dq, dk, dv, dP};
+      });
 }
 
 }  // namespace eformer::kernels

@@ -1,5 +1,7 @@
 // The sorted blocks of Sparse Sinkhorn attention beside the local keys (kernels/sinkhorn.h):
 // out[:S] = P X (P [rows, n], X [n, b d]: each row of X a block of b keys), out[S:] = local.
+#include "eformer/attention/kernels/sinkhorn_mix.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -11,27 +13,19 @@
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
 
-namespace eformer::kernels {
-namespace {
+namespace eformer::kernels::sinkhorn_mix {
 
-struct MixSizes {
-  int64_t BH = 0, rows = 0, n = 0, bd = 0, local = 0;  // local: N d floats per head
-  bool lower = false;
-};
-
-// Rows of P (or of X in the backward) per work item, a multiple of 64: each item's GEMM re-reads (packs)
-// the other operand, so few large chunks; strictly lower: about 8 per head, so that the zero triangle
-// is skipped in steps of 1/8; otherwise at least 8 items in all (whole heads from 8 heads on). Never
-// from the thread count, so that the GEMMs and their bits do not depend on it.
+// Each item's GEMM re-reads (packs) the other operand, so few large chunks; strictly lower: about 8 per
+// head, so that the zero triangle is skipped in steps of 1/8; otherwise at least 8 items in all (whole
+// heads from 8 heads on).
 int64_t row_chunk(int64_t rows, const MixSizes& s) {
   auto round_up = [](int64_t x) { return std::max<int64_t>(64, (x + 63) / 64 * 64); };
   if (s.lower) return round_up((rows + 7) / 8);
   const int64_t per_head = (8 + s.BH - 1) / s.BH;
   return round_up((rows + per_head - 1) / per_head);
 }
-int64_t chunks(int64_t rows, int64_t chunk) { return (rows + chunk - 1) / chunk; }
 
-// out [rows, bd] = P [rows, n] X [n, bd] for rows [r0, r1); strictly lower: row r needs only j < r.
+// Strictly lower: row r needs only j < r.
 void mix_forward(const float* P, const float* X, float* out, int64_t r0, int64_t r1, const MixSizes& s) {
   const int64_t K = s.lower ? std::min(s.n, r1 - 1) : s.n;
   if (K <= 0) {
@@ -48,37 +42,44 @@ bool tile_dP(const MixSizes& s) {
   return kTranspose16 && !s.lower && s.n % 16 == 0 && s.bd % 16 == 0 && s.n * s.bd <= (int64_t(1) << 18);
 }
 
-// dP [rows, n] = dOut [rows, bd] X^T for rows [r0, r1) (strictly lower: 0 at j >= r, where P is 0).
-void mix_backward_P(const float* dout, const float* X, float* dP, int64_t r0, int64_t r1, const MixSizes& s) {
+void mix_backward_P(const float* dout, const float* X, float* dP, int64_t r0, int64_t r1, const MixSizes& s,
+                    bool accumulate) {
   if (tile_dP(s)) {
     ScratchBuffer xt(s.bd * s.n);  // X^T [bd, n]
     for (int64_t j = 0; j < s.n; j += 16)
       for (int64_t k = 0; k < s.bd; k += 16) transpose16(X + j * s.bd + k, s.bd, xt.data + k * s.n + j, s.n);
-    tile::gemm(r1 - r0, s.n, s.bd, dout + r0 * s.bd, s.bd, 1, xt.data, s.n, dP + r0 * s.n, s.n, 1.f, false);
+    tile::gemm(r1 - r0, s.n, s.bd, dout + r0 * s.bd, s.bd, 1, xt.data, s.n, dP + r0 * s.n, s.n, 1.f,
+               accumulate);
     return;
   }
   const int64_t K = s.lower ? std::min(s.n, r1 - 1) : s.n;
   if (K > 0)
-    blas::sgemm(false, true, r1 - r0, K, s.bd, 1.f, dout + r0 * s.bd, s.bd, X, s.bd, 0.f, dP + r0 * s.n, s.n);
-  for (int64_t r = r0; r < r1; ++r) {
+    blas::sgemm(false, true, r1 - r0, K, s.bd, 1.f, dout + r0 * s.bd, s.bd, X, s.bd, accumulate ? 1.f : 0.f,
+                dP + r0 * s.n, s.n);
+  for (int64_t r = r0; r < r1; ++r) {  // strictly lower: the GEMM wrote j in [r, K) too
     const int64_t j0 = s.lower ? std::min(s.n, r) : K;
     std::fill(dP + r * s.n + std::max<int64_t>(j0, 0), dP + (r + 1) * s.n, 0.f);
   }
 }
 
-// dX [n, bd] = P^T dOut (+ dLocal where the blocks are the local keys, dlocal [n, bd]; else null) for
-// block rows [j0, j1) (strictly lower: only rows r > j of P are non-zero).
-void mix_backward_X(const float* P, const float* dout, const float* dlocal, float* dX, int64_t j0, int64_t j1,
-                    const MixSizes& s) {
+// Strictly lower: only rows r > j of P are non-zero.
+void mix_backward_X(const float* P, const float* dout, float* dX, int64_t j0, int64_t j1, const MixSizes& s,
+                    bool accumulate) {
   const int64_t first = s.lower ? j0 + 1 : 0, K = s.rows - first, count = (j1 - j0) * s.bd;
-  if (dlocal)
-    std::memcpy(dX + j0 * s.bd, dlocal + j0 * s.bd, size_t(count) * sizeof(float));
-  else if (K <= 0)
-    std::memset(dX + j0 * s.bd, 0, size_t(count) * sizeof(float));
-  if (K <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) std::memset(dX + j0 * s.bd, 0, size_t(count) * sizeof(float));
+    return;
+  }
   blas::sgemm(true, false, j1 - j0, s.bd, K, 1.f, P + first * s.n + j0, s.n, dout + first * s.bd, s.bd,
-              dlocal ? 1.f : 0.f, dX + j0 * s.bd, s.bd);
+              accumulate ? 1.f : 0.f, dX + j0 * s.bd, s.bd);
 }
+
+}  // namespace eformer::kernels::sinkhorn_mix
+
+namespace eformer::kernels {
+namespace {
+
+using namespace sinkhorn_mix;
 
 // sorted_then_local and sorted_then_own: local undefined means the blocks themselves.
 Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, int64_t b,
@@ -120,13 +121,15 @@ Tensor mix(const Tensor& P, const Tensor& blocks, const Tensor& local_or_none, i
       if (c < p_chunks) {
         const int64_t r0 = c * p_chunk;
         mix_backward_P(gh, px + bh * n * s.bd, dP.data<float>() + bh * rows * n, r0,
-                       std::min(rows, r0 + p_chunk), s);
+                       std::min(rows, r0 + p_chunk), s, false);
         if (c == 0 && !own)
           std::memcpy(dlocal.data<float>() + bh * s.local, gh + S * d, size_t(s.local) * sizeof(float));
       } else {
-        const int64_t j0 = (c - p_chunks) * x_chunk;
-        mix_backward_X(pp + bh * rows * n, gh, own ? gh + S * d : nullptr, dX.data<float>() + bh * n * s.bd,
-                       j0, std::min(n, j0 + x_chunk), s);
+        const int64_t j0 = (c - p_chunks) * x_chunk, j1 = std::min(n, j0 + x_chunk);
+        float* dx = dX.data<float>() + bh * n * s.bd;
+        if (own)  // the local part of dOut is the blocks' own gradient: the GEMM adds P^T dOut to it
+          std::memcpy(dx + j0 * s.bd, gh + S * d + j0 * s.bd, size_t((j1 - j0) * s.bd) * sizeof(float));
+        mix_backward_X(pp + bh * rows * n, gh, dx, j0, j1, s, own);
       }
     });
     if (own) return std::vector<Tensor>{dP, dX};

@@ -1,8 +1,8 @@
 // The soft block permutation of Sparse Sinkhorn attention (kernels/sinkhorn.h): the SortNet and the
 // Gumbel-Sinkhorn balancing of one (batch, head) per work item, forward and backward side by side.
 // Every step keeps what its backward needs: the SortNet's hidden layer, the logits X0 and, per
-// iteration, the two log-space matrices (bidirectional: the row and the column log-softmax outputs;
-// causal: the running column log-sum-exps L and the row log-softmax output).
+// iteration, bidirectional: the scaling vectors u, v (sinkhorn_balance.h); causal: the two log-space
+// matrices (the running column log-sum-exps L and the row log-softmax output).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,6 +11,7 @@
 #include "eformer/attention/kernels/online_softmax.h"
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
+#include "eformer/attention/kernels/sinkhorn_balance.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -39,19 +40,6 @@ void log_softmax_rows(const float* x, float* y, int64_t n, bool causal) {
     for (int64_t j = 0; j < w; ++j) yr[j] = xr[j] - shift;
     for (int64_t j = w; j < n; ++j) yr[j] = kMasked;
   }
-}
-
-// Column log-softmax of y [n, n] into x (bidirectional), column-wise max and sum swept by rows.
-void log_softmax_columns(const float* y, float* x, int64_t n, float* m, float* s) {
-  std::fill(m, m + n, -std::numeric_limits<float>::infinity());
-  std::fill(s, s + n, 0.f);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) m[j] = std::max(m[j], y[i * n + j]);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) s[j] += fast_exp(y[i * n + j] - m[j]);
-  for (int64_t j = 0; j < n; ++j) s[j] = m[j] + std::log(s[j]);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) x[i * n + j] = y[i * n + j] - s[j];
 }
 
 // Causal column step: L_ij = log sum_{j < k <= i} exp(x_kj) (the rows that may select block j, as a
@@ -89,15 +77,6 @@ void log_softmax_rows_backward(const float* y, float* g, int64_t n, bool causal)
     for (int64_t j = 0; j < w; ++j) gr[j] -= fast_exp(yr[j]) * s;
     for (int64_t j = w; j < n; ++j) gr[j] = 0.f;
   }
-}
-
-// Backward of the column log-softmax x: gy = gx - exp(x) sum_col(gx), in place.
-void log_softmax_columns_backward(const float* x, float* g, int64_t n, float* s) {
-  std::fill(s, s + n, 0.f);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) s[j] += g[i * n + j];
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) g[i * n + j] -= fast_exp(x[i * n + j]) * s[j];
 }
 
 // Backward of z = x - L(x) (causal_column_step), in place: gx_kj = gz_kj - exp(x_kj - L_kj) r_kj with
@@ -148,10 +127,11 @@ void block_summaries_backward(const float* gpsi, float* gblocks, const SortDims&
 }
 
 // Per (batch, head) storage of the forward: psi [n, d], hidden [n, hidden], X0 [n, n], 2 * iterations
-// states [n, n].
+// states: [n, n] matrices (causal) or [n] vectors (bidirectional).
 struct Saved {
   Tensor psi, hidden, x0, states;
-  int64_t states_per_head(const SortDims& s) const { return 2 * s.iterations * s.n * s.n; }
+  static int64_t state_size(const SortDims& s) { return s.causal ? s.n * s.n : s.n; }
+  static int64_t states_per_head(const SortDims& s) { return 2 * s.iterations * state_size(s); }
 };
 
 // The SortNet of one head: hidden = relu(psi W1 + b1), X0 = (hidden W2[:, :n] + b2 + gumbel) / tau.
@@ -169,53 +149,44 @@ void sort_net_forward(const float* psi, const float* w1, const float* b1, const 
     }
 }
 
-// The balancing of one head from X0: states (2 per iteration) and P.
-void balance_forward(const float* x0, float* states, float* P, float* m, float* sum, const SortDims& s) {
+// The balancing of one head from X0: states (2 per iteration) and P. scratch: 3 n floats.
+void balance_forward(const float* x0, float* states, float* P, float* scratch, const SortDims& s) {
   const int64_t n = s.n, nn = n * n;
-  const float* x = x0;
-  float* masked = nullptr;
-  if (s.causal) {  // X0 masked to j < i: the first column step's input (kept in P until the end)
-    masked = P;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) masked[i * n + j] = j < i ? x0[i * n + j] : kMasked;
-    x = masked;
-  }
+  if (!s.causal) return sinkhorn_scaling_forward(x0, states, P, scratch, n, s.iterations);
+  // X0 masked to j < i: the first column step's input (kept in P until the end)
+  float* masked = P;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) masked[i * n + j] = j < i ? x0[i * n + j] : kMasked;
+  const float* x = masked;
   for (int64_t t = 0; t < s.iterations; ++t) {
     float* a = states + 2 * t * nn;
     float* c = a + nn;
-    if (s.causal) {
-      // a = L, c = the row log-softmax of x - L (z in P's storage until the end)
-      causal_column_step(x, a, P, n, m, sum);
-      log_softmax_rows(P, c, n, true);
-    } else {
-      log_softmax_rows(x, a, n, false);      // F_r
-      log_softmax_columns(a, c, n, m, sum);  // F_c
-    }
+    // a = L, c = the row log-softmax of x - L (z in P's storage until the end)
+    causal_column_step(x, a, P, n, scratch, scratch + n);
+    log_softmax_rows(P, c, n, true);
     x = c;
   }
-  for (int64_t e = 0; e < nn; ++e) P[e] = fast_exp(x[e]);  // kMasked (causal j >= i) gives 0 exactly
+  for (int64_t e = 0; e < nn; ++e) P[e] = fast_exp(x[e]);  // kMasked (j >= i) gives 0 exactly
 }
 
-// dX0 of one head from dP (in place in g): the balancing's backward.
-void balance_backward(const float* x0, const float* states, const float* P, float* g, float* sum, float* xin,
+// dX0 of one head from dP (in place in g): the balancing's backward. scratch: 3 n floats, and n^2 more
+// when causal.
+void balance_backward(const float* x0, const float* states, const float* P, float* g, float* scratch,
                       const SortDims& s) {
   const int64_t n = s.n, nn = n * n;
+  if (!s.causal) return sinkhorn_scaling_backward(x0, states, P, g, scratch, n, s.iterations);
+  float *sum = scratch, *xin = scratch + 3 * n;
   for (int64_t e = 0; e < nn; ++e) g[e] *= P[e];  // exp' = exp (0 where masked)
   for (int64_t t = s.iterations - 1; t >= 0; --t) {
     const float* a = states + 2 * t * nn;
     const float* c = a + nn;
-    if (s.causal) {
-      log_softmax_rows_backward(c, g, n, true);
-      // the column step's input: X0 masked (t = 0) or the previous row output (kMasked at j >= i alike)
-      const float* prev = t > 0 ? states + (2 * t - 1) * nn : nullptr;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < n; ++j)
-          xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
-      causal_column_step_backward(xin, a, g, n, sum);
-    } else {
-      log_softmax_columns_backward(c, g, n, sum);
-      log_softmax_rows_backward(a, g, n, false);
-    }
+    log_softmax_rows_backward(c, g, n, true);
+    // the column step's input: X0 masked (t = 0) or the previous row output (kMasked at j >= i alike)
+    const float* prev = t > 0 ? states + (2 * t - 1) * nn : nullptr;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        xin[i * n + j] = j < i ? (prev ? prev[i * n + j] : x0[i * n + j]) : kMasked;
+    causal_column_step_backward(xin, a, g, n, sum);
   }
 }
 
@@ -269,9 +240,9 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
                w2c = w2.contiguous_data(), b2c = b2.contiguous_data();
   const Tensor gc = gumbel.defined() ? gumbel.contiguous_data() : Tensor();
   Saved saved{Tensor::empty({B, H, n, d}), Tensor::empty({B, H, n, hd}), Tensor::empty({B, H, n, n}),
-              Tensor::empty({B, H, 2 * s.iterations, n, n})};
+              Tensor::empty({B, H, 2 * s.iterations, Saved::state_size(s)})};
   Tensor P = Tensor::empty({B, H, n, n});
-  for_each_item(B * H, 2 * n, [&](int64_t bh, float* scratch) {
+  for_each_item(B * H, 3 * n, [&](int64_t bh, float* scratch) {
     const int64_t h = bh % H;
     float* x0 = saved.x0.data<float>() + bh * nn;
     float* psi = saved.psi.data<float>() + bh * n * d;
@@ -280,8 +251,8 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
                      w2c.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
                      gc.defined() ? gc.data<float>() + bh * nn : nullptr,
                      saved.hidden.data<float>() + bh * n * hd, x0, s);
-    balance_forward(x0, saved.states.data<float>() + bh * saved.states_per_head(s), P.data<float>() + bh * nn,
-                    scratch, scratch + n, s);
+    balance_forward(x0, saved.states.data<float>() + bh * Saved::states_per_head(s),
+                    P.data<float>() + bh * nn, scratch, s);
   });
   const Tensor Pd = P.detach();
   std::vector<Tensor> inputs = {blocks, w1, b1, w2, b2};
@@ -295,20 +266,22 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
     Tensor gw2 = Tensor::zeros({H, hd, s.n_max}), gb2 = Tensor::zeros({H, s.n_max});
     // One item per head (its weight gradients summed over the batch in order): the balancing's backward
     // for each sequence, then the SortNet's and the block sums'.
-    for_each_item(H, 2 * nn + n * hd, [&](int64_t h, float* scratch) {
+    const int64_t balance_scratch = 3 * n + (s.causal ? nn : 0);
+    for_each_item(H, balance_scratch + n * hd, [&](int64_t h, float* scratch) {
       for (int64_t bb = 0; bb < B; ++bb) {
         const int64_t bh = bb * H + h;
         float* gh = gR.data<float>() + bh * nn;
         balance_backward(saved.x0.data<float>() + bh * nn,
-                         saved.states.data<float>() + bh * saved.states_per_head(s),
-                         Pd.data<float>() + bh * nn, gh, scratch, scratch + nn, s);
+                         saved.states.data<float>() + bh * Saved::states_per_head(s),
+                         Pd.data<float>() + bh * nn, gh, scratch, s);
         for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
           for (int64_t j = 0; j < n; ++j)
             gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
       }
       sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(),
                         saved.hidden.data<float>(), gR.data<float>(), gpsi.data<float>(), gw1.data<float>(),
-                        gb1.data<float>(), gw2.data<float>(), gb2.data<float>(), scratch + 2 * nn, s);
+                        gb1.data<float>(), gw2.data<float>(), gb2.data<float>(), scratch + balance_scratch,
+                        s);
       for (int64_t bb = 0; bb < B; ++bb) {
         const int64_t bh = bb * H + h;
         block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d,

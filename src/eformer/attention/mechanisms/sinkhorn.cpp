@@ -198,20 +198,18 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
                                                  {n, o.iterations, float(1.0 / o.temperature), opts.causal});
   if (permutation) *permutation = P;
 
-  // Sorted blocks sum_j P_ij K_j (SortCut: the first `sortcut` of them, shared by every query block),
-  // written beside K (and V) as the keys the attention reads.
+  // Each query block sees exactly its sorted block sum_j P_ij K_j (V likewise) and its own: one fused
+  // node, unless padding or SortCut need the general block-sparse layout and its key mask.
+  const bool own = !opts.key_mask.defined() && n * b == N;  // the blocks are the local keys themselves
+  if (own && o.sortcut == 0) return kernels::mixed_block_attention(q, k, v, P, b, s.scale, opts.causal);
+  // Sorted blocks (SortCut: the first `sortcut` of them, shared by every query block), written beside K
+  // (and V) as the keys the block-sparse kernel reads.
   const int64_t rows = o.sortcut > 0 ? std::min(o.sortcut, n) : n;
   Tensor P_rows = rows < n ? contiguous(slice(P, 2, 0, rows)) : P;
-  const bool own = !opts.key_mask.defined() && n * b == N;  // the blocks are the local keys themselves
   Tensor keys = own ? kernels::sorted_then_own(P_rows, k, b, opts.causal)
                     : kernels::sorted_then_local(P_rows, kz, k, b, opts.causal);
   Tensor values = own ? kernels::sorted_then_own(P_rows, v, b, opts.causal)
                       : kernels::sorted_then_local(P_rows, vz, v, b, opts.causal);
-
-  // Each query block sees exactly its sorted block and its own: a dedicated kernel, unless padding or
-  // SortCut need the general block-sparse layout and its key mask.
-  if (!opts.key_mask.defined() && n * b == N && o.sortcut == 0)
-    return kernels::sorted_block_attention(q, keys, values, b, s.scale, opts.causal);
   AttentionOptions inner;
   inner.scale = s.scale;
   // Without padding, every bidirectional slot is real: no mask (the kernel's unmasked path).
