@@ -105,7 +105,7 @@ TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
 
 // Query block r's softmax over [sorted block r; block r] by ops: scores [B, H, n, b, 2 b], masked (causal:
 // later keys of the own block, and all of block 0's sorted block), softmax, times the values.
-Tensor sorted_block_attention_by_ops(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
+Tensor block_attention_by_ops(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
                                      float scale, bool causal) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
   auto per_block = [&](const Tensor& kv) {  // [B, H, 2 N, d] -> [B, H, n, 2 b, d]
@@ -122,29 +122,6 @@ Tensor sorted_block_attention_by_ops(const Tensor& q, const Tensor& keys, const 
     scores = masked_fill(scores, hidden, -1e30f);
   }
   return reshape(matmul(softmax(scores, -1), per_block(values)), {B, H, N, d});
-}
-
-TEST(SinkhornKernels, SortedBlockAttentionMatchesTheOps) {
-  Seed seed;
-  rng::Generator gen(seed.value);
-  const int64_t B = 2, H = 2, n = 4, b = 3, d = 5, N = n * b;
-  const float scale = 0.7f;
-  for (bool causal : {false, true}) {
-    const std::vector<Tensor> inputs = {normal({B, H, N, d}, gen), normal({B, H, 2 * N, d}, gen),
-                                        normal({B, H, 2 * N, d}, gen)};
-    const Tensor g = normal({B, H, N, d}, gen);
-    std::vector<Tensor> a, e;
-    for (const Tensor& t : inputs) a.push_back(leaf(t)), e.push_back(leaf(t));
-    Tensor ours = sorted_block_attention(a[0], a[1], a[2], b, scale, causal);
-    backward(ours, g);
-    Tensor theirs = sorted_block_attention_by_ops(e[0], e[1], e[2], b, scale, causal);
-    backward(theirs, g);
-    const std::string what = std::string(causal ? "causal, " : "bidirectional, ") + seed.str();
-    expect_close(ours, theirs, 1e-5f, "output, " + what);
-    const char* names[] = {"dq", "d keys", "d values"};
-    for (size_t i = 0; i < inputs.size(); ++i)
-      expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
-  }
 }
 
 // mixed_block_attention against its parts by ops: the sorted blocks P K and P V by matmul, beside K and V,
@@ -172,7 +149,7 @@ TEST(SinkhornKernels, MixedBlockAttentionMatchesTheMixingThenTheAttention) {
       auto beside = [&](const Tensor& x) {  // [P X; X]
         return cat({reshape(matmul(e[3], reshape(x, {B, H, n, b * d})), {B, H, N, d}), x}, 2);
       };
-      Tensor theirs = sorted_block_attention_by_ops(e[0], beside(e[1]), beside(e[2]), b, scale, causal);
+      Tensor theirs = block_attention_by_ops(e[0], beside(e[1]), beside(e[2]), b, scale, causal);
       backward(theirs, g);
       const std::string what = std::string(causal ? "causal" : "bidirectional") + ", b " + std::to_string(b) +
                                ", d " + std::to_string(d) + ", " + seed.str();
@@ -199,11 +176,6 @@ TEST(SinkhornKernels, RejectShapesThatDoNotFit) {
         sinkhorn_permutation(Tensor::zeros({1, 2, 9, 4}), 3, w1, b1, w2, b2, {}, {3, 8, 1.f, false});
       },
       {"sinkhorn_permutation", "do not fit"});
-  testing::expect_error<ShapeError>(
-      [&] {
-        sorted_block_attention(Tensor::zeros({1, 2, 9, 4}), local, local, 3, 1.f, false);
-      },
-      {"sorted_block_attention", "expected [1, 2, 18, 4]"});
   testing::expect_error<ShapeError>(
       [&] {
         mixed_block_attention(local, local, local, Tensor::zeros({1, 2, 2, 3}), 3, 1.f, false);

@@ -43,15 +43,10 @@ Tensor sorted_then_local(const Tensor& P, const Tensor& blocks, const Tensor& lo
 // blocks is P^T dOut plus the local part of dOut, summed by the GEMM (one tensor, no separate add).
 Tensor sorted_then_own(const Tensor& P, const Tensor& blocks, int64_t b, bool strictly_lower);
 
-// Attention of query block r to its sorted block and its own block in one exact softmax (causal: the
-// own block up to the query, and block 0 without a sorted block), without padding or SortCut:
-// q [B, H, N, d] with N = n b, keys and values [B, H, 2 N, d] as sorted_then_local writes them (n sorted
-// blocks, then the N local keys) -> [B, H, N, d]. Differentiable in q, keys, values.
-Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
-                              float scale, bool causal);
-
-// sorted_then_own for the keys and for the values, then sorted_block_attention, as one node: q, k, v
-// [B, H, N, d] with N = n b, P [B, H, n, n] (strictly lower when causal). The sorted blocks are kept apart
+// Attention of query block r to its sorted block sum_j P_rj X_j and its own block in one exact softmax
+// (causal: the own block up to the query, and block 0 without a sorted block), without padding or
+// SortCut, the mixing and the attention as one node: q, k, v [B, H, N, d] with N = n b, P [B, H, n, n]
+// (strictly lower when causal). The sorted blocks are kept apart
 // from k and v (no [2 N, d] copies), and the mixing's backward (dP = dK_sorted K^T + dV_sorted V^T, dK +=
 // P^T dK_sorted, dV likewise) accumulates into the attention's gradients in place: at N = 64K the
 // backward's memory then fits the allocator's cache. Differentiable in q, k, v and P.

@@ -1,5 +1,5 @@
-// Sinkhorn attention's softmax for the common case (kernels/sinkhorn.h, sorted_block_attention and
-// mixed_block_attention, which also mixes the sorted blocks, so that they never sit in a copy beside the
+// Sinkhorn attention's softmax for the common case (kernels/sinkhorn.h, mixed_block_attention,
+// which also mixes the sorted blocks, so that they never sit in a copy beside the
 // local keys, and the mixing's backward adds to the local gradients in place): query
 // block r attends exactly 2 b keys, its sorted block and its own block, so one work item per
 // (batch, head, block) computes the scores [b, 2 b], an exact softmax over them and the output. Where a
@@ -158,39 +158,6 @@ bool needs_probabilities(std::initializer_list<const Tensor*> inputs) {
 }
 
 }  // namespace
-
-Tensor sorted_block_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
-                              float scale, bool causal) {
-  const char* op = "sorted_block_attention";
-  EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
-           " must be [B, H, N, d] with N a multiple of the block ", b);
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
-  const Shape kv{B, H, 2 * N, d};
-  EF_CHECK(keys.shape() == kv && values.shape() == kv, ShapeError, op, ": keys ", keys.describe(),
-           ", values ", values.describe(), "; expected [", B, ", ", H, ", ", 2 * N, ", ", d,
-           "] (sorted blocks, then the local keys)");
-  const int64_t wp = tile::round_up(2 * b), local = N * d;
-  const AttendSizes s{B * H, N, n, b, d, wp, 2 * N * d, scale, causal};
-  const Tensor qc = q.contiguous_data(), kc = keys.contiguous_data(), vc = values.contiguous_data();
-  const bool keep = needs_probabilities({&q, &keys, &values});
-  Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
-  auto operands = [local](const Tensor& q, const Tensor& k, const Tensor& v) {
-    return Operands{q.data<float>(), k.data<float>(), k.data<float>() + local, v.data<float>(),
-                    v.data<float>() + local};
-  };
-  attend_forward(operands(qc, kc, vc), out.data<float>(), keep ? probs.data<float>() : nullptr, s);
-  const Tensor od = out.detach();
-  return autograd::record(op, out, {q, keys, values}, [qc, kc, vc, od, probs, s, operands](const Tensor& g) {
-    const Tensor gc = g.contiguous_data();
-    Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(kc.shape()), dv = Tensor::empty(vc.shape());
-    const int64_t local = s.N * s.d;
-    attend_backward(operands(qc, kc, vc), gc.data<float>(), od.data<float>(), probs.data<float>(),
-                    {dq.data<float>(), dk.data<float>(), dk.data<float>() + local, dv.data<float>(),
-                     dv.data<float>() + local},
-                    s);
-    return std::vector<Tensor>{dq, dk, dv};
-  });
-}
 
 Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
                              float scale, bool causal) {
