@@ -20,6 +20,7 @@
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/attention/kernels/sinkhorn_mix.h"
+#include "eformer/attention/kernels/sinkhorn_sort.h"
 #include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/attention/kernels/transpose16.h"
 #include "eformer/autograd/autograd.h"
@@ -157,10 +158,21 @@ bool needs_probabilities(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-}  // namespace
+// The mixing and the attention of mixed_block_attention, forward and backward, without a graph node
+// (sinkhorn_attention records them beside the permutation's).
+struct MixedState {
+  AttendSizes s;
+  sinkhorn_mix::MixSizes m;
+  Tensor q, k, v, P, k_sorted, v_sorted, out, probs;  // contiguous; out detached; probs [B H n, b, wp]
+};
 
-Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
-                             float scale, bool causal) {
+Operands operands(const MixedState& st) {
+  return Operands{st.q.data<float>(), st.k_sorted.data<float>(), st.k.data<float>(), st.v_sorted.data<float>(),
+                  st.v.data<float>()};
+}
+
+MixedState mixed_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                         float scale, bool causal, bool keep_probabilities) {
   const char* op = "mixed_block_attention";
   EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
            " must be [B, H, N, d] with N a multiple of the block ", b);
@@ -169,66 +181,99 @@ Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
            op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
            "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
   const int64_t wp = tile::round_up(2 * b);
-  const AttendSizes s{B * H, N, n, b, d, wp, N * d, scale, causal};
-  const sinkhorn_mix::MixSizes m{B * H, n, n, b * d, N * d, causal};
-  const Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data(),
-               Pc = P.contiguous_data();
+  MixedState st{{B * H, N, n, b, d, wp, N * d, scale, causal},
+                {B * H, n, n, b * d, N * d, causal},
+                q.contiguous_data(),
+                k.contiguous_data(),
+                v.contiguous_data(),
+                P.contiguous_data(),
+                Tensor::empty(q.shape()),
+                Tensor::empty(q.shape()),
+                Tensor::empty(q.shape()),
+                keep_probabilities ? Tensor::empty({B * H * n, b, wp}) : Tensor()};
+  const AttendSizes& s = st.s;
+  const sinkhorn_mix::MixSizes& m = st.m;
   // The sorted blocks sum_j P_rj K_j (and V_j): whole heads (or chunks of rows), the keys and the values
   // of a chunk in one item.
-  Tensor k_sorted = Tensor::empty(q.shape()), v_sorted = Tensor::empty(q.shape());
   const int64_t chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
   for_each_item(m.BH * per_head, 0, [&](int64_t item, float*) {
     const int64_t bh = item / per_head, r0 = (item % per_head) * chunk, r1 = std::min(n, r0 + chunk);
-    const float* ph = Pc.data<float>() + bh * n * n;
-    sinkhorn_mix::mix_forward(ph, kc.data<float>() + bh * s.kv_head, k_sorted.data<float>() + bh * s.kv_head,
+    const float* ph = st.P.data<float>() + bh * n * n;
+    sinkhorn_mix::mix_forward(ph, st.k.data<float>() + bh * s.kv_head, st.k_sorted.data<float>() + bh * s.kv_head,
                               r0, r1, m);
-    sinkhorn_mix::mix_forward(ph, vc.data<float>() + bh * s.kv_head, v_sorted.data<float>() + bh * s.kv_head,
+    sinkhorn_mix::mix_forward(ph, st.v.data<float>() + bh * s.kv_head, st.v_sorted.data<float>() + bh * s.kv_head,
                               r0, r1, m);
   });
-  const bool keep = needs_probabilities({&q, &k, &v, &P});
-  Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
-  auto operands = [](const Tensor& q, const Tensor& k, const Tensor& ks, const Tensor& v, const Tensor& vs) {
-    return Operands{q.data<float>(), ks.data<float>(), k.data<float>(), vs.data<float>(), v.data<float>()};
-  };
-  attend_forward(operands(qc, kc, k_sorted, vc, v_sorted), out.data<float>(),
-                 keep ? probs.data<float>() : nullptr, s);
-  const Tensor od = out.detach();
-  return autograd::record(
-      op, out, {q, k, v, P},
-      [qc, kc, vc, Pc, k_sorted, v_sorted, od, probs, s, m, operands](const Tensor& g) {
-        const Tensor gc = g.contiguous_data();
-        const Shape shape = qc.shape();
-        Tensor dq = Tensor::empty(shape), dk = Tensor::empty(shape), dv = Tensor::empty(shape);
-        Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape),
-               dP = Tensor::empty(Pc.shape());
-        attend_backward(operands(qc, kc, k_sorted, vc, v_sorted), gc.data<float>(), od.data<float>(),
-                        probs.data<float>(),
-                        {dq.data<float>(), dk_sorted.data<float>(), dk.data<float>(), dv_sorted.data<float>(),
-                         dv.data<float>()},
-                        s);
-        // Through the mixing: dP = dK_sorted K^T + dV_sorted V^T, and dK += P^T dK_sorted (dV likewise) on
-        // top of the local gradients the attention wrote.
-        const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m),
-                      per_head = sinkhorn_mix::chunks(n, chunk);
-        for_each_item(m.BH * 2 * per_head, 0, [&](int64_t item, float*) {
-          const int64_t bh = item / (2 * per_head), c = item % (2 * per_head);
-          const int64_t r0 = (c % per_head) * chunk, r1 = std::min(n, r0 + chunk), at = bh * s.kv_head;
-          const float* ph = Pc.data<float>() + bh * n * n;
-          if (c < per_head) {
-            float* dph = dP.data<float>() + bh * n * n;
-            sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, kc.data<float>() + at, dph, r0, r1, m,
-                                         false);
-            sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, vc.data<float>() + at, dph, r0, r1, m,
-                                         true);
-          } else {
-            sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, dk.data<float>() + at, r0, r1, m,
-                                         true);
-            sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, dv.data<float>() + at, r0, r1, m,
-                                         true);
-          }
-        });
-        return std::vector<Tensor>{dq, dk, dv, dP};
-      });
+  attend_forward(operands(st), st.out.data<float>(), keep_probabilities ? st.probs.data<float>() : nullptr, s);
+  st.out = st.out.detach();
+  return st;
+}
+
+struct MixedGradients {
+  Tensor q, k, v, P;
+};
+
+MixedGradients mixed_backward(const MixedState& st, const Tensor& g) {
+  const Tensor gc = g.contiguous_data();
+  const Shape shape = st.q.shape();
+  const AttendSizes& s = st.s;
+  const sinkhorn_mix::MixSizes& m = st.m;
+  MixedGradients d{Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(st.P.shape())};
+  Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape);
+  attend_backward(operands(st), gc.data<float>(), st.out.data<float>(), st.probs.data<float>(),
+                  {d.q.data<float>(), dk_sorted.data<float>(), d.k.data<float>(), dv_sorted.data<float>(),
+                   d.v.data<float>()},
+                  s);
+  // Through the mixing: dP = dK_sorted K^T + dV_sorted V^T, and dK += P^T dK_sorted (dV likewise) on top of
+  // the local gradients the attention wrote.
+  const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
+  for_each_item(m.BH * 2 * per_head, 0, [&](int64_t item, float*) {
+    const int64_t bh = item / (2 * per_head), c = item % (2 * per_head);
+    const int64_t r0 = (c % per_head) * chunk, r1 = std::min(n, r0 + chunk), at = bh * s.kv_head;
+    const float* ph = st.P.data<float>() + bh * n * n;
+    if (c < per_head) {
+      float* dph = d.P.data<float>() + bh * n * n;
+      sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, st.k.data<float>() + at, dph, r0, r1, m, false);
+      sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, st.v.data<float>() + at, dph, r0, r1, m, true);
+    } else {
+      sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, d.k.data<float>() + at, r0, r1, m, true);
+      sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, d.v.data<float>() + at, r0, r1, m, true);
+    }
+  });
+  return d;
+}
+
+}  // namespace
+
+Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                             float scale, bool causal) {
+  auto st = std::make_shared<const MixedState>(
+      mixed_forward(q, k, v, P, b, scale, causal, needs_probabilities({&q, &k, &v, &P})));
+  return autograd::record("mixed_block_attention", st->out.detach(), {q, k, v, P}, [st](const Tensor& g) {
+    MixedGradients d = mixed_backward(*st, g);
+    return std::vector<Tensor>{d.q, d.k, d.v, d.P};
+  });
+}
+
+Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const SortNetWeights& net,
+                              const Tensor& gumbel, const SinkhornSortSizes& sizes, int64_t b, float scale) {
+  using namespace sinkhorn_sort;
+  std::vector<Tensor> inputs = {q, k, v, net.w1, net.b1, net.w2, net.b2};
+  if (gumbel.defined()) inputs.push_back(gumbel);
+  bool keep = autograd::is_grad_enabled() &&
+              std::any_of(inputs.begin(), inputs.end(), [](const Tensor& t) { return requires_grad(t); });
+  auto sort = std::make_shared<const SortState>(
+      sort_forward(k, b, net.w1, net.b1, net.w2, net.b2, gumbel, sizes));
+  auto mixed =
+      std::make_shared<const MixedState>(mixed_forward(q, k, v, sort->P, b, scale, sizes.causal, keep));
+  return autograd::record("sinkhorn_block_attention", mixed->out.detach(), inputs, [sort, mixed](const Tensor& g) {
+    MixedGradients d = mixed_backward(*mixed, g);
+    // The SortNet read the block sums of k: their gradient goes into dK in place.
+    SortGradients s = sort_backward(*sort, d.P, true, d.k.data<float>(), true);
+    std::vector<Tensor> grads = {d.q, d.k, d.v, s.w1, s.b1, s.w2, s.b2};
+    if (s.gumbel.defined()) grads.push_back(s.gumbel);
+    return grads;
+  });
 }
 
 }  // namespace eformer::kernels
