@@ -120,30 +120,31 @@ void attend_forward(const Operands& x, float* out, float* probs, const AttendSiz
   });
 }
 
-// Every gradient from dOut (go), the output (o) and the kept probabilities; each item writes only its own
-// rows of each gradient.
-void attend_backward(const Operands& x, const float* go, const float* o, const float* probs,
-                     const Gradients& g, const AttendSizes& s) {
+// Every gradient from dOut (go) and the kept probabilities; each item writes only its own rows of each
+// gradient.
+void attend_backward(const Operands& x, const float* go, const float* probs, const Gradients& g,
+                     const AttendSizes& s) {
   const int64_t b = s.b, d = s.d, wp = s.wp;
-  for_each_item(s.BH * s.n, b * wp + b + d * wp, [&](int64_t item, float* scratch) {
+  for_each_item(s.BH * s.n, b * wp + d * wp, [&](int64_t item, float* scratch) {
     const BlockRows at = rows_of(item / s.n, item % s.n, s);
     const float* p = probs + item * b * wp;
-    float *dp = scratch, *delta = dp + b * wp, *xt = delta + b;
-    const float *gor = go + at.q, *orow = o + at.q;
-    for (int64_t i = 0; i < b; ++i) {
-      float dot = 0;  // D_i = dO_i . O_i = sum_j P_ij dP_ij
-#pragma omp simd reduction(+ : dot)
-      for (int64_t c = 0; c < d; ++c) dot += gor[i * d + c] * orow[i * d + c];
-      delta[i] = dot;
-    }
+    float *dp = scratch, *xt = dp + b * wp;
+    const float* gor = go + at.q;
     // dV = P^T dO (per block of keys); dP = dO V^T; dS = P (dP - D); dQ = scale dS K; dK = scale dS^T Q.
     small_gemm(b, d, b, p, 1, wp, gor, d, g.dv_sorted + at.kv, d, 1.f, false);
     small_gemm(b, d, b, p + b, 1, wp, gor, d, g.dv_local + at.kv, d, 1.f, false);
     transposed_pair(x.v_sorted + at.kv, x.v_local + at.kv, xt, s);
     small_gemm(b, wp, d, gor, d, 1, xt, wp, dp, wp, 1.f, false);
-    for (int64_t i = 0; i < b; ++i)
+    for (int64_t i = 0; i < b; ++i) {
+      // D_i = sum_j P_ij dP_ij, the softmax's backward (equal to dO_i . O_i, which would read the output)
+      float* dpr = dp + i * wp;
+      const float* pr = p + i * wp;
+      float delta = 0;
+#pragma omp simd reduction(+ : delta)
+      for (int64_t j = 0; j < 2 * b; ++j) delta += pr[j] * dpr[j];
 #pragma omp simd
-      for (int64_t j = 0; j < 2 * b; ++j) dp[i * wp + j] = p[i * wp + j] * (dp[i * wp + j] - delta[i]);
+      for (int64_t j = 0; j < 2 * b; ++j) dpr[j] = pr[j] * (dpr[j] - delta);
+    }
     small_gemm(b, d, b, dp, wp, 1, x.k_sorted + at.kv, d, g.dq + at.q, d, s.scale, false);
     small_gemm(b, d, b, dp + b, wp, 1, x.k_local + at.kv, d, g.dq + at.q, d, s.scale, true);
     small_gemm(b, d, b, dp, 1, wp, x.q + at.q, d, g.dk_sorted + at.kv, d, s.scale, false);
@@ -220,7 +221,7 @@ MixedGradients mixed_backward(const MixedState& st, const Tensor& g) {
   const sinkhorn_mix::MixSizes& m = st.m;
   MixedGradients d{Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(st.P.shape())};
   Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape);
-  attend_backward(operands(st), gc.data<float>(), st.out.data<float>(), st.probs.data<float>(),
+  attend_backward(operands(st), gc.data<float>(), st.probs.data<float>(),
                   {d.q.data<float>(), dk_sorted.data<float>(), d.k.data<float>(), dv_sorted.data<float>(),
                    d.v.data<float>()},
                   s);
