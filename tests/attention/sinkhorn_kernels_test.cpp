@@ -167,13 +167,14 @@ TEST(SinkhornKernels, MixedBlockAttentionMatchesTheMixingThenTheAttention) {
 // sinkhorn_block_attention (one node) against its two nodes, sinkhorn_permutation of k then
 // mixed_block_attention, forward and every gradient: dK is the attention's plus the block sums' (added in
 // place by the one node, by autograd for the two), with Gumbel noise and without; b = d = 16 (the tile GEMMs)
-// and b = 3, d = 5 (oneDNN), B = 2 so that the SortNet's gradients sum over the batch.
+// and b = 3, d = 5 (oneDNN), B = 2 so that the SortNet's gradients sum over the batch; n = 130 blocks of 2:
+// several mixing items per head (dK += P^T dK_sorted after the permutation's backward, not inside it).
 TEST(SinkhornKernels, OneNodeMatchesThePermutationThenTheMixedAttention) {
   Seed seed;
   rng::Generator gen(seed.value);
   const int64_t B = 2, H = 2, hidden = 6, iterations = 4;
   const float scale = 0.7f, inv_temperature = 1 / 0.75f;
-  for (const auto& [n, b, d] : {std::tuple<int64_t, int64_t, int64_t>{5, 16, 16}, {4, 3, 5}})
+  for (const auto& [n, b, d] : {std::tuple<int64_t, int64_t, int64_t>{5, 16, 16}, {4, 3, 5}, {130, 2, 3}})
     for (bool causal : {false, true})
       for (bool noise : {false, true}) {
         const int64_t N = n * b, n_max = n + 1;

@@ -13,6 +13,7 @@
 // transposed side by side into scratch (by 16 x 16 register tiles where b and d allow, transpose16.h),
 // [d, wp] with wp = 2 b rounded up to whole vectors, so that the scores (and dP) are one GEMM each.
 #include <algorithm>
+#include <functional>
 #include <initializer_list>
 #include <limits>
 
@@ -211,34 +212,51 @@ MixedState mixed_forward(const Tensor& q, const Tensor& k, const Tensor& v, cons
 }
 
 struct MixedGradients {
-  Tensor q, k, v, P;
+  Tensor q, k, v, P, k_sorted, v_sorted;  // k_sorted, v_sorted: dK_sorted, dV_sorted (the mixing's dOut)
 };
 
-MixedGradients mixed_backward(const MixedState& st, const Tensor& g) {
+// Rows of P (or of the blocks) per mixing work item and the items per head (sinkhorn_mix.h).
+struct MixChunks {
+  int64_t chunk = 0, per_head = 0;
+};
+MixChunks mix_chunks(const sinkhorn_mix::MixSizes& m) {
+  const int64_t chunk = sinkhorn_mix::row_chunk(m.n, m);
+  return {chunk, sinkhorn_mix::chunks(m.n, chunk)};
+}
+
+// dK += P^T dK_sorted and dV += P^T dV_sorted for (batch, head) bh, block rows [j0, j1).
+void mix_backward_blocks(const MixedState& st, const MixedGradients& d, int64_t bh, int64_t j0, int64_t j1) {
+  const int64_t at = bh * st.s.kv_head;
+  const float* ph = st.P.data<float>() + bh * st.m.n * st.m.n;
+  sinkhorn_mix::mix_backward_X(ph, d.k_sorted.data<float>() + at, d.k.data<float>() + at, j0, j1, st.m, true);
+  sinkhorn_mix::mix_backward_X(ph, d.v_sorted.data<float>() + at, d.v.data<float>() + at, j0, j1, st.m, true);
+}
+
+// The attention's gradients, then through the mixing dP = dK_sorted K^T + dV_sorted V^T, and (with_blocks)
+// dK += P^T dK_sorted (dV likewise) on top of the local gradients the attention wrote.
+MixedGradients mixed_backward(const MixedState& st, const Tensor& g, bool with_blocks) {
   const Tensor gc = g.contiguous_data();
   const Shape shape = st.q.shape();
   const AttendSizes& s = st.s;
   const sinkhorn_mix::MixSizes& m = st.m;
-  MixedGradients d{Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(st.P.shape())};
-  Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape);
+  MixedGradients d{Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(shape),
+                   Tensor::empty(st.P.shape()), Tensor::empty(shape), Tensor::empty(shape)};
   attend_backward(operands(st), gc.data<float>(), st.probs.data<float>(),
-                  {d.q.data<float>(), dk_sorted.data<float>(), d.k.data<float>(), dv_sorted.data<float>(),
+                  {d.q.data<float>(), d.k_sorted.data<float>(), d.k.data<float>(), d.v_sorted.data<float>(),
                    d.v.data<float>()},
                   s);
-  // Through the mixing: dP = dK_sorted K^T + dV_sorted V^T, and dK += P^T dK_sorted (dV likewise) on top of
-  // the local gradients the attention wrote.
-  const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
-  for_each_item(m.BH * 2 * per_head, 0, [&](int64_t item, float*) {
-    const int64_t bh = item / (2 * per_head), c = item % (2 * per_head);
-    const int64_t r0 = (c % per_head) * chunk, r1 = std::min(n, r0 + chunk), at = bh * s.kv_head;
-    const float* ph = st.P.data<float>() + bh * n * n;
-    if (c < per_head) {
+  const int64_t n = m.n;
+  const MixChunks mc = mix_chunks(m);
+  const int64_t kinds = with_blocks ? 2 : 1;  // dP items, then the blocks' items
+  for_each_item(m.BH * kinds * mc.per_head, 0, [&](int64_t item, float*) {
+    const int64_t bh = item / (kinds * mc.per_head), c = item % (kinds * mc.per_head);
+    const int64_t r0 = (c % mc.per_head) * mc.chunk, r1 = std::min(n, r0 + mc.chunk), at = bh * s.kv_head;
+    if (c < mc.per_head) {
       float* dph = d.P.data<float>() + bh * n * n;
-      sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, st.k.data<float>() + at, dph, r0, r1, m, false);
-      sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, st.v.data<float>() + at, dph, r0, r1, m, true);
+      sinkhorn_mix::mix_backward_P(d.k_sorted.data<float>() + at, st.k.data<float>() + at, dph, r0, r1, m, false);
+      sinkhorn_mix::mix_backward_P(d.v_sorted.data<float>() + at, st.v.data<float>() + at, dph, r0, r1, m, true);
     } else {
-      sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, d.k.data<float>() + at, r0, r1, m, true);
-      sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, d.v.data<float>() + at, r0, r1, m, true);
+      mix_backward_blocks(st, d, bh, r0, r1);
     }
   });
   return d;
@@ -251,7 +269,7 @@ Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
   auto st = std::make_shared<const MixedState>(
       mixed_forward(q, k, v, P, b, scale, causal, needs_probabilities({&q, &k, &v, &P})));
   return autograd::record("mixed_block_attention", st->out.detach(), {q, k, v, P}, [st](const Tensor& g) {
-    MixedGradients d = mixed_backward(*st, g);
+    MixedGradients d = mixed_backward(*st, g, true);
     return std::vector<Tensor>{d.q, d.k, d.v, d.P};
   });
 }
@@ -268,9 +286,23 @@ Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& 
   auto mixed =
       std::make_shared<const MixedState>(mixed_forward(q, k, v, sort->P, b, scale, sizes.causal, keep));
   return autograd::record("sinkhorn_block_attention", mixed->out.detach(), inputs, [sort, mixed](const Tensor& g) {
-    MixedGradients d = mixed_backward(*mixed, g);
-    // The SortNet read the block sums of k: their gradient goes into dK in place.
-    SortGradients s = sort_backward(*sort, d.P, true, d.k.data<float>(), true);
+    // dP, then the permutation's backward adds the block sums' gradient into dK in place (the SortNet read
+    // the block sums of k), then dK += P^T dK_sorted (dV likewise): per head right after its block sums'
+    // gradient while its dK is in cache where the mixing has one item per head, else as items of its own.
+    MixedGradients d = mixed_backward(*mixed, g, false);
+    const sinkhorn_mix::MixSizes& m = mixed->m;
+    const MixChunks mc = mix_chunks(m);
+    const int64_t H = sort->dims.H, n = m.n;
+    auto after_head = [&](int64_t h) {
+      for (int64_t bh = h; bh < m.BH; bh += H) mix_backward_blocks(*mixed, d, bh, 0, n);
+    };
+    SortGradients s = sort_backward(*sort, d.P, true, d.k.data<float>(), true,
+                                    mc.per_head == 1 ? std::function<void(int64_t)>(after_head) : nullptr);
+    if (mc.per_head > 1)
+      for_each_item(m.BH * mc.per_head, 0, [&](int64_t item, float*) {
+        const int64_t bh = item / mc.per_head, j0 = (item % mc.per_head) * mc.chunk;
+        mix_backward_blocks(*mixed, d, bh, j0, std::min(n, j0 + mc.chunk));
+      });
     std::vector<Tensor> grads = {d.q, d.k, d.v, s.w1, s.b1, s.w2, s.b2};
     if (s.gumbel.defined()) grads.push_back(s.gumbel);
     return grads;

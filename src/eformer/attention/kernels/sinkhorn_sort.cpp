@@ -259,7 +259,7 @@ SortState sort_forward(const Tensor& blocks, int64_t b, const Tensor& w1, const 
 }
 
 SortGradients sort_backward(const SortState& st, const Tensor& dP, bool dP_is_scratch, float* dblocks,
-                            bool accumulate) {
+                            bool accumulate, const std::function<void(int64_t h)>& after_head) {
   const SortDims& s = st.dims;
   const int64_t B = s.B, H = s.H, n = s.n, nn = n * n, hd = s.hidden, d = s.d;
   Tensor gR = dP_is_scratch ? dP : dP.contiguous_data().clone_data();
@@ -287,6 +287,7 @@ SortGradients sort_backward(const SortState& st, const Tensor& dP, bool dP_is_sc
       const int64_t bh = bb * H + h;
       block_summaries_backward(gpsi.data<float>() + bh * n * d, dblocks + bh * n * s.b * d, s, accumulate);
     }
+    if (after_head) after_head(h);
   });
   if (st.with_gumbel) grads.gumbel = gR;
   return grads;

@@ -5,6 +5,7 @@
 // (no [B, H, N, d] gradient tensor and no autograd add).
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/core/tensor.h"
@@ -37,7 +38,8 @@ struct SortGradients {
 
 // From dP [B, H, n, n]: the SortNet's gradients, and the blocks' gradient written into dblocks [B, H, n b, d]
 // (accumulate: added to what is there). dP is used as scratch when `dP_is_scratch` (else copied first).
+// after_head (if any) runs in head h's work item once head h's blocks' gradient is written.
 SortGradients sort_backward(const SortState& state, const Tensor& dP, bool dP_is_scratch, float* dblocks,
-                            bool accumulate);
+                            bool accumulate, const std::function<void(int64_t h)>& after_head = nullptr);
 
 }  // namespace eformer::kernels::sinkhorn_sort
