@@ -173,42 +173,48 @@ Operands operands(const MixedState& st) {
                   st.v.data<float>()};
 }
 
-MixedState mixed_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
-                         float scale, bool causal, bool keep_probabilities) {
+// The forward's state with its outputs allocated, shapes checked; P (if defined) set.
+MixedState mixed_state(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                       float scale, bool causal, bool keep_probabilities) {
   const char* op = "mixed_block_attention";
   EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
            " must be [B, H, N, d] with N a multiple of the block ", b);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
-  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && P.shape() == (Shape{B, H, n, n}), ShapeError,
-           op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
-           "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
+  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && (!P.defined() || P.shape() == (Shape{B, H, n, n})),
+           ShapeError, op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ",
+           P.describe(), "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
   const int64_t wp = tile::round_up(2 * b);
-  MixedState st{{B * H, N, n, b, d, wp, N * d, scale, causal},
-                {B * H, n, n, b * d, N * d, causal},
-                q.contiguous_data(),
-                k.contiguous_data(),
-                v.contiguous_data(),
-                P.contiguous_data(),
-                Tensor::empty(q.shape()),
-                Tensor::empty(q.shape()),
-                Tensor::empty(q.shape()),
-                keep_probabilities ? Tensor::empty({B * H * n, b, wp}) : Tensor()};
-  const AttendSizes& s = st.s;
-  const sinkhorn_mix::MixSizes& m = st.m;
-  // The sorted blocks sum_j P_rj K_j (and V_j): whole heads (or chunks of rows), the keys and the values
-  // of a chunk in one item.
-  const int64_t chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
-  for_each_item(m.BH * per_head, 0, [&](int64_t item, float*) {
-    const int64_t bh = item / per_head, r0 = (item % per_head) * chunk, r1 = std::min(n, r0 + chunk);
-    const float* ph = st.P.data<float>() + bh * n * n;
-    sinkhorn_mix::mix_forward(ph, st.k.data<float>() + bh * s.kv_head, st.k_sorted.data<float>() + bh * s.kv_head,
-                              r0, r1, m);
-    sinkhorn_mix::mix_forward(ph, st.v.data<float>() + bh * s.kv_head, st.v_sorted.data<float>() + bh * s.kv_head,
-                              r0, r1, m);
-  });
-  attend_forward(operands(st), st.out.data<float>(), keep_probabilities ? st.probs.data<float>() : nullptr, s);
+  return MixedState{{B * H, N, n, b, d, wp, N * d, scale, causal},
+                    {B * H, n, n, b * d, N * d, causal},
+                    q.contiguous_data(),
+                    k.contiguous_data(),
+                    v.contiguous_data(),
+                    P.defined() ? P.contiguous_data() : Tensor(),
+                    Tensor::empty(q.shape()),
+                    Tensor::empty(q.shape()),
+                    Tensor::empty(q.shape()),
+                    keep_probabilities ? Tensor::empty({B * H * n, b, wp}) : Tensor()};
+}
+
+// Sorted blocks [r0, r1) of (batch, head) bh from its P [n, n]: sum_j P_rj K_j and sum_j P_rj V_j.
+void mix_sorted_blocks(const MixedState& st, const float* P_bh, int64_t bh, int64_t r0, int64_t r1) {
+  const int64_t at = bh * st.s.kv_head;
+  sinkhorn_mix::mix_forward(P_bh, st.k.data<float>() + at, st.k_sorted.data<float>() + at, r0, r1, st.m);
+  sinkhorn_mix::mix_forward(P_bh, st.v.data<float>() + at, st.v_sorted.data<float>() + at, r0, r1, st.m);
+}
+
+// The sorted blocks (unless the caller mixed them already): whole heads or chunks of rows, the keys and the
+// values of a chunk in one item; then the attention.
+void mixed_forward(MixedState& st, bool blocks_mixed) {
+  const int64_t n = st.m.n, chunk = sinkhorn_mix::row_chunk(n, st.m), per_head = sinkhorn_mix::chunks(n, chunk);
+  if (!blocks_mixed)
+    for_each_item(st.m.BH * per_head, 0, [&](int64_t item, float*) {
+      const int64_t bh = item / per_head, r0 = (item % per_head) * chunk;
+      mix_sorted_blocks(st, st.P.data<float>() + bh * n * n, bh, r0, std::min(n, r0 + chunk));
+    });
+  attend_forward(operands(st), st.out.data<float>(), st.probs.defined() ? st.probs.data<float>() : nullptr,
+                 st.s);
   st.out = st.out.detach();
-  return st;
 }
 
 struct MixedGradients {
@@ -266,8 +272,9 @@ MixedGradients mixed_backward(const MixedState& st, const Tensor& g, bool with_b
 
 Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
                              float scale, bool causal) {
-  auto st = std::make_shared<const MixedState>(
-      mixed_forward(q, k, v, P, b, scale, causal, needs_probabilities({&q, &k, &v, &P})));
+  auto st = std::make_shared<MixedState>(
+      mixed_state(q, k, v, P, b, scale, causal, needs_probabilities({&q, &k, &v, &P})));
+  mixed_forward(*st, false);
   return autograd::record("mixed_block_attention", st->out.detach(), {q, k, v, P}, [st](const Tensor& g) {
     MixedGradients d = mixed_backward(*st, g, true);
     return std::vector<Tensor>{d.q, d.k, d.v, d.P};
@@ -281,10 +288,16 @@ Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& 
   if (gumbel.defined()) inputs.push_back(gumbel);
   bool keep = autograd::is_grad_enabled() &&
               std::any_of(inputs.begin(), inputs.end(), [](const Tensor& t) { return requires_grad(t); });
+  auto mixed = std::make_shared<MixedState>(mixed_state(q, k, v, Tensor(), b, scale, sizes.causal, keep));
+  // Where the mixing has one item per head, a head's sorted blocks are mixed in the permutation's item right
+  // after its P, while its keys are in cache from the block sums.
+  const bool per_head = mix_chunks(mixed->m).per_head == 1;
+  auto mix_head = [&](int64_t bh, const float* P_bh) { mix_sorted_blocks(*mixed, P_bh, bh, 0, mixed->m.n); };
   auto sort = std::make_shared<const SortState>(
-      sort_forward(k, b, net.w1, net.b1, net.w2, net.b2, gumbel, sizes));
-  auto mixed =
-      std::make_shared<const MixedState>(mixed_forward(q, k, v, sort->P, b, scale, sizes.causal, keep));
+      sort_forward(k, b, net.w1, net.b1, net.w2, net.b2, gumbel, sizes,
+                   per_head ? std::function<void(int64_t, const float*)>(mix_head) : nullptr));
+  mixed->P = sort->P;
+  mixed_forward(*mixed, per_head);
   return autograd::record("sinkhorn_block_attention", mixed->out.detach(), inputs, [sort, mixed](const Tensor& g) {
     // dP, then the permutation's backward adds the block sums' gradient into dK in place (the SortNet read
     // the block sums of k), then dK += P^T dK_sorted (dV likewise): per head right after its block sums'

@@ -215,7 +215,8 @@ void sort_net_backward(int64_t h, const float* psi, const float* w1, const float
 }  // namespace
 
 SortState sort_forward(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                       const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes) {
+                       const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes,
+                       const std::function<void(int64_t bh, const float* P)>& after_item) {
   const char* op = "sinkhorn_permutation";
   EF_CHECK(blocks.dim() == 4 && w1.dim() == 3 && b1.dim() == 2 && w2.dim() == 3 && b2.dim() == 2, ShapeError,
            op, ": blocks ", blocks.describe(), ", w1 ", w1.describe(), ", b1 ", b1.describe(), ", w2 ",
@@ -254,6 +255,7 @@ SortState sort_forward(const Tensor& blocks, int64_t b, const Tensor& w1, const 
                      x0, s);
     balance_forward(x0, st.states.data<float>() + bh * states_per_head(s), st.P.data<float>() + bh * nn,
                     scratch, s);
+    if (after_item) after_item(bh, st.P.data<float>() + bh * nn);
   });
   return st;
 }

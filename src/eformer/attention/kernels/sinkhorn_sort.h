@@ -28,9 +28,11 @@ struct SortState {
 };
 
 // P [B, H, n, n] (in state.P, no graph) from the blocks [B, H, n b, d] and the SortNet (shapes checked as
-// sinkhorn_permutation documents).
+// sinkhorn_permutation documents). after_item (if any) runs in (batch, head) bh's work item once its
+// P [n, n] is written.
 SortState sort_forward(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                       const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes);
+                       const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes,
+                       const std::function<void(int64_t bh, const float* P)>& after_item = nullptr);
 
 struct SortGradients {
   Tensor w1, b1, w2, b2, gumbel;  // gumbel undefined without noise
