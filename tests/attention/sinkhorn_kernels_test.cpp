@@ -106,7 +106,7 @@ TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
 // Query block r's softmax over [sorted block r; block r] by ops: scores [B, H, n, b, 2 b], masked (causal:
 // later keys of the own block, and all of block 0's sorted block), softmax, times the values.
 Tensor block_attention_by_ops(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
-                                     float scale, bool causal) {
+                              float scale, bool causal) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
   auto per_block = [&](const Tensor& kv) {  // [B, H, 2 N, d] -> [B, H, n, 2 b, d]
     return cat({reshape(narrow(kv, 2, 0, N), {B, H, n, b, d}), reshape(narrow(kv, 2, N, N), {B, H, n, b, d})},
@@ -178,22 +178,23 @@ TEST(SinkhornKernels, OneNodeMatchesThePermutationThenTheMixedAttention) {
     for (bool causal : {false, true})
       for (bool noise : {false, true}) {
         const int64_t N = n * b, n_max = n + 1;
-        const std::vector<Tensor> inputs = {
-            normal({B, H, N, d}, gen),           normal({B, H, N, d}, gen, 0.3f),       normal({B, H, N, d}, gen),
-            normal({H, d, hidden}, gen, 0.5f),   normal({H, hidden}, gen),              normal({H, hidden, n_max}, gen, 0.5f),
-            normal({H, n_max}, gen),             normal({B, H, n, n}, gen)};
+        const std::vector<Tensor> inputs = {normal({B, H, N, d}, gen), normal({B, H, N, d}, gen, 0.3f),
+                                            normal({B, H, N, d}, gen), normal({H, d, hidden}, gen, 0.5f),
+                                            normal({H, hidden}, gen),  normal({H, hidden, n_max}, gen, 0.5f),
+                                            normal({H, n_max}, gen),   normal({B, H, n, n}, gen)};
         const Tensor g = normal({B, H, N, d}, gen);
         std::vector<Tensor> a, e;
         for (const Tensor& t : inputs) a.push_back(leaf(t)), e.push_back(leaf(t));
         const SinkhornSortSizes sizes{n, iterations, inv_temperature, causal};
-        Tensor ours = sinkhorn_block_attention(a[0], a[1], a[2], {a[3], a[4], a[5], a[6]}, noise ? a[7] : Tensor(),
-                                               sizes, b, scale);
+        Tensor ours = sinkhorn_block_attention(a[0], a[1], a[2], {a[3], a[4], a[5], a[6]},
+                                               noise ? a[7] : Tensor(), sizes, b, scale);
         backward(ours, g);
         Tensor P = sinkhorn_permutation(e[1], b, e[3], e[4], e[5], e[6], noise ? e[7] : Tensor(), sizes);
         Tensor theirs = mixed_block_attention(e[0], e[1], e[2], P, b, scale, causal);
         backward(theirs, g);
-        const std::string what = std::string(causal ? "causal" : "bidirectional") + (noise ? ", gumbel" : "") +
-                                 ", b " + std::to_string(b) + ", d " + std::to_string(d) + ", " + seed.str();
+        const std::string what = std::string(causal ? "causal" : "bidirectional") +
+                                 (noise ? ", gumbel" : "") + ", b " + std::to_string(b) + ", d " +
+                                 std::to_string(d) + ", " + seed.str();
         expect_close(ours, theirs, 1e-5f, "output, " + what);
         const char* names[] = {"dq", "dk", "dv", "d w1", "d b1", "d w2", "d b2", "d gumbel"};
         for (size_t i = 0; i < (noise ? 8u : 7u); ++i)

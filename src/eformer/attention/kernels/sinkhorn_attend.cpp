@@ -169,8 +169,8 @@ struct MixedState {
 };
 
 Operands operands(const MixedState& st) {
-  return Operands{st.q.data<float>(), st.k_sorted.data<float>(), st.k.data<float>(), st.v_sorted.data<float>(),
-                  st.v.data<float>()};
+  return Operands{st.q.data<float>(), st.k_sorted.data<float>(), st.k.data<float>(),
+                  st.v_sorted.data<float>(), st.v.data<float>()};
 }
 
 // The forward's state with its outputs allocated, shapes checked; P (if defined) set.
@@ -180,9 +180,10 @@ MixedState mixed_state(const Tensor& q, const Tensor& k, const Tensor& v, const 
   EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
            " must be [B, H, N, d] with N a multiple of the block ", b);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
-  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && (!P.defined() || P.shape() == (Shape{B, H, n, n})),
-           ShapeError, op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ",
-           P.describe(), "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
+  EF_CHECK(
+      k.shape() == q.shape() && v.shape() == q.shape() && (!P.defined() || P.shape() == (Shape{B, H, n, n})),
+      ShapeError, op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
+      "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
   const int64_t wp = tile::round_up(2 * b);
   return MixedState{{B * H, N, n, b, d, wp, N * d, scale, causal},
                     {B * H, n, n, b * d, N * d, causal},
@@ -206,7 +207,8 @@ void mix_sorted_blocks(const MixedState& st, const float* P_bh, int64_t bh, int6
 // The sorted blocks (unless the caller mixed them already): whole heads or chunks of rows, the keys and the
 // values of a chunk in one item; then the attention.
 void mixed_forward(MixedState& st, bool blocks_mixed) {
-  const int64_t n = st.m.n, chunk = sinkhorn_mix::row_chunk(n, st.m), per_head = sinkhorn_mix::chunks(n, chunk);
+  const int64_t n = st.m.n, chunk = sinkhorn_mix::row_chunk(n, st.m),
+                per_head = sinkhorn_mix::chunks(n, chunk);
   if (!blocks_mixed)
     for_each_item(st.m.BH * per_head, 0, [&](int64_t item, float*) {
       const int64_t bh = item / per_head, r0 = (item % per_head) * chunk;
@@ -245,7 +247,7 @@ MixedGradients mixed_backward(const MixedState& st, const Tensor& g, bool with_b
   const Shape shape = st.q.shape();
   const AttendSizes& s = st.s;
   const sinkhorn_mix::MixSizes& m = st.m;
-  MixedGradients d{Tensor::empty(shape), Tensor::empty(shape), Tensor::empty(shape),
+  MixedGradients d{Tensor::empty(shape),        Tensor::empty(shape), Tensor::empty(shape),
                    Tensor::empty(st.P.shape()), Tensor::empty(shape), Tensor::empty(shape)};
   attend_backward(operands(st), gc.data<float>(), st.probs.data<float>(),
                   {d.q.data<float>(), d.k_sorted.data<float>(), d.k.data<float>(), d.v_sorted.data<float>(),
@@ -259,8 +261,10 @@ MixedGradients mixed_backward(const MixedState& st, const Tensor& g, bool with_b
     const int64_t r0 = (c % mc.per_head) * mc.chunk, r1 = std::min(n, r0 + mc.chunk), at = bh * s.kv_head;
     if (c < mc.per_head) {
       float* dph = d.P.data<float>() + bh * n * n;
-      sinkhorn_mix::mix_backward_P(d.k_sorted.data<float>() + at, st.k.data<float>() + at, dph, r0, r1, m, false);
-      sinkhorn_mix::mix_backward_P(d.v_sorted.data<float>() + at, st.v.data<float>() + at, dph, r0, r1, m, true);
+      sinkhorn_mix::mix_backward_P(d.k_sorted.data<float>() + at, st.k.data<float>() + at, dph, r0, r1, m,
+                                   false);
+      sinkhorn_mix::mix_backward_P(d.v_sorted.data<float>() + at, st.v.data<float>() + at, dph, r0, r1, m,
+                                   true);
     } else {
       mix_backward_blocks(st, d, bh, r0, r1);
     }
@@ -282,7 +286,8 @@ Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, 
 }
 
 Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const SortNetWeights& net,
-                              const Tensor& gumbel, const SinkhornSortSizes& sizes, int64_t b, float scale) {
+                                const Tensor& gumbel, const SinkhornSortSizes& sizes, int64_t b,
+                                float scale) {
   using namespace sinkhorn_sort;
   std::vector<Tensor> inputs = {q, k, v, net.w1, net.b1, net.w2, net.b2};
   if (gumbel.defined()) inputs.push_back(gumbel);
@@ -298,28 +303,31 @@ Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& 
                    per_head ? std::function<void(int64_t, const float*)>(mix_head) : nullptr));
   mixed->P = sort->P;
   mixed_forward(*mixed, per_head);
-  return autograd::record("sinkhorn_block_attention", mixed->out.detach(), inputs, [sort, mixed](const Tensor& g) {
-    // dP, then the permutation's backward adds the block sums' gradient into dK in place (the SortNet read
-    // the block sums of k), then dK += P^T dK_sorted (dV likewise): per head right after its block sums'
-    // gradient while its dK is in cache where the mixing has one item per head, else as items of its own.
-    MixedGradients d = mixed_backward(*mixed, g, false);
-    const sinkhorn_mix::MixSizes& m = mixed->m;
-    const MixChunks mc = mix_chunks(m);
-    const int64_t H = sort->dims.H, n = m.n;
-    auto after_head = [&](int64_t h) {
-      for (int64_t bh = h; bh < m.BH; bh += H) mix_backward_blocks(*mixed, d, bh, 0, n);
-    };
-    SortGradients s = sort_backward(*sort, d.P, true, d.k.data<float>(), true,
-                                    mc.per_head == 1 ? std::function<void(int64_t)>(after_head) : nullptr);
-    if (mc.per_head > 1)
-      for_each_item(m.BH * mc.per_head, 0, [&](int64_t item, float*) {
-        const int64_t bh = item / mc.per_head, j0 = (item % mc.per_head) * mc.chunk;
-        mix_backward_blocks(*mixed, d, bh, j0, std::min(n, j0 + mc.chunk));
+  return autograd::record(
+      "sinkhorn_block_attention", mixed->out.detach(), inputs, [sort, mixed](const Tensor& g) {
+        // dP, then the permutation's backward adds the block sums' gradient into dK in place (the SortNet
+        // read the block sums of k), then dK += P^T dK_sorted (dV likewise): per head right after its block
+        // sums' gradient while its dK is in cache where the mixing has one item per head, else as items of
+        // its own.
+        MixedGradients d = mixed_backward(*mixed, g, false);
+        const sinkhorn_mix::MixSizes& m = mixed->m;
+        const MixChunks mc = mix_chunks(m);
+        const int64_t H = sort->dims.H, n = m.n;
+        auto after_head = [&](int64_t h) {
+          for (int64_t bh = h; bh < m.BH; bh += H) mix_backward_blocks(*mixed, d, bh, 0, n);
+        };
+        SortGradients s =
+            sort_backward(*sort, d.P, true, d.k.data<float>(), true,
+                          mc.per_head == 1 ? std::function<void(int64_t)>(after_head) : nullptr);
+        if (mc.per_head > 1)
+          for_each_item(m.BH * mc.per_head, 0, [&](int64_t item, float*) {
+            const int64_t bh = item / mc.per_head, j0 = (item % mc.per_head) * mc.chunk;
+            mix_backward_blocks(*mixed, d, bh, j0, std::min(n, j0 + mc.chunk));
+          });
+        std::vector<Tensor> grads = {d.q, d.k, d.v, s.w1, s.b1, s.w2, s.b2};
+        if (s.gumbel.defined()) grads.push_back(s.gumbel);
+        return grads;
       });
-    std::vector<Tensor> grads = {d.q, d.k, d.v, s.w1, s.b1, s.w2, s.b2};
-    if (s.gumbel.defined()) grads.push_back(s.gumbel);
-    return grads;
-  });
 }
 
 }  // namespace eformer::kernels

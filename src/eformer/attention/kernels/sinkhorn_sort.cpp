@@ -3,6 +3,8 @@
 // Every step keeps what its backward needs: the SortNet's hidden layer, the logits X0 and, per
 // iteration, bidirectional: the scaling vectors u, v (sinkhorn_balance.h); causal: the two log-space
 // matrices (the running column log-sum-exps L and the row log-softmax output).
+#include "eformer/attention/kernels/sinkhorn_sort.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,7 +14,6 @@
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/attention/kernels/sinkhorn_balance.h"
-#include "eformer/attention/kernels/sinkhorn_sort.h"
 #include "eformer/autograd/autograd.h"
 #include "eformer/core/blas.h"
 #include "eformer/core/error.h"
@@ -251,8 +252,8 @@ SortState sort_forward(const Tensor& blocks, int64_t b, const Tensor& w1, const 
     block_summaries(xc.data<float>() + bh * n * b * d, psi, s);
     sort_net_forward(psi, st.w1.data<float>() + h * d * hd, b1c.data<float>() + h * hd,
                      st.w2.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
-                     gc.defined() ? gc.data<float>() + bh * nn : nullptr, st.hidden.data<float>() + bh * n * hd,
-                     x0, s);
+                     gc.defined() ? gc.data<float>() + bh * nn : nullptr,
+                     st.hidden.data<float>() + bh * n * hd, x0, s);
     balance_forward(x0, st.states.data<float>() + bh * states_per_head(s), st.P.data<float>() + bh * nn,
                     scratch, s);
     if (after_item) after_item(bh, st.P.data<float>() + bh * nn);
