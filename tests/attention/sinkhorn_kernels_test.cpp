@@ -106,7 +106,7 @@ TEST(SinkhornKernels, PermutationMatchesTheOpGraphWithEveryGradient) {
 // Query block r's softmax over [sorted block r; block r] by ops: scores [B, H, n, b, 2 b], masked (causal:
 // later keys of the own block, and all of block 0's sorted block), softmax, times the values.
 Tensor block_attention_by_ops(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t b,
-                                     float scale, bool causal) {
+                              float scale, bool causal) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
   auto per_block = [&](const Tensor& kv) {  // [B, H, 2 N, d] -> [B, H, n, 2 b, d]
     return cat({reshape(narrow(kv, 2, 0, N), {B, H, n, b, d}), reshape(narrow(kv, 2, N, N), {B, H, n, b, d})},
@@ -162,6 +162,44 @@ TEST(SinkhornKernels, MixedBlockAttentionMatchesTheMixingThenTheAttention) {
       for (size_t i = 0; i < 3; ++i) expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
       expect_close(grad(a[3]), dP, 1e-5f, "dP, " + what);
     }
+}
+
+// sinkhorn_block_attention (one node) against its two nodes, sinkhorn_permutation of k then
+// mixed_block_attention, forward and every gradient: dK is the attention's plus the block sums' (added in
+// place by the one node, by autograd for the two), with Gumbel noise and without; b = d = 16 (the tile GEMMs)
+// and b = 3, d = 5 (oneDNN), B = 2 so that the SortNet's gradients sum over the batch; n = 130 blocks of 2:
+// several mixing items per head (dK += P^T dK_sorted after the permutation's backward, not inside it).
+TEST(SinkhornKernels, OneNodeMatchesThePermutationThenTheMixedAttention) {
+  Seed seed;
+  rng::Generator gen(seed.value);
+  const int64_t B = 2, H = 2, hidden = 6, iterations = 4;
+  const float scale = 0.7f, inv_temperature = 1 / 0.75f;
+  for (const auto& [n, b, d] : {std::tuple<int64_t, int64_t, int64_t>{5, 16, 16}, {4, 3, 5}, {130, 2, 3}})
+    for (bool causal : {false, true})
+      for (bool noise : {false, true}) {
+        const int64_t N = n * b, n_max = n + 1;
+        const std::vector<Tensor> inputs = {normal({B, H, N, d}, gen), normal({B, H, N, d}, gen, 0.3f),
+                                            normal({B, H, N, d}, gen), normal({H, d, hidden}, gen, 0.5f),
+                                            normal({H, hidden}, gen),  normal({H, hidden, n_max}, gen, 0.5f),
+                                            normal({H, n_max}, gen),   normal({B, H, n, n}, gen)};
+        const Tensor g = normal({B, H, N, d}, gen);
+        std::vector<Tensor> a, e;
+        for (const Tensor& t : inputs) a.push_back(leaf(t)), e.push_back(leaf(t));
+        const SinkhornSortSizes sizes{n, iterations, inv_temperature, causal};
+        Tensor ours = sinkhorn_block_attention(a[0], a[1], a[2], {a[3], a[4], a[5], a[6]},
+                                               noise ? a[7] : Tensor(), sizes, b, scale);
+        backward(ours, g);
+        Tensor P = sinkhorn_permutation(e[1], b, e[3], e[4], e[5], e[6], noise ? e[7] : Tensor(), sizes);
+        Tensor theirs = mixed_block_attention(e[0], e[1], e[2], P, b, scale, causal);
+        backward(theirs, g);
+        const std::string what = std::string(causal ? "causal" : "bidirectional") +
+                                 (noise ? ", gumbel" : "") + ", b " + std::to_string(b) + ", d " +
+                                 std::to_string(d) + ", " + seed.str();
+        expect_close(ours, theirs, 1e-5f, "output, " + what);
+        const char* names[] = {"dq", "dk", "dv", "d w1", "d b1", "d w2", "d b2", "d gumbel"};
+        for (size_t i = 0; i < (noise ? 8u : 7u); ++i)
+          expect_close(grad(a[i]), grad(e[i]), 1e-5f, names[i] + (", " + what));
+      }
 }
 
 TEST(SinkhornKernels, RejectShapesThatDoNotFit) {

@@ -53,4 +53,16 @@ Tensor sorted_then_own(const Tensor& P, const Tensor& blocks, int64_t b, bool st
 Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
                              float scale, bool causal);
 
+// The SortNet's tensors: w1 [H, d, hidden], b1 [H, hidden], w2 [H, hidden, n_max], b2 [H, n_max].
+struct SortNetWeights {
+  Tensor w1, b1, w2, b2;
+};
+
+// sinkhorn_permutation of k (the blocks are the keys: N = n b, no padding or mask) and
+// mixed_block_attention with that P as one node (causal: sizes.causal): the SortNet's block sums read
+// k, so their gradient is added into dK in place, where two nodes would write a [B, H, N, d] gradient
+// for autograd to add. Differentiable in q, k, v, the SortNet and gumbel (undefined: no noise).
+Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const SortNetWeights& net,
+                                const Tensor& gumbel, const SinkhornSortSizes& sizes, int64_t b, float scale);
+
 }  // namespace eformer::kernels

@@ -13,6 +13,7 @@
 // transposed side by side into scratch (by 16 x 16 register tiles where b and d allow, transpose16.h),
 // [d, wp] with wp = 2 b rounded up to whole vectors, so that the scores (and dP) are one GEMM each.
 #include <algorithm>
+#include <functional>
 #include <initializer_list>
 #include <limits>
 
@@ -20,6 +21,7 @@
 #include "eformer/attention/kernels/scratch.h"
 #include "eformer/attention/kernels/sinkhorn.h"
 #include "eformer/attention/kernels/sinkhorn_mix.h"
+#include "eformer/attention/kernels/sinkhorn_sort.h"
 #include "eformer/attention/kernels/tile_gemm.h"
 #include "eformer/attention/kernels/transpose16.h"
 #include "eformer/autograd/autograd.h"
@@ -119,30 +121,31 @@ void attend_forward(const Operands& x, float* out, float* probs, const AttendSiz
   });
 }
 
-// Every gradient from dOut (go), the output (o) and the kept probabilities; each item writes only its own
-// rows of each gradient.
-void attend_backward(const Operands& x, const float* go, const float* o, const float* probs,
-                     const Gradients& g, const AttendSizes& s) {
+// Every gradient from dOut (go) and the kept probabilities; each item writes only its own rows of each
+// gradient.
+void attend_backward(const Operands& x, const float* go, const float* probs, const Gradients& g,
+                     const AttendSizes& s) {
   const int64_t b = s.b, d = s.d, wp = s.wp;
-  for_each_item(s.BH * s.n, b * wp + b + d * wp, [&](int64_t item, float* scratch) {
+  for_each_item(s.BH * s.n, b * wp + d * wp, [&](int64_t item, float* scratch) {
     const BlockRows at = rows_of(item / s.n, item % s.n, s);
     const float* p = probs + item * b * wp;
-    float *dp = scratch, *delta = dp + b * wp, *xt = delta + b;
-    const float *gor = go + at.q, *orow = o + at.q;
-    for (int64_t i = 0; i < b; ++i) {
-      float dot = 0;  // D_i = dO_i . O_i = sum_j P_ij dP_ij
-#pragma omp simd reduction(+ : dot)
-      for (int64_t c = 0; c < d; ++c) dot += gor[i * d + c] * orow[i * d + c];
-      delta[i] = dot;
-    }
+    float *dp = scratch, *xt = dp + b * wp;
+    const float* gor = go + at.q;
     // dV = P^T dO (per block of keys); dP = dO V^T; dS = P (dP - D); dQ = scale dS K; dK = scale dS^T Q.
     small_gemm(b, d, b, p, 1, wp, gor, d, g.dv_sorted + at.kv, d, 1.f, false);
     small_gemm(b, d, b, p + b, 1, wp, gor, d, g.dv_local + at.kv, d, 1.f, false);
     transposed_pair(x.v_sorted + at.kv, x.v_local + at.kv, xt, s);
     small_gemm(b, wp, d, gor, d, 1, xt, wp, dp, wp, 1.f, false);
-    for (int64_t i = 0; i < b; ++i)
+    for (int64_t i = 0; i < b; ++i) {
+      // D_i = sum_j P_ij dP_ij, the softmax's backward (equal to dO_i . O_i, which would read the output)
+      float* dpr = dp + i * wp;
+      const float* pr = p + i * wp;
+      float delta = 0;
+#pragma omp simd reduction(+ : delta)
+      for (int64_t j = 0; j < 2 * b; ++j) delta += pr[j] * dpr[j];
 #pragma omp simd
-      for (int64_t j = 0; j < 2 * b; ++j) dp[i * wp + j] = p[i * wp + j] * (dp[i * wp + j] - delta[i]);
+      for (int64_t j = 0; j < 2 * b; ++j) dpr[j] = pr[j] * (dpr[j] - delta);
+    }
     small_gemm(b, d, b, dp, wp, 1, x.k_sorted + at.kv, d, g.dq + at.q, d, s.scale, false);
     small_gemm(b, d, b, dp + b, wp, 1, x.k_local + at.kv, d, g.dq + at.q, d, s.scale, true);
     small_gemm(b, d, b, dp, 1, wp, x.q + at.q, d, g.dk_sorted + at.kv, d, s.scale, false);
@@ -157,77 +160,173 @@ bool needs_probabilities(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-}  // namespace
+// The mixing and the attention of mixed_block_attention, forward and backward, without a graph node
+// (sinkhorn_attention records them beside the permutation's).
+struct MixedState {
+  AttendSizes s;
+  sinkhorn_mix::MixSizes m;
+  Tensor q, k, v, P, k_sorted, v_sorted, out, probs;  // contiguous; out detached; probs [B H n, b, wp]
+};
 
-Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
-                             float scale, bool causal) {
+Operands operands(const MixedState& st) {
+  return Operands{st.q.data<float>(), st.k_sorted.data<float>(), st.k.data<float>(),
+                  st.v_sorted.data<float>(), st.v.data<float>()};
+}
+
+// The forward's state with its outputs allocated, shapes checked; P (if defined) set.
+MixedState mixed_state(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                       float scale, bool causal, bool keep_probabilities) {
   const char* op = "mixed_block_attention";
   EF_CHECK(q.dim() == 4 && b > 0 && q.size(2) % b == 0, ShapeError, op, ": q ", q.describe(),
            " must be [B, H, N, d] with N a multiple of the block ", b);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), d = q.size(3), n = N / b;
-  EF_CHECK(k.shape() == q.shape() && v.shape() == q.shape() && P.shape() == (Shape{B, H, n, n}), ShapeError,
-           op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
-           "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
+  EF_CHECK(
+      k.shape() == q.shape() && v.shape() == q.shape() && (!P.defined() || P.shape() == (Shape{B, H, n, n})),
+      ShapeError, op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", P ", P.describe(),
+      "; expected k and v as q and P [", B, ", ", H, ", ", n, ", ", n, "]");
   const int64_t wp = tile::round_up(2 * b);
-  const AttendSizes s{B * H, N, n, b, d, wp, N * d, scale, causal};
-  const sinkhorn_mix::MixSizes m{B * H, n, n, b * d, N * d, causal};
-  const Tensor qc = q.contiguous_data(), kc = k.contiguous_data(), vc = v.contiguous_data(),
-               Pc = P.contiguous_data();
-  // The sorted blocks sum_j P_rj K_j (and V_j): whole heads (or chunks of rows), the keys and the values
-  // of a chunk in one item.
-  Tensor k_sorted = Tensor::empty(q.shape()), v_sorted = Tensor::empty(q.shape());
-  const int64_t chunk = sinkhorn_mix::row_chunk(n, m), per_head = sinkhorn_mix::chunks(n, chunk);
-  for_each_item(m.BH * per_head, 0, [&](int64_t item, float*) {
-    const int64_t bh = item / per_head, r0 = (item % per_head) * chunk, r1 = std::min(n, r0 + chunk);
-    const float* ph = Pc.data<float>() + bh * n * n;
-    sinkhorn_mix::mix_forward(ph, kc.data<float>() + bh * s.kv_head, k_sorted.data<float>() + bh * s.kv_head,
-                              r0, r1, m);
-    sinkhorn_mix::mix_forward(ph, vc.data<float>() + bh * s.kv_head, v_sorted.data<float>() + bh * s.kv_head,
-                              r0, r1, m);
+  return MixedState{{B * H, N, n, b, d, wp, N * d, scale, causal},
+                    {B * H, n, n, b * d, N * d, causal},
+                    q.contiguous_data(),
+                    k.contiguous_data(),
+                    v.contiguous_data(),
+                    P.defined() ? P.contiguous_data() : Tensor(),
+                    Tensor::empty(q.shape()),
+                    Tensor::empty(q.shape()),
+                    Tensor::empty(q.shape()),
+                    keep_probabilities ? Tensor::empty({B * H * n, b, wp}) : Tensor()};
+}
+
+// Sorted blocks [r0, r1) of (batch, head) bh from its P [n, n]: sum_j P_rj K_j and sum_j P_rj V_j.
+void mix_sorted_blocks(const MixedState& st, const float* P_bh, int64_t bh, int64_t r0, int64_t r1) {
+  const int64_t at = bh * st.s.kv_head;
+  sinkhorn_mix::mix_forward(P_bh, st.k.data<float>() + at, st.k_sorted.data<float>() + at, r0, r1, st.m);
+  sinkhorn_mix::mix_forward(P_bh, st.v.data<float>() + at, st.v_sorted.data<float>() + at, r0, r1, st.m);
+}
+
+// The sorted blocks (unless the caller mixed them already): whole heads or chunks of rows, the keys and the
+// values of a chunk in one item; then the attention.
+void mixed_forward(MixedState& st, bool blocks_mixed) {
+  const int64_t n = st.m.n, chunk = sinkhorn_mix::row_chunk(n, st.m),
+                per_head = sinkhorn_mix::chunks(n, chunk);
+  if (!blocks_mixed)
+    for_each_item(st.m.BH * per_head, 0, [&](int64_t item, float*) {
+      const int64_t bh = item / per_head, r0 = (item % per_head) * chunk;
+      mix_sorted_blocks(st, st.P.data<float>() + bh * n * n, bh, r0, std::min(n, r0 + chunk));
+    });
+  attend_forward(operands(st), st.out.data<float>(), st.probs.defined() ? st.probs.data<float>() : nullptr,
+                 st.s);
+  st.out = st.out.detach();
+}
+
+struct MixedGradients {
+  Tensor q, k, v, P, k_sorted, v_sorted;  // k_sorted, v_sorted: dK_sorted, dV_sorted (the mixing's dOut)
+};
+
+// Rows of P (or of the blocks) per mixing work item and the items per head (sinkhorn_mix.h).
+struct MixChunks {
+  int64_t chunk = 0, per_head = 0;
+};
+MixChunks mix_chunks(const sinkhorn_mix::MixSizes& m) {
+  const int64_t chunk = sinkhorn_mix::row_chunk(m.n, m);
+  return {chunk, sinkhorn_mix::chunks(m.n, chunk)};
+}
+
+// dK += P^T dK_sorted and dV += P^T dV_sorted for (batch, head) bh, block rows [j0, j1).
+void mix_backward_blocks(const MixedState& st, const MixedGradients& d, int64_t bh, int64_t j0, int64_t j1) {
+  const int64_t at = bh * st.s.kv_head;
+  const float* ph = st.P.data<float>() + bh * st.m.n * st.m.n;
+  sinkhorn_mix::mix_backward_X(ph, d.k_sorted.data<float>() + at, d.k.data<float>() + at, j0, j1, st.m, true);
+  sinkhorn_mix::mix_backward_X(ph, d.v_sorted.data<float>() + at, d.v.data<float>() + at, j0, j1, st.m, true);
+}
+
+// The attention's gradients, then through the mixing dP = dK_sorted K^T + dV_sorted V^T, and (with_blocks)
+// dK += P^T dK_sorted (dV likewise) on top of the local gradients the attention wrote.
+MixedGradients mixed_backward(const MixedState& st, const Tensor& g, bool with_blocks) {
+  const Tensor gc = g.contiguous_data();
+  const Shape shape = st.q.shape();
+  const AttendSizes& s = st.s;
+  const sinkhorn_mix::MixSizes& m = st.m;
+  MixedGradients d{Tensor::empty(shape),        Tensor::empty(shape), Tensor::empty(shape),
+                   Tensor::empty(st.P.shape()), Tensor::empty(shape), Tensor::empty(shape)};
+  attend_backward(operands(st), gc.data<float>(), st.probs.data<float>(),
+                  {d.q.data<float>(), d.k_sorted.data<float>(), d.k.data<float>(), d.v_sorted.data<float>(),
+                   d.v.data<float>()},
+                  s);
+  const int64_t n = m.n;
+  const MixChunks mc = mix_chunks(m);
+  const int64_t kinds = with_blocks ? 2 : 1;  // dP items, then the blocks' items
+  for_each_item(m.BH * kinds * mc.per_head, 0, [&](int64_t item, float*) {
+    const int64_t bh = item / (kinds * mc.per_head), c = item % (kinds * mc.per_head);
+    const int64_t r0 = (c % mc.per_head) * mc.chunk, r1 = std::min(n, r0 + mc.chunk), at = bh * s.kv_head;
+    if (c < mc.per_head) {
+      float* dph = d.P.data<float>() + bh * n * n;
+      sinkhorn_mix::mix_backward_P(d.k_sorted.data<float>() + at, st.k.data<float>() + at, dph, r0, r1, m,
+                                   false);
+      sinkhorn_mix::mix_backward_P(d.v_sorted.data<float>() + at, st.v.data<float>() + at, dph, r0, r1, m,
+                                   true);
+    } else {
+      mix_backward_blocks(st, d, bh, r0, r1);
+    }
   });
-  const bool keep = needs_probabilities({&q, &k, &v, &P});
-  Tensor out = Tensor::empty(q.shape()), probs = keep ? Tensor::empty({B * H * n, b, wp}) : Tensor();
-  auto operands = [](const Tensor& q, const Tensor& k, const Tensor& ks, const Tensor& v, const Tensor& vs) {
-    return Operands{q.data<float>(), ks.data<float>(), k.data<float>(), vs.data<float>(), v.data<float>()};
-  };
-  attend_forward(operands(qc, kc, k_sorted, vc, v_sorted), out.data<float>(),
-                 keep ? probs.data<float>() : nullptr, s);
-  const Tensor od = out.detach();
+  return d;
+}
+
+}  // namespace
+
+Tensor mixed_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& P, int64_t b,
+                             float scale, bool causal) {
+  auto st = std::make_shared<MixedState>(
+      mixed_state(q, k, v, P, b, scale, causal, needs_probabilities({&q, &k, &v, &P})));
+  mixed_forward(*st, false);
+  return autograd::record("mixed_block_attention", st->out.detach(), {q, k, v, P}, [st](const Tensor& g) {
+    MixedGradients d = mixed_backward(*st, g, true);
+    return std::vector<Tensor>{d.q, d.k, d.v, d.P};
+  });
+}
+
+Tensor sinkhorn_block_attention(const Tensor& q, const Tensor& k, const Tensor& v, const SortNetWeights& net,
+                                const Tensor& gumbel, const SinkhornSortSizes& sizes, int64_t b,
+                                float scale) {
+  using namespace sinkhorn_sort;
+  std::vector<Tensor> inputs = {q, k, v, net.w1, net.b1, net.w2, net.b2};
+  if (gumbel.defined()) inputs.push_back(gumbel);
+  bool keep = autograd::is_grad_enabled() &&
+              std::any_of(inputs.begin(), inputs.end(), [](const Tensor& t) { return requires_grad(t); });
+  auto mixed = std::make_shared<MixedState>(mixed_state(q, k, v, Tensor(), b, scale, sizes.causal, keep));
+  // Where the mixing has one item per head, a head's sorted blocks are mixed in the permutation's item right
+  // after its P, while its keys are in cache from the block sums.
+  const bool per_head = mix_chunks(mixed->m).per_head == 1;
+  auto mix_head = [&](int64_t bh, const float* P_bh) { mix_sorted_blocks(*mixed, P_bh, bh, 0, mixed->m.n); };
+  auto sort = std::make_shared<const SortState>(
+      sort_forward(k, b, net.w1, net.b1, net.w2, net.b2, gumbel, sizes,
+                   per_head ? std::function<void(int64_t, const float*)>(mix_head) : nullptr));
+  mixed->P = sort->P;
+  mixed_forward(*mixed, per_head);
   return autograd::record(
-      op, out, {q, k, v, P},
-      [qc, kc, vc, Pc, k_sorted, v_sorted, od, probs, s, m, operands](const Tensor& g) {
-        const Tensor gc = g.contiguous_data();
-        const Shape shape = qc.shape();
-        Tensor dq = Tensor::empty(shape), dk = Tensor::empty(shape), dv = Tensor::empty(shape);
-        Tensor dk_sorted = Tensor::empty(shape), dv_sorted = Tensor::empty(shape),
-               dP = Tensor::empty(Pc.shape());
-        attend_backward(operands(qc, kc, k_sorted, vc, v_sorted), gc.data<float>(), od.data<float>(),
-                        probs.data<float>(),
-                        {dq.data<float>(), dk_sorted.data<float>(), dk.data<float>(), dv_sorted.data<float>(),
-                         dv.data<float>()},
-                        s);
-        // Through the mixing: dP = dK_sorted K^T + dV_sorted V^T, and dK += P^T dK_sorted (dV likewise) on
-        // top of the local gradients the attention wrote.
-        const int64_t n = m.n, chunk = sinkhorn_mix::row_chunk(n, m),
-                      per_head = sinkhorn_mix::chunks(n, chunk);
-        for_each_item(m.BH * 2 * per_head, 0, [&](int64_t item, float*) {
-          const int64_t bh = item / (2 * per_head), c = item % (2 * per_head);
-          const int64_t r0 = (c % per_head) * chunk, r1 = std::min(n, r0 + chunk), at = bh * s.kv_head;
-          const float* ph = Pc.data<float>() + bh * n * n;
-          if (c < per_head) {
-            float* dph = dP.data<float>() + bh * n * n;
-            sinkhorn_mix::mix_backward_P(dk_sorted.data<float>() + at, kc.data<float>() + at, dph, r0, r1, m,
-                                         false);
-            sinkhorn_mix::mix_backward_P(dv_sorted.data<float>() + at, vc.data<float>() + at, dph, r0, r1, m,
-                                         true);
-          } else {
-            sinkhorn_mix::mix_backward_X(ph, dk_sorted.data<float>() + at, dk.data<float>() + at, r0, r1, m,
-                                         true);
-            sinkhorn_mix::mix_backward_X(ph, dv_sorted.data<float>() + at, dv.data<float>() + at, r0, r1, m,
-                                         true);
-          }
-        });
-        return std::vector<Tensor>{dq, dk, dv, dP};
+      "sinkhorn_block_attention", mixed->out.detach(), inputs, [sort, mixed](const Tensor& g) {
+        // dP, then the permutation's backward adds the block sums' gradient into dK in place (the SortNet
+        // read the block sums of k), then dK += P^T dK_sorted (dV likewise): per head right after its block
+        // sums' gradient while its dK is in cache where the mixing has one item per head, else as items of
+        // its own.
+        MixedGradients d = mixed_backward(*mixed, g, false);
+        const sinkhorn_mix::MixSizes& m = mixed->m;
+        const MixChunks mc = mix_chunks(m);
+        const int64_t H = sort->dims.H, n = m.n;
+        auto after_head = [&](int64_t h) {
+          for (int64_t bh = h; bh < m.BH; bh += H) mix_backward_blocks(*mixed, d, bh, 0, n);
+        };
+        SortGradients s =
+            sort_backward(*sort, d.P, true, d.k.data<float>(), true,
+                          mc.per_head == 1 ? std::function<void(int64_t)>(after_head) : nullptr);
+        if (mc.per_head > 1)
+          for_each_item(m.BH * mc.per_head, 0, [&](int64_t item, float*) {
+            const int64_t bh = item / mc.per_head, j0 = (item % mc.per_head) * mc.chunk;
+            mix_backward_blocks(*mixed, d, bh, j0, std::min(n, j0 + mc.chunk));
+          });
+        std::vector<Tensor> grads = {d.q, d.k, d.v, s.w1, s.b1, s.w2, s.b2};
+        if (s.gumbel.defined()) grads.push_back(s.gumbel);
+        return grads;
       });
 }
 

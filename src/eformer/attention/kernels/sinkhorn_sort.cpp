@@ -3,6 +3,8 @@
 // Every step keeps what its backward needs: the SortNet's hidden layer, the logits X0 and, per
 // iteration, bidirectional: the scaling vectors u, v (sinkhorn_balance.h); causal: the two log-space
 // matrices (the running column log-sum-exps L and the row log-softmax output).
+#include "eformer/attention/kernels/sinkhorn_sort.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,16 +19,10 @@
 #include "eformer/core/error.h"
 #include "eformer/ops/activation.h"
 
-namespace eformer::kernels {
+namespace eformer::kernels::sinkhorn_sort {
 namespace {
 
 constexpr float kMasked = -1e30f;  // a log-space entry exp() sends to 0 (causal j >= i)
-
-struct SortDims {
-  int64_t B = 0, H = 0, n = 0, b = 0, d = 0, hidden = 0, n_max = 0, iterations = 0;
-  float inv_temperature = 1;
-  bool causal = false;
-};
 
 // Row log-softmax of x [n, n] into y; causal: row i over j < i only (the rest kMasked; row 0 all kMasked).
 void log_softmax_rows(const float* x, float* y, int64_t n, bool causal) {
@@ -111,28 +107,30 @@ void block_summaries(const float* blocks, float* psi, const SortDims& s) {
       for (int64_t c = 0; c < d; ++c) psi[i * d + c] += blocks[((i - shift) * b + t) * d + c];
 }
 
-// The backward of block_summaries: every key of block j receives d psi of the row that summed it.
-void block_summaries_backward(const float* gpsi, float* gblocks, const SortDims& s) {
+// The backward of block_summaries: every key of block j receives d psi of the row that summed it
+// (accumulate: added to gblocks).
+void block_summaries_backward(const float* gpsi, float* gblocks, const SortDims& s, bool accumulate) {
   const int64_t n = s.n, b = s.b, d = s.d, shift = s.causal ? 1 : 0;
   for (int64_t j = 0; j < n; ++j) {
     const float* g = j + shift < n ? gpsi + (j + shift) * d : nullptr;
     for (int64_t t = 0; t < b; ++t) {
       float* out = gblocks + (j * b + t) * d;
-      if (g)
+      if (accumulate && g) {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) out[c] += g[c];
+      } else if (g) {
         std::copy(g, g + d, out);
-      else
+      } else if (!accumulate) {
         std::fill(out, out + d, 0.f);
+      }
     }
   }
 }
 
-// Per (batch, head) storage of the forward: psi [n, d], hidden [n, hidden], X0 [n, n], 2 * iterations
-// states: [n, n] matrices (causal) or [n] vectors (bidirectional).
-struct Saved {
-  Tensor psi, hidden, x0, states;
-  static int64_t state_size(const SortDims& s) { return s.causal ? s.n * s.n : s.n; }
-  static int64_t states_per_head(const SortDims& s) { return 2 * s.iterations * state_size(s); }
-};
+// Per (batch, head) of the balancing's states: 2 * iterations [n, n] matrices (causal) or [n] vectors
+// (bidirectional).
+int64_t state_size(const SortDims& s) { return s.causal ? s.n * s.n : s.n; }
+int64_t states_per_head(const SortDims& s) { return 2 * s.iterations * state_size(s); }
 
 // The SortNet of one head: hidden = relu(psi W1 + b1), X0 = (hidden W2[:, :n] + b2 + gumbel) / tau.
 void sort_net_forward(const float* psi, const float* w1, const float* b1, const float* w2, const float* b2,
@@ -217,9 +215,9 @@ void sort_net_backward(int64_t h, const float* psi, const float* w1, const float
 
 }  // namespace
 
-Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1,
-                            const Tensor& w2, const Tensor& b2, const Tensor& gumbel,
-                            const SinkhornSortSizes& sizes) {
+SortState sort_forward(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                       const Tensor& b2, const Tensor& gumbel, const SinkhornSortSizes& sizes,
+                       const std::function<void(int64_t bh, const float* P)>& after_item) {
   const char* op = "sinkhorn_permutation";
   EF_CHECK(blocks.dim() == 4 && w1.dim() == 3 && b1.dim() == 2 && w2.dim() == 3 && b2.dim() == 2, ShapeError,
            op, ": blocks ", blocks.describe(), ", w1 ", w1.describe(), ", b1 ", b1.describe(), ", w2 ",
@@ -236,61 +234,86 @@ Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, c
   EF_CHECK(!gumbel.defined() || gumbel.shape() == (Shape{B, H, n, n}), ShapeError, op, ": gumbel is ",
            gumbel.describe(), "; expected [", B, ", ", H, ", ", n, ", ", n, "]");
   EF_CHECK(s.iterations >= 1, ValueError, op, ": iterations = ", s.iterations, "; expected at least 1");
-  const Tensor xc = blocks.contiguous_data(), w1c = w1.contiguous_data(), b1c = b1.contiguous_data(),
-               w2c = w2.contiguous_data(), b2c = b2.contiguous_data();
+  const Tensor xc = blocks.contiguous_data(), b1c = b1.contiguous_data(), b2c = b2.contiguous_data();
   const Tensor gc = gumbel.defined() ? gumbel.contiguous_data() : Tensor();
-  Saved saved{Tensor::empty({B, H, n, d}), Tensor::empty({B, H, n, hd}), Tensor::empty({B, H, n, n}),
-              Tensor::empty({B, H, 2 * s.iterations, Saved::state_size(s)})};
-  Tensor P = Tensor::empty({B, H, n, n});
+  SortState st{s,
+               w1.contiguous_data(),
+               w2.contiguous_data(),
+               Tensor::empty({B, H, n, d}),
+               Tensor::empty({B, H, n, hd}),
+               Tensor::empty({B, H, n, n}),
+               Tensor::empty({B, H, 2 * s.iterations, state_size(s)}),
+               Tensor::empty({B, H, n, n}),
+               gumbel.defined()};
   for_each_item(B * H, 3 * n, [&](int64_t bh, float* scratch) {
     const int64_t h = bh % H;
-    float* x0 = saved.x0.data<float>() + bh * nn;
-    float* psi = saved.psi.data<float>() + bh * n * d;
+    float* x0 = st.x0.data<float>() + bh * nn;
+    float* psi = st.psi.data<float>() + bh * n * d;
     block_summaries(xc.data<float>() + bh * n * b * d, psi, s);
-    sort_net_forward(psi, w1c.data<float>() + h * d * hd, b1c.data<float>() + h * hd,
-                     w2c.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
+    sort_net_forward(psi, st.w1.data<float>() + h * d * hd, b1c.data<float>() + h * hd,
+                     st.w2.data<float>() + h * hd * s.n_max, b2c.data<float>() + h * s.n_max,
                      gc.defined() ? gc.data<float>() + bh * nn : nullptr,
-                     saved.hidden.data<float>() + bh * n * hd, x0, s);
-    balance_forward(x0, saved.states.data<float>() + bh * Saved::states_per_head(s),
-                    P.data<float>() + bh * nn, scratch, s);
+                     st.hidden.data<float>() + bh * n * hd, x0, s);
+    balance_forward(x0, st.states.data<float>() + bh * states_per_head(s), st.P.data<float>() + bh * nn,
+                    scratch, s);
+    if (after_item) after_item(bh, st.P.data<float>() + bh * nn);
   });
-  const Tensor Pd = P.detach();
+  return st;
+}
+
+SortGradients sort_backward(const SortState& st, const Tensor& dP, bool dP_is_scratch, float* dblocks,
+                            bool accumulate, const std::function<void(int64_t h)>& after_head) {
+  const SortDims& s = st.dims;
+  const int64_t B = s.B, H = s.H, n = s.n, nn = n * n, hd = s.hidden, d = s.d;
+  Tensor gR = dP_is_scratch ? dP : dP.contiguous_data().clone_data();
+  Tensor gpsi = Tensor::empty({B, H, n, d});
+  SortGradients grads{Tensor::zeros({H, d, hd}), Tensor::zeros({H, hd}), Tensor::zeros({H, hd, s.n_max}),
+                      Tensor::zeros({H, s.n_max}), Tensor()};
+  // One item per head (its weight gradients summed over the batch in order): the balancing's backward
+  // for each sequence, then the SortNet's and the block sums'.
+  const int64_t balance_scratch = 3 * n + (s.causal ? nn : 0);
+  for_each_item(H, balance_scratch + n * hd, [&](int64_t h, float* scratch) {
+    for (int64_t bb = 0; bb < B; ++bb) {
+      const int64_t bh = bb * H + h;
+      float* gh = gR.data<float>() + bh * nn;
+      balance_backward(st.x0.data<float>() + bh * nn, st.states.data<float>() + bh * states_per_head(s),
+                       st.P.data<float>() + bh * nn, gh, scratch, s);
+      for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
+        for (int64_t j = 0; j < n; ++j)
+          gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
+    }
+    sort_net_backward(h, st.psi.data<float>(), st.w1.data<float>(), st.w2.data<float>(),
+                      st.hidden.data<float>(), gR.data<float>(), gpsi.data<float>(), grads.w1.data<float>(),
+                      grads.b1.data<float>(), grads.w2.data<float>(), grads.b2.data<float>(),
+                      scratch + balance_scratch, s);
+    for (int64_t bb = 0; bb < B; ++bb) {
+      const int64_t bh = bb * H + h;
+      block_summaries_backward(gpsi.data<float>() + bh * n * d, dblocks + bh * n * s.b * d, s, accumulate);
+    }
+    if (after_head) after_head(h);
+  });
+  if (st.with_gumbel) grads.gumbel = gR;
+  return grads;
+}
+
+}  // namespace eformer::kernels::sinkhorn_sort
+
+namespace eformer::kernels {
+
+Tensor sinkhorn_permutation(const Tensor& blocks, int64_t b, const Tensor& w1, const Tensor& b1,
+                            const Tensor& w2, const Tensor& b2, const Tensor& gumbel,
+                            const SinkhornSortSizes& sizes) {
+  using namespace sinkhorn_sort;
+  auto st = std::make_shared<const SortState>(sort_forward(blocks, b, w1, b1, w2, b2, gumbel, sizes));
   std::vector<Tensor> inputs = {blocks, w1, b1, w2, b2};
   if (gumbel.defined()) inputs.push_back(gumbel);
-  const bool with_gumbel = gumbel.defined();
-  return autograd::record(op, P, inputs, [w1c, w2c, saved, Pd, s, with_gumbel](const Tensor& g) {
-    const int64_t B = s.B, H = s.H, n = s.n, nn = n * n, hd = s.hidden, d = s.d;
-    Tensor gR = g.contiguous_data().clone_data();
-    Tensor gpsi = Tensor::empty({B, H, n, d}), gblocks = Tensor::empty({B, H, n * s.b, d});
-    Tensor gw1 = Tensor::zeros({H, d, hd}), gb1 = Tensor::zeros({H, hd});
-    Tensor gw2 = Tensor::zeros({H, hd, s.n_max}), gb2 = Tensor::zeros({H, s.n_max});
-    // One item per head (its weight gradients summed over the batch in order): the balancing's backward
-    // for each sequence, then the SortNet's and the block sums'.
-    const int64_t balance_scratch = 3 * n + (s.causal ? nn : 0);
-    for_each_item(H, balance_scratch + n * hd, [&](int64_t h, float* scratch) {
-      for (int64_t bb = 0; bb < B; ++bb) {
-        const int64_t bh = bb * H + h;
-        float* gh = gR.data<float>() + bh * nn;
-        balance_backward(saved.x0.data<float>() + bh * nn,
-                         saved.states.data<float>() + bh * Saved::states_per_head(s),
-                         Pd.data<float>() + bh * nn, gh, scratch, s);
-        for (int64_t i = 0; i < n; ++i)  // causal: X0 was masked to j < i, so the rest has no gradient
-          for (int64_t j = 0; j < n; ++j)
-            gh[i * n + j] = s.causal && j >= i ? 0.f : gh[i * n + j] * s.inv_temperature;
-      }
-      sort_net_backward(h, saved.psi.data<float>(), w1c.data<float>(), w2c.data<float>(),
-                        saved.hidden.data<float>(), gR.data<float>(), gpsi.data<float>(), gw1.data<float>(),
-                        gb1.data<float>(), gw2.data<float>(), gb2.data<float>(), scratch + balance_scratch,
-                        s);
-      for (int64_t bb = 0; bb < B; ++bb) {
-        const int64_t bh = bb * H + h;
-        block_summaries_backward(gpsi.data<float>() + bh * n * d, gblocks.data<float>() + bh * n * s.b * d,
-                                 s);
-      }
-    });
-    std::vector<Tensor> grads = {gblocks, gw1, gb1, gw2, gb2};
-    if (with_gumbel) grads.push_back(gR);
-    return grads;
+  return autograd::record("sinkhorn_permutation", st->P.detach(), inputs, [st](const Tensor& g) {
+    const SortDims& s = st->dims;
+    Tensor gblocks = Tensor::empty({s.B, s.H, s.n * s.b, s.d});
+    SortGradients grads = sort_backward(*st, g, false, gblocks.data<float>(), false);
+    std::vector<Tensor> out = {gblocks, grads.w1, grads.b1, grads.w2, grads.b2};
+    if (st->with_gumbel) out.push_back(grads.gumbel);
+    return out;
   });
 }
 

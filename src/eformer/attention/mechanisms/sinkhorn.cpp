@@ -193,14 +193,20 @@ Tensor sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor& v, con
     kz = cat({kz, pad}, 2), vz = cat({vz, pad}, 2);
   }
 
+  // Without padding, mask or SortCut (and P not asked for): the permutation, the mixing and the attention
+  // as one node.
+  const bool own = !opts.key_mask.defined() && n * b == N;  // the blocks are the local keys themselves
+  const kernels::SinkhornSortSizes sizes{n, o.iterations, float(1.0 / o.temperature), opts.causal};
+  if (own && o.sortcut == 0 && !permutation)
+    return kernels::sinkhorn_block_attention(q, k, v, {net.w1, net.b1, net.w2, net.b2}, gumbel, sizes, b,
+                                             s.scale);
+
   // P from the block key sums (causal: the previous block's) through the SortNet and the balancing.
-  const Tensor P = kernels::sinkhorn_permutation(kz, b, net.w1, net.b1, net.w2, net.b2, gumbel,
-                                                 {n, o.iterations, float(1.0 / o.temperature), opts.causal});
+  const Tensor P = kernels::sinkhorn_permutation(kz, b, net.w1, net.b1, net.w2, net.b2, gumbel, sizes);
   if (permutation) *permutation = P;
 
   // Each query block sees exactly its sorted block sum_j P_ij K_j (V likewise) and its own: one fused
   // node, unless padding or SortCut need the general block-sparse layout and its key mask.
-  const bool own = !opts.key_mask.defined() && n * b == N;  // the blocks are the local keys themselves
   if (own && o.sortcut == 0) return kernels::mixed_block_attention(q, k, v, P, b, s.scale, opts.causal);
   // Sorted blocks (SortCut: the first `sortcut` of them, shared by every query block), written beside K
   // (and V) as the keys the block-sparse kernel reads.
