@@ -204,15 +204,24 @@ void mix_sorted_blocks(const MixedState& st, const float* P_bh, int64_t bh, int6
   sinkhorn_mix::mix_forward(P_bh, st.v.data<float>() + at, st.v_sorted.data<float>() + at, r0, r1, st.m);
 }
 
+// Rows of P (or of the blocks) per mixing work item and the items per head (sinkhorn_mix.h).
+struct MixChunks {
+  int64_t chunk = 0, per_head = 0;
+};
+MixChunks mix_chunks(const sinkhorn_mix::MixSizes& m) {
+  const int64_t chunk = sinkhorn_mix::row_chunk(m.n, m);
+  return {chunk, sinkhorn_mix::chunks(m.n, chunk)};
+}
+
 // The sorted blocks (unless the caller mixed them already): whole heads or chunks of rows, the keys and the
 // values of a chunk in one item; then the attention.
 void mixed_forward(MixedState& st, bool blocks_mixed) {
-  const int64_t n = st.m.n, chunk = sinkhorn_mix::row_chunk(n, st.m),
-                per_head = sinkhorn_mix::chunks(n, chunk);
+  const int64_t n = st.m.n;
+  const MixChunks mc = mix_chunks(st.m);
   if (!blocks_mixed)
-    for_each_item(st.m.BH * per_head, 0, [&](int64_t item, float*) {
-      const int64_t bh = item / per_head, r0 = (item % per_head) * chunk;
-      mix_sorted_blocks(st, st.P.data<float>() + bh * n * n, bh, r0, std::min(n, r0 + chunk));
+    for_each_item(st.m.BH * mc.per_head, 0, [&](int64_t item, float*) {
+      const int64_t bh = item / mc.per_head, r0 = (item % mc.per_head) * mc.chunk;
+      mix_sorted_blocks(st, st.P.data<float>() + bh * n * n, bh, r0, std::min(n, r0 + mc.chunk));
     });
   attend_forward(operands(st), st.out.data<float>(), st.probs.defined() ? st.probs.data<float>() : nullptr,
                  st.s);
@@ -222,15 +231,6 @@ void mixed_forward(MixedState& st, bool blocks_mixed) {
 struct MixedGradients {
   Tensor q, k, v, P, k_sorted, v_sorted;  // k_sorted, v_sorted: dK_sorted, dV_sorted (the mixing's dOut)
 };
-
-// Rows of P (or of the blocks) per mixing work item and the items per head (sinkhorn_mix.h).
-struct MixChunks {
-  int64_t chunk = 0, per_head = 0;
-};
-MixChunks mix_chunks(const sinkhorn_mix::MixSizes& m) {
-  const int64_t chunk = sinkhorn_mix::row_chunk(m.n, m);
-  return {chunk, sinkhorn_mix::chunks(m.n, chunk)};
-}
 
 // dK += P^T dK_sorted and dV += P^T dV_sorted for (batch, head) bh, block rows [j0, j1).
 void mix_backward_blocks(const MixedState& st, const MixedGradients& d, int64_t bh, int64_t j0, int64_t j1) {
